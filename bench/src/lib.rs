@@ -1,0 +1,1 @@
+//! Placeholder: the load generator and micro-benchmarks arrive with the benchmark issue.
