@@ -1,1 +1,21 @@
+//! ringgate: a thread-per-core io_uring IM and push gateway speaking protocol v1 over TLS.
+//!
+//! Map of the crate:
+//!
+//! - [`proto`]: the sans-IO protocol core — frame codec, per-connection
+//!   session state machine, per-core ACK timer wheel. No sockets, no clock.
+//! - [`runtime`]: the thin glue — worker threads (one monoio runtime per
+//!   core), accept loops, connection tasks, cross-core mailboxes, lifecycle.
+//! - [`store`]: inbox storage behind a trait (in memory today).
+//! - [`auth`]: JWT HS256 tokens.
+//! - [`tls`]: rustls server configuration and the development certificate.
+//! - [`net`]: listener and socket options, chosen on purpose.
+//! - [`config`]: the one serde configuration struct with documented defaults.
+
+pub mod auth;
+pub mod config;
+pub mod net;
 pub mod proto;
+pub mod runtime;
+pub mod store;
+pub mod tls;

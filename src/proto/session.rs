@@ -296,11 +296,14 @@ impl Session {
 
     /// Accepts the pending CONNECT: writes CONNACK(0) and opens the session.
     /// `bounds` are the user's inbox `(oldest_seq, head_seq)`; `token_exp_ms`
-    /// is when the token stops being valid (0 = never).
+    /// is when the token stops being valid (0 = never), on the same clock as
+    /// `now_ms`. `server_time_ms` is the wall clock for CONNACK (`now_ms` is
+    /// a monotonic clock in the server, so the two differ).
     #[allow(clippy::too_many_arguments)]
     pub fn accept(
         &mut self,
         now_ms: u64,
+        server_time_ms: u64,
         lim: &SessionLimits,
         user_id: &str,
         req: &ConnectRequest,
@@ -334,12 +337,13 @@ impl Session {
             max_frame: lim.max_frame,
             oldest_seq: oldest,
             head_seq: head,
-            server_time_ms: now_ms,
+            server_time_ms,
         })
         .encode(out);
     }
 
     /// Refuses the CONNECT with a non-zero CONNACK status, then closes.
+    /// `server_time_ms` is 0 in a refusal: the session has no wall clock.
     pub fn refuse(&mut self, now_ms: u64, lim: &SessionLimits, status: u8, out: &mut BytesMut) {
         Frame::ConnAck(ConnAck {
             status,
@@ -348,7 +352,7 @@ impl Session {
             max_frame: lim.max_frame,
             oldest_seq: 0,
             head_seq: 0,
-            server_time_ms: now_ms,
+            server_time_ms: 0,
         })
         .encode(out);
         self.enter_closing(now_ms);

@@ -1,0 +1,497 @@
+//! Thread-per-core runtime: one monoio runtime per worker thread (io_uring, or the legacy epoll driver), its listener, its tasks, and process lifecycle.
+//!
+//! Each worker thread is pinned to a core and runs one monoio runtime with
+//! its own SO_REUSEPORT listener on the shared address, its own [`Core`]
+//! (connections, inboxes, timer wheel) and four kinds of task:
+//!
+//! - the accept loop, which registers each new socket and spawns its task;
+//! - one small task per connection, which waits for socket *readiness* (no
+//!   buffer pinned, see `conn.rs`) or a wake-up from the core, then lets the
+//!   core read, handle frames and write;
+//! - the mailbox task, which receives messages from other cores (`mesh.rs`);
+//! - the ticker, which advances the core's timer wheel every `TICK_MS`.
+//!
+//! Cores share nothing mutable; see `core.rs` for how users are homed.
+//! Panics: monoio does not catch panics in tasks, and one escaping a task
+//! would take down the whole core. Each connection task is wrapped in
+//! `catch_unwind`, so a bug reachable from one connection costs only that
+//! connection (counted and logged). Nothing a peer sends is meant to reach a
+//! panic in the first place.
+
+pub mod conn;
+pub mod core;
+pub mod mesh;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use monoio::net::{TcpListener, TcpStream};
+
+use self::core::{ConnKey, Core, Outcome, Shared, TICK_MS};
+use self::mesh::{CoreMsg, Mailbox};
+use crate::config::{Config, Driver};
+
+/// Which io driver a worker actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    Uring,
+    Legacy,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Uring => "io_uring",
+            DriverKind::Legacy => "legacy (epoll)",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("auth secret: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("listener: {0}")]
+    Listen(#[from] crate::net::listener::ListenError),
+    #[error("io_uring was requested (--driver uring) but is not available on this kernel or is disabled (kernel.io_uring_disabled); use --driver legacy")]
+    UringUnavailable,
+    #[error("failed to start worker {0}: {1}")]
+    Worker(usize, std::io::Error),
+}
+
+/// A one-shot event on one core (stop accepting).
+#[derive(Default)]
+struct Flag {
+    set: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Flag {
+    fn raise(&self) {
+        self.set.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                Poll::Ready(())
+            } else {
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Picks the driver: the configured one, or io_uring when the kernel offers it.
+pub fn choose_driver(wanted: Driver) -> Result<DriverKind, ServeError> {
+    let uring = monoio::utils::detect_uring();
+    match wanted {
+        Driver::Uring if !uring => Err(ServeError::UringUnavailable),
+        Driver::Uring => Ok(DriverKind::Uring),
+        Driver::Legacy => Ok(DriverKind::Legacy),
+        Driver::Auto if uring => Ok(DriverKind::Uring),
+        Driver::Auto => {
+            tracing::warn!("io_uring is not available (old kernel or kernel.io_uring_disabled); falling back to the legacy epoll driver");
+            Ok(DriverKind::Legacy)
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT. Returns after a graceful shutdown.
+pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    cfg.validate()?;
+    let workers = cfg.resolved_workers();
+    let driver = choose_driver(cfg.server.driver)?;
+
+    let (soft, hard) = crate::net::listener::nofile_limit();
+    let raised = crate::net::listener::raise_nofile_soft_limit();
+    tracing::info!(
+        soft_before = soft,
+        soft = raised,
+        hard,
+        "open files limit: at most ~{} connections in this process",
+        raised.saturating_sub(16 + 2 * workers as u64)
+    );
+
+    let data_dir = cfg.store.data_dir.clone();
+    let (secret, source) = crate::auth::load_or_create_secret(&cfg.auth, &data_dir)?;
+    if let crate::auth::SecretSource::Generated(path) = &source {
+        tracing::info!(path = %path.display(), "generated a random JWT secret");
+        eprintln!(
+            "ringgate: JWT secret created at {}\nringgate: mint a token with: ringgate token --user alice{}",
+            path.display(),
+            config_hint()
+        );
+    }
+    let tls = if cfg.tls.enabled {
+        let (server_cfg, certs) = crate::tls::build_server_config(&cfg.tls, &data_dir)?;
+        for c in &certs {
+            tracing::info!(
+                path = %c.path.display(),
+                sha256 = %c.sha256_fingerprint,
+                generated = c.generated,
+                server_name = c.server_name.as_deref().unwrap_or("*"),
+                "TLS certificate"
+            );
+            if c.generated {
+                eprintln!(
+                    "ringgate: self-signed development certificate at {} (SHA-256 {})",
+                    c.path.display(),
+                    c.sha256_fingerprint
+                );
+            }
+        }
+        Some(server_cfg)
+    } else {
+        tracing::warn!("TLS is disabled: serving plain TCP");
+        None
+    };
+
+    let addr: std::net::SocketAddr = cfg.server.listen.parse().map_err(|_| {
+        crate::config::ConfigError::Invalid(format!("server.listen {:?} is not an address", cfg.server.listen))
+    })?;
+    let listeners =
+        crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
+    let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
+
+    let mut groups = HashMap::new();
+    for (name, members) in &cfg.groups {
+        groups.insert(name.clone(), members.iter().map(|m| Arc::from(m.as_str())).collect());
+    }
+    let mesh: mesh::Mesh = (0..workers).map(|_| Mailbox::default()).collect::<Vec<_>>().into();
+    let shared = Arc::new(Shared {
+        limits: session_limits(&cfg),
+        jwt: crate::auth::JwtKey::new(&secret),
+        tls,
+        groups,
+        mesh: mesh.clone(),
+        retention: retention(&cfg),
+        dedup_per_device: cfg.session.dedup_per_device,
+        sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
+        clock: core::Clock::new(),
+    });
+
+    block_signals();
+    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut handles = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let pin = cfg.server.pin_workers;
+        let h = std::thread::Builder::new()
+            .name(format!("ringgate-w{id}"))
+            .spawn(move || {
+                if pin {
+                    if let Err(e) = pin_to_cpu(id % cpus) {
+                        tracing::warn!(worker = id, error = %e, "could not pin worker to its core");
+                    }
+                }
+                run_worker(id, driver, shared, listener, grace)
+            })
+            .map_err(|e| ServeError::Worker(id, e))?;
+        handles.push(h);
+    }
+    tracing::info!(listen_addr = %local, "listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
+
+    // The main thread only waits for signals.
+    wait_for_signal();
+    tracing::info!(grace_ms = cfg.server.shutdown_grace_ms, "shutting down: closing listeners, DISCONNECT(7) to every connection");
+    for m in mesh.iter() {
+        m.post(CoreMsg::Shutdown);
+    }
+    std::thread::spawn(|| {
+        wait_for_signal();
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Pins the calling thread to one CPU, so its runtime, its connections'
+/// softirq work (with RPS/RFS tuned accordingly) and its caches stay put.
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn config_hint() -> &'static str {
+    ""
+}
+
+/// The session section as the sans-IO core sees it.
+pub fn session_limits(cfg: &Config) -> crate::proto::session::SessionLimits {
+    let s = &cfg.session;
+    crate::proto::session::SessionLimits {
+        heartbeat_s: s.heartbeat_s,
+        handshake_timeout_ms: s.handshake_timeout_ms,
+        ack_timeout_ms: s.ack_timeout_ms,
+        max_retries: s.max_retries,
+        inflight_window: s.inflight_window,
+        max_frame: s.max_frame,
+    }
+}
+
+pub fn retention(cfg: &Config) -> crate::store::Retention {
+    crate::store::Retention {
+        max_messages: cfg.store.inbox_max_messages,
+        max_age_ms: cfg.store.inbox_max_age_s.saturating_mul(1000),
+    }
+}
+
+fn sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM/SIGINT in this thread and (by inheritance) every worker,
+/// so only `sigwait` in the main thread sees them.
+fn block_signals() {
+    let set = sigset();
+    // SAFETY: valid set pointer; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+fn wait_for_signal() {
+    let set = sigset();
+    let mut sig = 0;
+    // SAFETY: valid set and out pointer; the signals are blocked in every thread.
+    unsafe { libc::sigwait(&set, &mut sig) };
+}
+
+fn run_worker(id: usize, driver: DriverKind, shared: Arc<Shared>, listener: std::net::TcpListener, grace: Duration) {
+    let fut = worker_main(id, shared, listener, grace);
+    let res = match driver {
+        DriverKind::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(fut)),
+        DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(fut)),
+    };
+    if let Err(e) = res {
+        tracing::error!(worker = id, error = %e, "worker runtime failed to start");
+        std::process::exit(1);
+    }
+}
+
+async fn worker_main(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener, grace: Duration) {
+    let core = Rc::new(RefCell::new(Core::new(id, shared.clone())));
+    let stop = Rc::new(Flag::default());
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            monoio::spawn(accept_loop(core.clone(), l, stop.clone()));
+        }
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot register listener");
+            std::process::exit(1);
+        }
+    }
+    monoio::spawn(ticker(core.clone()));
+
+    let mailbox = &shared.mesh[id];
+    let mut batch = Vec::new();
+    loop {
+        mailbox.recv_batch(&mut batch).await;
+        if handle_batch(&core, &mut batch, &stop) {
+            break;
+        }
+    }
+    // Draining: connections got DISCONNECT(7); wait for them to finish.
+    let deadline = std::time::Instant::now() + grace;
+    while core.borrow().conn_count() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(TICK_MS)).await;
+        mailbox.try_drain(&mut batch);
+        handle_batch(&core, &mut batch, &stop);
+    }
+    let c = core.borrow();
+    let (inboxes, retained, st) = c.stats_line();
+    tracing::info!(
+        worker = id,
+        open = c.conn_count(),
+        accepted = st.accepted,
+        tls_failures = st.tls_failures,
+        handshake_timeouts = st.handshake_timeouts,
+        panics = st.panics,
+        migrated_out = st.migrated_out,
+        sends = st.sends,
+        inboxes,
+        retained,
+        "worker stopped"
+    );
+}
+
+/// Handles queued cross-core messages; returns true once shutdown began.
+fn handle_batch(core: &Rc<RefCell<Core>>, batch: &mut Vec<CoreMsg>, stop: &Rc<Flag>) -> bool {
+    for msg in batch.drain(..) {
+        if matches!(msg, CoreMsg::Shutdown) {
+            stop.raise();
+        }
+        let adopt = core.borrow_mut().on_message(msg);
+        if let Some(a) = adopt {
+            adopt_conn(core, *a);
+        }
+    }
+    core.borrow().shutting_down
+}
+
+fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
+    // SAFETY: the fd was released by the sending core (`into_raw_fd`) and
+    // travelled here in the Adopt message; we are its only owner now.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(a.fd) };
+    let stream = match TcpStream::from_std(std_stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register a moved connection");
+            return;
+        }
+    };
+    let key = core.borrow_mut().adopt(a);
+    monoio::spawn(conn_task(core.clone(), stream, key));
+}
+
+async fn ticker(core: Rc<RefCell<Core>>) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(TICK_MS)).await;
+        core.borrow_mut().on_tick();
+    }
+}
+
+async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Flag>) {
+    let mut last_emfile_log = None::<std::time::Instant>;
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let fd = stream.as_raw_fd();
+                let opts = core.borrow().shared.sockopts.clone();
+                // SAFETY: `stream` owns `fd` and outlives this borrow.
+                let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+                if let Err(e) = crate::net::sockopt::apply_to_stream(borrowed, &opts) {
+                    tracing::warn!(error = %e, "dropping connection");
+                    continue;
+                }
+                if core.borrow().shutting_down {
+                    continue;
+                }
+                let key = match core.borrow_mut().accept(fd) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create TLS state");
+                        continue;
+                    }
+                };
+                monoio::spawn(conn_task(core.clone(), stream, key));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                if last_emfile_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    let (soft, hard) = crate::net::listener::nofile_limit();
+                    tracing::warn!(
+                        soft,
+                        hard,
+                        "accept failed: open file limit reached (RLIMIT_NOFILE soft {soft}, hard {hard}); every connection uses one file descriptor. Raise LimitNOFILE / the hard limit, or spread load over more processes"
+                    );
+                    last_emfile_log = Some(std::time::Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    tracing::debug!(worker = core.borrow().id, "listener closed");
+}
+
+/// One connection's task. Any panic inside is contained here.
+async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
+    let fut = async {
+        if let Some(adopt) = drive(&core, &stream, key).await {
+            let home = mesh::home_core(&adopt.user, core.borrow().shared.mesh.len());
+            let mut adopt = adopt;
+            adopt.fd = stream.into_raw_fd();
+            let shared = core.borrow().shared.clone();
+            shared.mesh[home].post(CoreMsg::Adopt(adopt));
+            return;
+        }
+        drop(stream);
+    };
+    if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+        let mut c = core.borrow_mut();
+        c.stats.panics += 1;
+        tracing::error!(worker = c.id, "a connection task panicked; closed that connection only");
+    }
+    core.borrow_mut().remove(key);
+}
+
+async fn drive(core: &Rc<RefCell<Core>>, stream: &TcpStream, key: ConnKey) -> Option<Box<mesh::Adopt>> {
+    loop {
+        let write = core.borrow_mut().wants_write(key)?;
+        if write {
+            race(core, key, stream.writable(false)).await;
+        } else {
+            race(core, key, stream.readable(false)).await;
+        }
+        let outcome = core.borrow_mut().on_io(key);
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Close => return None,
+            Outcome::Migrate(a) => return Some(a),
+        }
+    }
+}
+
+/// Waits for socket readiness or for the core to wake this connection.
+async fn race<F: Future<Output = std::io::Result<()>>>(core: &Rc<RefCell<Core>>, key: ConnKey, ready: F) {
+    let mut ready = pin!(ready);
+    poll_fn(|cx| {
+        if core.borrow_mut().poll_woken(key, cx.waker()) {
+            return Poll::Ready(());
+        }
+        ready.as_mut().poll(cx).map(|_| ())
+    })
+    .await
+}

@@ -1,0 +1,150 @@
+//! In-memory inboxes: a ring of retained messages per user, with count and age retention.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{InboxStore, NewMessage, Retention, StoreError};
+use crate::proto::session::{EmptyInbox, EntryRef, InboxRead};
+
+#[derive(Debug)]
+struct Stored {
+    msg_id: u64,
+    timestamp_ms: u64,
+    from: Arc<str>,
+    payload: Bytes,
+}
+
+/// One user's inbox: `entries[i]` has seq `oldest + i`.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// Seq of `entries[0]`, or head + 1 when empty.
+    oldest: u64,
+    head: u64,
+    entries: VecDeque<Stored>,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox { oldest: 1, head: 0, entries: VecDeque::new() }
+    }
+
+    fn trim(&mut self, r: &Retention, now_ms: u64) {
+        while self.entries.len() as u64 > r.max_messages {
+            self.entries.pop_front();
+            self.oldest += 1;
+        }
+        let cutoff = now_ms.saturating_sub(r.max_age_ms);
+        while self.entries.front().is_some_and(|e| e.timestamp_ms < cutoff) {
+            self.entries.pop_front();
+            self.oldest += 1;
+        }
+    }
+}
+
+impl InboxRead for Inbox {
+    fn bounds(&self) -> (u64, u64) {
+        (self.oldest, self.head)
+    }
+
+    fn get(&self, seq: u64) -> Option<EntryRef<'_>> {
+        let i = seq.checked_sub(self.oldest)?;
+        let e = self.entries.get(usize::try_from(i).ok()?)?;
+        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload: &e.payload })
+    }
+}
+
+/// All inboxes of the users homed on one core.
+pub struct MemoryStore {
+    retention: Retention,
+    inboxes: HashMap<Box<str>, Inbox>,
+}
+
+impl MemoryStore {
+    pub fn new(retention: Retention) -> Self {
+        MemoryStore { retention, inboxes: HashMap::new() }
+    }
+}
+
+impl InboxStore for MemoryStore {
+    fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<u64, StoreError> {
+        let inbox = match self.inboxes.get_mut(user) {
+            Some(i) => i,
+            None => self.inboxes.entry(user.into()).or_insert_with(Inbox::new),
+        };
+        // A payload decoded from a connection's read buffer is a slice of a
+        // larger allocation; copying it into its own keeps retained messages
+        // from pinning whole read buffers.
+        let payload = Bytes::copy_from_slice(&msg.payload);
+        inbox.head += 1;
+        inbox.entries.push_back(Stored { msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, from: msg.from, payload });
+        inbox.trim(&self.retention, now_ms);
+        Ok(inbox.head)
+    }
+
+    fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead {
+        match self.inboxes.get_mut(user) {
+            Some(i) => {
+                i.trim(&self.retention, now_ms);
+                i
+            }
+            None => &EmptyInbox,
+        }
+    }
+
+    fn peek(&self, user: &str) -> &dyn InboxRead {
+        match self.inboxes.get(user) {
+            Some(i) => i,
+            None => &EmptyInbox,
+        }
+    }
+
+    fn stats(&self) -> (usize, u64) {
+        (self.inboxes.len(), self.inboxes.values().map(|i| i.entries.len() as u64).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64, ts: u64) -> NewMessage {
+        NewMessage { msg_id: id, timestamp_ms: ts, from: Arc::from("a"), payload: Bytes::from_static(b"p") }
+    }
+
+    #[test]
+    fn dense_seqs_and_bounds() {
+        let mut s = MemoryStore::new(Retention { max_messages: 10, max_age_ms: u64::MAX });
+        assert_eq!(s.peek("u").bounds(), (1, 0));
+        for i in 1..=3 {
+            assert_eq!(s.append("u", msg(i, 0), 0).unwrap(), i);
+        }
+        assert_eq!(s.peek("u").bounds(), (1, 3));
+        assert_eq!(s.peek("u").get(2).unwrap().msg_id, 2);
+        assert!(s.peek("u").get(4).is_none());
+        assert!(s.peek("u").get(0).is_none());
+    }
+
+    #[test]
+    fn count_retention_moves_oldest() {
+        let mut s = MemoryStore::new(Retention { max_messages: 3, max_age_ms: u64::MAX });
+        for i in 1..=5 {
+            s.append("u", msg(i, 0), 0).unwrap();
+        }
+        assert_eq!(s.peek("u").bounds(), (3, 5));
+        assert!(s.peek("u").get(2).is_none());
+        assert_eq!(s.peek("u").get(3).unwrap().msg_id, 3);
+    }
+
+    #[test]
+    fn age_retention_empties_to_head_plus_one() {
+        let mut s = MemoryStore::new(Retention { max_messages: 100, max_age_ms: 1_000 });
+        s.append("u", msg(1, 0), 0).unwrap();
+        s.append("u", msg(2, 500), 500).unwrap();
+        assert_eq!(s.inbox("u", 1_200).bounds(), (2, 2));
+        assert_eq!(s.inbox("u", 5_000).bounds(), (3, 2));
+        // seqs continue after everything expired
+        assert_eq!(s.append("u", msg(3, 5_000), 5_000).unwrap(), 3);
+    }
+}
