@@ -72,17 +72,17 @@ pub enum ServeError {
     Worker(usize, std::io::Error),
 }
 
-/// A one-shot event on one core (stop accepting).
+/// A one-shot event on one core (stop accepting); one waiter, the accept loop.
 #[derive(Default)]
 struct Flag {
     set: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
+    waker: Cell<Option<Waker>>,
 }
 
 impl Flag {
     fn raise(&self) {
         self.set.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -91,7 +91,7 @@ impl Flag {
             if self.set.get() {
                 Poll::Ready(())
             } else {
-                self.wakers.borrow_mut().push(cx.waker().clone());
+                self.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
