@@ -1,0 +1,225 @@
+//! Client authentication: HS256 JWTs (`sub` = user id, `exp` checked) and the secret they are signed with.
+//!
+//! Deliberately small: only HS256 is accepted, so `alg: none` and algorithm
+//! confusion are refused by construction. The MAC is checked (in constant
+//! time, by `hmac`) before the claims are parsed, so an unauthenticated peer
+//! never reaches the JSON parser with chosen input beyond the header.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::config::AuthConfig;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Longest user id a token may name (the protocol's `str` limit).
+pub const MAX_USER_ID_BYTES: usize = 255;
+
+/// Why a token or the secret was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Peer fault: not three base64url parts, bad JSON, wrong alg, bad claims.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Peer fault: signature does not match our secret.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// Peer fault: `exp` is in the past.
+    #[error("token expired at {exp} (now {now})")]
+    Expired { exp: u64, now: u64 },
+    /// Operator fault: the secret could not be read or created.
+    #[error("JWT secret {path}: {message}")]
+    Secret { path: PathBuf, message: String },
+}
+
+/// The claims ringgate uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: Option<String>,
+    exp: Option<serde_json::Value>,
+}
+
+/// An HS256 key, built once and shared read-only by all cores.
+#[derive(Clone)]
+pub struct JwtKey {
+    mac: HmacSha256,
+}
+
+impl JwtKey {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        Self { mac }
+    }
+
+    /// Verifies signature and expiry; `now_s` is Unix seconds.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, AuthError> {
+        let mut parts = token.split('.');
+        let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(c), Some(s), None) => (h, c, s),
+            _ => return Err(AuthError::Malformed("not three dot-separated parts")),
+        };
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+        let mut mac = self.mac.clone();
+        mac.update(h.as_bytes());
+        mac.update(b".");
+        mac.update(c.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
+
+        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        let header: Header = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed("header is not JSON"))?;
+        if header.alg != "HS256" {
+            return Err(AuthError::Malformed("alg is not HS256"));
+        }
+        let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| AuthError::Malformed("claims are not base64url"))?;
+        let raw: RawClaims = serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed("claims are not JSON"))?;
+        let sub = raw.sub.ok_or(AuthError::Malformed("no sub claim"))?;
+        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES {
+            return Err(AuthError::Malformed("sub must be 1..=255 bytes"));
+        }
+        // `exp` is a NumericDate: integer or fractional seconds.
+        let exp = match raw.exp {
+            Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+                (Some(v), _) => v,
+                (None, Some(f)) if f >= 0.0 => f as u64,
+                _ => return Err(AuthError::Malformed("exp is negative")),
+            },
+            Some(_) => return Err(AuthError::Malformed("exp is not a number")),
+            None => return Err(AuthError::Malformed("no exp claim")),
+        };
+        if exp <= now_s {
+            return Err(AuthError::Expired { exp, now: now_s });
+        }
+        Ok(Claims { sub, exp })
+    }
+
+    /// Signs a token for `user` valid for `ttl_s` seconds from `now_s`.
+    pub fn mint(&self, user: &str, now_s: u64, ttl_s: u64) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = serde_json::json!({ "sub": user, "iat": now_s, "exp": now_s.saturating_add(ttl_s) });
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = self.mac.clone();
+        mac.update(header.as_bytes());
+        mac.update(b".");
+        mac.update(claims.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{header}.{claims}.{sig}")
+    }
+}
+
+/// Where the secret came from (the server prints a hint when it made one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Config,
+    File(PathBuf),
+    /// Read from `<data_dir>/jwt-secret`, created by an earlier start.
+    DataDir(PathBuf),
+    /// Created just now at this path.
+    Generated(PathBuf),
+}
+
+/// Loads the secret from config, from `jwt_secret_file`, or from (creating
+/// if needed) `<data_dir>/jwt-secret` with 32 random bytes, hex, mode 0600.
+pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<(Vec<u8>, SecretSource), AuthError> {
+    if let Some(s) = &cfg.jwt_secret {
+        return Ok((s.as_bytes().to_vec(), SecretSource::Config));
+    }
+    let err = |path: &Path, message: String| AuthError::Secret { path: path.to_path_buf(), message };
+    if let Some(p) = &cfg.jwt_secret_file {
+        let text = std::fs::read_to_string(p).map_err(|e| err(p, e.to_string()))?;
+        let s = text.trim_end_matches(['\n', '\r']);
+        if s.len() < 16 {
+            return Err(err(p, "secret must be at least 16 bytes".into()));
+        }
+        return Ok((s.as_bytes().to_vec(), SecretSource::File(p.clone())));
+    }
+    let path = data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let s = text.trim_end_matches(['\n', '\r']);
+            if s.len() < 16 {
+                return Err(err(&path, "secret must be at least 16 bytes (delete the file to regenerate)".into()));
+            }
+            Ok((s.as_bytes().to_vec(), SecretSource::DataDir(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| err(data_dir, format!("cannot create data directory: {e}")))?;
+            let mut raw = [0u8; 32];
+            getrandom::getrandom(&mut raw).map_err(|e| err(&path, format!("no randomness: {e}")))?;
+            let secret = hex::encode(raw);
+            write_private(&path, format!("{secret}\n").as_bytes()).map_err(|e| err(&path, e.to_string()))?;
+            Ok((secret.into_bytes(), SecretSource::Generated(path)))
+        }
+        Err(e) => Err(err(&path, e.to_string())),
+    }
+}
+
+/// Creates `path` with mode 0600, failing if it exists (two instances racing
+/// on first start must not overwrite each other's secret).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mint_then_verify() {
+        let k = JwtKey::new(b"0123456789abcdef");
+        let t = k.mint("alice", 1000, 60);
+        assert_eq!(k.verify(&t, 1000).unwrap(), Claims { sub: "alice".into(), exp: 1060 });
+        assert_eq!(k.verify(&t, 1060), Err(AuthError::Expired { exp: 1060, now: 1060 }));
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage_refused() {
+        let t = JwtKey::new(b"0123456789abcdef").mint("alice", 1000, 60);
+        let other = JwtKey::new(b"fedcba9876543210");
+        assert_eq!(other.verify(&t, 1000), Err(AuthError::BadSignature));
+        for bad in ["", "a.b", "a.b.c.d", "...", "x.y.z"] {
+            assert!(other.verify(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn alg_none_refused() {
+        let k = JwtKey::new(b"0123456789abcdef");
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        let c = URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":99999999999}"#);
+        assert!(k.verify(&format!("{h}.{c}."), 0).is_err());
+    }
+
+    #[test]
+    fn secret_created_once_then_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, src) = load_or_create_secret(&AuthConfig::default(), d.path()).unwrap();
+        assert!(matches!(src, SecretSource::Generated(_)));
+        let (b, src) = load_or_create_secret(&AuthConfig::default(), d.path()).unwrap();
+        assert!(matches!(src, SecretSource::DataDir(_)));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+}

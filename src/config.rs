@@ -1,0 +1,497 @@
+//! The one configuration struct: TOML in, validated settings out.
+//!
+//! Every field has a documented default with its unit in its name, so
+//! `ringgate serve` with no file just works, and a file only states what it
+//! changes. Unknown keys are refused with their name (`deny_unknown_fields`):
+//! a misspelt `ack_timout_ms` silently ignored would be worse than an error.
+//! The key names are a contract that outside tools write.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used. Always the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    /// Static groups: name → member user ids. A SEND to a group fans out to
+    /// every member but the sender (the sender must be a member).
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// Which io_uring-or-epoll driver the per-core runtimes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// io_uring when the kernel offers it, else epoll with a log line.
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    Uring,
+    /// monoio's legacy epoll driver (the benchmark's baseline).
+    Legacy,
+}
+
+/// `[server]`: listeners, workers and socket options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Client listener, `host:port`. Default `0.0.0.0:7443`.
+    pub listen: String,
+    /// Admin/metrics listener (reserved; not served yet). Default `127.0.0.1:7080`.
+    pub admin_listen: String,
+    /// Worker threads, one runtime each; 0 = one per core. Default 0.
+    pub workers: usize,
+    /// Accept queue length per listener. Default 4096 (clamped by net.core.somaxconn).
+    pub backlog: u32,
+    /// Runtime driver: "auto", "uring" or "legacy". Default "auto".
+    pub driver: Driver,
+    /// Pin worker N to CPU N. Default true.
+    pub pin_workers: bool,
+    /// Seconds of silence before the kernel sends keepalive probes. Default 60.
+    pub tcp_keepalive_idle_s: u32,
+    /// Seconds between keepalive probes. Default 10.
+    pub tcp_keepalive_interval_s: u32,
+    /// Unanswered probes before the kernel drops the connection. Default 6.
+    pub tcp_keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: unacknowledged sent data older than this kills the
+    /// connection. Default 60000; 0 leaves the kernel default.
+    pub tcp_user_timeout_ms: u32,
+    /// TCP_DEFER_ACCEPT: wake accept only once the client sent data. Default 5; 0 = off.
+    pub defer_accept_s: u32,
+    /// SO_RCVBUF; 0 = kernel autotuning (recommended). Default 0.
+    pub recv_buffer_bytes: u32,
+    /// SO_SNDBUF; 0 = kernel autotuning (recommended). Default 0.
+    pub send_buffer_bytes: u32,
+    /// How long a graceful shutdown waits for connections to close. Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7443".into(),
+            admin_listen: "127.0.0.1:7080".into(),
+            workers: 0,
+            backlog: 4096,
+            driver: Driver::Auto,
+            pin_workers: true,
+            tcp_keepalive_idle_s: 60,
+            tcp_keepalive_interval_s: 10,
+            tcp_keepalive_count: 6,
+            tcp_user_timeout_ms: 60_000,
+            defer_accept_s: 5,
+            recv_buffer_bytes: 0,
+            send_buffer_bytes: 0,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// `[tls]`: certificates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve TLS; false serves plain TCP. Default true.
+    pub enabled: bool,
+    /// PEM certificate chain; empty = self-signed dev certificate in data_dir.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Issue TLS 1.3 session tickets (resumption without server state). Default true.
+    pub session_tickets: bool,
+    /// Extra certificates chosen by SNI server name.
+    pub certificates: Vec<SniCertificate>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { enabled: true, cert_file: None, key_file: None, session_tickets: true, certificates: Vec::new() }
+    }
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// The SNI name (exact, lowercase) this certificate answers.
+    pub server_name: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[auth]`: the JWT HS256 secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The secret itself. Prefer `jwt_secret_file`.
+    pub jwt_secret: Option<String>,
+    /// File holding the secret (trailing newline ignored). With neither set,
+    /// a random secret is created at `<data_dir>/jwt-secret`.
+    pub jwt_secret_file: Option<PathBuf>,
+}
+
+/// `[session]`: protocol timers and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Heartbeat interval told to clients in CONNACK; idle close after 2.5×. Default 30.
+    pub heartbeat_s: u16,
+    /// Time from TCP accept to a valid CONNECT (TLS handshake included). Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// First retransmission timeout of an unacked PUSH; doubles per retry. Default 5000.
+    pub ack_timeout_ms: u64,
+    /// Retransmissions before DISCONNECT(4). Default 2.
+    pub max_retries: u32,
+    /// Unacked PUSHes in flight per connection. Default 64.
+    pub inflight_window: u32,
+    /// Largest frame body accepted, bytes. Default 65536.
+    pub max_frame: u32,
+    /// Remembered client_msg_ids per device for dedup. Default 1024.
+    pub dedup_per_device: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_s: 30,
+            handshake_timeout_ms: 10_000,
+            ack_timeout_ms: 5_000,
+            max_retries: 2,
+            inflight_window: 64,
+            max_frame: 65_536,
+            dedup_per_device: 1024,
+        }
+    }
+}
+
+/// How inboxes are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// In memory; lost on restart.
+    #[default]
+    Memory,
+    /// Append-only log on disk (not implemented yet: refused).
+    Durable,
+}
+
+/// When the durable log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    #[default]
+    Always,
+    Interval,
+    Never,
+}
+
+/// `[store]`: inboxes and the data directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the dev certificate, JWT secret and (later) the log live. Default "./ringgate-data".
+    pub data_dir: PathBuf,
+    /// "memory" or "durable". Default "memory" ("durable" is not implemented yet).
+    pub durability: Durability,
+    /// "always", "interval" or "never" (durable only). Default "always".
+    pub fsync: Fsync,
+    /// fsync period under `fsync = "interval"`. Default 100.
+    pub fsync_interval_ms: u64,
+    /// Messages kept per user inbox. Default 10000.
+    pub inbox_max_messages: u64,
+    /// Age after which messages leave the inbox. Default 604800 (7 days).
+    pub inbox_max_age_s: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ringgate-data"),
+            durability: Durability::Memory,
+            fsync: Fsync::Always,
+            fsync_interval_ms: 100,
+            inbox_max_messages: 10_000,
+            inbox_max_age_s: 604_800,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; unknown keys are errors naming the key.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string().trim_end().to_string()))
+    }
+
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn resolved_workers(&self) -> usize {
+        if self.server.workers > 0 {
+            self.server.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+
+    /// Checks values a parse cannot: ranges, addresses, combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("server.listen = {:?} is not an IP:port address", self.server.listen));
+        }
+        if self.server.admin_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("server.admin_listen = {:?} is not an IP:port address", self.server.admin_listen));
+        }
+        if self.server.workers > 1024 {
+            return bad(format!("server.workers = {} is more than 1024", self.server.workers));
+        }
+        if self.server.backlog == 0 {
+            return bad("server.backlog must be at least 1".into());
+        }
+        let s = &self.session;
+        if s.heartbeat_s == 0 {
+            return bad("session.heartbeat_s must be at least 1".into());
+        }
+        if s.handshake_timeout_ms == 0 {
+            return bad("session.handshake_timeout_ms must be at least 1".into());
+        }
+        if s.ack_timeout_ms == 0 {
+            return bad("session.ack_timeout_ms must be at least 1".into());
+        }
+        if s.max_retries > 16 {
+            return bad(format!("session.max_retries = {} is more than 16 (the timeout doubles each retry)", s.max_retries));
+        }
+        if s.inflight_window == 0 || s.inflight_window > 65_536 {
+            return bad(format!("session.inflight_window = {} must be between 1 and 65536", s.inflight_window));
+        }
+        // The smallest useful frame is a CONNECT with a short token; the largest
+        // is bounded so one peer cannot make us buffer more than 16 MiB.
+        if s.max_frame < 256 || s.max_frame > 16 * 1024 * 1024 {
+            return bad(format!("session.max_frame = {} must be between 256 and 16777216", s.max_frame));
+        }
+        if s.dedup_per_device == 0 {
+            return bad("session.dedup_per_device must be at least 1".into());
+        }
+        if self.store.durability == Durability::Durable {
+            return bad("store.durability = \"durable\" is not implemented yet; use \"memory\" (inboxes are lost on restart)".into());
+        }
+        if self.store.fsync == Fsync::Interval && self.store.fsync_interval_ms == 0 {
+            return bad("store.fsync_interval_ms must be at least 1 with fsync = \"interval\"".into());
+        }
+        if self.store.inbox_max_messages == 0 {
+            return bad("store.inbox_max_messages must be at least 1".into());
+        }
+        if self.store.inbox_max_age_s == 0 {
+            return bad("store.inbox_max_age_s must be at least 1".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls.cert_file and tls.key_file must be set together".into());
+        }
+        if self.auth.jwt_secret.is_some() && self.auth.jwt_secret_file.is_some() {
+            return bad("set auth.jwt_secret or auth.jwt_secret_file, not both".into());
+        }
+        if let Some(sec) = &self.auth.jwt_secret {
+            if sec.len() < 16 {
+                return bad("auth.jwt_secret must be at least 16 bytes".into());
+            }
+        }
+        for (name, members) in &self.groups {
+            if name.is_empty() || name.len() > 255 {
+                return bad(format!("group name {name:?} must be 1..=255 bytes"));
+            }
+            if members.iter().any(|m| m.is_empty() || m.len() > 255) {
+                return bad(format!("group {name:?} has a member id that is empty or longer than 255 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete, commented default configuration (`ringgate config default`).
+    pub fn default_toml() -> &'static str {
+        DEFAULT_TOML
+    }
+}
+
+const DEFAULT_TOML: &str = r#"# ringgate configuration. Every key is optional; shown are the defaults.
+# Units are in the key names. Unknown keys are an error.
+
+[server]
+# Client listener (TLS unless tls.enabled = false).
+listen = "0.0.0.0:7443"
+# Admin and metrics listener (reserved for the backend API; not served yet).
+admin_listen = "127.0.0.1:7080"
+# Worker threads, each a runtime with its own SO_REUSEPORT listener; 0 = one per core.
+workers = 0
+# Accept queue per listener; the kernel clamps it to net.core.somaxconn.
+backlog = 4096
+# "auto" (io_uring, else epoll with a log line), "uring" or "legacy" (epoll).
+driver = "auto"
+# Pin worker N to CPU N.
+pin_workers = true
+# TCP keepalive: idle seconds before probing, seconds between probes, probes.
+tcp_keepalive_idle_s = 60
+tcp_keepalive_interval_s = 10
+tcp_keepalive_count = 6
+# TCP_USER_TIMEOUT: drop a peer that leaves sent data unacknowledged this long; 0 = kernel default.
+tcp_user_timeout_ms = 60000
+# TCP_DEFER_ACCEPT seconds: accept wakes only once the client has sent data; 0 = off.
+defer_accept_s = 5
+# SO_RCVBUF / SO_SNDBUF; 0 = kernel autotuning (recommended).
+recv_buffer_bytes = 0
+send_buffer_bytes = 0
+# Graceful shutdown: how long to wait for connections after DISCONNECT(7).
+shutdown_grace_ms = 10000
+
+[tls]
+enabled = true
+# PEM files; unset = a self-signed development certificate in store.data_dir.
+# cert_file = "/etc/ringgate/cert.pem"
+# key_file = "/etc/ringgate/key.pem"
+# TLS 1.3 session tickets for resumption.
+session_tickets = true
+# More certificates, chosen by SNI:
+# [[tls.certificates]]
+# server_name = "im.example.com"
+# cert_file = "/etc/ringgate/im.pem"
+# key_file = "/etc/ringgate/im.key"
+
+[auth]
+# HS256 secret for client JWTs (sub = user id, exp checked). Set one of:
+# jwt_secret = "at least sixteen bytes"
+# jwt_secret_file = "/etc/ringgate/jwt-secret"
+# With neither, a random secret is created at <data_dir>/jwt-secret.
+
+[session]
+# Heartbeat interval told to clients; a connection silent for 2.5x this is closed.
+heartbeat_s = 30
+# From TCP accept to a valid CONNECT, TLS handshake included.
+handshake_timeout_ms = 10000
+# First retransmission timeout of an unacknowledged PUSH; doubles per retry.
+ack_timeout_ms = 5000
+# Retransmissions before DISCONNECT(4).
+max_retries = 2
+# Unacknowledged PUSHes in flight per connection.
+inflight_window = 64
+# Largest frame body accepted, bytes.
+max_frame = 65536
+# client_msg_ids remembered per device for dedup of retried SENDs.
+dedup_per_device = 1024
+
+[store]
+# Dev certificate, JWT secret and (with durability = "durable") the log.
+data_dir = "./ringgate-data"
+# "memory" (lost on restart) or "durable" (not implemented yet: refused).
+durability = "memory"
+# Durable only: "always", "interval" or "never".
+fsync = "always"
+fsync_interval_ms = 100
+# Retention per user inbox.
+inbox_max_messages = 10000
+inbox_max_age_s = 604800
+
+[groups]
+# name = ["member", "member", ...]
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default() {
+        let parsed = Config::from_toml_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_default() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("[session]\nack_timout_ms = 5\n").unwrap_err().to_string();
+        assert!(e.contains("ack_timout_ms"), "{e}");
+        let e = Config::from_toml_str("[nope]\n").unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn contract_keys_parse() {
+        let c = Config::from_toml_str(
+            r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 2
+backlog = 128
+[tls]
+enabled = false
+cert_file = "c.pem"
+key_file = "k.pem"
+[auth]
+jwt_secret_file = "s"
+[session]
+heartbeat_s = 5
+handshake_timeout_ms = 100
+ack_timeout_ms = 200
+max_retries = 3
+inflight_window = 8
+max_frame = 4096
+[store]
+data_dir = "/tmp/x"
+durability = "memory"
+fsync = "interval"
+fsync_interval_ms = 7
+inbox_max_messages = 9
+inbox_max_age_s = 10
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.workers, 2);
+        assert_eq!(c.session.inflight_window, 8);
+        assert_eq!(c.store.fsync, Fsync::Interval);
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let mut c = Config::default();
+        c.store.durability = Durability::Durable;
+        assert!(c.validate().unwrap_err().to_string().contains("durable"));
+        let mut c = Config::default();
+        c.server.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        let mut c = Config::default();
+        c.session.max_frame = 10;
+        assert!(c.validate().unwrap_err().to_string().contains("max_frame"));
+        let c = Config::from_toml_str("[store]\ndurability = \"disk\"\n").unwrap_err().to_string();
+        assert!(c.contains("disk"), "{c}");
+    }
+}

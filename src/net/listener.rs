@@ -1,0 +1,134 @@
+//! Listener groups: one SO_REUSEPORT listener per worker on the same address, and the open-files limit that caps connections.
+//!
+//! The kernel hashes each incoming connection's 4-tuple to one listener of
+//! the group, so accepts spread over cores with no shared accept queue and
+//! no thundering herd. TCP_DEFER_ACCEPT keeps half-open scanners and silent
+//! clients out of the accept path until they send their ClientHello.
+
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Why the listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot create a socket for {addr}: {source}")]
+    Socket { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set {option} on the listener for {addr}: {source}")]
+    Option { addr: SocketAddr, option: &'static str, source: std::io::Error },
+    #[error("cannot bind {addr}: {source} (is another program using the port?)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Binds `n` listeners on `addr` with SO_REUSEPORT. Port 0 picks a free port
+/// once, for the first listener, and binds the rest to the same port.
+pub fn bind_group(addr: SocketAddr, n: usize, backlog: u32, defer_accept_s: u32) -> Result<Vec<std::net::TcpListener>, ListenError> {
+    let somaxconn = read_somaxconn();
+    if let Some(max) = somaxconn {
+        if u64::from(backlog) > max {
+            tracing::warn!(
+                backlog,
+                somaxconn = max,
+                "server.backlog {backlog} is clamped by net.core.somaxconn = {max}; raise it (see sysctl/) or bursts of connects overflow the accept queue"
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let l = bind_one(at, backlog, defer_accept_s)?;
+        if at.port() == 0 {
+            at = l.local_addr().map_err(|source| ListenError::Socket { addr, source })?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32, defer_accept_s: u32) -> Result<std::net::TcpListener, ListenError> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|source| ListenError::Socket { addr, source })?;
+    let opt = |option: &'static str| move |source| ListenError::Option { addr, option, source };
+    s.set_reuse_address(true).map_err(opt("SO_REUSEADDR"))?;
+    s.set_reuse_port(true).map_err(opt("SO_REUSEPORT"))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false).map_err(opt("IPV6_V6ONLY"))?;
+    }
+    if defer_accept_s > 0 {
+        set_defer_accept(&s, defer_accept_s).map_err(opt("TCP_DEFER_ACCEPT"))?;
+    }
+    s.set_nonblocking(true).map_err(opt("O_NONBLOCK"))?;
+    s.bind(&addr.into()).map_err(|source| ListenError::Bind { addr, source })?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    s.listen(backlog).map_err(|source| ListenError::Listen { addr, source })?;
+    Ok(s.into())
+}
+
+fn set_defer_accept(s: &Socket, secs: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = secs.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: valid fd, pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn read_somaxconn() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+}
+
+/// RLIMIT_NOFILE as (soft, hard).
+pub fn nofile_limit() -> (u64, u64) {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return (0, 0);
+    }
+    (r.rlim_cur as u64, r.rlim_max as u64)
+}
+
+/// Raises the soft open-files limit to the hard limit (the only raise an
+/// unprivileged process may make) and returns the soft limit now in force.
+pub fn raise_nofile_soft_limit() -> u64 {
+    let (soft, hard) = nofile_limit();
+    if soft < hard {
+        let r = libc::rlimit { rlim_cur: hard as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: valid pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            return hard;
+        }
+    }
+    soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_shares_one_port() {
+        let ls = bind_group("127.0.0.1:0".parse().unwrap(), 3, 64, 1).unwrap();
+        let p = ls[0].local_addr().unwrap().port();
+        assert_ne!(p, 0);
+        assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == p));
+    }
+
+    #[test]
+    fn busy_port_is_explained() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = bind_group(taken.local_addr().unwrap(), 1, 64, 0).unwrap_err().to_string();
+        assert!(e.contains("cannot bind"), "{e}");
+    }
+}
