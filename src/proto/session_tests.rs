@@ -1649,7 +1649,9 @@ proptest! {
         let mut last_fresh: Option<u64> = None;
         h.fill();
 
-        for op in ops {
+        // A leading Ping checks the pushes of the fill at open before any
+        // op can move the inbox under them.
+        for op in std::iter::once(DOp::Ping).chain(ops) {
             let acked_before = h.s.acked();
             let sent_before = h.s.sent();
             match op {
