@@ -284,8 +284,12 @@ impl Config {
         if s.ack_timeout_ms == 0 {
             return bad("session.ack_timeout_ms must be at least 1".into());
         }
-        if s.max_retries > 16 {
-            return bad(format!("session.max_retries = {} is more than 16 (the timeout doubles each retry)", s.max_retries));
+        if s.max_retries > crate::proto::session::MAX_BACKOFF_DOUBLINGS {
+            return bad(format!(
+                "session.max_retries = {} is more than {} (the timeout doubles each retry: 5 s x 2^8 is already 21 minutes)",
+                s.max_retries,
+                crate::proto::session::MAX_BACKOFF_DOUBLINGS
+            ));
         }
         if s.inflight_window == 0 || s.inflight_window > 65_536 {
             return bad(format!("session.inflight_window = {} must be between 1 and 65536", s.inflight_window));

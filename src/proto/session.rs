@@ -31,6 +31,9 @@ pub const MAX_DEVICE_ID: usize = 64;
 /// Longest token accepted in CONNECT (PROTOCOL.md: ..4096 bytes).
 pub const MAX_TOKEN: usize = 4096;
 
+/// The retransmission timeout doubles at most this many times.
+pub const MAX_BACKOFF_DOUBLINGS: u32 = 8;
+
 /// Session limits; one copy per core, passed by reference (not stored per session).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -130,7 +133,7 @@ pub struct Session {
     /// Negotiated heartbeat (CONNACK `heartbeat_s`).
     heartbeat_s: u16,
     /// Retransmissions of the current oldest unacked PUSH so far.
-    retries: u8,
+    retries: u32,
     close_reason: Option<DisconnectReason>,
     /// Accept time + handshake timeout, until Open; linger deadline while Closing.
     phase_deadline_ms: u64,
@@ -388,6 +391,7 @@ impl Session {
         let window = lim.inflight_window.max(1) as u64;
         let was_empty = self.sent == self.acked;
         let mut n = 0;
+        let mut skipped = false;
         while self.sent - self.acked < window && self.sent < head {
             let seq = self.sent + 1;
             if seq < oldest {
@@ -395,6 +399,7 @@ impl Session {
                 // gap it sees tells it so, as `oldest_seq` does on connect.
                 self.sent = oldest - 1;
                 self.acked = self.acked.max(self.sent);
+                skipped = true;
                 continue;
             }
             let Some(e) = inbox.get(seq) else { break };
@@ -403,7 +408,12 @@ impl Session {
             self.sent = seq;
             n += 1;
         }
-        if n > 0 && was_empty {
+        if skipped {
+            // Whatever was in flight is gone with the skip: its timer and
+            // spent retries must not carry over to what was sent just now.
+            self.ack_deadline_ms = if n > 0 { now_ms.saturating_add(lim.ack_timeout_ms) } else { 0 };
+            self.retries = 0;
+        } else if n > 0 && was_empty {
             self.ack_deadline_ms = now_ms.saturating_add(lim.ack_timeout_ms);
             self.retries = 0;
         }
@@ -474,6 +484,17 @@ impl Session {
         write_blocked: bool,
         out: &mut BytesMut,
     ) {
+        // Retention may have dropped unacked entries since they were sent;
+        // nobody can acknowledge those any more, so they leave the window.
+        let (oldest, _) = inbox.bounds();
+        if self.acked + 1 < oldest {
+            self.acked = (oldest - 1).min(self.sent);
+            self.retries = 0;
+            if self.acked == self.sent {
+                self.ack_deadline_ms = 0;
+                return;
+            }
+        }
         if write_blocked {
             // Resending into a socket that has not drained the first copy
             // would only grow our buffers.
@@ -481,7 +502,7 @@ impl Session {
             self.close(now_ms, DisconnectReason::SlowConsumer, msg, out);
             return;
         }
-        if self.retries as u32 >= lim.max_retries {
+        if self.retries >= lim.max_retries {
             let msg = format!("no PUSHACK after {} retransmissions", self.retries);
             self.close(now_ms, DisconnectReason::AckTimeout, &msg, out);
             return;
@@ -492,7 +513,11 @@ impl Session {
                 frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, FLAG_REDELIVERY, e.payload);
             }
         }
-        let timeout = lim.ack_timeout_ms.saturating_mul(1u64 << self.retries.min(32));
+        // Exact doubling for every value config allows (max_retries ≤
+        // MAX_BACKOFF_DOUBLINGS); beyond that the interval stops growing so a
+        // library caller's large max_retries cannot push the next resend
+        // out past any useful horizon (as TCP caps its RTO).
+        let timeout = lim.ack_timeout_ms.saturating_mul(1u64 << self.retries.min(MAX_BACKOFF_DOUBLINGS));
         self.ack_deadline_ms = now_ms.saturating_add(timeout);
     }
 }
