@@ -43,7 +43,7 @@ def rss_kb(pid):
 async def one(i, args, ctx, conns):
     host, port = args.addr.rsplit(":", 1)
     src = f"127.0.0.{2 + i % 200}"
-    r, w = await asyncio.open_connection(host, int(port), ssl=ctx, server_hostname="localhost", local_addr=(src, 0))
+    r, w = await asyncio.open_connection(host, int(port), ssl=ctx, server_hostname="localhost" if ctx else None, local_addr=(src, 0))
     w.write(connect_frame(f"d{i}", token(args.secret, f"idle{i}")))
     await w.drain()
     hdr = await r.readexactly(4)
@@ -69,12 +69,14 @@ async def main():
     ap.add_argument("--secret", required=True)
     ap.add_argument("-n", type=int, default=10000)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--tls13", action="store_true", default=True)
+    ap.add_argument("--plain", action="store_true", help="server runs with tls.enabled = false")
     args = ap.parse_args()
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if args.plain:
+        ctx = None
     conns = []
     await ramp(args, ctx, 0, args.warmup, conns)
     await asyncio.sleep(1.0)

@@ -28,7 +28,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
-use super::conn::{Conn, Identity, ReadStatus, TransportError};
+use super::conn::{Conn, Identity, ReadStatus, Tls, TransportError};
 use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
 use crate::auth::JwtKey;
 use crate::net::sockopt::SockOpts;
@@ -197,8 +197,8 @@ impl Core {
     pub fn accept(&mut self, fd: std::os::fd::RawFd) -> Result<ConnKey, rustls::Error> {
         let now = self.shared.clock.mono_ms();
         let tls = match &self.shared.tls {
-            Some(cfg) => Some(Box::new(rustls::ServerConnection::new(cfg.clone())?)),
-            None => None,
+            Some(cfg) => Tls::Rustls(Box::new(rustls::ServerConnection::new(cfg.clone())?)),
+            None => Tls::Off,
         };
         self.stats.accepted += 1;
         let session = Session::new(now, &self.shared.limits);
@@ -285,6 +285,11 @@ impl Core {
             Err(TransportError::Tls(e)) => {
                 tracing::debug!(error = %e, "TLS failure");
                 conn.send_alert();
+                self.stats.tls_failures += 1;
+                return Outcome::Close;
+            }
+            Err(TransportError::Record(e)) => {
+                tracing::debug!(error = %e, "TLS record failure");
                 self.stats.tls_failures += 1;
                 return Outcome::Close;
             }
@@ -410,6 +415,8 @@ impl Core {
         Some(Box::new(Adopt {
             fd: c.fd,
             tls: c.tls,
+            tls_in: c.tls_in,
+            tls_out: c.tls_out,
             session: c.session,
             rbuf: c.rbuf,
             out: c.out,
@@ -422,6 +429,8 @@ impl Core {
     /// A connection moved here from another core: register it and open its session.
     pub fn adopt(&mut self, a: Adopt) -> ConnKey {
         let mut conn = Conn::new(a.fd, a.tls, a.session);
+        conn.tls_in = a.tls_in;
+        conn.tls_out = a.tls_out;
         conn.rbuf = a.rbuf;
         conn.out = a.out;
         let key = self.insert(conn);

@@ -20,7 +20,9 @@ use crate::store::{NewMessage, StoreError};
 /// A connection moving to its user's home core after CONNECT.
 pub struct Adopt {
     pub fd: RawFd,
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: crate::runtime::conn::Tls,
+    pub tls_in: bytes::BytesMut,
+    pub tls_out: bytes::BytesMut,
     pub session: Session,
     /// Decrypted bytes that arrived behind the CONNECT.
     pub rbuf: BytesMut,

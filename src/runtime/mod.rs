@@ -21,6 +21,7 @@
 pub mod conn;
 pub mod core;
 pub mod mesh;
+pub mod tls_record;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

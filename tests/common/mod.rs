@@ -937,6 +937,9 @@ pub struct Client {
     /// default: "either side answers PING with PONG").
     pub auto_pong: bool,
     log: Option<ServerLog>,
+    /// How the server ended the stream, once it did: `Some(true)` for a
+    /// TLS close_notify (or a plain FIN), `Some(false)` for EOF without one.
+    pub close_clean: Option<bool>,
 }
 
 impl Client {
@@ -944,7 +947,7 @@ impl Client {
         let sock = TcpStream::connect_timeout(&addr, WAIT)?;
         sock.set_nodelay(true)?;
         let handle = sock.try_clone()?;
-        Ok(Client { io: Transport::Plain(sock), sock: handle, rbuf: Vec::new(), pending: VecDeque::new(), auto_pong: true, log: None })
+        Ok(Client { io: Transport::Plain(sock), sock: handle, rbuf: Vec::new(), pending: VecDeque::new(), auto_pong: true, log: None, close_clean: None })
     }
 
     /// Connects and completes the TLS handshake (so that handshake failures
@@ -968,6 +971,7 @@ impl Client {
             pending: VecDeque::new(),
             auto_pong: true,
             log: None,
+            close_clean: None,
         })
     }
 
@@ -975,6 +979,19 @@ impl Client {
     pub fn tls(&self) -> Option<&rustls::ClientConnection> {
         match &self.io {
             Transport::Tls(s) => Some(&s.conn),
+            Transport::Plain(_) => None,
+        }
+    }
+
+    /// Another handle on the TCP socket, for writing under TLS.
+    pub fn raw_socket(&self) -> TcpStream {
+        self.sock.try_clone().expect("clone socket")
+    }
+
+    /// The TLS session, mutably (key updates).
+    pub fn tls_mut(&mut self) -> Option<&mut rustls::ClientConnection> {
+        match &mut self.io {
+            Transport::Tls(s) => Some(&mut s.conn),
             Transport::Plain(_) => None,
         }
     }
@@ -1050,12 +1067,18 @@ impl Client {
             let left = (deadline - now).max(Duration::from_millis(1));
             self.sock.set_read_timeout(Some(left)).map_err(RecvError::Io)?;
             match self.io.read(&mut tmp) {
-                Ok(0) => return Err(RecvError::Closed),
+                Ok(0) => {
+                    self.close_clean = Some(true);
+                    return Err(RecvError::Closed);
+                }
                 Ok(n) => self.rbuf.extend_from_slice(&tmp[..n]),
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
+                    io::ErrorKind::UnexpectedEof => {
+                        self.close_clean = Some(false);
+                        return Err(RecvError::Closed);
+                    }
+                    io::ErrorKind::ConnectionReset
                     | io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::BrokenPipe => return Err(RecvError::Closed),
                     _ => return Err(RecvError::Io(e)),
