@@ -187,9 +187,9 @@ impl Default for SessionConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// In memory; lost on restart.
-    #[default]
     Memory,
-    /// Append-only log on disk (not implemented yet: refused).
+    /// Append-only log under `data_dir/log` (the default).
+    #[default]
     Durable,
 }
 
@@ -209,12 +209,14 @@ pub enum Fsync {
 pub struct StoreConfig {
     /// Where the dev certificate, JWT secret and (later) the log live. Default "./ringgate-data".
     pub data_dir: PathBuf,
-    /// "memory" or "durable". Default "memory" ("durable" is not implemented yet).
+    /// "durable" or "memory". Default "durable".
     pub durability: Durability,
     /// "always", "interval" or "never" (durable only). Default "always".
     pub fsync: Fsync,
     /// fsync period under `fsync = "interval"`. Default 100.
     pub fsync_interval_ms: u64,
+    /// Log segment size before a new file starts. Default 67108864 (64 MiB).
+    pub segment_max_bytes: u64,
     /// Messages kept per user inbox. Default 10000.
     pub inbox_max_messages: u64,
     /// Age after which messages leave the inbox. Default 604800 (7 days).
@@ -225,9 +227,10 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./ringgate-data"),
-            durability: Durability::Memory,
+            durability: Durability::Durable,
             fsync: Fsync::Always,
             fsync_interval_ms: 100,
+            segment_max_bytes: 64 << 20,
             inbox_max_messages: 10_000,
             inbox_max_age_s: 604_800,
         }
@@ -268,8 +271,8 @@ impl Config {
         if self.server.admin_listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(format!("server.admin_listen = {:?} is not an IP:port address", self.server.admin_listen));
         }
-        if self.server.workers > 1024 {
-            return bad(format!("server.workers = {} is more than 1024", self.server.workers));
+        if self.server.workers > 256 {
+            return bad(format!("server.workers = {} is more than 256", self.server.workers));
         }
         if self.server.backlog == 0 {
             return bad("server.backlog must be at least 1".into());
@@ -302,8 +305,8 @@ impl Config {
         if s.dedup_per_device == 0 {
             return bad("session.dedup_per_device must be at least 1".into());
         }
-        if self.store.durability == Durability::Durable {
-            return bad("store.durability = \"durable\" is not implemented yet; use \"memory\" (inboxes are lost on restart)".into());
+        if self.store.segment_max_bytes < (1 << 20) {
+            return bad(format!("store.segment_max_bytes = {} is below 1 MiB", self.store.segment_max_bytes));
         }
         if self.store.fsync == Fsync::Interval && self.store.fsync_interval_ms == 0 {
             return bad("store.fsync_interval_ms must be at least 1 with fsync = \"interval\"".into());
@@ -410,11 +413,15 @@ dedup_per_device = 1024
 [store]
 # Dev certificate, JWT secret and (with durability = "durable") the log.
 data_dir = "./ringgate-data"
-# "memory" (lost on restart) or "durable" (not implemented yet: refused).
-durability = "memory"
-# Durable only: "always", "interval" or "never".
+# "durable" (append-only log under data_dir/log) or "memory" (lost on restart).
+durability = "durable"
+# Durable only. "always": SENDACK after the record is fsynced (group commit);
+# "interval": fsync every fsync_interval_ms (a crash loses up to that much);
+# "never": the OS writes back when it likes (a crash loses ~30 s).
 fsync = "always"
 fsync_interval_ms = 100
+# A new log segment file starts past this size; expired segments are deleted.
+segment_max_bytes = 67108864
 # Retention per user inbox.
 inbox_max_messages = 10000
 inbox_max_age_s = 604800
@@ -487,8 +494,8 @@ inbox_max_age_s = 10
     #[test]
     fn invalid_values_are_explained() {
         let mut c = Config::default();
-        c.store.durability = Durability::Durable;
-        assert!(c.validate().unwrap_err().to_string().contains("durable"));
+        c.store.segment_max_bytes = 1000;
+        assert!(c.validate().unwrap_err().to_string().contains("segment_max_bytes"));
         let mut c = Config::default();
         c.server.listen = "nowhere".into();
         assert!(c.validate().unwrap_err().to_string().contains("server.listen"));

@@ -59,12 +59,13 @@ impl Default for SessionLimits {
 }
 
 /// One retained inbox entry, borrowed from the store.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EntryRef<'a> {
     pub msg_id: u64,
     pub timestamp_ms: u64,
     pub from: &'a str,
-    pub payload: &'a [u8],
+    /// Owned (a reference count): a durable store may have read it from disk.
+    pub payload: bytes::Bytes,
 }
 
 /// Read access to one user's inbox; implemented by the store.
@@ -404,7 +405,7 @@ impl Session {
             }
             let Some(e) = inbox.get(seq) else { break };
             let flags = if seq <= self.replay_until { FLAG_REDELIVERY } else { 0 };
-            frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, flags, e.payload);
+            frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, flags, &e.payload);
             self.sent = seq;
             n += 1;
         }
@@ -510,7 +511,7 @@ impl Session {
         self.retries += 1;
         for seq in self.acked + 1..=self.sent {
             if let Some(e) = inbox.get(seq) {
-                frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, FLAG_REDELIVERY, e.payload);
+                frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, FLAG_REDELIVERY, &e.payload);
             }
         }
         // Exact doubling for every value config allows (max_retries ≤

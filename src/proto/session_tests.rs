@@ -82,7 +82,7 @@ impl InboxRead for FakeInbox {
             return None;
         }
         let e = &self.entries[(seq - 1) as usize];
-        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload: &e.payload })
+        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload: bytes::Bytes::copy_from_slice(&e.payload) })
     }
 }
 

@@ -37,7 +37,7 @@ use crate::proto::error::{connack, sendack};
 use crate::proto::frame::{self, SendAck};
 use crate::proto::session::{ConnectRequest, EmptyInbox, Event, InboxRead, Phase, Session, SessionLimits};
 use crate::proto::DisconnectReason;
-use crate::store::memory::MemoryStore;
+use crate::store::recovery::DedupSeed;
 use crate::store::{InboxStore, NewMessage, Retention};
 
 /// Timer wheel resolution.
@@ -143,7 +143,11 @@ pub struct Core {
     wheel: AckWheel<ConnKey>,
     conns: Slab<Slot>,
     next_gen: u32,
-    store: MemoryStore,
+    store: Box<dyn InboxStore + Send>,
+    /// Appends waiting for their fsync before `Appended` may be answered,
+    /// in lsn order: (lsn, origin core, request).
+    waiting: VecDeque<(u64, usize, u64)>,
+    woken_users: Vec<Arc<str>>,
     users: HashMap<Arc<str>, User>,
     pending: Slab<(u32, PendingSend)>,
     last_msg_id: u64,
@@ -153,9 +157,21 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(id: usize, shared: Arc<Shared>) -> Self {
+    /// A core over `store` (in memory, or this core's durable log) with the
+    /// dedup tables recovery rebuilt for the users homed here.
+    pub fn new(id: usize, shared: Arc<Shared>, store: Box<dyn InboxStore + Send>, dedup: Vec<DedupSeed>) -> Self {
         let now = shared.clock.mono_ms();
-        let store = MemoryStore::new(shared.retention);
+        let mut users: HashMap<Arc<str>, User> = HashMap::new();
+        for seed in dedup {
+            let mut d = Dedup::default();
+            for (cmid, msg_id, ts) in seed.acks {
+                let ack = SendAck { client_msg_id: cmid, status: sendack::STORED, msg_id, timestamp_ms: ts };
+                if d.map.insert(cmid, Some(ack)).is_none() {
+                    d.order.push_back(cmid);
+                }
+            }
+            users.entry(seed.user).or_default().devices.push(Device { id: seed.device, conn: None, dedup: d });
+        }
         Core {
             id,
             shared,
@@ -163,7 +179,9 @@ impl Core {
             conns: Slab::new(),
             next_gen: 0,
             store,
-            users: HashMap::new(),
+            waiting: VecDeque::new(),
+            woken_users: Vec::new(),
+            users,
             pending: Slab::new(),
             last_msg_id: 0,
             stats: Stats::default(),
@@ -525,7 +543,16 @@ impl Core {
         };
         let msg_id = self.next_msg_id(wall);
         let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
-        let msg = NewMessage { msg_id, timestamp_ms: wall, from: user.clone(), payload: s.payload };
+        let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
+        let msg = NewMessage {
+            msg_id,
+            timestamp_ms: wall,
+            from: user.clone(),
+            device: device.clone(),
+            client_msg_id: s.client_msg_id,
+            group,
+            payload: s.payload,
+        };
         if let Some(d) = self.device_mut(&user, &device) {
             d.dedup.map.insert(s.client_msg_id, None);
             d.dedup.order.push_back(s.client_msg_id);
@@ -533,23 +560,82 @@ impl Core {
         let gen = self.next_gen_pending();
         let idx = self.pending.insert((gen, PendingSend { user, device, ack, remaining: 0, failed: false }));
         let req = ((gen as u64) << 32) | idx as u64;
-        let mut remaining = 0;
-        let mut failed = false;
+        // Every target, local or not, answers through `Appended`, so a local
+        // append under fsync "always" waits for its fsync like a remote one.
         let cores = self.shared.mesh.len();
+        let mut local = Vec::new();
+        let mut remaining = 0;
         for t in targets {
+            remaining += 1;
             let home = home_core(&t, cores);
             if home == self.id {
-                failed |= !self.append_local(&t, msg.clone(), wall);
+                local.push(t);
             } else {
-                remaining += 1;
                 self.shared.mesh[home].post(CoreMsg::Append { origin: self.id, req, user: t, msg: msg.clone() });
             }
         }
-        let p = &mut self.pending[idx].1;
-        p.remaining = remaining;
-        p.failed = failed;
+        self.pending[idx].1.remaining = remaining;
         if remaining == 0 {
+            // A group whose only member is the sender: nothing to store.
             self.complete(idx);
+            return;
+        }
+        for t in local {
+            self.append_for(self.id, req, &t, msg.clone(), wall);
+        }
+    }
+
+    /// Appends for a SEND handled on core `origin`; answers `Appended` once
+    /// the entry is durable per the fsync policy.
+    fn append_for(&mut self, origin: usize, req: u64, user: &Arc<str>, msg: NewMessage, wall: u64) {
+        match self.append_local(user, msg, wall) {
+            Ok(lsn) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, origin, req)),
+            Ok(_) => self.answer_appended(origin, req, Ok(0)),
+            Err(e) => self.answer_appended(origin, req, Err(e)),
+        }
+    }
+
+    fn answer_appended(&mut self, origin: usize, req: u64, result: Result<u64, crate::store::StoreError>) {
+        if origin == self.id {
+            self.on_appended(req, result);
+        } else {
+            self.shared.mesh[origin].post(CoreMsg::Appended { req, result });
+        }
+    }
+
+    fn on_appended(&mut self, req: u64, result: Result<u64, crate::store::StoreError>) {
+        let idx = (req & 0xffff_ffff) as usize;
+        let gen = (req >> 32) as u32;
+        let done = match self.pending.get_mut(idx) {
+            Some((g, p)) if *g == gen => {
+                p.failed |= result.is_err();
+                p.remaining = p.remaining.saturating_sub(1);
+                p.remaining == 0
+            }
+            _ => false,
+        };
+        if done {
+            self.complete(idx);
+        }
+    }
+
+    /// The syncer finished an fsync: show the entries it covered to online
+    /// devices and release the SENDACKs that waited for it.
+    pub fn on_synced(&mut self, result: Result<u64, String>) {
+        let mut woken = std::mem::take(&mut self.woken_users);
+        self.store.on_synced(result, &mut woken);
+        let now = self.shared.clock.mono_ms();
+        for user in woken.drain(..) {
+            self.push_to_online(&user, now);
+        }
+        self.woken_users = woken;
+        let synced = self.store.synced_lsn();
+        while let Some(&(lsn, origin, req)) = self.waiting.front() {
+            if lsn > synced {
+                break;
+            }
+            self.waiting.pop_front();
+            self.answer_appended(origin, req, Ok(0));
         }
     }
 
@@ -562,22 +648,26 @@ impl Core {
         self.users.get_mut(user)?.devices.iter_mut().find(|d| &*d.id == device)
     }
 
-    /// Appends to a user homed here and pushes to their online devices.
-    fn append_local(&mut self, user: &Arc<str>, msg: NewMessage, wall: u64) -> bool {
-        if let Err(e) = self.store.append(user, msg, wall) {
-            tracing::warn!(error = %e, "append failed");
-            return false;
+    /// Appends to a user homed here; pushes to their online devices when the
+    /// entry is already visible (memory, or fsync policies other than always).
+    fn append_local(&mut self, user: &Arc<str>, msg: NewMessage, wall: u64) -> Result<u64, crate::store::StoreError> {
+        let (_, lsn) = self.store.append(user, msg, wall).inspect_err(|e| tracing::warn!(error = %e, "append failed"))?;
+        if lsn <= self.store.synced_lsn() {
+            let now = self.shared.clock.mono_ms();
+            self.push_to_online(user, now);
         }
+        Ok(lsn)
+    }
+
+    fn push_to_online(&mut self, user: &Arc<str>, now: u64) {
         let online: Vec<ConnKey> = match self.users.get(user) {
             Some(u) => u.devices.iter().filter_map(|d| d.conn).collect(),
-            None => return true,
+            None => return,
         };
-        let now = self.shared.clock.mono_ms();
         for key in online {
             self.fill(key, now);
             self.kick(key);
         }
-        true
     }
 
     fn complete(&mut self, idx: usize) {
@@ -624,25 +714,10 @@ impl Core {
             CoreMsg::Adopt(a) => return Some(a),
             CoreMsg::Append { origin, req, user, msg } => {
                 let wall = self.shared.clock.wall_ms();
-                let ok = self.append_local(&user, msg, wall);
-                let result = if ok { Ok(0) } else { Err(crate::store::StoreError::Unavailable("append failed".into())) };
-                self.shared.mesh[origin].post(CoreMsg::Appended { req, result });
+                self.append_for(origin, req, &user, msg, wall);
             }
-            CoreMsg::Appended { req, result } => {
-                let idx = (req & 0xffff_ffff) as usize;
-                let gen = (req >> 32) as u32;
-                let done = match self.pending.get_mut(idx) {
-                    Some((g, p)) if *g == gen => {
-                        p.failed |= result.is_err();
-                        p.remaining = p.remaining.saturating_sub(1);
-                        p.remaining == 0
-                    }
-                    _ => false,
-                };
-                if done {
-                    self.complete(idx);
-                }
-            }
+            CoreMsg::Appended { req, result } => self.on_appended(req, result),
+            CoreMsg::Synced(result) => self.on_synced(result),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
         None
@@ -651,6 +726,7 @@ impl Core {
     /// Fires due timers.
     pub fn on_tick(&mut self) {
         let now = self.shared.clock.mono_ms();
+        self.store.tick(self.shared.clock.wall_ms());
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
         for key in expired.drain(..) {
@@ -701,6 +777,15 @@ impl Core {
         for key in keys {
             self.close_conn(key, DisconnectReason::ServerShutdown, "server shutting down");
         }
+    }
+
+    /// Graceful shutdown, after the connections are gone: make the log durable.
+    pub fn shutdown_store(&mut self) {
+        self.store.shutdown();
+    }
+
+    pub fn fsync_stats(&self) -> Option<crate::store::durable::DurableStats> {
+        self.store.fsync_stats()
     }
 
     pub fn stats_line(&self) -> (usize, u64, Stats) {

@@ -39,6 +39,8 @@ pub enum CoreMsg {
     /// answer `Appended { req }` to core `origin`.
     Append { origin: usize, req: u64, user: Arc<str>, msg: NewMessage },
     Appended { req: u64, result: Result<u64, StoreError> },
+    /// This core's syncer finished an fsync (up to an lsn) or failed.
+    Synced(Result<u64, String>),
     /// Graceful shutdown: stop accepting, DISCONNECT(7) everyone, finish.
     Shutdown,
 }

@@ -40,6 +40,9 @@ use monoio::net::{TcpListener, TcpStream};
 use self::core::{ConnKey, Core, Outcome, Shared, TICK_MS};
 use self::mesh::{CoreMsg, Mailbox};
 use crate::config::{Config, Driver};
+use crate::store::memory::MemoryStore;
+use crate::store::recovery::DedupSeed;
+use crate::store::InboxStore;
 
 /// Which io driver a worker actually runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +74,43 @@ pub enum ServeError {
     UringUnavailable,
     #[error("failed to start worker {0}: {1}")]
     Worker(usize, std::io::Error),
+    #[error("durable log: {0}")]
+    Log(#[from] crate::store::log::LogError),
+    #[error("data directory {path} is in use by another ringgate process{holder}; stop it or use another store.data_dir")]
+    Locked { path: std::path::PathBuf, holder: String },
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Takes an exclusive `flock` on `<data_dir>/LOCK` for the life of the
+/// process (the kernel drops it when the process dies, even by SIGKILL, so
+/// a crash never leaves a stale lock). The file holds the owner's pid.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::DataDir { path: dir.to_path_buf(), source })?;
+    let path = dir.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| ServeError::DataDir { path: path.clone(), source })?;
+    // SAFETY: flock on a valid fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let holder = match pid.trim() {
+            "" => String::new(),
+            p => format!(" (pid {p})"),
+        };
+        return Err(ServeError::Locked { path: dir.to_path_buf(), holder });
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
 }
 
 /// A one-shot event on one core (stop accepting); one waiter, the accept loop.
@@ -165,6 +205,45 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         None
     };
 
+    // Inboxes: the durable log (recovered now, before any listener opens)
+    // or memory.
+    let mut groups = HashMap::new();
+    for (name, members) in &cfg.groups {
+        groups.insert(name.clone(), members.iter().map(|m| Arc::from(m.as_str())).collect::<Vec<Arc<str>>>());
+    }
+    let mut _lock = None;
+    let mut durable = None;
+    if cfg.store.durability == crate::config::Durability::Durable {
+        _lock = Some(lock_data_dir(&data_dir)?);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let rec = crate::store::recovery::recover(&crate::store::recovery::RecoverOpts {
+            data_dir: &data_dir,
+            workers,
+            retention: retention(&cfg),
+            policy: cfg.store.fsync,
+            fsync_interval_ms: cfg.store.fsync_interval_ms,
+            segment_max_bytes: cfg.store.segment_max_bytes,
+            dedup_per_device: cfg.session.dedup_per_device,
+            groups: &groups,
+            now_ms,
+        })?;
+        let r = &rec.report;
+        tracing::info!(
+            segments = r.segments,
+            records = r.records,
+            bytes = r.bytes,
+            users = r.users,
+            retained = r.retained,
+            torn_tails = r.torn.len(),
+            segments_deleted = r.segments_deleted,
+            fanouts_completed = r.fanouts_completed.len(),
+            elapsed_ms = r.elapsed_ms,
+            fsync = ?cfg.store.fsync,
+            "recovered the durable log"
+        );
+        durable = Some(rec);
+    }
+
     let addr: std::net::SocketAddr = cfg.server.listen.parse().map_err(|_| {
         crate::config::ConfigError::Invalid(format!("server.listen {:?} is not an address", cfg.server.listen))
     })?;
@@ -172,10 +251,6 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
 
-    let mut groups = HashMap::new();
-    for (name, members) in &cfg.groups {
-        groups.insert(name.clone(), members.iter().map(|m| Arc::from(m.as_str())).collect());
-    }
     let mesh: mesh::Mesh = (0..workers).map(|_| Mailbox::default()).collect::<Vec<_>>().into();
     let shared = Arc::new(Shared {
         limits: session_limits(&cfg),
@@ -193,8 +268,25 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut handles = Vec::new();
+    let (mut stores, mut seeds): (Vec<Box<dyn InboxStore + Send>>, Vec<Vec<DedupSeed>>) = match durable {
+        Some(rec) => {
+            let mut stores: Vec<Box<dyn InboxStore + Send>> = Vec::new();
+            for (id, mut st) in rec.stores.into_iter().enumerate() {
+                let mesh = mesh.clone();
+                st.start_syncer(Box::new(move |r| mesh[id].post(CoreMsg::Synced(r))));
+                stores.push(Box::new(st));
+            }
+            (stores, rec.dedup)
+        }
+        None => (
+            (0..workers).map(|_| Box::new(MemoryStore::new(retention(&cfg))) as Box<dyn InboxStore + Send>).collect(),
+            (0..workers).map(|_| Vec::new()).collect(),
+        ),
+    };
     for (id, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
+        let store = stores.remove(0);
+        let seed = seeds.remove(0);
         let pin = cfg.server.pin_workers;
         let h = std::thread::Builder::new()
             .name(format!("ringgate-w{id}"))
@@ -204,7 +296,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
                         tracing::warn!(worker = id, error = %e, "could not pin worker to its core");
                     }
                 }
-                run_worker(id, driver, shared, listener, grace)
+                run_worker(id, driver, shared, listener, grace, store, seed)
             })
             .map_err(|e| ServeError::Worker(id, e))?;
         handles.push(h);
@@ -296,8 +388,16 @@ fn wait_for_signal() {
     unsafe { libc::sigwait(&set, &mut sig) };
 }
 
-fn run_worker(id: usize, driver: DriverKind, shared: Arc<Shared>, listener: std::net::TcpListener, grace: Duration) {
-    let fut = worker_main(id, shared, listener, grace);
+fn run_worker(
+    id: usize,
+    driver: DriverKind,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    grace: Duration,
+    store: Box<dyn InboxStore + Send>,
+    seed: Vec<DedupSeed>,
+) {
+    let fut = worker_main(id, shared, listener, grace, store, seed);
     let res = match driver {
         DriverKind::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
@@ -315,8 +415,15 @@ fn run_worker(id: usize, driver: DriverKind, shared: Arc<Shared>, listener: std:
     }
 }
 
-async fn worker_main(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener, grace: Duration) {
-    let core = Rc::new(RefCell::new(Core::new(id, shared.clone())));
+async fn worker_main(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    grace: Duration,
+    store: Box<dyn InboxStore + Send>,
+    seed: Vec<DedupSeed>,
+) {
+    let core = Rc::new(RefCell::new(Core::new(id, shared.clone(), store, seed)));
     let stop = Rc::new(Flag::default());
     match TcpListener::from_std(listener) {
         Ok(l) => {
@@ -344,7 +451,19 @@ async fn worker_main(id: usize, shared: Arc<Shared>, listener: std::net::TcpList
         mailbox.try_drain(&mut batch);
         handle_batch(&core, &mut batch, &stop);
     }
+    core.borrow_mut().shutdown_store();
     let c = core.borrow();
+    if let Some(f) = c.fsync_stats() {
+        tracing::info!(
+            worker = id,
+            fsyncs = f.fsyncs,
+            records = f.fsynced_records,
+            max_batch = f.max_batch,
+            mean_batch = if f.fsyncs > 0 { f.fsynced_records as f64 / f.fsyncs as f64 } else { 0.0 },
+            segments_deleted = f.segments_deleted,
+            "log flushed"
+        );
+    }
     let (inboxes, retained, st) = c.stats_line();
     tracing::info!(
         worker = id,

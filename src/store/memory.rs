@@ -51,7 +51,7 @@ impl InboxRead for Inbox {
     fn get(&self, seq: u64) -> Option<EntryRef<'_>> {
         let i = seq.checked_sub(self.oldest)?;
         let e = self.entries.get(usize::try_from(i).ok()?)?;
-        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload: &e.payload })
+        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload: e.payload.clone() })
     }
 }
 
@@ -68,7 +68,7 @@ impl MemoryStore {
 }
 
 impl InboxStore for MemoryStore {
-    fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<u64, StoreError> {
+    fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError> {
         let inbox = match self.inboxes.get_mut(user) {
             Some(i) => i,
             None => self.inboxes.entry(user.into()).or_insert_with(Inbox::new),
@@ -80,7 +80,7 @@ impl InboxStore for MemoryStore {
         inbox.head += 1;
         inbox.entries.push_back(Stored { msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, from: msg.from, payload });
         inbox.trim(&self.retention, now_ms);
-        Ok(inbox.head)
+        Ok((inbox.head, 0))
     }
 
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead {
@@ -110,7 +110,15 @@ mod tests {
     use super::*;
 
     fn msg(id: u64, ts: u64) -> NewMessage {
-        NewMessage { msg_id: id, timestamp_ms: ts, from: Arc::from("a"), payload: Bytes::from_static(b"p") }
+        NewMessage {
+            msg_id: id,
+            timestamp_ms: ts,
+            from: Arc::from("a"),
+            device: Arc::from("d"),
+            client_msg_id: id,
+            group: None,
+            payload: Bytes::from_static(b"p"),
+        }
     }
 
     #[test]
@@ -118,7 +126,7 @@ mod tests {
         let mut s = MemoryStore::new(Retention { max_messages: 10, max_age_ms: u64::MAX });
         assert_eq!(s.peek("u").bounds(), (1, 0));
         for i in 1..=3 {
-            assert_eq!(s.append("u", msg(i, 0), 0).unwrap(), i);
+            assert_eq!(s.append("u", msg(i, 0), 0).unwrap().0, i);
         }
         assert_eq!(s.peek("u").bounds(), (1, 3));
         assert_eq!(s.peek("u").get(2).unwrap().msg_id, 2);
@@ -145,6 +153,6 @@ mod tests {
         assert_eq!(s.inbox("u", 1_200).bounds(), (2, 2));
         assert_eq!(s.inbox("u", 5_000).bounds(), (3, 2));
         // seqs continue after everything expired
-        assert_eq!(s.append("u", msg(3, 5_000), 5_000).unwrap(), 3);
+        assert_eq!(s.append("u", msg(3, 5_000), 5_000).unwrap().0, 3);
     }
 }

@@ -1,11 +1,16 @@
 //! Inbox storage behind a trait: one instance per core holds the inboxes of the users homed on that core.
 //!
-//! The trait is what the durable log (a later issue) implements; today the
-//! only implementation is [`memory::MemoryStore`]. Appends are synchronous
-//! here; a durable store with group commit will answer through the same
-//! per-core event loop once its fsync completes.
+//! Two implementations: [`memory::MemoryStore`] (lost on exit) and
+//! [`durable::DurableStore`] (the append-only log in [`log`], rebuilt at
+//! start by [`recovery`]). An append returns its seq at once and a log
+//! sequence number (lsn); the entry becomes visible to devices, and its
+//! SENDACK may be released, once `synced_lsn()` has reached that lsn (at
+//! once in memory, after the group-committed fsync under `fsync = "always"`).
 
+pub mod durable;
+pub mod log;
 pub mod memory;
+pub mod recovery;
 
 use std::sync::Arc;
 
@@ -19,6 +24,13 @@ pub struct NewMessage {
     pub msg_id: u64,
     pub timestamp_ms: u64,
     pub from: Arc<str>,
+    /// The sending device and its id for this SEND: logged with the message
+    /// so dedup survives restarts.
+    pub device: Arc<str>,
+    pub client_msg_id: u64,
+    /// The group it was sent to, if any (recovery completes a fan-out that a
+    /// crash interrupted).
+    pub group: Option<Arc<str>>,
     pub payload: Bytes,
 }
 
@@ -37,8 +49,24 @@ pub struct Retention {
 }
 
 pub trait InboxStore {
-    /// Appends to `user`'s inbox and returns the new entry's seq (dense: head + 1).
-    fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<u64, StoreError>;
+    /// Appends to `user`'s inbox; returns the new entry's seq (dense: head +
+    /// 1) and its lsn (durable once `synced_lsn() >= lsn`).
+    fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError>;
+    /// Every append with an lsn up to this is durable per the policy.
+    fn synced_lsn(&self) -> u64 {
+        u64::MAX
+    }
+    /// An fsync finished (called on the owning core); users whose entries
+    /// just became visible are appended to `woken`.
+    fn on_synced(&mut self, _result: Result<u64, String>, _woken: &mut Vec<Arc<str>>) {}
+    /// Periodic work: interval fsync, age retention sweep.
+    fn tick(&mut self, _now_ms: u64) {}
+    /// Graceful shutdown: make everything written durable.
+    fn shutdown(&mut self) {}
+    /// Group-commit figures, for the durable store.
+    fn fsync_stats(&self) -> Option<durable::DurableStats> {
+        None
+    }
     /// Read view of `user`'s inbox after applying age retention at `now_ms`.
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead;
     /// Read view without retention work (for the hot push path).
