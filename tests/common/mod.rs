@@ -506,6 +506,10 @@ pub struct Config {
     pub inbox_max_messages: u64,
     pub inbox_max_age_s: u64,
     pub groups: Vec<(String, Vec<String>)>,
+    /// "memory" (default here: most tests need no disk) or "durable".
+    pub durability: &'static str,
+    pub fsync: &'static str,
+    pub segment_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -522,6 +526,9 @@ impl Default for Config {
             inbox_max_messages: 10_000,
             inbox_max_age_s: 604_800,
             groups: vec![("team".into(), vec!["alice".into(), "bob".into(), "carol".into()])],
+            durability: "memory",
+            fsync: "always",
+            segment_max_bytes: 64 << 20,
         }
     }
 }
@@ -563,6 +570,18 @@ impl Config {
         self.inbox_max_age_s = v;
         self
     }
+    /// Durable inboxes with the given fsync policy.
+    pub fn durable(mut self, fsync: &'static str) -> Self {
+        self.durability = "durable";
+        self.fsync = fsync;
+        self
+    }
+
+    pub fn segment_max_bytes(mut self, v: u64) -> Self {
+        self.segment_max_bytes = v;
+        self
+    }
+
     pub fn group(mut self, name: &str, members: &[&str]) -> Self {
         self.groups.retain(|(g, _)| g != name);
         self.groups.push((name.into(), members.iter().map(|m| m.to_string()).collect()));
@@ -590,7 +609,9 @@ impl Config {
         t += &format!("max_frame = {}\n", self.max_frame);
         t += "[store]\n";
         t += &format!("data_dir = {}\n", q(&data_dir.to_string_lossy()));
-        t += "durability = \"memory\"\n";
+        t += &format!("durability = {}\n", q(self.durability));
+        t += &format!("fsync = {}\n", q(self.fsync));
+        t += &format!("segment_max_bytes = {}\n", self.segment_max_bytes);
         t += &format!("inbox_max_messages = {}\n", self.inbox_max_messages);
         t += &format!("inbox_max_age_s = {}\n", self.inbox_max_age_s);
         t += "[groups]\n";
@@ -653,8 +674,31 @@ impl Server {
 
     pub fn start(config: Config) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data_dir = dir.path().join("data");
-        let cfg_path = dir.path().join("ringgate.toml");
+        match Server::spawn(&config, dir.path()) {
+            Ok((child, addr, log)) => {
+                let cert_path = Server::cert_for(&config, dir.path(), &log);
+                Server { child, addr, dir, log, config, cert_path }
+            }
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    fn cert_for(config: &Config, dir: &Path, log: &ServerLog) -> Option<PathBuf> {
+        if config.tls {
+            let p = dir.join("data").join("dev-cert.pem");
+            assert!(p.exists(), "TLS on without a certificate, but {} was not written before listening\nstderr:\n{}", p.display(), log.tail());
+            Some(p)
+        } else {
+            None
+        }
+    }
+
+    /// Starts `ringgate serve` on `dir`'s config and data directory and
+    /// waits for its `listening` line. Err: why it did not come up (exit
+    /// status and stderr), for tests that expect a refusal.
+    pub fn spawn(config: &Config, dir: &Path) -> Result<(Child, SocketAddr, ServerLog), String> {
+        let data_dir = dir.join("data");
+        let cfg_path = dir.join("ringgate.toml");
         std::fs::write(&cfg_path, config.to_toml(&data_dir)).expect("write config");
 
         let log_filter = std::env::var("RINGGATE_TEST_LOG").unwrap_or_else(|_| "info".into());
@@ -692,34 +736,66 @@ impl Server {
         });
 
         let deadline = Instant::now() + STARTUP;
-        let addr = loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = parse_listening(&line) {
-                        break a;
+                        return Ok((child, a, log));
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("server printed no `listening addr=` line within {STARTUP:?}\nconfig:\n{}\nstderr:\n{}", config.to_toml(&data_dir), log.tail());
+                    return Err(format!(
+                        "server printed no `listening addr=` line within {STARTUP:?}\nconfig:\n{}\nstderr:\n{}",
+                        config.to_toml(&data_dir),
+                        log.tail()
+                    ));
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait();
-                    panic!("server exited before listening ({status:?})\nconfig:\n{}\nstderr:\n{}", config.to_toml(&data_dir), log.tail());
+                    // The reader thread may still be pushing the last lines.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Err(format!(
+                        "server exited before listening ({status:?})\nconfig:\n{}\nstderr:\n{}",
+                        config.to_toml(&data_dir),
+                        log.tail()
+                    ));
                 }
             }
-        };
+        }
+    }
 
-        let cert_path = if config.tls {
-            let p = data_dir.join("dev-cert.pem");
-            assert!(p.exists(), "TLS on without a certificate, but {} was not written before listening\nstderr:\n{}", p.display(), log.tail());
-            Some(p)
-        } else {
-            None
-        };
-        Server { child, addr, dir, log, config, cert_path }
+    /// The server's temporary directory (config and `data/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// SIGKILL, as a crash would: no shutdown work at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same config and data directory (after
+    /// `kill9` or a clean exit).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        match Server::spawn(&self.config, self.dir.path()) {
+            Ok((child, addr, log)) => {
+                self.child = child;
+                self.addr = addr;
+                self.log = log;
+                self.cert_path = Server::cert_for(&self.config, self.dir.path(), &self.log);
+            }
+            Err(why) => panic!("restart failed: {why}"),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
