@@ -110,12 +110,12 @@ fn sigkill_at_random_moments_loses_nothing_acked() {
         let (mut alice, _) = s.login("alice", &format!("phone{round}"), 0);
         let mut burst = Vec::new();
         let first = cmid + 1;
-        for _ in 0..400 {
+        for _ in 0..2000 {
             cmid += 1;
             burst.extend(send_to_user(cmid, "bob", &payload(cmid)).encode());
         }
         let pid = s.pid();
-        let delay = Duration::from_micros(next() % 40_000);
+        let delay = Duration::from_micros(2_000 + next() % 20_000);
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
             // SAFETY: kill(2) on our child's pid.
