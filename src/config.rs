@@ -72,9 +72,9 @@ pub struct ServerConfig {
     /// Unanswered probes before the kernel drops the connection. Default 6.
     pub tcp_keepalive_count: u32,
     /// TCP_USER_TIMEOUT: unacknowledged sent data older than this kills the
-    /// connection. Default 60000; 0 leaves the kernel default.
+    /// connection. Default 30000; 0 leaves the kernel default.
     pub tcp_user_timeout_ms: u32,
-    /// TCP_DEFER_ACCEPT: wake accept only once the client sent data. Default 5; 0 = off.
+    /// TCP_DEFER_ACCEPT: wake accept only once the client sent data. Default 1; 0 = off.
     pub defer_accept_s: u32,
     /// SO_RCVBUF; 0 = kernel autotuning (recommended). Default 0.
     pub recv_buffer_bytes: u32,
@@ -96,8 +96,8 @@ impl Default for ServerConfig {
             tcp_keepalive_idle_s: 60,
             tcp_keepalive_interval_s: 10,
             tcp_keepalive_count: 6,
-            tcp_user_timeout_ms: 60_000,
-            defer_accept_s: 5,
+            tcp_user_timeout_ms: 30_000,
+            defer_accept_s: 1,
             recv_buffer_bytes: 0,
             send_buffer_bytes: 0,
             shutdown_grace_ms: 10_000,
@@ -366,9 +366,9 @@ tcp_keepalive_idle_s = 60
 tcp_keepalive_interval_s = 10
 tcp_keepalive_count = 6
 # TCP_USER_TIMEOUT: drop a peer that leaves sent data unacknowledged this long; 0 = kernel default.
-tcp_user_timeout_ms = 60000
+tcp_user_timeout_ms = 30000
 # TCP_DEFER_ACCEPT seconds: accept wakes only once the client has sent data; 0 = off.
-defer_accept_s = 5
+defer_accept_s = 1
 # SO_RCVBUF / SO_SNDBUF; 0 = kernel autotuning (recommended).
 recv_buffer_bytes = 0
 send_buffer_bytes = 0
@@ -439,6 +439,44 @@ mod tests {
         let parsed = Config::from_toml_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
         parsed.validate().unwrap();
+    }
+
+    /// README's configuration table states every default; it must not drift.
+    #[test]
+    fn readme_table_matches_defaults() {
+        let readme = include_str!("../README.md");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut checked = 0;
+        for line in readme.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 4 || !cells[1].starts_with('`') {
+                continue;
+            }
+            let key = cells[1].trim_matches('`');
+            if key.starts_with('[') {
+                continue;
+            }
+            let Some((section, field)) = key.split_once('.') else { continue };
+            if field.contains(['`', ',', ' ']) {
+                continue;
+            }
+            let want = cells[2];
+            let got = defaults.get(section).and_then(|t| t.get(field));
+            match (want, got) {
+                ("unset", None) => {}
+                (w, Some(v)) => assert_eq!(w.trim_matches('`'), v.to_string(), "README default of {key}"),
+                (w, None) => panic!("README lists {key} = {w} but the config has no default value for it"),
+            }
+            checked += 1;
+        }
+        assert!(checked >= 30, "only {checked} README rows checked");
+        // And the other way: every key is documented.
+        for (section, table) in defaults.as_table().unwrap() {
+            for field in table.as_table().into_iter().flat_map(|t| t.keys()) {
+                let key = format!("{section}.{field}");
+                assert!(readme.contains(&format!("`{key}`")) || readme.contains(&format!("[[{key}]]")), "{key} missing from README's table");
+            }
+        }
     }
 
     #[test]
