@@ -510,6 +510,8 @@ pub struct Config {
     pub durability: &'static str,
     pub fsync: &'static str,
     pub segment_max_bytes: u64,
+    /// `server.driver`: "auto", "uring" or "legacy".
+    pub driver: &'static str,
 }
 
 impl Default for Config {
@@ -529,6 +531,7 @@ impl Default for Config {
             durability: "memory",
             fsync: "always",
             segment_max_bytes: 64 << 20,
+            driver: "auto",
         }
     }
 }
@@ -577,6 +580,11 @@ impl Config {
         self
     }
 
+    pub fn driver(mut self, d: &'static str) -> Self {
+        self.driver = d;
+        self
+    }
+
     pub fn segment_max_bytes(mut self, v: u64) -> Self {
         self.segment_max_bytes = v;
         self
@@ -596,6 +604,7 @@ impl Config {
         t += "[server]\n";
         t += "listen = \"127.0.0.1:0\"\n";
         t += &format!("workers = {}\n", self.workers);
+        t += &format!("driver = {}\n", q(self.driver));
         t += "[tls]\n";
         t += &format!("enabled = {}\n", self.tls);
         t += "[auth]\n";
