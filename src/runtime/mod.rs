@@ -219,10 +219,12 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         let rec = crate::store::recovery::recover(&crate::store::recovery::RecoverOpts {
             data_dir: &data_dir,
             workers,
-            retention: retention(&cfg),
-            policy: cfg.store.fsync,
-            fsync_interval_ms: cfg.store.fsync_interval_ms,
-            segment_max_bytes: cfg.store.segment_max_bytes,
+            settings: crate::store::durable::LogSettings {
+                policy: cfg.store.fsync,
+                fsync_interval_ms: cfg.store.fsync_interval_ms,
+                segment_max_bytes: cfg.store.segment_max_bytes,
+                retention: retention(&cfg),
+            },
             dedup_per_device: cfg.session.dedup_per_device,
             groups: &groups,
             now_ms,

@@ -163,6 +163,15 @@ pub struct DurableStats {
     pub segments_deleted: u64,
 }
 
+/// How a log is written and trimmed (from `[store]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    pub policy: Fsync,
+    pub fsync_interval_ms: u64,
+    pub segment_max_bytes: u64,
+    pub retention: Retention,
+}
+
 /// All inboxes of the users homed on one core, over the log.
 pub struct DurableStore {
     core: usize,
@@ -193,18 +202,15 @@ pub struct DurableStore {
 impl DurableStore {
     /// A store over `inboxes` (from recovery) and the segments they
     /// reference; opens a fresh active segment in `<log_dir>/core-<core>`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: usize,
         log_dir: &Path,
-        policy: Fsync,
-        fsync_interval_ms: u64,
-        segment_max_bytes: u64,
-        retention: Retention,
+        settings: LogSettings,
         inboxes: HashMap<Arc<str>, DInbox>,
         segs: HashMap<SegId, Segment>,
         next_no: u32,
     ) -> Result<Self, LogError> {
+        let LogSettings { policy, fsync_interval_ms, segment_max_bytes, retention } = settings;
         let dir = log_dir.join(format!("core-{core}"));
         std::fs::create_dir_all(&dir).map_err(|source| LogError::Io { path: dir.clone(), source })?;
         let mut s = DurableStore {

@@ -13,10 +13,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::durable::{seg_id, DEntry, DInbox, DurableStore, SegId, Segment, HOT_PAYLOADS};
+use super::durable::{seg_id, DEntry, DInbox, DurableStore, LogSettings, SegId, Segment, HOT_PAYLOADS};
 use super::log::{self, LogError, Record};
-use super::{InboxStore, NewMessage, Retention};
-use crate::config::Fsync;
+use super::{InboxStore, NewMessage};
 use crate::runtime::mesh::home_core;
 
 /// One device's remembered SENDACKs, oldest first: (client_msg_id, msg_id, timestamp_ms).
@@ -53,10 +52,7 @@ pub struct Recovered {
 pub struct RecoverOpts<'a> {
     pub data_dir: &'a Path,
     pub workers: usize,
-    pub retention: Retention,
-    pub policy: Fsync,
-    pub fsync_interval_ms: u64,
-    pub segment_max_bytes: u64,
+    pub settings: LogSettings,
     pub dedup_per_device: usize,
     pub groups: &'a HashMap<String, Vec<Arc<str>>>,
     pub now_ms: u64,
@@ -211,7 +207,7 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
     let mut per_core: Vec<HashMap<Arc<str>, DInbox>> = (0..workers).map(|_| HashMap::new()).collect();
     let mut refs: HashMap<usize, HashSet<usize>> = HashMap::new(); // seg index -> cores referencing
     let mut live: Vec<HashMap<usize, u64>> = (0..workers).map(|_| HashMap::new()).collect();
-    let cutoff = o.now_ms.saturating_sub(o.retention.max_age_ms);
+    let cutoff = o.now_ms.saturating_sub(o.settings.retention.max_age_ms);
     for (user, mut acc) in users {
         acc.entries.sort_by_key(|e| e.seq);
         for w in acc.entries.windows(2) {
@@ -227,7 +223,7 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         // Retention, as the running store applies it.
         let mut start = 0;
         let n = acc.entries.len();
-        while start < n && ((n - start) as u64 > o.retention.max_messages || acc.entries[start].ts < cutoff) {
+        while start < n && ((n - start) as u64 > o.settings.retention.max_messages || acc.entries[start].ts < cutoff) {
             start += 1;
         }
         let core = home_core(&user, workers);
@@ -277,17 +273,7 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
             );
         }
         let next = next_no.get(&core).copied().unwrap_or(0) + 1;
-        stores.push(DurableStore::new(
-            core,
-            &log_dir,
-            o.policy,
-            o.fsync_interval_ms,
-            o.segment_max_bytes,
-            o.retention,
-            inboxes,
-            table,
-            next,
-        )?);
+        stores.push(DurableStore::new(core, &log_dir, o.settings, inboxes, table, next)?);
     }
 
     // 5. Group fan-outs a crash cut short: append to the members that lack it.
