@@ -196,6 +196,7 @@ pub struct DurableStore {
     syncer: Option<Syncer>,
     last_sweep_ms: u64,
     last_interval_sync_ms: u64,
+    lsn_at_interval_sync: u64,
     pub stats: DurableStats,
 }
 
@@ -235,6 +236,7 @@ impl DurableStore {
             syncer: None,
             last_sweep_ms: 0,
             last_interval_sync_ms: 0,
+            lsn_at_interval_sync: 0,
             stats: DurableStats::default(),
         };
         s.open_next_segment()?;
@@ -534,6 +536,11 @@ impl InboxStore for DurableStore {
             self.last_interval_sync_ms = now_ms;
             if let (Some(syncer), Some(seg)) = (&self.syncer, self.segs.get(&self.active)) {
                 let _ = syncer.tx.send((seg.file.clone(), self.lsn_written));
+                let n = self.lsn_written - self.lsn_at_interval_sync;
+                self.lsn_at_interval_sync = self.lsn_written;
+                self.stats.fsyncs += 1;
+                self.stats.fsynced_records += n;
+                self.stats.max_batch = self.stats.max_batch.max(n);
             }
             self.dirty_since_sync = false;
         }
