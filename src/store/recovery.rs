@@ -346,3 +346,98 @@ fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
     f.set_len(len).map_err(io)?;
     f.sync_all().map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::durable::LogSettings;
+    use crate::store::Retention;
+
+    fn settings() -> LogSettings {
+        LogSettings {
+            policy: crate::config::Fsync::Never,
+            fsync_interval_ms: 100,
+            segment_max_bytes: 64 << 20,
+            retention: Retention { max_messages: 1000, max_age_ms: u64::MAX / 4 },
+        }
+    }
+
+    fn msg(id: u64, cmid: u64, group: Option<&str>) -> NewMessage {
+        NewMessage {
+            msg_id: id,
+            timestamp_ms: 1_000,
+            from: Arc::from("alice"),
+            device: Arc::from("phone"),
+            client_msg_id: cmid,
+            group: group.map(Arc::from),
+            payload: Bytes::from(format!("m{id}")),
+        }
+    }
+
+    fn recover_in(dir: &Path, workers: usize, groups: &HashMap<String, Vec<Arc<str>>>) -> Recovered {
+        recover(&RecoverOpts { data_dir: dir, workers, settings: settings(), dedup_per_device: 2, groups, now_ms: 2_000 }).unwrap()
+    }
+
+    #[test]
+    fn interrupted_group_fanout_is_completed_and_dedup_rebuilt() {
+        let d = tempfile::tempdir().unwrap();
+        let log_dir = d.path().join("log");
+        {
+            let mut st = DurableStore::new(0, &log_dir, settings(), HashMap::new(), HashMap::new(), 1).unwrap();
+            // The crash hit after bob's copy of the group message, before carol's.
+            st.append("bob", msg(7, 1, Some("team")), 1_000).unwrap();
+            for i in 2..=4 {
+                st.append("bob", msg(7 + i, i, None), 1_000).unwrap();
+            }
+            st.shutdown();
+        }
+        let team: Vec<Arc<str>> = ["alice", "bob", "carol"].iter().map(|s| Arc::from(*s)).collect();
+        let groups = HashMap::from([("team".to_string(), team)]);
+        let mut rec = recover_in(d.path(), 1, &groups);
+        assert_eq!(rec.report.fanouts_completed, vec![("team".to_string(), 1)]);
+        let carol = rec.stores[0].peek("carol");
+        assert_eq!(carol.bounds(), (1, 1));
+        let e = carol.get(1).unwrap();
+        assert_eq!((e.msg_id, &e.payload[..]), (7, &b"m7"[..]));
+        assert_eq!(rec.stores[0].peek("alice").bounds(), (1, 0), "the sender's inbox is not written");
+        // Dedup: the last 2 SENDs of alice/phone, oldest first.
+        let seed = &rec.dedup[0][0];
+        assert_eq!((&*seed.user, &*seed.device), ("alice", "phone"));
+        assert_eq!(seed.acks.iter().map(|a| a.0).collect::<Vec<_>>(), vec![3, 4]);
+        // And it is not completed twice on the next start.
+        for s in rec.stores.iter_mut() {
+            s.shutdown();
+        }
+        drop(rec);
+        let rec = recover_in(d.path(), 1, &groups);
+        assert!(rec.report.fanouts_completed.is_empty());
+        assert_eq!(rec.stores[0].peek("carol").bounds(), (1, 1));
+    }
+
+    #[test]
+    fn worker_count_change_keeps_every_inbox() {
+        let d = tempfile::tempdir().unwrap();
+        let groups = HashMap::new();
+        {
+            let mut rec = recover_in(d.path(), 2, &groups);
+            for u in 0..20 {
+                let user = format!("u{u}");
+                let core = home_core(&user, 2);
+                for i in 1..=3 {
+                    rec.stores[core].append(&user, msg(u * 10 + i, u * 10 + i, None), 1_000).unwrap();
+                }
+            }
+            for s in rec.stores.iter_mut() {
+                s.shutdown();
+            }
+        }
+        // Three workers now: users move home, their records stay where they are.
+        let rec = recover_in(d.path(), 3, &groups);
+        for u in 0..20u64 {
+            let user = format!("u{u}");
+            let inbox = rec.stores[home_core(&user, 3)].peek(&user);
+            assert_eq!(inbox.bounds(), (1, 3), "{user}");
+            assert_eq!(inbox.get(2).unwrap().msg_id, u * 10 + 2);
+        }
+    }
+}
