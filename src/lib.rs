@@ -6,14 +6,18 @@
 //!   session state machine, per-core ACK timer wheel. No sockets, no clock.
 //! - [`runtime`]: the thin glue — worker threads (one monoio runtime per
 //!   core), accept loops, connection tasks, cross-core mailboxes, lifecycle.
-//! - [`store`]: inbox storage behind a trait (in memory today).
+//! - [`store`]: inboxes behind a trait: in memory, or the durable per-core
+//!   log with group-committed fsync and start-up recovery.
 //! - [`auth`]: JWT HS256 tokens.
 //! - [`tls`]: rustls server configuration and the development certificate.
 //! - [`net`]: listener and socket options, chosen on purpose.
 //! - [`config`]: the one serde configuration struct with documented defaults.
+//! - [`doctor`]: the live machine's limits against a sysctl profile, and the
+//!   connection ceiling they allow.
 
 pub mod auth;
 pub mod config;
+pub mod doctor;
 pub mod net;
 pub mod proto;
 pub mod runtime;

@@ -46,6 +46,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Compare kernel limits with a sysctl profile, compute the connection ceiling, or apply a profile.
+    Doctor(ringgate::doctor::DoctorArgs),
 }
 
 #[derive(Subcommand)]
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Doctor(args) => ringgate::doctor::run(args),
         Cmd::Config { cmd: ConfigCmd::Default } => {
             print!("{}", Config::default_toml());
             ExitCode::SUCCESS

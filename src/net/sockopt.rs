@@ -97,7 +97,7 @@ mod tests {
         assert!(r.keepalive().unwrap());
         assert_eq!(r.keepalive_time().unwrap(), Duration::from_secs(60));
         assert_eq!(r.keepalive_retries().unwrap(), 6);
-        assert_eq!(r.tcp_user_timeout().unwrap(), Some(Duration::from_millis(60_000)));
+        assert_eq!(r.tcp_user_timeout().unwrap(), Some(Duration::from_millis(30_000)));
         assert!(r.linger().unwrap().is_none());
         drop(c);
     }
