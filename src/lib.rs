@@ -14,11 +14,13 @@
 //! - [`config`]: the one serde configuration struct with documented defaults.
 //! - [`doctor`]: the live machine's limits against a sysctl profile, and the
 //!   connection ceiling they allow.
+//! - [`plan`]: capacity planning from the benchmark suite's JSON.
 
 pub mod auth;
 pub mod config;
 pub mod doctor;
 pub mod net;
+pub mod plan;
 pub mod proto;
 pub mod runtime;
 pub mod store;

@@ -48,6 +48,8 @@ enum Cmd {
     },
     /// Compare kernel limits with a sysctl profile, compute the connection ceiling, or apply a profile.
     Doctor(ringgate::doctor::DoctorArgs),
+    /// Capacity plan (cores, RAM, nodes, binding constraint) from benchmark JSON and targets; writes report.md and report.html.
+    Plan(ringgate::plan::PlanArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +155,16 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Doctor(args) => ringgate::doctor::run(args),
+        Cmd::Plan(args) => match ringgate::plan::run(&args) {
+            Ok(dir) => {
+                eprintln!("ringgate: wrote {0}/report.md and {0}/report.html", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringgate: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Config { cmd: ConfigCmd::Default } => {
             print!("{}", Config::default_toml());
             ExitCode::SUCCESS
