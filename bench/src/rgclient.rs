@@ -80,6 +80,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     encode_connect(&mut out, device, token, last_seq, 0);
     s.write_all(&out).await?;
     s.flush().await?;
+    s.flush().await?;
     match read_frame(s, rbuf).await? {
         Some(Frame::ConnAck(c)) if c.status == 0 => Ok(c),
         Some(Frame::ConnAck(c)) => Err(io::Error::other(format!("CONNACK status {}", c.status))),
@@ -167,6 +168,7 @@ mod tests {
                 // A PUSH right behind the CONNACK must stay buffered for the caller.
                 frame::encode_push(&mut out, 10, 1, 1, "s", 1, b"p");
                 server.write_all(&out).await.unwrap();
+                server.flush().await.unwrap();
                 server
             });
             let mut rbuf = BytesMut::new();
@@ -197,6 +199,7 @@ mod tests {
             })
             .encode(&mut out);
             server.write_all(&out).await.unwrap();
+            server.flush().await.unwrap();
             let mut rbuf = BytesMut::new();
             let e = connect(&mut client, &mut rbuf, "d", "bad", 0).await.unwrap_err();
             assert!(e.to_string().contains("status 2"), "{e}");

@@ -270,6 +270,7 @@ impl Ctx {
             }
             Proto::Http => {
                 conn.write_all(&http1::get_request(true)).await?;
+                conn.flush().await?;
                 read_http_response(&mut conn, &mut rbuf).await?;
                 Ok((conn, rbuf, 0))
             }
@@ -323,6 +324,7 @@ async fn mqtt_connect(conn: &mut Conn, rbuf: &mut BytesMut, user: &str, subscrib
         mqtt::encode_subscribe(&mut out, 1, &mqtt_topic(user), 1);
     }
     conn.write_all(&out).await?;
+    conn.flush().await?;
     match read_mqtt(conn, rbuf).await? {
         mqtt::Packet::ConnAck { code: 0, .. } => {}
         p => return Err(io::Error::other(format!("MQTT CONNECT refused: {p:?}"))),
@@ -506,6 +508,7 @@ async fn one_handshake(c: &Ctx, t: &TargetSpec, tls: Option<&TlsConnector>, i: u
         Proto::Http => {
             // keep-alive off: nginx closes after the response, as a handshake-per-request client sees it.
             conn.write_all(&http1::get_request(false)).await?;
+            conn.flush().await?;
             read_http_response(&mut conn, &mut rbuf).await?;
         }
         Proto::Mqtt => mqtt_connect(&mut conn, &mut rbuf, &format!("hs{i}"), false).await?,
@@ -676,6 +679,7 @@ async fn receive(
         }
         if !out.is_empty() {
             conn.write_all(&out).await?;
+            conn.flush().await?;
             out.clear();
         }
         let now = mono_ns();
@@ -794,6 +798,7 @@ async fn send(
             }
             if !out.is_empty() {
                 wr.write_all(&out).await?;
+                wr.flush().await?;
                 out.clear();
             }
             let wake = credit.notify.get(me).map(|n| n.notified());
@@ -822,6 +827,7 @@ async fn send(
                 }
                 if !out.is_empty() {
                     wr.write_all(&out).await?;
+                    wr.flush().await?;
                     out.clear();
                 }
                 if sent < sched.total {
@@ -872,6 +878,7 @@ async fn follow(conn: &mut Conn, rbuf: &mut BytesMut, cur: &Cursor, until: u64) 
         if top > 0 {
             rgclient::encode_pushack(&mut out, cur.last_seq.get());
             conn.write_all(&out).await?;
+            conn.flush().await?;
             out.clear();
         }
         if until > 0 && cur.last_seq.get() >= until {
@@ -902,6 +909,7 @@ async fn send_to_all(conn: &mut Conn, users: &[String], per_user: u64, id_base: 
         }
         if !out.is_empty() {
             conn.write_all(&out).await?;
+            conn.flush().await?;
             out.clear();
         }
         match rgclient::read_frame(conn, &mut rbuf).await? {

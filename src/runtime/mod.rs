@@ -592,10 +592,18 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
 async fn drive(core: &Rc<RefCell<Core>>, stream: &TcpStream, key: ConnKey) -> Option<Box<mesh::Adopt>> {
     loop {
         let write = core.borrow_mut().wants_write(key)?;
-        if write {
-            race(core, key, stream.writable(false)).await;
+        let waited = if write {
+            race(core, key, stream.writable(false)).await
         } else {
-            race(core, key, stream.readable(false)).await;
+            race(core, key, stream.readable(false)).await
+        };
+        if !waited {
+            // Ready at once: on the legacy driver a readiness op completes
+            // without yielding when the socket is already ready, so a busy
+            // connection (a sender pipelining faster than one read budget)
+            // would loop here forever and starve every other task on the
+            // core. Give the executor a turn.
+            yield_now().await;
         }
         let outcome = core.borrow_mut().on_io(key);
         match outcome {
@@ -607,13 +615,34 @@ async fn drive(core: &Rc<RefCell<Core>>, stream: &TcpStream, key: ConnKey) -> Op
 }
 
 /// Waits for socket readiness or for the core to wake this connection.
-async fn race<F: Future<Output = std::io::Result<()>>>(core: &Rc<RefCell<Core>>, key: ConnKey, ready: F) {
+/// Returns whether it had to wait (was Pending at least once).
+async fn race<F: Future<Output = std::io::Result<()>>>(core: &Rc<RefCell<Core>>, key: ConnKey, ready: F) -> bool {
     let mut ready = pin!(ready);
+    let mut waited = false;
     poll_fn(|cx| {
         if core.borrow_mut().poll_woken(key, cx.waker()) {
             return Poll::Ready(());
         }
-        ready.as_mut().poll(cx).map(|_| ())
+        let r = ready.as_mut().poll(cx).map(|_| ());
+        waited |= r.is_pending();
+        r
+    })
+    .await;
+    waited
+}
+
+/// Returns Pending once (after scheduling its own wake-up), so the executor
+/// runs the other ready tasks before this one continues.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
     })
     .await
 }
