@@ -180,6 +180,12 @@ impl Tally {
         }
     }
 
+    /// One failed attempt: counted, and its error kept.
+    pub fn fail(&mut self, e: &dyn std::fmt::Display) {
+        self.add("failed", 1);
+        self.error(e);
+    }
+
     pub fn merge(&mut self, o: &Tally) {
         for (k, v) in &o.counts {
             self.add(k, *v);
@@ -387,8 +393,7 @@ where
                 }
                 Err(e) => {
                     let mut tl = tally.borrow_mut();
-                    tl.add("failed", 1);
-                    tl.error(&e);
+                    tl.fail(&e);
                 }
             }
             progress.fetch_add(1, Ordering::Relaxed);
@@ -475,12 +480,10 @@ async fn handshake(c: Rc<Ctx>, job: HandshakeJob) -> Res<Tally> {
                         }
                     }
                     Ok(Err(e)) => {
-                        tl.add("failed", 1);
-                        tl.error(&e);
+                        tl.fail(&e);
                     }
                     Err(_) => {
-                        tl.add("failed", 1);
-                        tl.error(&"timed out");
+                        tl.fail(&"timed out");
                     }
                 }
                 c.progress.fetch_add(1, Ordering::Relaxed);
@@ -999,12 +1002,10 @@ async fn storm(c: Rc<Ctx>, job: StormJob) -> Res<Tally> {
                     tl.max("all_caught_up_ms", done.saturating_sub(t_ns) / 1_000_000);
                 }
                 Ok(Err(e)) => {
-                    tl.add("failed", 1);
-                    tl.error(&e);
+                    tl.fail(&e);
                 }
                 Err(_) => {
-                    tl.add("failed", 1);
-                    tl.error(&"timed out");
+                    tl.fail(&"timed out");
                 }
             }
             c.progress.fetch_add(1, Ordering::Relaxed);
