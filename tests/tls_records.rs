@@ -118,3 +118,14 @@ fn tls13_oversized_record_closes_only_that_connection() {
     s.assert_no_panic();
     witness.ping_pong(2);
 }
+
+#[test]
+fn server_prefers_aes_128_gcm_over_the_clients_order() {
+    // rustls clients list AES-256-GCM-SHA384 first; the server's order wins
+    // (the SHA-384 suite costs ~40 µs more per handshake).
+    let s = Config::default().start();
+    let mut c = clients(&s, TlsVersion::Tls13, "alice");
+    let suite = c.tls().unwrap().negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    c.ping_pong(1);
+}
