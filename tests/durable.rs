@@ -42,6 +42,18 @@ fn drain_pushes(c: &mut Client, n: usize) -> BTreeMap<u64, Push> {
     got
 }
 
+/// The server's stderr is read by a thread: give it time to catch up.
+fn log_shows(s: &Server, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if s.stderr_tail().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn payload(i: u64) -> Vec<u8> {
     format!("durable message {i}").into_bytes()
 }
@@ -250,7 +262,7 @@ fn retention_deletes_expired_segments_and_moves_oldest() {
     // so all but the newest segment or two are gone.
     let segs = segments(&s.data_dir());
     assert!(segs.len() <= 2, "expired segments not deleted: {segs:?}");
-    assert!(s.stderr_tail().contains("deleted a log segment"));
+    assert!(log_shows(&s, "deleted a log segment"), "{}", s.stderr_tail());
     let (mut bob, ack) = s.login("bob", "phone", 0);
     assert_eq!((ack.oldest_seq, ack.head_seq), (56, 60));
     for i in 56..=60u64 {
@@ -308,7 +320,7 @@ fn sigterm_sends_disconnect_7_exits_0_and_state_is_intact() {
         }
     }
     assert_eq!(s.wait_exit(WAIT).and_then(|e| e.code()), Some(0), "{}", s.stderr_tail());
-    assert!(s.stderr_tail().contains("log flushed"));
+    assert!(log_shows(&s, "log flushed"), "{}", s.stderr_tail());
     s.restart();
     let (mut bob, ack) = s.login("bob", "phone", 1);
     assert_eq!(ack.head_seq, 1);
