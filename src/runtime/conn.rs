@@ -285,9 +285,7 @@ impl Conn {
     /// Sends `out` (through TLS when on). `Ok(true)`: everything is on the
     /// socket; `Ok(false)`: the socket pushed back, wait for writability.
     pub fn flush(&mut self) -> Result<bool, TransportError> {
-        if matches!(self.tls, Tls::Rustls(_)) {
-            self.try_handoff()?;
-        }
+        self.try_handoff()?;
         let done = match &mut self.tls {
             Tls::Off => write_all(self.fd, &mut self.out)?,
             Tls::Records(r) => {

@@ -38,7 +38,7 @@ use crate::proto::frame::{self, SendAck};
 use crate::proto::session::{ConnectRequest, EmptyInbox, Event, InboxRead, Phase, Session, SessionLimits};
 use crate::proto::DisconnectReason;
 use crate::store::recovery::DedupSeed;
-use crate::store::{InboxStore, NewMessage, Retention};
+use crate::store::{InboxStore, NewMessage};
 
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 10;
@@ -75,7 +75,6 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub groups: HashMap<String, Vec<Arc<str>>>,
     pub mesh: Mesh,
-    pub retention: Retention,
     pub dedup_per_device: usize,
     pub sockopts: SockOpts,
     pub clock: Clock,

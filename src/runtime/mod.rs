@@ -260,7 +260,6 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         tls,
         groups,
         mesh: mesh.clone(),
-        retention: retention(&cfg),
         dedup_per_device: cfg.session.dedup_per_device,
         sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
         clock: core::Clock::new(),
@@ -270,7 +269,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut handles = Vec::new();
-    let (mut stores, mut seeds): (Vec<Box<dyn InboxStore + Send>>, Vec<Vec<DedupSeed>>) = match durable {
+    let (stores, seeds): (Vec<Box<dyn InboxStore + Send>>, Vec<Vec<DedupSeed>>) = match durable {
         Some(rec) => {
             let mut stores: Vec<Box<dyn InboxStore + Send>> = Vec::new();
             for (id, mut st) in rec.stores.into_iter().enumerate() {
@@ -285,10 +284,8 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             (0..workers).map(|_| Vec::new()).collect(),
         ),
     };
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, (listener, (store, seed))) in listeners.into_iter().zip(stores.into_iter().zip(seeds)).enumerate() {
         let shared = shared.clone();
-        let store = stores.remove(0);
-        let seed = seeds.remove(0);
         let pin = cfg.server.pin_workers;
         let h = std::thread::Builder::new()
             .name(format!("ringgate-w{id}"))
@@ -601,8 +598,8 @@ async fn drive(core: &Rc<RefCell<Core>>, stream: &TcpStream, key: ConnKey) -> Op
             // Ready at once: on the legacy driver a readiness op completes
             // without yielding when the socket is already ready, so a busy
             // connection (a sender pipelining faster than one read budget)
-            // would loop here forever and starve every other task on the
-            // core. Give the executor a turn.
+            // could keep the core to itself while its peer keeps sending.
+            // Give the executor a turn.
             yield_now().await;
         }
         let outcome = core.borrow_mut().on_io(key);

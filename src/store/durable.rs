@@ -446,10 +446,15 @@ impl InboxStore for DurableStore {
         }
         let key: Arc<str> = match self.inboxes.get_key_value(user) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(user),
+            None => {
+                let k: Arc<str> = Arc::from(user);
+                let mut inbox = DInbox::new(0, self.active);
+                inbox.files = self.files.clone();
+                self.inboxes.insert(k.clone(), inbox);
+                k
+            }
         };
-        let head = self.inboxes.get(&key).map_or(0, |i| i.head);
-        let seq = head + 1;
+        let seq = self.inboxes[&key].head + 1;
         let rec = MessageRec {
             seq,
             msg_id: msg.msg_id,
@@ -467,9 +472,8 @@ impl InboxStore for DurableStore {
         self.lsn_written += 1;
         let lsn = self.lsn_written;
         let active = self.active;
-        let files = self.files.clone();
-        let inbox = self.inboxes.entry(key.clone()).or_insert_with(|| DInbox::new(0, active));
-        inbox.files = files;
+        let visible_now = self.policy != Fsync::Always;
+        let Some(inbox) = self.inboxes.get_mut(&key) else { unreachable!("inserted above") };
         inbox.head = seq;
         inbox.head_seg = active;
         // A payload decoded from a connection's read buffer is a slice of a
@@ -487,22 +491,20 @@ impl InboxStore for DurableStore {
         if n > HOT_PAYLOADS {
             inbox.entries[n - 1 - HOT_PAYLOADS].payload = None;
         }
+        if visible_now {
+            // Interval and never: visible at once, durability per policy
+            // (see the README).
+            inbox.visible = seq;
+        }
         if let Some(s) = self.segs.get_mut(&active) {
             s.live += 1;
         }
-        match self.policy {
-            Fsync::Always => {
-                self.unsynced.push_back((lsn, key.clone(), seq));
-                self.request_sync();
-            }
-            Fsync::Interval | Fsync::Never => {
-                // Visible at once: durability per policy (see the README).
-                self.lsn_synced = lsn;
-                if let Some(i) = self.inboxes.get_mut(&key) {
-                    i.visible = seq;
-                }
-                self.dirty_since_sync = true;
-            }
+        if visible_now {
+            self.lsn_synced = lsn;
+            self.dirty_since_sync = true;
+        } else {
+            self.unsynced.push_back((lsn, key.clone(), seq));
+            self.request_sync();
         }
         self.trim(&key, now_ms);
         Ok((seq, lsn))

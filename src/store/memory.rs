@@ -16,8 +16,9 @@ struct Stored {
     payload: Bytes,
 }
 
-/// One user's inbox: `entries[i]` has seq `oldest + i`.
-#[derive(Debug, Default)]
+/// One user's inbox: `entries[i]` has seq `oldest + i`. No `Default`: an
+/// empty inbox starts at oldest 1 (`Inbox::new`), not 0.
+#[derive(Debug)]
 pub struct Inbox {
     /// Seq of `entries[0]`, or head + 1 when empty.
     oldest: u64,

@@ -18,12 +18,15 @@ use super::log::{self, LogError, Record};
 use super::{InboxStore, NewMessage};
 use crate::runtime::mesh::home_core;
 
-/// One device's remembered SENDACKs, oldest first: (client_msg_id, msg_id, timestamp_ms).
+/// Remembered SENDACKs, oldest first: (client_msg_id, msg_id, timestamp_ms).
+pub type Acks = Vec<(u64, u64, u64)>;
+
+/// One device's remembered SENDACKs.
 #[derive(Debug, Clone)]
 pub struct DedupSeed {
     pub user: Arc<str>,
     pub device: Arc<str>,
-    pub acks: Vec<(u64, u64, u64)>,
+    pub acks: Acks,
 }
 
 /// What recovery did, for the start-up log and the benchmark.
@@ -63,6 +66,8 @@ struct SegData {
     dir_core: usize,
     path: PathBuf,
     data: Vec<u8>,
+    /// Where the scan found the records (read once, indexed later).
+    records: Vec<log::Found>,
 }
 
 struct Ent {
@@ -129,7 +134,7 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
             report.bytes += scan.valid_len;
             let mut data = data;
             data.truncate(scan.valid_len as usize);
-            segs.push(SegData { id: seg_id(*core, no), dir_core: *core, path, data });
+            segs.push(SegData { id: seg_id(*core, no), dir_core: *core, path, data, records: scan.records });
         }
     }
     report.segments = segs.len();
@@ -145,11 +150,10 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         a
     };
     let mut users: HashMap<Arc<str>, UserAcc> = HashMap::new();
-    let mut dedup: HashMap<(Arc<str>, Arc<str>), Vec<(u64, u64, u64)>> = HashMap::new();
+    let mut dedup: HashMap<(Arc<str>, Arc<str>), Acks> = HashMap::new();
     let mut group_sends: HashMap<(Arc<str>, Arc<str>, u64), GroupSend> = HashMap::new();
     for (si, sd) in segs.iter().enumerate() {
-        let scan = log::scan(&sd.path, &sd.data, true)?;
-        for f in scan.records {
+        for &f in &sd.records {
             let body = &sd.data[f.body.0..f.body.1];
             match log::decode_body(body) {
                 Some(Record::Message(m)) => {
