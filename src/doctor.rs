@@ -234,12 +234,11 @@ impl ConnectionCost {
 /// empty buffers. Traffic adds buffers on top.
 pub const IDLE_TLS_CONNECTION: ConnectionCost = ConnectionCost { process_bytes: 3_800, kernel_bytes: 3_700 };
 
-/// File descriptors a server process keeps besides connections: stdio, the
-/// data files, and per worker a listener and a ring or epoll fd. The same
-/// reserve as the startup log line of `runtime::serve`.
+/// File descriptors a process keeps besides connections
+/// (`net::listener::server_fd_reserve` for the gateway).
 pub fn fd_reserve(side: Side, workers: u64) -> u64 {
     match side {
-        Side::Server => 16 + 2 * workers,
+        Side::Server => crate::net::listener::server_fd_reserve(workers),
         Side::Client => 16,
     }
 }

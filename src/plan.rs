@@ -187,7 +187,7 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     // reconnecting devices), so the cores add up.
     let cores = msg_cores + storm_cores;
     let nofile = if t.nofile_per_process > 0 { t.nofile_per_process } else { m.nofile_limit.max(1) };
-    let conns_per_process = nofile.saturating_sub(16 + 2 * t.cores_per_node).max(1);
+    let conns_per_process = nofile.saturating_sub(crate::net::listener::server_fd_reserve(t.cores_per_node)).max(1);
     let ram_per_node = t.ram_per_node_gib * (1u64 << 30) as f64;
     let nodes_for_ram = (ram_bytes / ram_per_node).ceil().max(1.0) as u64;
     let nodes_for_cpu = (cores / t.cores_per_node as f64).ceil().max(1.0) as u64;

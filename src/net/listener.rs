@@ -89,6 +89,13 @@ fn read_somaxconn() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
 }
 
+/// File descriptors a server process keeps besides its connections: stdio,
+/// the log and secret files, and per worker a listener and a ring or epoll
+/// fd. The one figure the startup log, `doctor` and `plan` all subtract.
+pub fn server_fd_reserve(workers: u64) -> u64 {
+    16 + 2 * workers
+}
+
 /// RLIMIT_NOFILE as (soft, hard).
 pub fn nofile_limit() -> (u64, u64) {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -168,7 +168,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         soft = raised,
         hard,
         "open files limit: at most ~{} connections in this process",
-        raised.saturating_sub(16 + 2 * workers as u64)
+        raised.saturating_sub(crate::net::listener::server_fd_reserve(workers as u64))
     );
 
     let data_dir = cfg.store.data_dir.clone();
