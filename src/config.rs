@@ -169,14 +169,16 @@ pub struct SessionConfig {
 }
 
 impl Default for SessionConfig {
+    /// The protocol core's defaults (PROTOCOL.md's), so the two cannot drift.
     fn default() -> Self {
+        let l = crate::proto::session::SessionLimits::default();
         Self {
-            heartbeat_s: 30,
-            handshake_timeout_ms: 10_000,
-            ack_timeout_ms: 5_000,
-            max_retries: 2,
-            inflight_window: 64,
-            max_frame: 65_536,
+            heartbeat_s: l.heartbeat_s,
+            handshake_timeout_ms: l.handshake_timeout_ms,
+            ack_timeout_ms: l.ack_timeout_ms,
+            max_retries: l.max_retries,
+            inflight_window: l.inflight_window,
+            max_frame: l.max_frame,
             dedup_per_device: 1024,
         }
     }
