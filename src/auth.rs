@@ -18,7 +18,7 @@ use crate::config::AuthConfig;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Longest user id a token may name (the protocol's `str` limit).
-pub const MAX_USER_ID_BYTES: usize = 255;
+pub const MAX_USER_ID_BYTES: usize = crate::limits::MAX_NAME_BYTES;
 
 /// Why a token or the secret was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,9 +29,15 @@ pub enum AuthError {
     /// Peer fault: signature does not match our secret.
     #[error("token signature does not verify")]
     BadSignature,
-    /// Peer fault: `exp` is in the past.
+    /// Peer fault: `exp` is in the past (beyond the leeway).
     #[error("token expired at {exp} (now {now})")]
     Expired { exp: u64, now: u64 },
+    /// Peer fault: `nbf` is in the future (beyond the leeway).
+    #[error("token not valid before {nbf} (now {now})")]
+    NotYetValid { nbf: u64, now: u64 },
+    /// Peer fault: `iss` or `aud` is not what this server requires.
+    #[error("token {0} claim does not match")]
+    WrongClaim(&'static str),
     /// Operator fault: the secret could not be read or created.
     #[error("JWT secret {path}: {message}")]
     Secret { path: PathBuf, message: String },
@@ -55,19 +61,65 @@ struct Header {
 struct RawClaims {
     sub: Option<String>,
     exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
+    iss: Option<serde_json::Value>,
+    aud: Option<serde_json::Value>,
+}
+
+/// The claim checks beyond the signature (`[auth]` leeway, issuer, audience).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl ClaimRules {
+    pub fn from_config(cfg: &AuthConfig) -> Self {
+        ClaimRules { leeway_s: cfg.leeway_s, issuer: cfg.issuer.clone(), audience: cfg.audience.clone() }
+    }
 }
 
 /// An HS256 key, built once and shared read-only by all cores.
 #[derive(Clone)]
 pub struct JwtKey {
     mac: HmacSha256,
+    rules: ClaimRules,
+}
+
+/// A NumericDate claim (integer or fractional seconds) as whole seconds;
+/// values beyond u64 saturate, so no later arithmetic can overflow on them.
+fn numeric_date(v: Option<serde_json::Value>, name: &'static str) -> Result<Option<u64>, AuthError> {
+    match v {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Ok(Some(v)),
+            // `as` saturates: 1e300 becomes u64::MAX, not a wrap.
+            (None, Some(f)) if f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(AuthError::Malformed(match name {
+                "exp" => "exp is negative",
+                _ => "nbf is negative",
+            })),
+        },
+        Some(_) => Err(AuthError::Malformed(match name {
+            "exp" => "exp is not a number",
+            _ => "nbf is not a number",
+        })),
+    }
 }
 
 impl JwtKey {
+    /// A key that checks only signature and `exp` (no leeway): for minting
+    /// and for tests.
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_rules(secret, ClaimRules::default())
+    }
+
+    pub fn with_rules(secret: &[u8], rules: ClaimRules) -> Self {
         // HMAC accepts keys of any length; this cannot fail.
         let mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        Self { mac }
+        Self { mac, rules }
     }
 
     /// Verifies signature and expiry; `now_s` is Unix seconds.
@@ -92,23 +144,36 @@ impl JwtKey {
         let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| AuthError::Malformed("claims are not base64url"))?;
         let raw: RawClaims = serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed("claims are not JSON"))?;
         let sub = raw.sub.ok_or(AuthError::Malformed("no sub claim"))?;
-        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES {
-            return Err(AuthError::Malformed("sub must be 1..=255 bytes"));
+        if crate::limits::check_name(&sub).is_err() {
+            return Err(AuthError::Malformed("sub must be 1..=255 bytes of UTF-8 without control characters"));
         }
-        // `exp` is a NumericDate: integer or fractional seconds.
-        let exp = match raw.exp {
-            Some(serde_json::Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-                (Some(v), _) => v,
-                (None, Some(f)) if f >= 0.0 => f as u64,
-                _ => return Err(AuthError::Malformed("exp is negative")),
-            },
-            Some(_) => return Err(AuthError::Malformed("exp is not a number")),
-            None => return Err(AuthError::Malformed("no exp claim")),
-        };
-        if exp <= now_s {
+        let exp = numeric_date(raw.exp, "exp")?.ok_or(AuthError::Malformed("no exp claim"))?;
+        let leeway = self.rules.leeway_s;
+        if exp.saturating_add(leeway) <= now_s {
             return Err(AuthError::Expired { exp, now: now_s });
         }
-        Ok(Claims { sub, exp })
+        if let Some(nbf) = numeric_date(raw.nbf, "nbf")? {
+            if nbf > now_s.saturating_add(leeway) {
+                return Err(AuthError::NotYetValid { nbf, now: now_s });
+            }
+        }
+        if let Some(want) = &self.rules.issuer {
+            if !matches!(&raw.iss, Some(serde_json::Value::String(s)) if s == want) {
+                return Err(AuthError::WrongClaim("iss"));
+            }
+        }
+        if let Some(want) = &self.rules.audience {
+            let ok = match &raw.aud {
+                Some(serde_json::Value::String(s)) => s == want,
+                Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want.as_str())),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::WrongClaim("aud"));
+            }
+        }
+        // With the leeway a token may be used up to `leeway` past its exp.
+        Ok(Claims { sub, exp: exp.saturating_add(leeway) })
     }
 
     /// Signs a token for `user` valid for `ttl_s` seconds from `now_s`.
@@ -210,6 +275,71 @@ mod tests {
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let c = URL_SAFE_NO_PAD.encode(br#"{"sub":"a","exp":99999999999}"#);
         assert!(k.verify(&format!("{h}.{c}."), 0).is_err());
+    }
+
+    fn sign(k: &JwtKey, claims: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let c = URL_SAFE_NO_PAD.encode(claims.as_bytes());
+        let mut mac = k.mac.clone();
+        mac.update(format!("{h}.{c}").as_bytes());
+        format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn leeway_nbf_and_huge_claims() {
+        let rules = ClaimRules { leeway_s: 30, ..ClaimRules::default() };
+        let k = JwtKey::with_rules(b"0123456789abcdef", rules);
+        // exp within the leeway still works; past it, not.
+        let t = sign(&k, r#"{"sub":"a","exp":1000}"#);
+        assert!(k.verify(&t, 1029).is_ok());
+        assert_eq!(k.verify(&t, 1030), Err(AuthError::Expired { exp: 1000, now: 1030 }));
+        // nbf in the future beyond the leeway is refused, within it accepted.
+        let t = sign(&k, r#"{"sub":"a","exp":5000,"nbf":1100}"#);
+        assert_eq!(k.verify(&t, 1000), Err(AuthError::NotYetValid { nbf: 1100, now: 1000 }));
+        assert!(k.verify(&t, 1070).is_ok());
+        // Huge values saturate instead of overflowing anything.
+        for claims in [
+            r#"{"sub":"a","exp":18446744073709551615}"#,
+            r#"{"sub":"a","exp":1e300}"#,
+            r#"{"sub":"a","exp":1e300,"nbf":0}"#,
+        ] {
+            let c = k.verify(&sign(&k, claims), u64::MAX - 1).unwrap();
+            assert_eq!(c.exp, u64::MAX, "{claims}");
+        }
+        assert_eq!(k.verify(&sign(&k, r#"{"sub":"a","exp":5000,"nbf":1e300}"#), 0), Err(AuthError::NotYetValid { nbf: u64::MAX, now: 0 }));
+        assert!(k.verify(&sign(&k, r#"{"sub":"a","exp":5000,"nbf":-1}"#), 0).is_err());
+        assert!(k.verify(&sign(&k, r#"{"sub":"a","exp":5000,"nbf":"soon"}"#), 0).is_err());
+    }
+
+    #[test]
+    fn sub_with_control_characters_refused() {
+        let k = JwtKey::new(b"0123456789abcdef");
+        for sub in [r"a\nb", r"\u001b[2J", "", r"x\u0085"] {
+            let t = sign(&k, &format!(r#"{{"sub":"{sub}","exp":5000}}"#));
+            assert!(matches!(k.verify(&t, 0), Err(AuthError::Malformed(_))), "{sub}");
+        }
+        let t = sign(&k, &format!(r#"{{"sub":"{}","exp":5000}}"#, "a".repeat(256)));
+        assert!(k.verify(&t, 0).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let rules = ClaimRules { leeway_s: 0, issuer: Some("idp".into()), audience: Some("rg".into()) };
+        let k = JwtKey::with_rules(b"0123456789abcdef", rules);
+        let ok = [r#"{"sub":"a","exp":5000,"iss":"idp","aud":"rg"}"#, r#"{"sub":"a","exp":5000,"iss":"idp","aud":["x","rg"]}"#];
+        for c in ok {
+            assert!(k.verify(&sign(&k, c), 0).is_ok(), "{c}");
+        }
+        let bad = [
+            (r#"{"sub":"a","exp":5000,"aud":"rg"}"#, "iss"),
+            (r#"{"sub":"a","exp":5000,"iss":"other","aud":"rg"}"#, "iss"),
+            (r#"{"sub":"a","exp":5000,"iss":"idp"}"#, "aud"),
+            (r#"{"sub":"a","exp":5000,"iss":"idp","aud":["x"]}"#, "aud"),
+            (r#"{"sub":"a","exp":5000,"iss":"idp","aud":7}"#, "aud"),
+        ];
+        for (c, which) in bad {
+            assert_eq!(k.verify(&sign(&k, c), 0), Err(AuthError::WrongClaim(which)), "{c}");
+        }
     }
 
     #[test]

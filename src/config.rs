@@ -31,6 +31,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
+    pub limits: crate::limits::LimitsConfig,
     /// Static groups: name → member user ids. A SEND to a group fans out to
     /// every member but the sender (the sender must be a member).
     pub groups: BTreeMap<String, Vec<String>>,
@@ -137,8 +138,8 @@ pub struct SniCertificate {
     pub key_file: PathBuf,
 }
 
-/// `[auth]`: the JWT HS256 secret.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// `[auth]`: the JWT HS256 secret and the claims checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The secret itself. Prefer `jwt_secret_file`.
@@ -146,6 +147,18 @@ pub struct AuthConfig {
     /// File holding the secret (trailing newline ignored). With neither set,
     /// a random secret is created at `<data_dir>/jwt-secret`.
     pub jwt_secret_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
+    pub leeway_s: u64,
+    /// When set, a token's `iss` must equal it. Default unset.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` (string or array) must contain it. Default unset.
+    pub audience: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { jwt_secret: None, jwt_secret_file: None, leeway_s: 30, issuer: None, audience: None }
+    }
 }
 
 /// `[session]`: protocol timers and limits.
@@ -330,12 +343,17 @@ impl Config {
                 return bad("auth.jwt_secret must be at least 16 bytes".into());
             }
         }
+        if let Err(m) = self.limits.validate() {
+            return bad(m);
+        }
         for (name, members) in &self.groups {
-            if name.is_empty() || name.len() > 255 {
-                return bad(format!("group name {name:?} must be 1..=255 bytes"));
+            if let Err(e) = crate::limits::check_name(name) {
+                return bad(format!("group name {name:?} is invalid: {e} (names are 1..=255 bytes of UTF-8 without control characters)"));
             }
-            if members.iter().any(|m| m.is_empty() || m.len() > 255) {
-                return bad(format!("group {name:?} has a member id that is empty or longer than 255 bytes"));
+            for m in members {
+                if let Err(e) = crate::limits::check_name(m) {
+                    return bad(format!("group {name:?} has an invalid member id {m:?}: {e}"));
+                }
             }
         }
         Ok(())
@@ -395,6 +413,11 @@ session_tickets = true
 # jwt_secret = "at least sixteen bytes"
 # jwt_secret_file = "/etc/ringgate/jwt-secret"
 # With neither, a random secret is created at <data_dir>/jwt-secret.
+# Clock skew allowed on exp and nbf.
+leeway_s = 30
+# Required iss / aud claims, when set:
+# issuer = "https://auth.example.com"
+# audience = "ringgate"
 
 [session]
 # Heartbeat interval told to clients; a connection silent for 2.5x this is closed.
@@ -427,6 +450,29 @@ segment_max_bytes = 67108864
 # Retention per user inbox.
 inbox_max_messages = 10000
 inbox_max_age_s = 604800
+
+[limits]
+# Unsent output per connection above which reading from it stops (TCP backpressure).
+output_high_water_bytes = 1048576
+# Above the high-water mark this long: DISCONNECT 8 (slow consumer).
+slow_consumer_timeout_ms = 30000
+# SENDs per second per connection (burst = rate); excess: SENDACK 3, nothing stored.
+send_rate_per_connection = 2000
+# SENDs of one connection awaiting their SENDACK; beyond: SENDACK 5.
+max_sends_in_flight = 1024
+# Largest SEND payload; beyond it, or a PUSH that would exceed max_frame: SENDACK 4.
+max_payload_bytes = 61440
+# Connections per source address that have not completed CONNECT; beyond: closed at once.
+max_preauth_per_ip = 256
+# New connections per second per source address (burst = rate); beyond: closed at once.
+connect_rate_per_ip = 200
+# Open connections in the process; 0 = the open-files limit minus the server's reserve.
+# Near it, connections that have not completed CONNECT are shed, oldest first.
+max_connections = 0
+# CONNECTs accepted per second per core (burst = rate); beyond: CONNACK 3 and close.
+connect_rate = 10000
+# Cross-core messages queued per core for new work; when full a SEND gets SENDACK 5.
+mailbox_capacity = 65536
 
 [groups]
 # name = ["member", "member", ...]

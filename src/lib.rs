@@ -11,6 +11,8 @@
 //! - [`auth`]: JWT HS256 tokens.
 //! - [`tls`]: rustls server configuration and the development certificate.
 //! - [`net`]: listener and socket options, chosen on purpose.
+//! - [`limits`]: what one peer may make the server hold or do (rate limits,
+//!   admission by address, name rules), sans-IO.
 //! - [`config`]: the one serde configuration struct with documented defaults.
 //! - [`doctor`]: the live machine's limits against a sysctl profile, and the
 //!   connection ceiling they allow.
@@ -19,6 +21,7 @@
 pub mod auth;
 pub mod config;
 pub mod doctor;
+pub mod limits;
 pub mod net;
 pub mod plan;
 pub mod proto;

@@ -77,8 +77,15 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 
 fn init_logs() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls logs peer errors at WARN, with peer-supplied text (an SNI, say)
+    // in them: one line per bad ClientHello would make the log an amplifier.
+    // We count those failures and log them ourselves at debug, so rustls is
+    // held to ERROR unless RUST_LOG names it explicitly.
+    let mut spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    if !spec.contains("rustls") {
+        spec.push_str(",rustls=error");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

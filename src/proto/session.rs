@@ -31,6 +31,11 @@ pub const MAX_DEVICE_ID: usize = 64;
 /// Longest token accepted in CONNECT (PROTOCOL.md: ..4096 bytes).
 pub const MAX_TOKEN: usize = 4096;
 
+/// Largest frame accepted before CONNECT. A valid CONNECT is at most ~4.2 KB
+/// (64-byte device id, 4096-byte token); an anonymous peer may not make the
+/// server buffer a `max_frame`-sized frame before it has authenticated.
+pub const MAX_PREAUTH_FRAME: u32 = 8 * 1024;
+
 /// The retransmission timeout doubles at most this many times.
 pub const MAX_BACKOFF_DOUBLINGS: u32 = 8;
 
@@ -213,7 +218,8 @@ impl Session {
                 return Event::NeedMore;
             }
         }
-        let frame = match frame::decode(rbuf, lim.max_frame) {
+        let max_frame = if self.phase == Phase::AwaitConnect { lim.max_frame.min(MAX_PREAUTH_FRAME) } else { lim.max_frame };
+        let frame = match frame::decode(rbuf, max_frame) {
             Ok(Some(f)) => f,
             Ok(None) => return Event::NeedMore,
             Err(e) => return self.protocol_error(now_ms, &e, out),

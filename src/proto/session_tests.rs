@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::error::{connack, DisconnectReason};
 use super::frame::{self, ConnAck, Connect, Frame, Push, SendAck, Utf8Bytes, FLAG_REDELIVERY};
 use super::session::{
-    ConnectRequest, EntryRef, Event, InboxRead, Phase, Session, SessionLimits, CLOSE_LINGER_MS, MAX_DEVICE_ID,
+    ConnectRequest, EntryRef, Event, InboxRead, Phase, Session, SessionLimits, CLOSE_LINGER_MS, MAX_DEVICE_ID, MAX_PREAUTH_FRAME,
     MAX_TOKEN,
 };
 
@@ -1701,4 +1701,26 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn before_connect_a_frame_above_the_preauth_cap_is_refused_at_its_prefix() {
+    // An anonymous peer announcing a max_frame-sized frame must not make the
+    // server buffer it: the 4-byte prefix alone earns DISCONNECT(2).
+    let mut h = H::new();
+    assert!(h.lim.max_frame > MAX_PREAUTH_FRAME);
+    h.send_raw(&(MAX_PREAUTH_FRAME + 1).to_be_bytes());
+    assert_eq!(h.poll(), Event::Closed);
+    assert_disconnect(&h.take(), DisconnectReason::FrameTooLarge);
+    // At the cap it is waited for, and after CONNECT max_frame applies again.
+    let mut h = H::new();
+    h.send_raw(&MAX_PREAUTH_FRAME.to_be_bytes());
+    assert_eq!(h.poll(), Event::NeedMore);
+    let mut h = H::new();
+    h.open(0);
+    let mut b = (MAX_PREAUTH_FRAME + 1).to_be_bytes().to_vec();
+    b.push(frame::T_SEND);
+    h.send_raw(&b);
+    assert_eq!(h.poll(), Event::NeedMore);
+    assert_eq!(h.s.phase(), Phase::Open);
 }

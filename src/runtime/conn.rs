@@ -35,8 +35,18 @@ use crate::runtime::tls_record::{self, Opened, Record13, RecordError};
 /// connection cannot starve the others on its core (the readiness op fires
 /// again at once if more is queued).
 const READ_BUDGET: usize = 256 * 1024;
-/// Plaintext read granularity into `rbuf`.
+/// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
+/// Ciphertext buffered at most during the TLS handshake: one largest record
+/// plus its 5-byte header. Plaintext handshake records are at most 2^14
+/// bytes and every suite rustls offers is an AEAD (at most 256 bytes of
+/// expansion, RFC 8446 §5.2; TLS 1.2 AEAD suites add 24), so the 2^14 + 2048
+/// that RFC 5246 allows for CBC-era ciphertext is never needed here.
+const MAX_HANDSHAKE_BUF: usize = tls_record::MAX_CIPHERTEXT + 5;
+/// TLS record header length.
+const HEADER_LEN: usize = 5;
+/// First read of a handshake: a typical ClientHello (~0.5–2 KB) fits.
+const FIRST_HANDSHAKE_READ: usize = 4096;
 
 /// Who the connection belongs to, once CONNECT is accepted on the home core.
 #[derive(Debug)]
@@ -49,6 +59,10 @@ pub struct Identity {
 pub enum Tls {
     /// Plain TCP (`tls.enabled = false`).
     Off,
+    /// TLS, before the first complete record (the ClientHello) arrived: no
+    /// rustls state yet, so an anonymous peer that never completes a record
+    /// costs only its buffered bytes.
+    Accepting(Arc<rustls::ServerConfig>),
     /// rustls owns the connection: during the handshake, and for life on TLS 1.2.
     Rustls(Box<rustls::ServerConnection>),
     /// TLS 1.3 after hand-off: our record layer with the extracted keys.
@@ -79,6 +93,13 @@ pub struct Conn {
     /// Transport is gone: drop without writing.
     pub dead: bool,
     pub ident: Option<Box<Identity>>,
+    /// `limits.send_rate_per_connection`, refilled from `open`.
+    pub send_bucket: crate::limits::TokenBucket,
+    /// SENDs of this connection awaiting their SENDACK.
+    pub sends_in_flight: u32,
+    /// When unsent output went above `limits.output_high_water_bytes`
+    /// (monotonic ms); 0 = below it.
+    pub over_hw_since_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,27 +194,60 @@ impl Conn {
             shut_wr: false,
             dead: false,
             ident: None,
+            send_bucket: crate::limits::TokenBucket::full(0, 0),
+            sends_in_flight: 0,
+            over_hw_since_ms: 0,
         }
     }
 
     pub fn tls_handshaking(&self) -> bool {
-        matches!(&self.tls, Tls::Rustls(t) if t.is_handshaking())
+        match &self.tls {
+            Tls::Accepting(_) => true,
+            Tls::Rustls(t) => t.is_handshaking(),
+            _ => false,
+        }
     }
 
     /// Reads what the socket has (up to a budget) and appends the plaintext
     /// to `rbuf`. TLS handshake progress is made here too; its responses are
     /// queued inside rustls and sent by `flush`.
+    ///
+    /// Reads go into the buffer's spare capacity (never zero-filled first),
+    /// and a read shorter than asked means the socket is drained, so no
+    /// extra `recv` is paid just to see EAGAIN. While the TLS handshake runs
+    /// the ciphertext buffer never grows past one largest TLS 1.2 record
+    /// plus its header: an anonymous peer parked in a partial record holds
+    /// at most that (~18 KiB), not a growing chain of 16 KiB chunks.
     pub fn read_available(&mut self) -> Result<ReadStatus, TransportError> {
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
                 return Ok(ReadStatus::Open);
             }
+            let handshaking = self.tls_handshaking();
             let buf = if matches!(self.tls, Tls::Off) { &mut self.rbuf } else { &mut self.tls_in };
-            let len = buf.len();
-            buf.resize(len + READ_CHUNK, 0);
-            let r = Fd(self.fd).read(&mut buf[len..]);
-            buf.truncate(len + *r.as_ref().unwrap_or(&0));
+            let want = if handshaking {
+                // Complete records are consumed as they arrive, so `buf`
+                // starts with the record being received: read what its
+                // header says is missing (a small first read before the
+                // header is known), never past one largest record. The
+                // buffer then grows to the record's size only when the
+                // peer has sent that much.
+                let need = match buf.get(3..5) {
+                    Some(l) => HEADER_LEN + u16::from_be_bytes([l[0], l[1]]) as usize,
+                    None => FIRST_HANDSHAKE_READ,
+                };
+                need.max(FIRST_HANDSHAKE_READ).min(MAX_HANDSHAKE_BUF).saturating_sub(buf.len())
+            } else {
+                READ_CHUNK
+            };
+            if want == 0 {
+                // A full record is buffered and rustls has not taken it:
+                // reading more cannot help.
+                return Ok(ReadStatus::Open);
+            }
+            buf.reserve(want);
+            let r = recv_into(self.fd, buf, want);
             match r {
                 Ok(0) => {
                     self.process_tls_in()?;
@@ -204,6 +258,9 @@ impl Conn {
                     if self.process_tls_in()? {
                         return Ok(ReadStatus::Eof);
                     }
+                    if n < want {
+                        return Ok(ReadStatus::Open);
+                    }
                 }
                 Err(e) if would_block(&e) => return Ok(ReadStatus::Open),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -212,12 +269,27 @@ impl Conn {
         }
     }
 
+    /// Bytes produced but not yet on the socket (frames and sealed records).
+    pub fn unsent_bytes(&self) -> usize {
+        self.out.len() + self.tls_out.len()
+    }
+
     /// Turns buffered ciphertext into plaintext in `rbuf`. Returns true when
     /// the peer closed TLS (close_notify).
     fn process_tls_in(&mut self) -> Result<bool, TransportError> {
         loop {
             match &mut self.tls {
                 Tls::Off => return Ok(false),
+                Tls::Accepting(cfg) => {
+                    // Only a whole first record creates the rustls state.
+                    if self.tls_in.len() >= 2 && !((0x14..=0x17).contains(&self.tls_in[0]) && self.tls_in[1] == 3) {
+                        return Err(RecordError::UnexpectedType(self.tls_in[0]).into());
+                    }
+                    if tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT)?.is_none() {
+                        return Ok(false);
+                    }
+                    self.tls = Tls::Rustls(Box::new(rustls::ServerConnection::new(cfg.clone())?));
+                }
                 Tls::Records(r) => {
                     return Ok(r.open_all(&mut self.tls_in, &mut self.rbuf)? == Opened::CloseNotify);
                 }
@@ -231,7 +303,7 @@ impl Conn {
                     // is refused now, not after the handshake timeout.
                     let looks_tls = self.tls_in.len() < 2 || ((0x14..=0x17).contains(&self.tls_in[0]) && self.tls_in[1] == 3);
                     let take = if looks_tls {
-                        match tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT_TLS12)? {
+                        match tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT)? {
                             Some(n) => n,
                             None => return Ok(false),
                         }
@@ -288,6 +360,8 @@ impl Conn {
         self.try_handoff()?;
         let done = match &mut self.tls {
             Tls::Off => write_all(self.fd, &mut self.out)?,
+            // Nothing can be written before the handshake; frames wait in `out`.
+            Tls::Accepting(_) => self.out.is_empty(),
             Tls::Records(r) => {
                 r.seal_all(&mut self.out, &mut self.tls_out)?;
                 write_all(self.fd, &mut self.tls_out)?
@@ -353,7 +427,7 @@ impl Conn {
                     self.dead = true;
                 }
             }
-            Tls::Off => {}
+            Tls::Off | Tls::Accepting(_) => {}
         }
         if !matches!(self.flush(), Ok(true)) {
             // Unsent bytes remain; FIN goes after them once writable.
@@ -375,6 +449,24 @@ impl Conn {
             }
         }
     }
+}
+
+/// One non-blocking `recv` of at most `want` bytes into `buf`'s spare
+/// capacity (which the caller reserved), extending `buf` by what arrived.
+fn recv_into(fd: RawFd, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = want.min(spare.len());
+    // SAFETY: `spare` is writable memory of at least `want` bytes owned by
+    // `buf`; recv writes at most `want` bytes into it and the fd stays open
+    // for the connection's lifetime.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: recv initialised exactly `n <= want` bytes after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Writes `buf` until empty or the socket pushes back; true when empty.

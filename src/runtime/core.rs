@@ -22,7 +22,9 @@
 //! (pushes and acks, the bulk of the traffic) free of cross-core hops; the
 //! price is one hop per connection lifetime.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +33,7 @@ use slab::Slab;
 use super::conn::{Conn, Identity, ReadStatus, Tls, TransportError};
 use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
 use crate::auth::JwtKey;
+use crate::limits::{AddrTable, AdmitError, LimitsConfig, TokenBucket};
 use crate::net::sockopt::SockOpts;
 use crate::proto::ack_wheel::AckWheel;
 use crate::proto::error::{connack, sendack};
@@ -78,6 +81,12 @@ pub struct Shared {
     pub dedup_per_device: usize,
     pub sockopts: SockOpts,
     pub clock: Clock,
+    pub limits_cfg: LimitsConfig,
+    /// `limits.max_connections` resolved (0 there = from the fd limit).
+    pub max_connections: u64,
+    /// Open connections in the process: written on accept and close only
+    /// (never on the message path), read by every core's accept path.
+    pub open_conns: AtomicU64,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -90,6 +99,9 @@ pub struct ConnKey {
 struct Slot {
     gen: u32,
     conn: Conn,
+    /// Set while the connection has not completed CONNECT on the core that
+    /// accepted it: its place in the shedding order and its address.
+    preauth: Option<(u64, IpAddr)>,
 }
 
 /// What the connection task must do after the core handled its I/O.
@@ -119,6 +131,8 @@ struct User {
 
 /// A SEND waiting for remote appends.
 struct PendingSend {
+    /// The connection that sent it (its in-flight count drops on completion).
+    origin: ConnKey,
     user: Arc<str>,
     device: Arc<str>,
     ack: SendAck,
@@ -134,6 +148,44 @@ pub struct Stats {
     pub panics: u64,
     pub migrated_out: u64,
     pub sends: u64,
+    pub rejections: Rejections,
+}
+
+/// What the limits refused, by reason (the `ringgate_rejections_total`
+/// labels). Per core, summed by whoever reports them.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Rejections {
+    /// SENDACK 3: over `send_rate_per_connection`.
+    pub rate_limited: u64,
+    /// SENDACK 4: payload above `max_payload_bytes` or a PUSH above `max_frame`.
+    pub too_large: u64,
+    /// SENDACK 5: too many SENDs in flight, or a target core's mailbox full.
+    pub busy: u64,
+    /// SENDACK 1 for a target that is not a valid name.
+    pub bad_target: u64,
+    /// Closed at accept: the address has `max_preauth_per_ip` pre-auth connections.
+    pub preauth_limit: u64,
+    /// Closed at accept: the address connects faster than `connect_rate_per_ip`.
+    pub connect_rate_ip: u64,
+    /// Closed at accept: too many distinct addresses tracked.
+    pub address_table_full: u64,
+    /// Pre-auth connections closed to make room near `max_connections`.
+    pub shed_preauth: u64,
+    /// Closed at accept: at `max_connections` with nothing to shed.
+    pub full: u64,
+    /// CONNACK 3: over `connect_rate` on this core.
+    pub connect_rate: u64,
+    /// DISCONNECT 8 after `slow_consumer_timeout_ms` above the high-water mark.
+    pub slow_consumer: u64,
+}
+
+/// Why a freshly accepted connection is closed before any byte is read.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// A per-address limit (peer fault, or a crowd behind one address).
+    Admission(AdmitError),
+    /// The process is at `max_connections` and has no pre-auth connection to shed.
+    Full,
 }
 
 pub struct Core {
@@ -153,6 +205,13 @@ pub struct Core {
     pub stats: Stats,
     pub shutting_down: bool,
     expired: Vec<ConnKey>,
+    /// Pre-auth connections accepted here, oldest first (shedding order).
+    preauth_order: BTreeMap<u64, ConnKey>,
+    preauth_seq: u64,
+    addrs: AddrTable,
+    /// `limits.connect_rate` for CONNECTs handled on this core.
+    connect_bucket: TokenBucket,
+    last_prune_ms: u64,
 }
 
 impl Core {
@@ -173,7 +232,6 @@ impl Core {
         }
         Core {
             id,
-            shared,
             wheel: AckWheel::new(TICK_MS, now),
             conns: Slab::new(),
             next_gen: 0,
@@ -186,6 +244,12 @@ impl Core {
             stats: Stats::default(),
             shutting_down: false,
             expired: Vec::new(),
+            preauth_order: BTreeMap::new(),
+            preauth_seq: 0,
+            addrs: AddrTable::new(&shared.limits_cfg, shared.mesh.len()),
+            connect_bucket: TokenBucket::full(shared.limits_cfg.connect_rate, now),
+            last_prune_ms: now,
+            shared,
         }
     }
 
@@ -204,22 +268,76 @@ impl Core {
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let idx = self.conns.insert(Slot { gen, conn }) as u32;
+        let idx = self.conns.insert(Slot { gen, conn, preauth: None }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
         key
     }
 
-    /// Registers a new connection accepted on this core.
-    pub fn accept(&mut self, fd: std::os::fd::RawFd) -> Result<ConnKey, rustls::Error> {
+    /// Registers a new connection accepted on this core from `peer`, or
+    /// says why it must be closed at once. Near `max_connections` the oldest
+    /// pre-auth connection on this core is shed to make room: authenticated
+    /// clients are never shed, and a legitimate login still gets in while
+    /// anonymous connections hold the process near its fd limit.
+    pub fn accept(&mut self, fd: std::os::fd::RawFd, peer: IpAddr) -> Result<ConnKey, AcceptError> {
         let now = self.shared.clock.mono_ms();
+        if let Err(e) = self.addrs.admit(peer, now) {
+            let r = &mut self.stats.rejections;
+            match e {
+                AdmitError::PreauthLimit => r.preauth_limit += 1,
+                AdmitError::ConnectRate => r.connect_rate_ip += 1,
+                AdmitError::TableFull => r.address_table_full += 1,
+            }
+            return Err(AcceptError::Admission(e));
+        }
+        if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_connections && !self.shed_oldest_preauth() {
+            self.addrs.leave_preauth(peer);
+            self.stats.rejections.full += 1;
+            return Err(AcceptError::Full);
+        }
         let tls = match &self.shared.tls {
-            Some(cfg) => Tls::Rustls(Box::new(rustls::ServerConnection::new(cfg.clone())?)),
+            // rustls' state is created when the first record is complete.
+            Some(cfg) => Tls::Accepting(cfg.clone()),
             None => Tls::Off,
         };
         self.stats.accepted += 1;
+        self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(now, &self.shared.limits);
-        Ok(self.insert(Conn::new(fd, tls, session)))
+        let key = self.insert(Conn::new(fd, tls, session));
+        self.preauth_seq += 1;
+        self.preauth_order.insert(self.preauth_seq, key);
+        if let Some(slot) = self.conns.get_mut(key.idx as usize) {
+            slot.preauth = Some((self.preauth_seq, peer));
+        }
+        Ok(key)
+    }
+
+    /// Closes the oldest connection accepted here that has not completed
+    /// CONNECT. False when there is none.
+    pub fn shed_oldest_preauth(&mut self) -> bool {
+        while let Some((_, key)) = self.preauth_order.pop_first() {
+            let Some(slot) = self.conns.get_mut(key.idx as usize).filter(|s| s.gen == key.gen) else { continue };
+            if let Some((_, ip)) = slot.preauth.take() {
+                self.addrs.leave_preauth(ip);
+            }
+            // No DISCONNECT: it may not even have finished TLS, and it has
+            // not earned an answer; its task closes the socket.
+            slot.conn.dead = true;
+            self.stats.rejections.shed_preauth += 1;
+            self.wake(key);
+            return true;
+        }
+        false
+    }
+
+    /// The connection completed CONNECT (or is going away): it no longer
+    /// counts against its address's pre-auth limit.
+    fn leave_preauth(&mut self, key: ConnKey) {
+        let Some(slot) = self.conns.get_mut(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
+        if let Some((seq, ip)) = slot.preauth.take() {
+            self.preauth_order.remove(&seq);
+            self.addrs.leave_preauth(ip);
+        }
     }
 
     /// Forgets a connection whose task is ending.
@@ -228,6 +346,8 @@ impl Core {
         if slot.gen != key.gen {
             return;
         }
+        self.leave_preauth(key);
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         let slot = self.conns.remove(key.idx as usize);
         if let Some((t, _)) = slot.conn.timer {
             self.wheel.cancel(t);
@@ -278,7 +398,11 @@ impl Core {
     /// Keeps one wheel entry per connection at or before the session's next deadline.
     fn rearm(&mut self, key: ConnKey) {
         let Some(slot) = self.conns.get_mut(key.idx as usize) else { return };
-        let want = slot.conn.session.next_deadline();
+        let mut want = slot.conn.session.next_deadline();
+        if slot.conn.over_hw_since_ms != 0 {
+            let slow = slot.conn.over_hw_since_ms.saturating_add(self.shared.limits_cfg.slow_consumer_timeout_ms);
+            want = Some(want.map_or(slow, |d| d.min(slow)));
+        }
         match (slot.conn.timer, want) {
             (Some((_, armed)), Some(d)) if armed <= d => {}
             (old, want) => {
@@ -293,9 +417,22 @@ impl Core {
     /// The connection's socket is ready (or the core woke its task): read,
     /// handle frames, write. Returns what the task must do next.
     pub fn on_io(&mut self, key: ConnKey) -> Outcome {
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.dead || conn.session.phase() == Phase::Finished {
             return Outcome::Close;
+        }
+        if conn.unsent_bytes() > hw {
+            // Backpressure: while the peer does not read what we owe it, we
+            // do not read what it sends (every PING or SEND would add to what
+            // we owe). TCP then pushes back on the peer.
+            if conn.flush().is_err() {
+                conn.dead = true;
+                return Outcome::Close;
+            }
+            if conn.unsent_bytes() > hw {
+                return self.after_io(key);
+            }
         }
         let status = match conn.read_available() {
             Ok(s) => s,
@@ -337,10 +474,19 @@ impl Core {
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
     fn after_io(&mut self, key: ConnKey) -> Outcome {
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let now = self.shared.clock.mono_ms();
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.flush().is_err() {
             conn.dead = true;
             return Outcome::Close;
+        }
+        if conn.unsent_bytes() > hw {
+            if conn.over_hw_since_ms == 0 {
+                conn.over_hw_since_ms = now.max(1);
+            }
+        } else {
+            conn.over_hw_since_ms = 0;
         }
         match conn.session.phase() {
             Phase::Finished => return Outcome::Close,
@@ -403,6 +549,17 @@ impl Core {
     fn on_connect(&mut self, key: ConnKey, req: ConnectRequest) -> Option<Box<Adopt>> {
         let now = self.shared.clock.mono_ms();
         let wall = self.shared.clock.wall_ms();
+        self.leave_preauth(key);
+        if !self.connect_bucket.take(self.shared.limits_cfg.connect_rate, now) {
+            // A CONNECT storm (after a restart, say): tell clients to back
+            // off rather than queueing token checks and replays.
+            self.stats.rejections.connect_rate += 1;
+            let lim = self.shared.limits.clone();
+            if let Some(c) = self.conn(key) {
+                c.session.refuse(now, &lim, connack::SERVER_BUSY, &mut c.out);
+            }
+            return None;
+        }
         let claims = match self.shared.jwt.verify(req.token.as_str(), wall / 1000) {
             Ok(c) => c,
             Err(e) => {
@@ -476,7 +633,7 @@ impl Core {
             self.close_conn(old, DisconnectReason::Replaced, "replaced by a newer connection of this device");
         }
         // Monotonic deadline for the token's wall-clock expiry.
-        let token_exp_ms = if token_exp_wall_ms > wall { now + (token_exp_wall_ms - wall) } else { now };
+        let token_exp_ms = if token_exp_wall_ms > wall { now.saturating_add(token_exp_wall_ms - wall) } else { now };
         let Core { conns, store, shared, .. } = self;
         let Some(slot) = conns.get_mut(key.idx as usize) else { return };
         let conn = &mut slot.conn;
@@ -484,6 +641,7 @@ impl Core {
         conn.session.accept(now, wall, &shared.limits, &user, &req, bounds, token_exp_ms, &mut conn.out);
         conn.session.fill(now, &shared.limits, store.peek(&user), &mut conn.out);
         conn.ident = Some(Box::new(Identity { user, device }));
+        conn.send_bucket = TokenBucket::full(self.shared.limits_cfg.send_rate_per_connection, now);
         self.rearm(key);
     }
 
@@ -529,8 +687,32 @@ impl Core {
                 None => {}
             }
         }
+        // Limits, cheapest first. None of these answers enters the dedup
+        // table: a retry with the same id after backing off is tried afresh.
+        let now = self.shared.clock.mono_ms();
+        let lim = &self.shared.limits_cfg;
+        let (rate, max_in_flight, max_payload) = (lim.send_rate_per_connection, lim.max_sends_in_flight, lim.max_payload_bytes);
+        let max_frame = self.shared.limits.max_frame;
+        let Some(c) = self.conn(key) else { return };
+        if !c.send_bucket.take(rate, now) {
+            self.stats.rejections.rate_limited += 1;
+            return self.write_sendack(key, &reply(sendack::RATE_LIMITED));
+        }
+        if c.sends_in_flight >= max_in_flight {
+            self.stats.rejections.busy += 1;
+            return self.write_sendack(key, &reply(sendack::RETRY));
+        }
+        if s.payload.len() > max_payload as usize || !crate::limits::push_fits(user.len(), s.payload.len(), max_frame) {
+            self.stats.rejections.too_large += 1;
+            return self.write_sendack(key, &reply(sendack::TOO_LARGE));
+        }
+        if crate::limits::check_name(s.target.as_str()).is_err() {
+            // An id no token could name and no group can have: no such target.
+            self.stats.rejections.bad_target += 1;
+            return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET));
+        }
         let targets: Vec<Arc<str>> = match s.target_kind {
-            1 if !s.target.is_empty() => vec![Arc::from(s.target.as_str())],
+            1 => vec![Arc::from(s.target.as_str())],
             2 => match self.shared.groups.get(s.target.as_str()) {
                 None => return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET)),
                 Some(members) if !members.iter().any(|m| **m == *user) => {
@@ -540,6 +722,28 @@ impl Core {
             },
             _ => return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET)),
         };
+        // Room in every other target core's mailbox first, so the message
+        // goes to all of its recipients or to none (a partial fan-out could
+        // not be retried without duplicates).
+        let cores = self.shared.mesh.len();
+        let mut per_core = vec![0usize; cores];
+        for t in &targets {
+            per_core[home_core(t, cores)] += 1;
+        }
+        for core in 0..cores {
+            if core == self.id || per_core[core] == 0 {
+                continue;
+            }
+            if !self.shared.mesh[core].try_reserve(per_core[core]) {
+                for (undo, n) in per_core.iter().enumerate().take(core) {
+                    if undo != self.id && *n > 0 {
+                        self.shared.mesh[undo].release(*n);
+                    }
+                }
+                self.stats.rejections.busy += 1;
+                return self.write_sendack(key, &reply(sendack::RETRY));
+            }
+        }
         let msg_id = self.next_msg_id(wall);
         let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
         let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
@@ -557,11 +761,13 @@ impl Core {
             d.dedup.order.push_back(s.client_msg_id);
         }
         let gen = self.next_gen_pending();
-        let idx = self.pending.insert((gen, PendingSend { user, device, ack, remaining: 0, failed: false }));
+        let idx = self.pending.insert((gen, PendingSend { origin: key, user, device, ack, remaining: 0, failed: false }));
+        if let Some(c) = self.conn(key) {
+            c.sends_in_flight += 1;
+        }
         let req = ((gen as u64) << 32) | idx as u64;
         // Every target, local or not, answers through `Appended`, so a local
         // append under fsync "always" waits for its fsync like a remote one.
-        let cores = self.shared.mesh.len();
         let mut local = Vec::new();
         let mut remaining = 0;
         for t in targets {
@@ -671,6 +877,9 @@ impl Core {
 
     fn complete(&mut self, idx: usize) {
         let (_, p) = self.pending.remove(idx);
+        if let Some(c) = self.conn(p.origin) {
+            c.sends_in_flight = c.sends_in_flight.saturating_sub(1);
+        }
         let ack = if p.failed { SendAck { status: sendack::RETRY, msg_id: 0, ..p.ack } } else { p.ack };
         let limit = self.shared.dedup_per_device;
         let target = match self.device_mut(&p.user, &p.device) {
@@ -712,6 +921,8 @@ impl Core {
         match msg {
             CoreMsg::Adopt(a) => return Some(a),
             CoreMsg::Append { origin, req, user, msg } => {
+                // Taken: its mailbox reservation (made by the sender) ends.
+                self.shared.mesh[self.id].release(1);
                 let wall = self.shared.clock.wall_ms();
                 self.append_for(origin, req, &user, msg, wall);
             }
@@ -725,6 +936,10 @@ impl Core {
     /// Fires due timers.
     pub fn on_tick(&mut self) {
         let now = self.shared.clock.mono_ms();
+        if now.saturating_sub(self.last_prune_ms) >= 1_000 {
+            self.addrs.prune(now);
+            self.last_prune_ms = now;
+        }
         self.store.tick(self.shared.clock.wall_ms());
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
@@ -735,6 +950,21 @@ impl Core {
             }
             let conn = &mut slot.conn;
             conn.timer = None;
+            if conn.over_hw_since_ms != 0
+                && now >= conn.over_hw_since_ms.saturating_add(self.shared.limits_cfg.slow_consumer_timeout_ms)
+            {
+                // The peer has not read what we owe it for the whole timeout.
+                // DISCONNECT 8 goes behind the backlog (it reaches the peer
+                // only if it ever reads that far); the connection is dropped
+                // now so its buffers are freed.
+                conn.session.close(now, DisconnectReason::SlowConsumer, "output above the high-water mark for too long", &mut conn.out);
+                let _ = conn.flush();
+                conn.dead = true;
+                self.stats.rejections.slow_consumer += 1;
+                tracing::debug!(worker = self.id, "slow consumer closed");
+                self.wake(key);
+                continue;
+            }
             if conn.tls_handshaking() {
                 if conn.session.next_deadline().is_some_and(|d| now >= d) {
                     // A stalled handshake: no DISCONNECT is possible before TLS is up.

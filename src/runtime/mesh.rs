@@ -7,6 +7,7 @@
 
 use std::future::poll_fn;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -45,13 +46,58 @@ pub enum CoreMsg {
     Shutdown,
 }
 
-#[derive(Default)]
+/// One core's inbound queue.
+///
+/// The queue itself is unbounded because answers (`Appended`, `Synced`) and
+/// moving connections must never be dropped; they are bounded by the work
+/// that caused them. New work — `Append` for a SEND handled elsewhere — is
+/// admitted against `capacity` with `try_reserve` before it is posted, and
+/// released when the receiving core takes it, so a core that falls behind
+/// makes senders' SENDs fail fast (SENDACK 5) instead of queueing without
+/// limit.
 pub struct Mailbox {
     queue: SegQueue<CoreMsg>,
     waker: AtomicWaker,
+    work: AtomicUsize,
+    capacity: usize,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self::with_capacity(usize::MAX)
+    }
 }
 
 impl Mailbox {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Mailbox { queue: SegQueue::new(), waker: AtomicWaker::new(), work: AtomicUsize::new(0), capacity }
+    }
+
+    /// Reserves room for `n` new-work messages; false (nothing reserved) when full.
+    pub fn try_reserve(&self, n: usize) -> bool {
+        let mut cur = self.work.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(n) > self.capacity {
+                return false;
+            }
+            match self.work.compare_exchange_weak(cur, cur + n, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives back `n` reserved slots (the receiver took the work, or the
+    /// sender gave up before posting).
+    pub fn release(&self, n: usize) {
+        let _ = self.work.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(n)));
+    }
+
+    /// New-work messages reserved and not yet taken.
+    pub fn queued_work(&self) -> usize {
+        self.work.load(Ordering::Relaxed)
+    }
+
     pub fn post(&self, msg: CoreMsg) {
         self.queue.push(msg);
         self.waker.wake();
@@ -101,6 +147,21 @@ pub fn home_core(user: &str, cores: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_are_bounded_and_released() {
+        let m = Mailbox::with_capacity(3);
+        assert!(m.try_reserve(2));
+        assert!(!m.try_reserve(2), "2 + 2 > 3: nothing may be reserved");
+        assert_eq!(m.queued_work(), 2);
+        assert!(m.try_reserve(1));
+        assert!(!m.try_reserve(1));
+        m.release(2);
+        assert!(m.try_reserve(2));
+        m.release(10);
+        assert_eq!(m.queued_work(), 0, "release never underflows");
+        assert!(Mailbox::default().try_reserve(usize::MAX / 2));
+    }
 
     #[test]
     fn home_core_is_stable_and_spreads() {

@@ -37,7 +37,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use monoio::net::{TcpListener, TcpStream};
 
-use self::core::{ConnKey, Core, Outcome, Shared, TICK_MS};
+use self::core::{AcceptError, ConnKey, Core, Outcome, Shared, TICK_MS};
 use self::mesh::{CoreMsg, Mailbox};
 use crate::config::{Config, Driver};
 use crate::store::memory::MemoryStore;
@@ -253,16 +253,27 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
 
-    let mesh: mesh::Mesh = (0..workers).map(|_| Mailbox::default()).collect::<Vec<_>>().into();
+    let mesh: mesh::Mesh =
+        (0..workers).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();
+    let max_connections = match cfg.limits.max_connections {
+        // Keep a margin below the fd limit so the shedding starts before
+        // accept(2) fails with EMFILE.
+        0 => raised.saturating_sub(crate::net::listener::server_fd_reserve(workers as u64)).saturating_sub(32).max(1),
+        n => n,
+    };
+    tracing::info!(max_connections, max_preauth_per_ip = cfg.limits.max_preauth_per_ip, "admission limits");
     let shared = Arc::new(Shared {
         limits: session_limits(&cfg),
-        jwt: crate::auth::JwtKey::new(&secret),
+        jwt: crate::auth::JwtKey::with_rules(&secret, crate::auth::ClaimRules::from_config(&cfg.auth)),
         tls,
         groups,
         mesh: mesh.clone(),
         dedup_per_device: cfg.session.dedup_per_device,
         sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
         clock: core::Clock::new(),
+        limits_cfg: cfg.limits.clone(),
+        max_connections,
+        open_conns: std::sync::atomic::AtomicU64::new(0),
     });
 
     block_signals();
@@ -397,7 +408,12 @@ fn run_worker(
     seed: Vec<DedupSeed>,
 ) {
     let fut = worker_main(id, shared, listener, grace, store, seed);
-    let res = match driver {
+    // A panic in a connection task is caught in `conn_task`; one anywhere
+    // else (mailbox loop, adopt path, ticker, accept loop, store) would leave
+    // this core dead while the process keeps serving half its users. Such a
+    // panic ends the process instead, so the supervisor restarts it and
+    // recovery runs.
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| match driver {
         DriverKind::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
             .enable_timer()
@@ -407,10 +423,23 @@ fn run_worker(
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(fut)),
-    };
-    if let Err(e) = res {
-        tracing::error!(worker = id, error = %e, "worker runtime failed to start");
-        std::process::exit(1);
+    }));
+    match run {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(worker = id, error = %e, "worker runtime failed to start");
+            std::process::exit(1);
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            tracing::error!(worker = id, panic = %what, "worker thread panicked outside a connection; exiting so the supervisor restarts the process");
+            eprintln!("ringgate: worker {id} panicked outside a connection: {what}; exiting (code {WORKER_PANIC_EXIT})");
+            std::process::exit(WORKER_PANIC_EXIT);
+        }
     }
 }
 
@@ -473,6 +502,7 @@ async fn worker_main(
         panics = st.panics,
         migrated_out = st.migrated_out,
         sends = st.sends,
+        rejections = ?st.rejections,
         inboxes,
         retained,
         "worker stopped"
@@ -508,9 +538,23 @@ fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
     monoio::spawn(conn_task(core.clone(), stream, key));
 }
 
+/// Exit status after a worker thread panicked outside a connection task.
+pub const WORKER_PANIC_EXIT: i32 = 70;
+
 async fn ticker(core: Rc<RefCell<Core>>) {
+    // Fault injection for the test that proves a panic outside a connection
+    // task ends the process: RINGGATE_FAULT_TICKER_PANIC_AFTER_MS=N panics
+    // the ticker of worker 0 after N ms. Read once; costs nothing otherwise.
+    let panic_at = std::env::var("RINGGATE_FAULT_TICKER_PANIC_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| core.borrow().id == 0)
+        .map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
     loop {
         monoio::time::sleep(Duration::from_millis(TICK_MS)).await;
+        if panic_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            panic!("injected ticker panic (RINGGATE_FAULT_TICKER_PANIC_AFTER_MS)");
+        }
         core.borrow_mut().on_tick();
     }
 }
@@ -523,7 +567,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
             _ = stop.wait() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let fd = stream.as_raw_fd();
                 let opts = core.borrow().shared.sockopts.clone();
                 // SAFETY: `stream` owns `fd` and outlives this borrow.
@@ -535,16 +579,23 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
                 if core.borrow().shutting_down {
                     continue;
                 }
-                let key = match core.borrow_mut().accept(fd) {
+                let accepted = core.borrow_mut().accept(fd, peer.ip());
+                let key = match accepted {
                     Ok(k) => k,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create TLS state");
-                        continue;
-                    }
+                    // Refused by a limit: closed at once (dropping `stream`),
+                    // counted by the core, not logged per connection (a flood
+                    // would turn the log into an amplifier).
+                    Err(AcceptError::Admission(_) | AcceptError::Full) => continue,
                 };
                 monoio::spawn(conn_task(core.clone(), stream, key));
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                // Out of descriptors: free one held by an anonymous peer and
+                // try again at once; only when there is none to shed, wait.
+                if core.borrow_mut().shed_oldest_preauth() {
+                    yield_now().await;
+                    continue;
+                }
                 if last_emfile_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     let (soft, hard) = crate::net::listener::nofile_limit();
                     tracing::warn!(

@@ -512,6 +512,9 @@ pub struct Config {
     pub segment_max_bytes: u64,
     /// `server.driver`: "auto", "uring" or "legacy".
     pub driver: &'static str,
+    /// More `key = value` lines per section (`set`), for keys the fields
+    /// above do not cover.
+    pub extra: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -532,6 +535,7 @@ impl Default for Config {
             fsync: "always",
             segment_max_bytes: 64 << 20,
             driver: "auto",
+            extra: Vec::new(),
         }
     }
 }
@@ -590,6 +594,17 @@ impl Config {
         self
     }
 
+    /// Any other key: `section.key = value` (value in TOML syntax).
+    pub fn set(mut self, section: &str, line: impl Into<String>) -> Self {
+        self.extra.push((section.into(), line.into()));
+        self
+    }
+
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
     pub fn group(mut self, name: &str, members: &[&str]) -> Self {
         self.groups.retain(|(g, _)| g != name);
         self.groups.push((name.into(), members.iter().map(|m| m.to_string()).collect()));
@@ -623,6 +638,35 @@ impl Config {
         t += &format!("segment_max_bytes = {}\n", self.segment_max_bytes);
         t += &format!("inbox_max_messages = {}\n", self.inbox_max_messages);
         t += &format!("inbox_max_age_s = {}\n", self.inbox_max_age_s);
+        // Extra lines of a section already written go in a repeated header
+        // only for sections not written above (TOML forbids repeating one).
+        let written = ["server", "tls", "auth", "session", "store"];
+        let mut t = t
+            .split_inclusive('\n')
+            .map(|line| {
+                let mut l = line.to_string();
+                if let Some(sec) = line.trim().strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+                    for (s, extra) in &self.extra {
+                        if s == sec {
+                            l += extra;
+                            l += "\n";
+                        }
+                    }
+                }
+                l
+            })
+            .collect::<String>();
+        let mut others: Vec<&str> = self.extra.iter().map(|(s, _)| s.as_str()).filter(|s| !written.contains(s)).collect();
+        others.dedup();
+        for sec in others {
+            t += &format!("[{sec}]\n");
+            for (s, extra) in &self.extra {
+                if s == sec {
+                    t += extra;
+                    t += "\n";
+                }
+            }
+        }
         t += "[groups]\n";
         for (g, members) in &self.groups {
             let m: Vec<String> = members.iter().map(|m| q(m)).collect();
