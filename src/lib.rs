@@ -16,11 +16,14 @@
 //! - [`config`]: the one serde configuration struct with documented defaults.
 //! - [`doctor`]: the live machine's limits against a sysctl profile, and the
 //!   connection ceiling they allow.
+//! - `fuzzing`: the entry points of the fuzz targets in `fuzz/` (hidden).
 //! - [`plan`]: capacity planning from the benchmark suite's JSON.
 
 pub mod auth;
 pub mod config;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod net;
 pub mod plan;
