@@ -79,6 +79,8 @@ pub struct Conn {
     /// Transport is gone: drop without writing.
     pub dead: bool,
     pub ident: Option<Box<Identity>>,
+    /// The server's DISCONNECT was counted in the metrics.
+    pub close_counted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +175,7 @@ impl Conn {
             shut_wr: false,
             dead: false,
             ident: None,
+            close_counted: false,
         }
     }
 
