@@ -106,20 +106,15 @@ impl Ledger {
         self.expire(now_ms);
     }
 
-    fn entry_mut(&mut self, abs: u64) -> Option<&mut Entry> {
-        let i = abs.checked_sub(self.first)?;
-        self.entries.get_mut(usize::try_from(i).ok()?)
-    }
-
     /// PUSH frames for seqs `from..=to` were written to `device`.
     pub fn pushed(&mut self, now_ms: u64, user: &str, device: &Arc<str>, from: u64, to: u64) {
         if !self.enabled() || from > to {
             return;
         }
-        let Some(m) = self.by_user.get(user) else { return };
-        let abs: Vec<u64> = m.range(from..=to).map(|(_, a)| *a).collect();
-        for a in abs {
-            let Some(e) = self.entry_mut(a) else { continue };
+        let Ledger { by_user, entries, first, .. } = self;
+        let Some(m) = by_user.get(user) else { return };
+        for (_, abs) in m.range(from..=to) {
+            let Some(e) = entry_mut(entries, *first, *abs) else { continue };
             match e.r.devices.iter_mut().find(|d| d.device_id == *device) {
                 Some(d) => d.attempts = d.attempts.saturating_add(1),
                 None => e.r.devices.push(DeviceDelivery {
@@ -139,15 +134,15 @@ impl Ledger {
         if !self.enabled() || prev >= upto {
             return;
         }
-        let Some(m) = self.by_user.get(user) else { return };
-        let abs: Vec<u64> = m.range(prev + 1..=upto).map(|(_, a)| *a).collect();
-        for a in abs {
-            let Some(e) = self.entry_mut(a) else { continue };
-            let first = e.r.devices.iter().all(|d| d.acked_at_ms.is_none());
+        let Ledger { by_user, entries, first, .. } = self;
+        let Some(m) = by_user.get(user) else { return };
+        for (_, abs) in m.range(prev + 1..=upto) {
+            let Some(e) = entry_mut(entries, *first, *abs) else { continue };
+            let first_one = e.r.devices.iter().all(|d| d.acked_at_ms.is_none());
             let Some(d) = e.r.devices.iter_mut().find(|d| &*d.device_id == device) else { continue };
             if d.acked_at_ms.is_none() {
                 d.acked_at_ms = Some(now_ms);
-                if first {
+                if first_one {
                     first_ack(now_ms.saturating_sub(e.r.timestamp_ms));
                 }
             }
@@ -191,6 +186,11 @@ impl Ledger {
             })
             .collect()
     }
+}
+
+fn entry_mut(entries: &mut VecDeque<Entry>, first: u64, abs: u64) -> Option<&mut Entry> {
+    let i = abs.checked_sub(first)?;
+    entries.get_mut(usize::try_from(i).ok()?)
 }
 
 #[cfg(test)]

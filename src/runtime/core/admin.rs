@@ -91,42 +91,50 @@ impl Core {
     }
 
     /// PUSHes just written to `key` for seqs `sent_before + 1 ..= sent()`.
+    /// Hot path: field-level borrows, no `Arc` clones, the clock read only
+    /// when the ledger is on.
     pub(super) fn record_pushes(&mut self, key: ConnKey, sent_before: u64) {
-        let wall = self.shared.clock.wall_ms();
-        let Some(c) = self.conn(key) else { return };
+        let Core { conns, ledger, shared, id, .. } = self;
+        let Some(slot) = conns.get(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
+        let c = &slot.conn;
         let sent = c.session.sent();
         if sent <= sent_before {
             return;
         }
-        let replay_until = c.session.replay_until();
-        let Some(ident) = c.ident.as_ref().map(|i| (i.user.clone(), i.device.clone())) else { return };
-        let replays = replay_until.min(sent).saturating_sub(sent_before);
-        let firsts = (sent - sent_before) - replays;
-        let m = self.shared.metrics.core(self.id);
+        let replays = c.session.replay_until().min(sent).saturating_sub(sent_before);
+        let m = shared.metrics.core(*id);
         m.pushes[metrics::PUSH_REPLAY].add(replays);
-        m.pushes[metrics::PUSH_FIRST].add(firsts);
-        self.ledger.pushed(wall, &ident.0, &ident.1, sent_before + 1, sent);
+        m.pushes[metrics::PUSH_FIRST].add((sent - sent_before) - replays);
+        if let (true, Some(i)) = (ledger.enabled(), c.ident.as_ref()) {
+            ledger.pushed(shared.clock.wall_ms(), &i.user, &i.device, sent_before + 1, sent);
+        }
     }
 
     pub(super) fn record_retransmit(&mut self, key: ConnKey, from: u64, to: u64) {
         if from > to {
             return;
         }
-        let wall = self.shared.clock.wall_ms();
-        let Some(ident) = self.conn(key).and_then(|c| c.ident.as_ref()).map(|i| (i.user.clone(), i.device.clone()))
-        else {
-            return;
-        };
-        self.m().pushes[metrics::PUSH_RETRANSMIT].add(to - from + 1);
-        self.ledger.pushed(wall, &ident.0, &ident.1, from, to);
+        let Core { conns, ledger, shared, id, .. } = self;
+        shared.metrics.core(*id).pushes[metrics::PUSH_RETRANSMIT].add(to - from + 1);
+        let Some(slot) = conns.get(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
+        if let (true, Some(i)) = (ledger.enabled(), slot.conn.ident.as_ref()) {
+            ledger.pushed(shared.clock.wall_ms(), &i.user, &i.device, from, to);
+        }
     }
 
     /// A PUSHACK moved the device's cursor from `acked_before`.
     pub(super) fn record_ack(&mut self, key: ConnKey, acked_before: u64) {
-        let Some(c) = self.conn(key) else { return };
-        let acked = c.session.acked();
-        let Some(ident) = c.ident.as_ref().map(|i| (i.user.clone(), i.device.clone())) else { return };
-        self.ledger_ack(&ident.0, &ident.1, acked_before, acked);
+        let Core { conns, ledger, shared, id, .. } = self;
+        if !ledger.enabled() {
+            return;
+        }
+        let Some(slot) = conns.get(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
+        let Some(i) = slot.conn.ident.as_ref() else { return };
+        let hist = &shared.metrics.core(*id).delivery;
+        let wall = shared.clock.wall_ms();
+        ledger.acked(wall, &i.user, &i.device, acked_before, slot.conn.session.acked(), |ms| {
+            hist.observe(std::time::Duration::from_millis(ms))
+        });
     }
 
     /// CONNECT's `last_seq` acknowledges what the device already had.
