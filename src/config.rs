@@ -32,8 +32,11 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub limits: crate::limits::LimitsConfig,
-    /// Static groups: name → member user ids. A SEND to a group fans out to
-    /// every member but the sender (the sender must be a member).
+    pub admin: AdminConfig,
+    /// Initial groups: name → member user ids. A SEND to a group fans out to
+    /// every member but the sender (the sender must be a member). Seeds an
+    /// empty data directory only: afterwards the groups saved by the admin
+    /// API (`<data_dir>/admin/groups.json`) win.
     pub groups: BTreeMap<String, Vec<String>>,
 }
 
@@ -56,7 +59,7 @@ pub enum Driver {
 pub struct ServerConfig {
     /// Client listener, `host:port`. Default `0.0.0.0:7443`.
     pub listen: String,
-    /// Admin/metrics listener (reserved; not served yet). Default `127.0.0.1:7080`.
+    /// Admin API and metrics listener (HTTP/1.1, ADMIN.md). Default `127.0.0.1:7080`.
     pub admin_listen: String,
     /// Worker threads, one runtime each; 0 = one per core. Default 0.
     pub workers: usize,
@@ -252,6 +255,49 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[admin]`: the admin API, metrics and the delivery ledger (ADMIN.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/v1/...`. Prefer `token_file`. With neither, a
+    /// random one is created at `<data_dir>/admin-token` (mode 0600).
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace ignored).
+    pub token_file: Option<PathBuf>,
+    /// Put `/metrics` behind the token too. Default false.
+    pub metrics_token: bool,
+    /// How long a publish's `idempotency_key` is remembered. Default 86400.
+    pub idempotency_ttl_s: u64,
+    /// Most idempotency keys remembered; past it the oldest are forgotten
+    /// early (and logged). Default 100000.
+    pub idempotency_max_keys: usize,
+    /// How long the delivery ledger keeps a message; 0 turns the ledger off. Default 3600.
+    pub ledger_retention_s: u64,
+    /// Ledger entries (one per message and recipient) kept per core; the
+    /// oldest go first past it. Default 200000.
+    pub ledger_max_entries: usize,
+    /// Largest request body, bytes. Default 1048576.
+    pub max_body_bytes: usize,
+    /// Admin connections served at once; more wait in the accept queue. Default 32.
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            metrics_token: false,
+            idempotency_ttl_s: 86_400,
+            idempotency_max_keys: 100_000,
+            ledger_retention_s: 3_600,
+            ledger_max_entries: 200_000,
+            max_body_bytes: 1 << 20,
+            max_connections: 32,
+        }
+    }
+}
+
 impl Config {
     /// Reads and parses a TOML file (not yet validated).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -346,6 +392,28 @@ impl Config {
         if let Err(m) = self.limits.validate() {
             return bad(m);
         }
+        let a = &self.admin;
+        if a.token.is_some() && a.token_file.is_some() {
+            return bad("set admin.token or admin.token_file, not both".into());
+        }
+        if a.token.as_ref().is_some_and(|t| t.trim().len() < 16) {
+            return bad("admin.token must be at least 16 bytes".into());
+        }
+        if a.max_body_bytes < 1024 || a.max_body_bytes > 64 << 20 {
+            return bad(format!("admin.max_body_bytes = {} must be between 1024 and 67108864", a.max_body_bytes));
+        }
+        if a.max_connections == 0 || a.max_connections > 1024 {
+            return bad(format!("admin.max_connections = {} must be between 1 and 1024", a.max_connections));
+        }
+        if a.idempotency_ttl_s == 0 {
+            return bad("admin.idempotency_ttl_s must be at least 1".into());
+        }
+        if a.idempotency_max_keys == 0 {
+            return bad("admin.idempotency_max_keys must be at least 1".into());
+        }
+        if a.ledger_max_entries == 0 {
+            return bad("admin.ledger_max_entries must be at least 1 (ledger_retention_s = 0 turns the ledger off)".into());
+        }
         for (name, members) in &self.groups {
             if let Err(e) = crate::limits::check_name(name) {
                 return bad(format!("group name {name:?} is invalid: {e} (names are 1..=255 bytes of UTF-8 without control characters)"));
@@ -371,7 +439,7 @@ const DEFAULT_TOML: &str = r#"# ringgate configuration. Every key is optional; s
 [server]
 # Client listener (TLS unless tls.enabled = false).
 listen = "0.0.0.0:7443"
-# Admin and metrics listener (reserved for the backend API; not served yet).
+# Admin API and Prometheus metrics (HTTP/1.1; keep it on loopback or a private network).
 admin_listen = "127.0.0.1:7080"
 # Worker threads, each a runtime with its own SO_REUSEPORT listener; 0 = one per core.
 workers = 0
@@ -474,7 +542,25 @@ connect_rate = 10000
 # Cross-core messages queued per core for new work; when full a SEND gets SENDACK 5.
 mailbox_capacity = 65536
 
+[admin]
+# Bearer token for /v1/... Set one of (or neither: a random token is created
+# at <data_dir>/admin-token, mode 0600, and its path printed):
+# token = "at least sixteen bytes"
+# token_file = "/etc/ringgate/admin-token"
+# Require the token for /metrics too.
+metrics_token = false
+# Publish idempotency keys: remembered this long (across restarts when durable), at most this many.
+idempotency_ttl_s = 86400
+idempotency_max_keys = 100000
+# Delivery ledger (GET /v1/messages/{id}): kept this long (0 = off), at most this many entries per core.
+ledger_retention_s = 3600
+ledger_max_entries = 200000
+# Largest request body, bytes; admin connections served at once.
+max_body_bytes = 1048576
+max_connections = 32
+
 [groups]
+# Initial groups (seed an empty data directory; then the admin API's saved groups win).
 # name = ["member", "member", ...]
 "#;
 

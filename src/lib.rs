@@ -8,6 +8,11 @@
 //!   core), accept loops, connection tasks, cross-core mailboxes, lifecycle.
 //! - [`store`]: inboxes behind a trait: in memory, or the durable per-core
 //!   log with group-committed fsync and start-up recovery.
+//! - [`admin`]: the admin API (HTTP/1.1 on its own threads): publish,
+//!   delivery ledger, presence, kick, mute, durable groups, health, metrics.
+//! - [`http`]: sans-IO HTTP/1.1 requests and responses (admin API, later
+//!   the web transports).
+//! - [`metrics`]: per-core lock-free counters, Prometheus text at scrape.
 //! - [`auth`]: JWT HS256 tokens.
 //! - [`tls`]: rustls server configuration and the development certificate.
 //! - [`net`]: listener and socket options, chosen on purpose.
@@ -19,12 +24,15 @@
 //! - `fuzzing`: the entry points of the fuzz targets in `fuzz/` (hidden).
 //! - [`plan`]: capacity planning from the benchmark suite's JSON.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod proto;

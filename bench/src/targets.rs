@@ -120,6 +120,8 @@ pub fn ringgate_config(env: &Env, port: u16, driver: &str, data_dir: &Path) -> S
         r#"# written by ringgate-bench
 [server]
 listen = "127.0.0.1:{port}"
+# Any free port: the default 7080 may be taken on a shared machine.
+admin_listen = "127.0.0.1:0"
 workers = {workers}
 driver = "{driver}"
 pin_workers = false

@@ -151,6 +151,8 @@ pub struct Session {
     replay_until: u64,
     /// 0 = nothing unacked.
     ack_deadline_ms: u64,
+    /// Retransmission rounds so far (for metrics and the delivery ledger).
+    retransmissions: u64,
 }
 
 impl Session {
@@ -168,6 +170,7 @@ impl Session {
             sent: 0,
             replay_until: 0,
             ack_deadline_ms: 0,
+            retransmissions: 0,
         }
     }
 
@@ -191,6 +194,16 @@ impl Session {
     /// Highest seq pushed on this connection.
     pub fn sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Seqs up to this are replays of what was in the inbox at CONNECT.
+    pub fn replay_until(&self) -> u64 {
+        self.replay_until
+    }
+
+    /// Retransmission rounds so far; each resends `acked() + 1 ..= sent()`.
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions
     }
 
     pub fn inflight(&self) -> u64 {
@@ -515,6 +528,7 @@ impl Session {
             return;
         }
         self.retries += 1;
+        self.retransmissions += 1;
         for seq in self.acked + 1..=self.sent {
             if let Some(e) = inbox.get(seq) {
                 frame::encode_push(out, seq, e.msg_id, e.timestamp_ms, e.from, FLAG_REDELIVERY, &e.payload);

@@ -100,6 +100,8 @@ pub struct Conn {
     /// When unsent output went above `limits.output_high_water_bytes`
     /// (monotonic ms); 0 = below it.
     pub over_hw_since_ms: u64,
+    /// The server's DISCONNECT was counted in the metrics.
+    pub close_counted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,7 @@ impl Conn {
             send_bucket: crate::limits::TokenBucket::full(0, 0),
             sends_in_flight: 0,
             over_hw_since_ms: 0,
+            close_counted: false,
         }
     }
 

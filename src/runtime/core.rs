@@ -28,12 +28,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+pub mod admin;
+
 use slab::Slab;
 
 use super::conn::{Conn, Identity, ReadStatus, Tls, TransportError};
 use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
 use crate::auth::JwtKey;
 use crate::limits::{AddrTable, AdmitError, LimitsConfig, TokenBucket};
+use crate::metrics::{
+    REJ_ADDRESS_TABLE_FULL, REJ_BAD_TARGET, REJ_BUSY, REJ_CONNECT_RATE, REJ_CONNECT_RATE_IP, REJ_FULL, REJ_PREAUTH_LIMIT,
+    REJ_RATE_LIMITED, REJ_SHED_PREAUTH, REJ_SLOW_CONSUMER, REJ_TOO_LARGE,
+};
 use crate::net::sockopt::SockOpts;
 use crate::proto::ack_wheel::AckWheel;
 use crate::proto::error::{connack, sendack};
@@ -87,6 +93,11 @@ pub struct Shared {
     /// Open connections in the process: written on accept and close only
     /// (never on the message path), read by every core's accept path.
     pub open_conns: AtomicU64,
+    /// Every metric; this core writes only `metrics.core(id)`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub ledger: super::ledger::LedgerLimits,
+    /// Mutes at start (user → until, epoch ms); each core keeps those of its users.
+    pub mutes: HashMap<Arc<str>, u64>,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -122,6 +133,16 @@ struct Device {
     id: Arc<str>,
     conn: Option<ConnKey>,
     dedup: Dedup,
+    /// The cursor of its last connection (presence shows it while offline).
+    acked_seq: u64,
+    /// Wall ms of its last CONNECT since start; 0 = not seen since start.
+    connected_at_ms: u64,
+}
+
+impl Device {
+    fn new(id: Arc<str>, dedup: Dedup) -> Self {
+        Device { id, conn: None, dedup, acked_seq: 0, connected_at_ms: 0 }
+    }
 }
 
 #[derive(Default)]
@@ -131,13 +152,17 @@ struct User {
 
 /// A SEND waiting for remote appends.
 struct PendingSend {
-    /// The connection that sent it (its in-flight count drops on completion).
-    origin: ConnKey,
+    /// The connection that sent it (its in-flight count drops on
+    /// completion); none for an admin publish.
+    origin: Option<ConnKey>,
     user: Arc<str>,
     device: Arc<str>,
     ack: SendAck,
     remaining: u32,
     failed: bool,
+    received: Instant,
+    /// Set for an admin publish: who waits for the answer, and the seqs so far.
+    admin: Option<Box<admin::PublishWait>>,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -148,35 +173,6 @@ pub struct Stats {
     pub panics: u64,
     pub migrated_out: u64,
     pub sends: u64,
-    pub rejections: Rejections,
-}
-
-/// What the limits refused, by reason (the `ringgate_rejections_total`
-/// labels). Per core, summed by whoever reports them.
-#[derive(Default, Debug, Clone, Copy)]
-pub struct Rejections {
-    /// SENDACK 3: over `send_rate_per_connection`.
-    pub rate_limited: u64,
-    /// SENDACK 4: payload above `max_payload_bytes` or a PUSH above `max_frame`.
-    pub too_large: u64,
-    /// SENDACK 5: too many SENDs in flight, or a target core's mailbox full.
-    pub busy: u64,
-    /// SENDACK 1 for a target that is not a valid name.
-    pub bad_target: u64,
-    /// Closed at accept: the address has `max_preauth_per_ip` pre-auth connections.
-    pub preauth_limit: u64,
-    /// Closed at accept: the address connects faster than `connect_rate_per_ip`.
-    pub connect_rate_ip: u64,
-    /// Closed at accept: too many distinct addresses tracked.
-    pub address_table_full: u64,
-    /// Pre-auth connections closed to make room near `max_connections`.
-    pub shed_preauth: u64,
-    /// Closed at accept: at `max_connections` with nothing to shed.
-    pub full: u64,
-    /// CONNACK 3: over `connect_rate` on this core.
-    pub connect_rate: u64,
-    /// DISCONNECT 8 after `slow_consumer_timeout_ms` above the high-water mark.
-    pub slow_consumer: u64,
 }
 
 /// Why a freshly accepted connection is closed before any byte is read.
@@ -196,8 +192,8 @@ pub struct Core {
     next_gen: u32,
     store: Box<dyn InboxStore + Send>,
     /// Appends waiting for their fsync before `Appended` may be answered,
-    /// in lsn order: (lsn, origin core, request).
-    waiting: VecDeque<(u64, usize, u64)>,
+    /// in lsn order: (lsn, origin core, request, recipient, seq).
+    waiting: VecDeque<(u64, usize, u64, Arc<str>, u64)>,
     woken_users: Vec<Arc<str>>,
     users: HashMap<Arc<str>, User>,
     pending: Slab<(u32, PendingSend)>,
@@ -212,6 +208,12 @@ pub struct Core {
     /// `limits.connect_rate` for CONNECTs handled on this core.
     connect_bucket: TokenBucket,
     last_prune_ms: u64,
+    /// This core's copy of the groups, replaced by the admin API (every core gets each change).
+    groups: HashMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// Mutes of the users homed here (user → until, epoch ms).
+    mutes: HashMap<Arc<str>, u64>,
+    ledger: super::ledger::Ledger,
+    last_gauge_ms: u64,
 }
 
 impl Core {
@@ -228,7 +230,7 @@ impl Core {
                     d.order.push_back(cmid);
                 }
             }
-            users.entry(seed.user).or_default().devices.push(Device { id: seed.device, conn: None, dedup: d });
+            users.entry(seed.user).or_default().devices.push(Device::new(seed.device, d));
         }
         Core {
             id,
@@ -249,6 +251,15 @@ impl Core {
             addrs: AddrTable::new(&shared.limits_cfg, shared.mesh.len()),
             connect_bucket: TokenBucket::full(shared.limits_cfg.connect_rate, now),
             last_prune_ms: now,
+            groups: shared.groups.iter().map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_slice()))).collect(),
+            mutes: shared
+                .mutes
+                .iter()
+                .filter(|(u, _)| home_core(u, shared.mesh.len()) == id)
+                .map(|(u, t)| (u.clone(), *t))
+                .collect(),
+            ledger: super::ledger::Ledger::new(shared.ledger),
+            last_gauge_ms: 0,
             shared,
         }
     }
@@ -271,6 +282,7 @@ impl Core {
         let idx = self.conns.insert(Slot { gen, conn, preauth: None }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
+        self.m().conns.set(self.conns.len() as u64);
         key
     }
 
@@ -282,17 +294,16 @@ impl Core {
     pub fn accept(&mut self, fd: std::os::fd::RawFd, peer: IpAddr) -> Result<ConnKey, AcceptError> {
         let now = self.shared.clock.mono_ms();
         if let Err(e) = self.addrs.admit(peer, now) {
-            let r = &mut self.stats.rejections;
-            match e {
-                AdmitError::PreauthLimit => r.preauth_limit += 1,
-                AdmitError::ConnectRate => r.connect_rate_ip += 1,
-                AdmitError::TableFull => r.address_table_full += 1,
-            }
+            self.reject(match e {
+                AdmitError::PreauthLimit => REJ_PREAUTH_LIMIT,
+                AdmitError::ConnectRate => REJ_CONNECT_RATE_IP,
+                AdmitError::TableFull => REJ_ADDRESS_TABLE_FULL,
+            });
             return Err(AcceptError::Admission(e));
         }
         if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_connections && !self.shed_oldest_preauth() {
             self.addrs.leave_preauth(peer);
-            self.stats.rejections.full += 1;
+            self.reject(REJ_FULL);
             return Err(AcceptError::Full);
         }
         let tls = match &self.shared.tls {
@@ -312,6 +323,42 @@ impl Core {
         Ok(key)
     }
 
+    /// Reserves room for one `Append` per remote target in the target
+    /// cores' mailboxes, so a message goes to all of its recipients or to
+    /// none (a partial fan-out could not be retried without duplicates).
+    /// False, with nothing reserved, when a mailbox is full.
+    pub(crate) fn reserve_mailboxes(&self, targets: &[Arc<str>]) -> bool {
+        let cores = self.shared.mesh.len();
+        if let [t] = targets {
+            // The common case, without the per-core tally.
+            let home = home_core(t, cores);
+            return home == self.id || self.shared.mesh[home].try_reserve(1);
+        }
+        let mut per_core = vec![0usize; cores];
+        for t in targets {
+            per_core[home_core(t, cores)] += 1;
+        }
+        for core in 0..cores {
+            if core == self.id || per_core[core] == 0 {
+                continue;
+            }
+            if !self.shared.mesh[core].try_reserve(per_core[core]) {
+                for (undo, n) in per_core.iter().enumerate().take(core) {
+                    if undo != self.id && *n > 0 {
+                        self.shared.mesh[undo].release(*n);
+                    }
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Counts one refusal by a limit (`ringgate_rejections_total{reason}`).
+    pub(crate) fn reject(&self, reason: usize) {
+        self.m().rejections[reason].inc();
+    }
+
     /// Closes the oldest connection accepted here that has not completed
     /// CONNECT. False when there is none.
     pub fn shed_oldest_preauth(&mut self) -> bool {
@@ -323,7 +370,7 @@ impl Core {
             // No DISCONNECT: it may not even have finished TLS, and it has
             // not earned an answer; its task closes the socket.
             slot.conn.dead = true;
-            self.stats.rejections.shed_preauth += 1;
+            self.reject(REJ_SHED_PREAUTH);
             self.wake(key);
             return true;
         }
@@ -352,11 +399,15 @@ impl Core {
         if let Some((t, _)) = slot.conn.timer {
             self.wheel.cancel(t);
         }
+        self.m().conns.set(self.conns.len() as u64);
         if let Some(ident) = slot.conn.ident {
+            let m = &self.shared.metrics.core(self.id).conns_open;
+            m.set(m.get().saturating_sub(1));
             if let Some(u) = self.users.get_mut(&ident.user) {
                 if let Some(d) = u.devices.iter_mut().find(|d| d.id == ident.device) {
                     if d.conn == Some(key) {
                         d.conn = None;
+                        d.acked_seq = slot.conn.session.acked();
                     }
                 }
             }
@@ -440,11 +491,16 @@ impl Core {
                 tracing::debug!(error = %e, "TLS failure");
                 conn.send_alert();
                 self.stats.tls_failures += 1;
+                self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
             Err(TransportError::Record(e)) => {
                 tracing::debug!(error = %e, "TLS record failure");
+                let handshaking = conn.ident.is_none();
                 self.stats.tls_failures += 1;
+                if handshaking {
+                    self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
+                }
                 return Outcome::Close;
             }
             Err(TransportError::Io(e)) => {
@@ -455,6 +511,7 @@ impl Core {
         if conn.tls_handshaking() {
             if status == ReadStatus::Eof {
                 self.stats.tls_failures += 1;
+                self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
             return self.after_io(key);
@@ -488,6 +545,18 @@ impl Core {
         } else {
             conn.over_hw_since_ms = 0;
         }
+        if !conn.close_counted && conn.session.phase() == Phase::Closing {
+            // Counted once, when the server's DISCONNECT goes out (a
+            // device's own DISCONNECT finishes the session directly; a
+            // refused CONNECT closes with no reason).
+            conn.close_counted = true;
+            if let Some(r) = conn.session.close_reason() {
+                if let Some(c) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
+                    c.inc();
+                }
+            }
+        }
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
         match conn.session.phase() {
             Phase::Finished => return Outcome::Close,
             Phase::Closing => conn.shutdown_write(),
@@ -519,11 +588,20 @@ impl Core {
         let shared = self.shared.clone();
         loop {
             let conn = self.conn(key)?;
+            let before = conn.session.phase();
+            let acked_before = conn.session.acked();
             let ev = conn.session.poll_frame(now, &shared.limits, &mut conn.rbuf, &mut conn.out);
             match ev {
+                Event::Closed if before == Phase::AwaitConnect => {
+                    self.m().handshakes[crate::metrics::HS_REFUSED].inc();
+                    return None;
+                }
                 Event::NeedMore | Event::Closed => return None,
                 Event::Handled => {}
-                Event::Acked => self.fill(key, now),
+                Event::Acked => {
+                    self.record_ack(key, acked_before);
+                    self.fill(key, now)
+                }
                 Event::Send(s) => self.on_send(key, s),
                 Event::Connect(req) => {
                     if let Some(m) = self.on_connect(key, req) {
@@ -542,7 +620,9 @@ impl Core {
             Some(i) => store.peek(&i.user),
             None => &EmptyInbox,
         };
+        let sent_before = conn.session.sent();
         conn.session.fill(now, &shared.limits, inbox, &mut conn.out);
+        self.record_pushes(key, sent_before);
     }
 
     /// CONNECT passed the session's checks: verify the token, then open here or move home.
@@ -553,7 +633,7 @@ impl Core {
         if !self.connect_bucket.take(self.shared.limits_cfg.connect_rate, now) {
             // A CONNECT storm (after a restart, say): tell clients to back
             // off rather than queueing token checks and replays.
-            self.stats.rejections.connect_rate += 1;
+            self.reject(REJ_CONNECT_RATE);
             let lim = self.shared.limits.clone();
             if let Some(c) = self.conn(key) {
                 c.session.refuse(now, &lim, connack::SERVER_BUSY, &mut c.out);
@@ -564,6 +644,7 @@ impl Core {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "CONNECT refused: bad token");
+                self.m().handshakes[crate::metrics::HS_BAD_TOKEN].inc();
                 let lim = self.shared.limits.clone();
                 if let Some(c) = self.conn(key) {
                     c.session.refuse(now, &lim, connack::BAD_TOKEN, &mut c.out);
@@ -586,6 +667,7 @@ impl Core {
         }
         let c = slot.conn;
         self.stats.migrated_out += 1;
+        self.m().conns.set(self.conns.len() as u64);
         Some(Box::new(Adopt {
             fd: c.fd,
             tls: c.tls,
@@ -624,10 +706,12 @@ impl Core {
         let d = match u.devices.iter().position(|d| d.id == device) {
             Some(i) => &mut u.devices[i],
             None => {
-                u.devices.push(Device { id: device.clone(), conn: None, dedup: Dedup::default() });
+                u.devices.push(Device::new(device.clone(), Dedup::default()));
                 u.devices.last_mut().expect("invariant: just pushed")
             }
         };
+        d.connected_at_ms = wall;
+        let prev_acked = d.acked_seq;
         let older = d.conn.replace(key);
         if let Some(old) = older.filter(|o| *o != key) {
             self.close_conn(old, DisconnectReason::Replaced, "replaced by a newer connection of this device");
@@ -639,10 +723,17 @@ impl Core {
         let conn = &mut slot.conn;
         let bounds = store.inbox(&user, wall).bounds();
         conn.session.accept(now, wall, &shared.limits, &user, &req, bounds, token_exp_ms, &mut conn.out);
+        let cursor = conn.session.acked();
         conn.session.fill(now, &shared.limits, store.peek(&user), &mut conn.out);
         conn.ident = Some(Box::new(Identity { user, device }));
         conn.send_bucket = TokenBucket::full(self.shared.limits_cfg.send_rate_per_connection, now);
         self.rearm(key);
+        let m = self.shared.metrics.core(self.id);
+        m.handshakes[crate::metrics::HS_OK].inc();
+        m.conns_open.inc();
+        // CONNECT's last_seq acknowledges what the device already has.
+        self.record_connect_ack(key, prev_acked, cursor);
+        self.record_pushes(key, cursor);
     }
 
     /// Writes DISCONNECT to a connection from outside its task and lets it close.
@@ -673,6 +764,7 @@ impl Core {
         };
         let (user, device) = ident;
         self.stats.sends += 1;
+        let received = Instant::now();
         let reply = |status: u8| SendAck { client_msg_id: s.client_msg_id, status, msg_id: 0, timestamp_ms: wall };
         // Dedup: a retried id gets its original answer, or none yet if the
         // original is still being appended (its SENDACK is on the way).
@@ -687,6 +779,11 @@ impl Core {
                 None => {}
             }
         }
+        // Muted by an operator (checked after dedup: a SEND accepted before
+        // the mute and retried keeps its original answer).
+        if self.mutes.get(&user).is_some_and(|until| *until > wall) {
+            return self.answer_send(key, &reply(sendack::FORBIDDEN), received);
+        }
         // Limits, cheapest first. None of these answers enters the dedup
         // table: a retry with the same id after backing off is tried afresh.
         let now = self.shared.clock.mono_ms();
@@ -695,54 +792,36 @@ impl Core {
         let max_frame = self.shared.limits.max_frame;
         let Some(c) = self.conn(key) else { return };
         if !c.send_bucket.take(rate, now) {
-            self.stats.rejections.rate_limited += 1;
-            return self.write_sendack(key, &reply(sendack::RATE_LIMITED));
+            self.reject(REJ_RATE_LIMITED);
+            return self.answer_send(key, &reply(sendack::RATE_LIMITED), received);
         }
         if c.sends_in_flight >= max_in_flight {
-            self.stats.rejections.busy += 1;
-            return self.write_sendack(key, &reply(sendack::RETRY));
+            self.reject(REJ_BUSY);
+            return self.answer_send(key, &reply(sendack::RETRY), received);
         }
         if s.payload.len() > max_payload as usize || !crate::limits::push_fits(user.len(), s.payload.len(), max_frame) {
-            self.stats.rejections.too_large += 1;
-            return self.write_sendack(key, &reply(sendack::TOO_LARGE));
+            self.reject(REJ_TOO_LARGE);
+            return self.answer_send(key, &reply(sendack::TOO_LARGE), received);
         }
         if crate::limits::check_name(s.target.as_str()).is_err() {
             // An id no token could name and no group can have: no such target.
-            self.stats.rejections.bad_target += 1;
-            return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET));
+            self.reject(REJ_BAD_TARGET);
+            return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received);
         }
         let targets: Vec<Arc<str>> = match s.target_kind {
             1 => vec![Arc::from(s.target.as_str())],
-            2 => match self.shared.groups.get(s.target.as_str()) {
-                None => return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET)),
+            2 => match self.groups.get(s.target.as_str()) {
+                None => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
                 Some(members) if !members.iter().any(|m| **m == *user) => {
-                    return self.write_sendack(key, &reply(sendack::FORBIDDEN))
+                    return self.answer_send(key, &reply(sendack::FORBIDDEN), received)
                 }
                 Some(members) => members.iter().filter(|m| ***m != *user).cloned().collect(),
             },
-            _ => return self.write_sendack(key, &reply(sendack::NO_SUCH_TARGET)),
+            _ => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
         };
-        // Room in every other target core's mailbox first, so the message
-        // goes to all of its recipients or to none (a partial fan-out could
-        // not be retried without duplicates).
-        let cores = self.shared.mesh.len();
-        let mut per_core = vec![0usize; cores];
-        for t in &targets {
-            per_core[home_core(t, cores)] += 1;
-        }
-        for core in 0..cores {
-            if core == self.id || per_core[core] == 0 {
-                continue;
-            }
-            if !self.shared.mesh[core].try_reserve(per_core[core]) {
-                for (undo, n) in per_core.iter().enumerate().take(core) {
-                    if undo != self.id && *n > 0 {
-                        self.shared.mesh[undo].release(*n);
-                    }
-                }
-                self.stats.rejections.busy += 1;
-                return self.write_sendack(key, &reply(sendack::RETRY));
-            }
+        if !self.reserve_mailboxes(&targets) {
+            self.reject(REJ_BUSY);
+            return self.answer_send(key, &reply(sendack::RETRY), received);
         }
         let msg_id = self.next_msg_id(wall);
         let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
@@ -761,13 +840,17 @@ impl Core {
             d.dedup.order.push_back(s.client_msg_id);
         }
         let gen = self.next_gen_pending();
-        let idx = self.pending.insert((gen, PendingSend { origin: key, user, device, ack, remaining: 0, failed: false }));
+        let idx = self.pending.insert((
+            gen,
+            PendingSend { origin: Some(key), user, device, ack, remaining: 0, failed: false, received, admin: None },
+        ));
         if let Some(c) = self.conn(key) {
             c.sends_in_flight += 1;
         }
         let req = ((gen as u64) << 32) | idx as u64;
         // Every target, local or not, answers through `Appended`, so a local
         // append under fsync "always" waits for its fsync like a remote one.
+        let cores = self.shared.mesh.len();
         let mut local = Vec::new();
         let mut remaining = 0;
         for t in targets {
@@ -794,25 +877,29 @@ impl Core {
     /// the entry is durable per the fsync policy.
     fn append_for(&mut self, origin: usize, req: u64, user: &Arc<str>, msg: NewMessage, wall: u64) {
         match self.append_local(user, msg, wall) {
-            Ok(lsn) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, origin, req)),
-            Ok(_) => self.answer_appended(origin, req, Ok(0)),
-            Err(e) => self.answer_appended(origin, req, Err(e)),
+            Ok((seq, lsn)) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, origin, req, user.clone(), seq)),
+            Ok((seq, _)) => self.answer_appended(origin, req, user.clone(), Ok(seq)),
+            Err(e) => self.answer_appended(origin, req, user.clone(), Err(e)),
         }
     }
 
-    fn answer_appended(&mut self, origin: usize, req: u64, result: Result<u64, crate::store::StoreError>) {
+    /// `result` is the recipient's new seq.
+    fn answer_appended(&mut self, origin: usize, req: u64, user: Arc<str>, result: Result<u64, crate::store::StoreError>) {
         if origin == self.id {
-            self.on_appended(req, result);
+            self.on_appended(req, user, result);
         } else {
-            self.shared.mesh[origin].post(CoreMsg::Appended { req, result });
+            self.shared.mesh[origin].post(CoreMsg::Appended { req, user, result });
         }
     }
 
-    fn on_appended(&mut self, req: u64, result: Result<u64, crate::store::StoreError>) {
+    fn on_appended(&mut self, req: u64, user: Arc<str>, result: Result<u64, crate::store::StoreError>) {
         let idx = (req & 0xffff_ffff) as usize;
         let gen = (req >> 32) as u32;
         let done = match self.pending.get_mut(idx) {
             Some((g, p)) if *g == gen => {
+                if let (Some(w), Ok(seq)) = (p.admin.as_mut(), &result) {
+                    w.seqs.push((user, *seq));
+                }
                 p.failed |= result.is_err();
                 p.remaining = p.remaining.saturating_sub(1);
                 p.remaining == 0
@@ -828,6 +915,10 @@ impl Core {
     /// devices and release the SENDACKs that waited for it.
     pub fn on_synced(&mut self, result: Result<u64, String>) {
         let mut woken = std::mem::take(&mut self.woken_users);
+        if let Err(e) = &result {
+            tracing::error!(worker = self.id, error = %e, "log fsync failed: /readyz reports a storage failure");
+            self.shared.metrics.health.storage_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.store.on_synced(result, &mut woken);
         let now = self.shared.clock.mono_ms();
         for user in woken.drain(..) {
@@ -835,12 +926,9 @@ impl Core {
         }
         self.woken_users = woken;
         let synced = self.store.synced_lsn();
-        while let Some(&(lsn, origin, req)) = self.waiting.front() {
-            if lsn > synced {
-                break;
-            }
-            self.waiting.pop_front();
-            self.answer_appended(origin, req, Ok(0));
+        while self.waiting.front().is_some_and(|w| w.0 <= synced) {
+            let Some((_, origin, req, user, seq)) = self.waiting.pop_front() else { break };
+            self.answer_appended(origin, req, user, Ok(seq));
         }
     }
 
@@ -855,13 +943,17 @@ impl Core {
 
     /// Appends to a user homed here; pushes to their online devices when the
     /// entry is already visible (memory, or fsync policies other than always).
-    fn append_local(&mut self, user: &Arc<str>, msg: NewMessage, wall: u64) -> Result<u64, crate::store::StoreError> {
-        let (_, lsn) = self.store.append(user, msg, wall).inspect_err(|e| tracing::warn!(error = %e, "append failed"))?;
+    /// Returns the entry's (seq, lsn).
+    fn append_local(&mut self, user: &Arc<str>, msg: NewMessage, wall: u64) -> Result<(u64, u64), crate::store::StoreError> {
+        let (msg_id, from, ts) = (msg.msg_id, msg.from.clone(), msg.timestamp_ms);
+        let (seq, lsn) = self.store.append(user, msg, wall).inspect_err(|e| tracing::warn!(error = %e, "append failed"))?;
+        // Before any push of it, so the ledger sees the first one.
+        self.ledger.appended(wall, msg_id, &from, ts, user, seq);
         if lsn <= self.store.synced_lsn() {
             let now = self.shared.clock.mono_ms();
             self.push_to_online(user, now);
         }
-        Ok(lsn)
+        Ok((seq, lsn))
     }
 
     fn push_to_online(&mut self, user: &Arc<str>, now: u64) {
@@ -876,11 +968,20 @@ impl Core {
     }
 
     fn complete(&mut self, idx: usize) {
-        let (_, p) = self.pending.remove(idx);
-        if let Some(c) = self.conn(p.origin) {
+        let (_, mut p) = self.pending.remove(idx);
+        if let Some(c) = p.origin.and_then(|o| self.conn(o)) {
             c.sends_in_flight = c.sends_in_flight.saturating_sub(1);
         }
+        if let Some(w) = p.admin.take() {
+            return self.complete_publish(*w, p.ack, p.failed);
+        }
         let ack = if p.failed { SendAck { status: sendack::RETRY, msg_id: 0, ..p.ack } } else { p.ack };
+        let m = self.m();
+        m.sends[ack.status as usize % crate::metrics::SEND_STATUSES.len()].inc();
+        m.sendack.observe(p.received.elapsed());
+        if p.failed {
+            m.rejections[crate::metrics::REJ_BUSY].inc();
+        }
         let limit = self.shared.dedup_per_device;
         let target = match self.device_mut(&p.user, &p.device) {
             Some(d) => {
@@ -926,8 +1027,9 @@ impl Core {
                 let wall = self.shared.clock.wall_ms();
                 self.append_for(origin, req, &user, msg, wall);
             }
-            CoreMsg::Appended { req, result } => self.on_appended(req, result),
+            CoreMsg::Appended { req, user, result } => self.on_appended(req, user, result),
             CoreMsg::Synced(result) => self.on_synced(result),
+            CoreMsg::Admin(cmd) => self.on_admin(*cmd),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
         None
@@ -941,6 +1043,10 @@ impl Core {
             self.last_prune_ms = now;
         }
         self.store.tick(self.shared.clock.wall_ms());
+        if now >= self.last_gauge_ms + 1_000 {
+            self.last_gauge_ms = now;
+            self.refresh_gauges();
+        }
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
         for key in expired.drain(..) {
@@ -960,7 +1066,7 @@ impl Core {
                 conn.session.close(now, DisconnectReason::SlowConsumer, "output above the high-water mark for too long", &mut conn.out);
                 let _ = conn.flush();
                 conn.dead = true;
-                self.stats.rejections.slow_consumer += 1;
+                self.reject(REJ_SLOW_CONSUMER);
                 tracing::debug!(worker = self.id, "slow consumer closed");
                 self.wake(key);
                 continue;
@@ -970,6 +1076,7 @@ impl Core {
                     // A stalled handshake: no DISCONNECT is possible before TLS is up.
                     conn.dead = true;
                     self.stats.handshake_timeouts += 1;
+                    self.m().handshakes[crate::metrics::HS_TIMEOUT].inc();
                     self.wake(key);
                 } else {
                     self.rearm(key);
@@ -983,13 +1090,20 @@ impl Core {
                 None => &EmptyInbox,
             };
             let before = conn.session.phase();
+            let retrans_before = conn.session.retransmissions();
             conn.session.on_timeout(now, &shared.limits, inbox, blocked, &mut conn.out);
+            let retransmitted =
+                (conn.session.retransmissions() != retrans_before).then(|| (conn.session.acked() + 1, conn.session.sent()));
             if before != Phase::Closing && conn.session.phase() == Phase::Closing {
                 if let Some(r) = conn.session.close_reason() {
                     if r == DisconnectReason::HandshakeTimeout {
                         self.stats.handshake_timeouts += 1;
+                        self.m().handshakes[crate::metrics::HS_TIMEOUT].inc();
                     }
                 }
+            }
+            if let Some((from, to)) = retransmitted {
+                self.record_retransmit(key, from, to);
             }
             self.kick(key);
         }
@@ -1002,6 +1116,7 @@ impl Core {
             return;
         }
         self.shutting_down = true;
+        self.shared.metrics.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let keys: Vec<ConnKey> = self.conns.iter().map(|(i, s)| ConnKey { idx: i as u32, gen: s.gen }).collect();
         for key in keys {
             self.close_conn(key, DisconnectReason::ServerShutdown, "server shutting down");

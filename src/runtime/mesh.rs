@@ -39,11 +39,14 @@ pub enum CoreMsg {
     /// Append `msg` to `user`'s inbox (the receiver is its home core), then
     /// answer `Appended { req }` to core `origin`.
     Append { origin: usize, req: u64, user: Arc<str>, msg: NewMessage },
-    Appended { req: u64, result: Result<u64, StoreError> },
+    /// `result`: `user`'s new seq.
+    Appended { req: u64, user: Arc<str>, result: Result<u64, StoreError> },
     /// This core's syncer finished an fsync (up to an lsn) or failed.
     Synced(Result<u64, String>),
     /// Graceful shutdown: stop accepting, DISCONNECT(7) everyone, finish.
     Shutdown,
+    /// A request of the admin API; the answer goes back on its own channel.
+    Admin(Box<crate::runtime::core::admin::AdminCmd>),
 }
 
 /// One core's inbound queue.

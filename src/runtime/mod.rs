@@ -20,6 +20,7 @@
 
 pub mod conn;
 pub mod core;
+pub mod ledger;
 pub mod mesh;
 pub mod tls_record;
 
@@ -80,6 +81,8 @@ pub enum ServeError {
     Locked { path: std::path::PathBuf, holder: String },
     #[error("data directory {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("admin API: {0}")]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Takes an exclusive `flock` on `<data_dir>/LOCK` for the life of the
@@ -205,16 +208,41 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         None
     };
 
-    // Inboxes: the durable log (recovered now, before any listener opens)
-    // or memory.
+    let durable_mode = cfg.store.durability == crate::config::Durability::Durable;
+    let _lock = if durable_mode { Some(lock_data_dir(&data_dir)?) } else { None };
+
+    // The admin listener comes up first, so health checks answer (readyz
+    // 503 "recovering") while the log is read back.
+    let metrics = Arc::new(crate::metrics::Metrics::new(if cfg.tls.enabled { "tls" } else { "tcp" }));
+    metrics.set_cores(workers);
+    metrics.install_global();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let admin_state = crate::admin::state::State::load(
+        &data_dir,
+        &cfg.groups,
+        durable_mode,
+        cfg.admin.idempotency_ttl_s.saturating_mul(1000),
+        cfg.admin.idempotency_max_keys,
+        now_ms,
+    )
+    .map_err(crate::admin::AdminError::from)?;
+    // Groups and mutes: the saved state (the config's `[groups]` only seeded it).
     let mut groups = HashMap::new();
-    for (name, members) in &cfg.groups {
+    for (name, members) in &admin_state.groups {
         groups.insert(name.clone(), members.iter().map(|m| Arc::from(m.as_str())).collect::<Vec<Arc<str>>>());
     }
-    let mut _lock = None;
+    let mutes: HashMap<Arc<str>, u64> =
+        admin_state.mutes.iter().filter(|(_, t)| **t > now_ms).map(|(u, t)| (Arc::from(u.as_str()), *t)).collect();
+    let admin = crate::admin::Admin::start(&cfg, metrics.clone(), admin_state)?;
+    if let Some(ms) = std::env::var("RINGGATE_TEST_HOLD_RECOVERY_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        // Test hook: stretch the recovery window so a test can watch /readyz say 503.
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+    }
+
+    // Inboxes: the durable log (recovered now, before any gateway listener
+    // opens) or memory.
     let mut durable = None;
-    if cfg.store.durability == crate::config::Durability::Durable {
-        _lock = Some(lock_data_dir(&data_dir)?);
+    if durable_mode {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let rec = crate::store::recovery::recover(&crate::store::recovery::RecoverOpts {
             data_dir: &data_dir,
@@ -274,7 +302,14 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         limits_cfg: cfg.limits.clone(),
         max_connections,
         open_conns: std::sync::atomic::AtomicU64::new(0),
+        metrics: metrics.clone(),
+        ledger: ledger::LedgerLimits {
+            retention_ms: cfg.admin.ledger_retention_s.saturating_mul(1000),
+            max_entries: cfg.admin.ledger_max_entries,
+        },
+        mutes,
     });
+    metrics.health.recovering.store(false, std::sync::atomic::Ordering::Relaxed);
 
     block_signals();
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
@@ -311,10 +346,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Worker(id, e))?;
         handles.push(h);
     }
+    admin.set_mesh(mesh.clone());
+    metrics.health.gateway_up.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(listen_addr = %local, "listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
 
     // The main thread only waits for signals.
     wait_for_signal();
+    metrics.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(grace_ms = cfg.server.shutdown_grace_ms, "shutting down: closing listeners, DISCONNECT(7) to every connection");
     for m in mesh.iter() {
         m.post(CoreMsg::Shutdown);
@@ -502,7 +540,6 @@ async fn worker_main(
         panics = st.panics,
         migrated_out = st.migrated_out,
         sends = st.sends,
-        rejections = ?st.rejections,
         inboxes,
         retained,
         "worker stopped"
@@ -590,6 +627,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
                 monoio::spawn(conn_task(core.clone(), stream, key));
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                core.borrow().m().rejections[crate::metrics::REJ_FD_LIMIT].inc();
                 // Out of descriptors: free one held by an anonymous peer and
                 // try again at once; only when there is none to shed, wait.
                 if core.borrow_mut().shed_oldest_preauth() {

@@ -135,6 +135,7 @@ impl Syncer {
                 }
                 let mut upto = 0;
                 let mut result = Ok(());
+                let started = std::time::Instant::now();
                 let mut done_files: Vec<*const File> = Vec::new();
                 for (f, lsn) in batch.iter().rev() {
                     upto = upto.max(*lsn);
@@ -147,6 +148,7 @@ impl Syncer {
                         result = Err(e.to_string());
                     }
                 }
+                crate::metrics::record_fsync(core, started.elapsed());
                 done(result.map(|_| upto));
             }
         });

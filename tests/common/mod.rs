@@ -618,6 +618,8 @@ impl Config {
         let mut t = String::new();
         t += "[server]\n";
         t += "listen = \"127.0.0.1:0\"\n";
+        // Each test server gets its own admin port (the default 7080 would collide).
+        t += "admin_listen = \"127.0.0.1:0\"\n";
         t += &format!("workers = {}\n", self.workers);
         t += &format!("driver = {}\n", q(self.driver));
         t += "[tls]\n";

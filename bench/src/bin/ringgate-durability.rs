@@ -71,7 +71,7 @@ fn start_server(dir: &Path, fsync: &str, workers: usize) -> Result<(Server, Dura
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n[tls]\nenabled = false\n[auth]\njwt_secret = \"{SECRET}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = {workers}\n[tls]\nenabled = false\n[auth]\njwt_secret = \"{SECRET}\"\n\
              [store]\ndata_dir = {:?}\ndurability = \"durable\"\nfsync = \"{fsync}\"\ninbox_max_messages = 100000000\n",
             dir.join("data").display().to_string()
         ),

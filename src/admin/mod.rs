@@ -1,0 +1,239 @@
+//! The admin listener: HTTP/1.1 on `server.admin_listen`, its bearer token, and its own threads, apart from the worker cores.
+//!
+//! Why its own threads and not the worker runtimes: an admin request can
+//! block (an fsync of a state file, a wait for every core to apply a group
+//! change, a scrape reading `/proc`), and on a worker it would stall every
+//! connection of that core for that long. Here, one accept thread and at
+//! most `admin.max_connections` blocking connection threads (plain
+//! `std::net`, read and write timeouts) serve the API; they reach the
+//! cores only by posting an `AdminCmd` to a core's mailbox and waiting on
+//! its reply channel (`runtime::core::admin`), exactly like another core
+//! would. The listener is up before recovery starts, so `/healthz` and
+//! `/readyz` (503 "recovering") answer during a long recovery.
+
+mod api;
+pub mod state;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::http::{self, Parsed};
+use crate::metrics::Metrics;
+use crate::runtime::mesh::Mesh;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin token {path}: {message}")]
+    Token { path: PathBuf, message: String },
+    #[error("admin listener on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("admin state: {0}")]
+    State(#[from] state::StateError),
+}
+
+/// Where the admin token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Config,
+    File(PathBuf),
+    /// `<data_dir>/admin-token`, created now (`true`) or on an earlier start.
+    DataDir(PathBuf, bool),
+}
+
+/// The token per ADMIN.md: `admin.token`, `admin.token_file`, or
+/// `<data_dir>/admin-token` (created with mode 0600 on first start).
+pub fn load_or_create_token(cfg: &Config) -> Result<(Vec<u8>, TokenSource), AdminError> {
+    let err = |path: &Path, message: String| AdminError::Token { path: path.to_path_buf(), message };
+    if let Some(t) = &cfg.admin.token {
+        return Ok((t.trim().as_bytes().to_vec(), TokenSource::Config));
+    }
+    let check = |path: &Path, text: &str| -> Result<Vec<u8>, AdminError> {
+        let t = text.trim();
+        if t.len() < 16 {
+            return Err(err(path, "token must be at least 16 bytes".into()));
+        }
+        Ok(t.as_bytes().to_vec())
+    };
+    if let Some(p) = &cfg.admin.token_file {
+        let text = std::fs::read_to_string(p).map_err(|e| err(p, e.to_string()))?;
+        return Ok((check(p, &text)?, TokenSource::File(p.clone())));
+    }
+    let dir = &cfg.store.data_dir;
+    let path = dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((check(&path, &text)?, TokenSource::DataDir(path, false))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+            let mut raw = [0u8; 24];
+            getrandom::getrandom(&mut raw).map_err(|e| err(&path, format!("no randomness: {e}")))?;
+            let token = hex::encode(raw);
+            crate::auth::write_private(&path, format!("{token}\n").as_bytes()).map_err(|e| err(&path, e.to_string()))?;
+            Ok((token.into_bytes(), TokenSource::DataDir(path, true)))
+        }
+        Err(e) => Err(err(&path, e.to_string())),
+    }
+}
+
+/// Everything the admin threads share.
+pub struct Ctx {
+    pub(crate) cfg: Config,
+    token: Vec<u8>,
+    /// Must exist for `/readyz` (when the token lives in the data directory).
+    token_path: Option<PathBuf>,
+    pub(crate) metrics: Arc<Metrics>,
+    mesh: OnceLock<Mesh>,
+    pub(crate) state: Mutex<state::State>,
+    next_core: AtomicUsize,
+    active: AtomicUsize,
+}
+
+/// The running admin listener.
+pub struct Admin {
+    ctx: Arc<Ctx>,
+    pub addr: SocketAddr,
+}
+
+impl Admin {
+    /// Binds the listener and starts serving (health and metrics at once;
+    /// `/v1` answers 503 until [`Admin::set_mesh`]).
+    pub fn start(cfg: &Config, metrics: Arc<Metrics>, st: state::State) -> Result<Admin, AdminError> {
+        let (token, source) = load_or_create_token(cfg)?;
+        let token_path = match &source {
+            TokenSource::DataDir(p, created) => {
+                if *created {
+                    tracing::info!(path = %p.display(), "generated an admin API token");
+                    eprintln!("ringgate: admin API token created at {}", p.display());
+                }
+                Some(p.clone())
+            }
+            _ => None,
+        };
+        let addr = cfg.server.admin_listen.clone();
+        let listener = TcpListener::bind(&addr).map_err(|source| AdminError::Bind { addr: addr.clone(), source })?;
+        let local = listener.local_addr().map_err(|source| AdminError::Bind { addr, source })?;
+        let ctx = Arc::new(Ctx {
+            cfg: cfg.clone(),
+            token,
+            token_path,
+            metrics,
+            mesh: OnceLock::new(),
+            state: Mutex::new(st),
+            next_core: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+        });
+        let c = ctx.clone();
+        std::thread::Builder::new()
+            .name("ringgate-admin".into())
+            .spawn(move || accept_loop(c, listener))
+            .map_err(|source| AdminError::Bind { addr: local.to_string(), source })?;
+        ctx.metrics.health.admin_up.store(true, Ordering::Relaxed);
+        tracing::info!(admin_addr = %local, "admin API on admin_addr={local}");
+        Ok(Admin { ctx, addr: local })
+    }
+
+    /// The workers run: `/v1` requests can reach them now.
+    pub fn set_mesh(&self, mesh: Mesh) {
+        let _ = self.ctx.mesh.set(mesh);
+    }
+}
+
+impl Ctx {
+    pub(crate) fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.get()
+    }
+
+    pub(crate) fn pick_core(&self, cores: usize) -> usize {
+        self.next_core.fetch_add(1, Ordering::Relaxed) % cores.max(1)
+    }
+
+    /// Constant-time comparison of a presented bearer token.
+    pub(crate) fn token_ok(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(presented.ct_eq(&self.token))
+    }
+
+    pub(crate) fn token_file_ok(&self) -> bool {
+        self.token_path.as_ref().is_none_or(|p| p.exists())
+    }
+}
+
+fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
+    let max = ctx.cfg.admin.max_connections;
+    loop {
+        // At the cap, leave further connections in the kernel's accept queue.
+        while ctx.active.load(Ordering::Acquire) >= max {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (stream, _) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        ctx.active.fetch_add(1, Ordering::AcqRel);
+        let c = ctx.clone();
+        let spawned = std::thread::Builder::new().name("ringgate-adminc".into()).spawn(move || {
+            serve_conn(&c, stream);
+            c.active.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start an admin connection thread");
+            ctx.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Idle keep-alive connections are closed after this.
+const IDLE: Duration = Duration::from_secs(30);
+
+fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(IDLE));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_nodelay(true);
+    let limits = http::Limits { max_body_bytes: ctx.cfg.admin.max_body_bytes, ..http::Limits::default() };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut sent_continue = false;
+    loop {
+        match http::parse_request(&buf, &limits) {
+            Ok(Parsed::Complete { request, consumed }) => {
+                buf.drain(..consumed);
+                sent_continue = false;
+                let keep = request.keep_alive();
+                let resp = api::handle(ctx, &request);
+                let mut out = Vec::with_capacity(resp.body.len() + 256);
+                resp.encode(keep, request.method == "HEAD", &mut out);
+                if stream.write_all(&out).is_err() || !keep {
+                    return;
+                }
+                continue;
+            }
+            Ok(Parsed::Incomplete { expect_continue }) => {
+                if expect_continue && !sent_continue {
+                    sent_continue = true;
+                    if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let resp = api::error_response(e.status(), &e.to_string());
+                let mut out = Vec::new();
+                resp.encode(false, false, &mut out);
+                let _ = stream.write_all(&out);
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
