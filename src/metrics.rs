@@ -115,6 +115,7 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
 
 /// `ringgate_rejections_total{reason}` label values.
 pub const REJECTION_REASONS: [&str; 5] = ["rate_limited", "busy", "too_large", "preauth_limit", "fd_limit"];
+pub const REJ_RATE_LIMITED: usize = 0;
 pub const REJ_BUSY: usize = 1;
 pub const REJ_TOO_LARGE: usize = 2;
 pub const REJ_FD_LIMIT: usize = 4;
