@@ -661,3 +661,34 @@ fn publishes_over_the_rate_get_429() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_request_trickling_in_is_cut_off() {
+    let s = Server::default_start();
+    let a = Admin::of(&s);
+    let mut c = TcpStream::connect(a.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // One header byte every second: never a whole request.
+    let mut answer = None;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(1));
+        if c.write_all(b"X").is_err() {
+            break;
+        }
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let ready = c.peek(&mut b).map(|n| n > 0).unwrap_or(false);
+        c.set_nonblocking(false).unwrap();
+        if ready {
+            answer = Some(read_resp(&mut c));
+            break;
+        }
+    }
+    let r = answer.expect("the server answered the slow request");
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(14), "cut off near the 10 s deadline, not later");
+    // Other clients were served meanwhile, and still are.
+    assert_eq!(request(a.addr, "GET", "/healthz", None, None).status, 200);
+}

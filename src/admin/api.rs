@@ -34,6 +34,7 @@ pub(super) fn error_response(status: u16, message: &str) -> Response {
         401 => "unauthorized",
         404 => "not_found",
         405 => "method_not_allowed",
+        408 => "timeout",
         409 => "conflict",
         413 => "too_large",
         429 => "rate_limited",

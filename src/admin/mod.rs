@@ -227,6 +227,9 @@ fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
 
 /// Idle keep-alive connections are closed after this.
 const IDLE: Duration = Duration::from_secs(30);
+/// A request must arrive whole within this from its first byte (a client
+/// trickling bytes would otherwise hold one of the few admin threads).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(IDLE));
@@ -236,11 +239,13 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut sent_continue = false;
+    let mut started: Option<std::time::Instant> = None;
     loop {
         match http::parse_request(&buf, &limits) {
             Ok(Parsed::Complete { request, consumed }) => {
                 buf.drain(..consumed);
                 sent_continue = false;
+                started = None;
                 let keep = request.keep_alive();
                 let resp = api::handle(ctx, &request);
                 let mut out = Vec::with_capacity(resp.body.len() + 256);
@@ -266,9 +271,23 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
                 return;
             }
         }
+        if started.is_some_and(|t| t.elapsed() > REQUEST_DEADLINE) {
+            let mut out = Vec::new();
+            api::error_response(408, "the request did not arrive in time").encode(false, false, &mut out);
+            let _ = stream.write_all(&out);
+            return;
+        }
+        let left = started.map_or(IDLE, |t| REQUEST_DEADLINE.saturating_sub(t.elapsed()).max(Duration::from_millis(10)));
+        let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(0) => return,
+            Ok(n) => {
+                started.get_or_insert_with(std::time::Instant::now);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            // The deadline check above answers 408 for a started request.
+            Err(e) if started.is_some() && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }
