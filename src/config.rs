@@ -276,6 +276,9 @@ pub struct AdminConfig {
     /// Ledger entries (one per message and recipient) kept per core; the
     /// oldest go first past it. Default 200000.
     pub ledger_max_entries: usize,
+    /// Admin publishes accepted per second (token bucket, bursts of one
+    /// second's worth); more get 429. 0 = no limit. Default 0.
+    pub publishes_per_s: u32,
     /// Largest request body, bytes. Default 1048576.
     pub max_body_bytes: usize,
     /// Admin connections served at once; more wait in the accept queue. Default 32.
@@ -292,6 +295,7 @@ impl Default for AdminConfig {
             idempotency_max_keys: 100_000,
             ledger_retention_s: 3_600,
             ledger_max_entries: 200_000,
+            publishes_per_s: 0,
             max_body_bytes: 1 << 20,
             max_connections: 32,
         }
@@ -555,6 +559,8 @@ idempotency_max_keys = 100000
 # Delivery ledger (GET /v1/messages/{id}): kept this long (0 = off), at most this many entries per core.
 ledger_retention_s = 3600
 ledger_max_entries = 200000
+# Publishes per second the API accepts (more get 429); 0 = no limit.
+publishes_per_s = 0
 # Largest request body, bytes; admin connections served at once.
 max_body_bytes = 1048576
 max_connections = 32

@@ -588,31 +588,25 @@ fn grafana_dashboard_queries_only_exported_metrics() {
 
 // ---- readiness during recovery ---------------------------------------------
 
-#[test]
-fn readyz_is_503_while_recovering() {
+/// Starts the binary directly (the harness waits for the gateway listener,
+/// which these tests must not): `extra` is appended to the config.
+fn spawn_raw(cfg: Config, extra: &str, env: &[(&str, &str)]) -> (std::process::Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config::default().durable("always");
     let cfg_path = dir.path().join("ringgate.toml");
-    std::fs::write(&cfg_path, cfg.to_toml(&dir.path().join("data"))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-        .args(["serve", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("RINGGATE_TEST_HOLD_RECOVERY_MS", "3000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    std::fs::write(&cfg_path, cfg.to_toml(&dir.path().join("data")) + extra).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
+    cmd.args(["serve", "--config"]).arg(&cfg_path).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let err = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines() {
             let Ok(l) = line else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
+            // Keep draining after the reader is gone.
+            let _ = tx.send(l);
         }
     });
     let deadline = Instant::now() + STARTUP;
@@ -622,6 +616,13 @@ fn readyz_is_503_while_recovering() {
             break a;
         }
     };
+    (child, admin, dir)
+}
+
+#[test]
+fn readyz_is_503_while_recovering() {
+    let (mut child, admin, dir) =
+        spawn_raw(Config::default().durable("always"), "", &[("RINGGATE_TEST_HOLD_RECOVERY_MS", "3000")]);
     let r = request(admin, "GET", "/readyz", None, None);
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("unavailable")));
     assert!(r.text().contains("recovering"), "{}", r.text());
@@ -631,4 +632,63 @@ fn readyz_is_503_while_recovering() {
     wait_for("readyz 200 after recovery", || request(admin, "GET", "/readyz", None, None).status == 200);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn publishes_over_the_rate_get_429() {
+    let extra = "\n[admin]\npublishes_per_s = 3\ntoken = \"a-configured-admin-token\"\n";
+    let (mut child, admin, dir) = spawn_raw(Config::default(), extra, &[]);
+    assert!(!dir.path().join("data/admin-token").exists(), "no token file when admin.token is set");
+    let tok = Some("a-configured-admin-token");
+    wait_for("ready", || request(admin, "GET", "/readyz", None, None).status == 200);
+    let body = |i: usize| json!({"to_users": ["bob"], "payload": format!("m{i}"), "idempotency_key": format!("k{i}")});
+    let statuses: Vec<u16> = (0..6).map(|i| request(admin, "POST", "/v1/messages", tok, Some(&body(i))).status).collect();
+    assert!(statuses.iter().filter(|s| **s == 200).count() <= 4, "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // A retry of a stored publish is answered from its key, even over the rate.
+    for _ in 0..5 {
+        assert_eq!(request(admin, "POST", "/v1/messages", tok, Some(&body(0))).status, 200);
+    }
+    let r = request(admin, "POST", "/v1/messages", tok, Some(&body(99)));
+    if r.status == 429 {
+        assert_eq!(r.json()["error"]["code"], "rate_limited");
+    }
+    let m = parse_prometheus(&request(admin, "GET", "/metrics", None, None).text());
+    assert!(get(&m, "ringgate_publishes_total{status=\"rate_limited\"}") >= 1.0);
+    assert!(get(&m, "ringgate_rejections_total{reason=\"rate_limited\"}") >= 1.0);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(request(admin, "POST", "/v1/messages", tok, Some(&body(100))).status, 200, "the bucket refills");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_request_trickling_in_is_cut_off() {
+    let s = Server::default_start();
+    let a = Admin::of(&s);
+    let mut c = TcpStream::connect(a.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    c.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // One header byte every second: never a whole request.
+    let mut answer = None;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(1));
+        if c.write_all(b"X").is_err() {
+            break;
+        }
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let ready = c.peek(&mut b).map(|n| n > 0).unwrap_or(false);
+        c.set_nonblocking(false).unwrap();
+        if ready {
+            answer = Some(read_resp(&mut c));
+            break;
+        }
+    }
+    let r = answer.expect("the server answered the slow request");
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(t0.elapsed() < Duration::from_secs(14), "cut off near the 10 s deadline, not later");
+    // Other clients were served meanwhile, and still are.
+    assert_eq!(request(a.addr, "GET", "/healthz", None, None).status, 200);
 }

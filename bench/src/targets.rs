@@ -115,6 +115,8 @@ pub fn random_secret() -> String {
 
 /// The ringgate config the bench writes. `[server] pin_workers` is off
 /// because the process is started pinned to the server CPUs instead.
+/// `RINGGATE_BENCH_EXTRA_TOML` is appended (new sections only, e.g.
+/// `[admin]\nledger_retention_s = 0`), to compare settings in one run.
 pub fn ringgate_config(env: &Env, port: u16, driver: &str, data_dir: &Path) -> String {
     format!(
         r#"# written by ringgate-bench
@@ -150,7 +152,7 @@ durability = "memory"
         key = env.key.display(),
         secret = env.jwt_secret,
         data = data_dir.display(),
-    )
+    ) + &std::env::var("RINGGATE_BENCH_EXTRA_TOML").unwrap_or_default()
 }
 
 pub fn nginx_config(env: &Env, port: u16, prefix: &Path) -> String {

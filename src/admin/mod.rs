@@ -90,6 +90,36 @@ pub struct Ctx {
     pub(crate) state: Mutex<state::State>,
     next_core: AtomicUsize,
     active: AtomicUsize,
+    publish_bucket: Mutex<Bucket>,
+}
+
+/// A token bucket for `admin.publishes_per_s`.
+pub(crate) struct Bucket {
+    rate_per_s: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate_per_s: u32) -> Self {
+        Bucket { rate_per_s: rate_per_s as f64, tokens: rate_per_s as f64, last: std::time::Instant::now() }
+    }
+
+    /// Takes one token; false when the rate is exceeded (0 = no limit).
+    pub(crate) fn take(&mut self, now: std::time::Instant) -> bool {
+        if self.rate_per_s == 0.0 {
+            return true;
+        }
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate_per_s).min(self.rate_per_s.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The running admin listener.
@@ -125,6 +155,7 @@ impl Admin {
             state: Mutex::new(st),
             next_core: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            publish_bucket: Mutex::new(Bucket::new(cfg.admin.publishes_per_s)),
         });
         let c = ctx.clone();
         std::thread::Builder::new()
@@ -155,6 +186,10 @@ impl Ctx {
     pub(crate) fn token_ok(&self, presented: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
         bool::from(presented.ct_eq(&self.token))
+    }
+
+    pub(crate) fn publish_allowed(&self) -> bool {
+        self.publish_bucket.lock().unwrap_or_else(|e| e.into_inner()).take(std::time::Instant::now())
     }
 
     pub(crate) fn token_file_ok(&self) -> bool {
@@ -192,6 +227,9 @@ fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
 
 /// Idle keep-alive connections are closed after this.
 const IDLE: Duration = Duration::from_secs(30);
+/// A request must arrive whole within this from its first byte (a client
+/// trickling bytes would otherwise hold one of the few admin threads).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(IDLE));
@@ -201,11 +239,13 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut sent_continue = false;
+    let mut started: Option<std::time::Instant> = None;
     loop {
         match http::parse_request(&buf, &limits) {
             Ok(Parsed::Complete { request, consumed }) => {
                 buf.drain(..consumed);
                 sent_continue = false;
+                started = None;
                 let keep = request.keep_alive();
                 let resp = api::handle(ctx, &request);
                 let mut out = Vec::with_capacity(resp.body.len() + 256);
@@ -231,9 +271,45 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
                 return;
             }
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if started.is_some_and(|t| t.elapsed() > REQUEST_DEADLINE) {
+            let mut out = Vec::new();
+            api::error_response(408, "the request did not arrive in time").encode(false, false, &mut out);
+            let _ = stream.write_all(&out);
+            return;
         }
+        let left = started.map_or(IDLE, |t| REQUEST_DEADLINE.saturating_sub(t.elapsed()).max(Duration::from_millis(10)));
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                started.get_or_insert_with(std::time::Instant::now);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            // The deadline check above answers 408 for a started request.
+            Err(e) if started.is_some() && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bucket;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn bucket_allows_the_rate_with_a_one_second_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(3);
+        b.last = t0;
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(340)));
+        assert!(!b.take(t0 + Duration::from_millis(340)));
+        // Idle for long: still only one second's worth.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+        let mut free = Bucket::new(0);
+        assert!((0..1000).all(|_| free.take(t0)));
     }
 }
