@@ -8,6 +8,8 @@
 //!   core), accept loops, connection tasks, cross-core mailboxes, lifecycle.
 //! - [`store`]: inboxes behind a trait: in memory, or the durable per-core
 //!   log with group-committed fsync and start-up recovery.
+//! - [`route`]: the route endpoint's signed payload, endpoint order and
+//!   failure feedback (`GET /v1/route`, served by `runtime::gate_http`).
 //! - [`auth`]: JWT HS256 tokens.
 //! - [`tls`]: rustls server configuration and the development certificate.
 //! - [`net`]: listener and socket options, chosen on purpose.
@@ -22,6 +24,7 @@ pub mod doctor;
 pub mod net;
 pub mod plan;
 pub mod proto;
+pub mod route;
 pub mod runtime;
 pub mod store;
 pub mod tls;

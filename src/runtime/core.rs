@@ -78,6 +78,8 @@ pub struct Shared {
     pub dedup_per_device: usize,
     pub sockopts: SockOpts,
     pub clock: Clock,
+    /// HTTP on the gateway port (the route endpoint).
+    pub gate: Arc<super::gate_http::Gate>,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -278,7 +280,7 @@ impl Core {
     /// Keeps one wheel entry per connection at or before the session's next deadline.
     fn rearm(&mut self, key: ConnKey) {
         let Some(slot) = self.conns.get_mut(key.idx as usize) else { return };
-        let want = slot.conn.session.next_deadline();
+        let want = slot.conn.next_deadline();
         match (slot.conn.timer, want) {
             (Some((_, armed)), Some(d)) if armed <= d => {}
             (old, want) => {
@@ -322,6 +324,15 @@ impl Core {
             }
             return self.after_io(key);
         }
+        if conn.http.is_none() && conn.session.phase() == Phase::AwaitConnect && !conn.rbuf.is_empty() {
+            if super::gate_http::is_http(conn.alpn(), conn.rbuf[0]) {
+                let deadline = conn.session.next_deadline().unwrap_or(0);
+                conn.http = Some(Box::new(super::gate_http::HttpState::new(deadline)));
+            }
+        }
+        if conn.http.is_some() {
+            return self.on_http(key, status == ReadStatus::Eof);
+        }
         if let Some(m) = self.process_frames(key) {
             return Outcome::Migrate(m);
         }
@@ -333,6 +344,28 @@ impl Core {
             return Outcome::Close;
         }
         self.after_io(key)
+    }
+
+    /// An HTTP connection had I/O: answer complete requests, flush, close
+    /// when a response said so (EOF from the peer closes too).
+    fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
+        let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
+        let gate = self.shared.gate.clone();
+        let tls = self.shared.tls.is_some();
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        let Some(st) = conn.http.as_mut() else { return Outcome::Close };
+        let close = super::gate_http::serve(&mut conn.rbuf, &mut conn.out, st, &gate, tls, mono, wall) || eof;
+        match conn.flush() {
+            Err(_) => return Outcome::Close,
+            Ok(true) if close => {
+                conn.shutdown_write();
+                return Outcome::Close;
+            }
+            Ok(_) => {}
+        }
+        conn.release_idle_buffers();
+        self.rearm(key);
+        Outcome::Continue
     }
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
@@ -491,7 +524,7 @@ impl Core {
     fn close_conn(&mut self, key: ConnKey, reason: DisconnectReason, msg: &str) {
         let now = self.shared.clock.mono_ms();
         let Some(c) = self.conn(key) else { return };
-        if c.tls_handshaking() {
+        if c.tls_handshaking() || c.http.is_some() {
             c.dead = true;
         } else {
             c.session.close(now, reason, msg, &mut c.out);
@@ -735,6 +768,16 @@ impl Core {
             }
             let conn = &mut slot.conn;
             conn.timer = None;
+            if let Some(h) = &conn.http {
+                // HTTP: the head did not complete in time, or keep-alive idled out.
+                if now >= h.deadline_ms {
+                    conn.dead = true;
+                    self.wake(key);
+                } else {
+                    self.rearm(key);
+                }
+                continue;
+            }
             if conn.tls_handshaking() {
                 if conn.session.next_deadline().is_some_and(|d| now >= d) {
                     // A stalled handshake: no DISCONNECT is possible before TLS is up.
