@@ -512,6 +512,10 @@ pub struct Config {
     pub segment_max_bytes: u64,
     /// `server.driver`: "auto", "uring" or "legacy".
     pub driver: &'static str,
+    /// `server.listen` (a fixed port survives `restart`).
+    pub listen: String,
+    /// TOML appended verbatim (whole tables, e.g. `[route]`).
+    pub extra_toml: String,
 }
 
 impl Default for Config {
@@ -532,6 +536,8 @@ impl Default for Config {
             fsync: "always",
             segment_max_bytes: 64 << 20,
             driver: "auto",
+            listen: "127.0.0.1:0".into(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -602,7 +608,7 @@ impl Config {
         let q = |s: &str| serde_json::to_string(s).unwrap();
         let mut t = String::new();
         t += "[server]\n";
-        t += "listen = \"127.0.0.1:0\"\n";
+        t += &format!("listen = {}\n", q(&self.listen));
         t += &format!("workers = {}\n", self.workers);
         t += &format!("driver = {}\n", q(self.driver));
         t += "[tls]\n";
@@ -628,7 +634,22 @@ impl Config {
             let m: Vec<String> = members.iter().map(|m| q(m)).collect();
             t += &format!("{} = [{}]\n", q(g), m.join(", "));
         }
+        t += &self.extra_toml;
         t
+    }
+
+    /// Appends TOML tables to the generated file.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Listens on a fixed address, so a restarted server keeps its port.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.into();
+        self
     }
 
     pub fn start(self) -> Server {
