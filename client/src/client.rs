@@ -696,7 +696,16 @@ impl Task {
                 return Ended::Closed;
             }
             let can_take = self.pending.len() < self.cfg.max_pending_sends;
+            // The earliest SEND waiting to be retried after SENDACK 5.
+            let retry_at = self.pending.values().filter_map(|p| p.retry_at).min();
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = retry => {}
                 r = rd.read_buf(&mut rbuf) => match r {
                     Ok(0) => return Ended::Lost("server closed the connection".into()),
                     Ok(_) => last_rx = Instant::now(),
