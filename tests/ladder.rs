@@ -478,3 +478,28 @@ async fn restart_mid_conversation_loses_and_duplicates_nothing() {
     );
     assert!(alice.counters().connects.load(Ordering::SeqCst) >= 2);
 }
+
+/// Certificate pinning: the server's leaf SHA-256 connects, any other pin
+/// fails the TLS handshake (and with it every attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_pin() {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let s = Server::start(Config::default());
+    let der = rustls::pki_types::CertificateDer::from_pem_file(s.cert_path()).unwrap();
+    let pin: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+    let mk = |pin: [u8; 32]| {
+        let mut c = ClientConfig::new("pinned", TokenSource::Static(token("alice"))).trust(Trust::PinSha256(pin));
+        // By IP with no name at all: the pin is what is checked.
+        c.fallback = vec![Endpoint::fallback(0, &s.addr().to_string()).unwrap()];
+        c
+    };
+    let c = Client::connect(mk(pin)).await.expect("the right pin connects");
+    assert_eq!(c.send_to_user("bob", b"pinned").await.unwrap().status, 0);
+    let mut wrong = pin;
+    wrong[0] ^= 0xff;
+    match Client::connect(mk(wrong)).await {
+        Err(Error::AllEndpointsFailed(why)) => assert!(why.contains("TLS"), "{why}"),
+        other => panic!("a wrong pin must fail: {:?}", other.err()),
+    }
+}
