@@ -186,7 +186,7 @@ fn main() -> ExitCode {
 
 /// `config check`: every problem at once, including certificate, key and
 /// secret files that are missing or do not parse.
-fn config_check(file: &PathBuf) -> ExitCode {
+fn config_check(file: &std::path::Path) -> ExitCode {
     let cfg = match Config::load(file) {
         Ok(c) => c,
         Err(e) => {

@@ -335,7 +335,7 @@ impl RouteService {
         let eps = self.endpoints(host_header);
         let mut demoted = vec![false; eps.len()];
         if let Ok(mut fb) = self.feedback.lock() {
-            let failed: Vec<bool> = eps.iter().map(|e| query.failed.iter().any(|f| *f == e.id)).collect();
+            let failed: Vec<bool> = eps.iter().map(|e| query.failed.contains(&e.id)).collect();
             fb.observe(mono_ms, &failed);
             for (i, d) in demoted.iter_mut().enumerate() {
                 *d = fb.demoted(mono_ms, i);
@@ -347,7 +347,7 @@ impl RouteService {
         let endpoints = order
             .into_iter()
             .map(|i| &eps[i])
-            .filter(|e| query.transports.as_ref().is_none_or(|t| t.iter().any(|t| *t == e.transport)))
+            .filter(|e| query.transports.as_ref().is_none_or(|t| t.contains(&e.transport)))
             .map(|e| EndpointOut {
                 id: &e.id,
                 transport: &e.transport,

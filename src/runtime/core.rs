@@ -324,11 +324,14 @@ impl Core {
             }
             return self.after_io(key);
         }
-        if conn.http.is_none() && conn.session.phase() == Phase::AwaitConnect && !conn.rbuf.is_empty() {
-            if super::gate_http::is_http(conn.alpn(), conn.rbuf[0]) {
-                let deadline = conn.session.next_deadline().unwrap_or(0);
-                conn.http = Some(Box::new(super::gate_http::HttpState::new(deadline)));
-            }
+        // The first bytes after TLS decide: HTTP (route endpoint) or frames.
+        if conn.http.is_none()
+            && conn.session.phase() == Phase::AwaitConnect
+            && !conn.rbuf.is_empty()
+            && super::gate_http::is_http(conn.alpn(), conn.rbuf[0])
+        {
+            let deadline = conn.session.next_deadline().unwrap_or(0);
+            conn.http = Some(Box::new(super::gate_http::HttpState::new(deadline)));
         }
         if conn.http.is_some() {
             return self.on_http(key, status == ReadStatus::Eof);
