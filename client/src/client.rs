@@ -185,7 +185,9 @@ async fn refresher(rs: Arc<RouteState>) {
         let (_, _, at) = rs.cached();
         let wait = match at {
             Some(at) => tokio::time::sleep_until(at.into()),
-            None => tokio::time::sleep(Duration::from_secs(3600)),
+            // Nothing cached (the route service was unreachable at start and
+            // the built-in endpoints are in use): try again soon.
+            None => tokio::time::sleep(Duration::from_secs(30)),
         };
         tokio::select! {
             _ = wait => {}
@@ -602,6 +604,7 @@ impl Task {
         let supported = |eps: Vec<Endpoint>| -> Vec<Endpoint> {
             eps.into_iter().filter(|e| e.transport == "tls" || e.transport == "tcp").collect()
         };
+        let mut route_error = None;
         if let Some(rs) = self.route.clone() {
             let (cached, fresh, _) = rs.cached();
             let route = match (fresh, cached) {
@@ -615,6 +618,7 @@ impl Task {
                     Err(e) => {
                         let using = if cached.is_some() { "the cached route" } else { "the built-in endpoints" };
                         emit(&self.cfg.events, ClientEvent::RouteFailed { why: e.to_string(), using });
+                        route_error = Some(e);
                         cached
                     }
                 },
@@ -628,7 +632,8 @@ impl Task {
         }
         let eps = supported(self.cfg.fallback.clone());
         if eps.is_empty() {
-            return Err(Error::NoEndpoints);
+            // Say why the route gave nothing, not just that nothing is left.
+            return Err(route_error.unwrap_or(Error::NoEndpoints));
         }
         Ok((eps, self.cfg.ladder.clone()))
     }
