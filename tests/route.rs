@@ -185,6 +185,26 @@ fn no_alpn_letter_first_is_http_with_keepalive_and_errors() {
     s.assert_no_panic();
 }
 
+/// Many pipelined requests in one write are all answered, in order, even
+/// past the output high-water mark.
+#[test]
+fn pipelined_requests_are_all_answered() {
+    let s = Config::default().start();
+    let (mut h, _) = Http::tls(s.addr(), s.cert_path(), None);
+    let n = 300;
+    let mut burst = String::new();
+    for i in 0..n {
+        let path = if i % 2 == 0 { "/v1/route" } else { "/other" };
+        burst += &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    }
+    h.send(&burst);
+    for i in 0..n {
+        let r = h.response().unwrap_or_else(|| panic!("response {i} missing"));
+        assert_eq!(r.status, if i % 2 == 0 { 200 } else { 404 }, "response {i}");
+    }
+    s.assert_no_panic();
+}
+
 #[test]
 fn origin_policy() {
     let s = Config::default().extra("[web]\nallowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]").start();

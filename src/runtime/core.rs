@@ -356,15 +356,22 @@ impl Core {
         let gate = self.shared.gate.clone();
         let tls = self.shared.tls.is_some();
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        let Some(st) = conn.http.as_mut() else { return Outcome::Close };
-        let close = super::gate_http::serve(&mut conn.rbuf, &mut conn.out, st, &gate, tls, mono, wall) || eof;
-        match conn.flush() {
-            Err(_) => return Outcome::Close,
-            Ok(true) if close => {
-                conn.shutdown_write();
-                return Outcome::Close;
+        loop {
+            let Some(st) = conn.http.as_mut() else { return Outcome::Close };
+            let before = conn.rbuf.len();
+            let close = super::gate_http::serve(&mut conn.rbuf, &mut conn.out, st, &gate, tls, mono, wall) || eof;
+            match conn.flush() {
+                Err(_) => return Outcome::Close,
+                Ok(true) if close => {
+                    conn.shutdown_write();
+                    return Outcome::Close;
+                }
+                // Everything went out and pipelined requests were left at
+                // the output high-water mark: answer them now, not at the
+                // next (maybe never) readable event.
+                Ok(true) if !conn.rbuf.is_empty() && conn.rbuf.len() < before => {}
+                Ok(_) => break,
             }
-            Ok(_) => {}
         }
         conn.release_idle_buffers();
         self.rearm(key);

@@ -16,6 +16,12 @@ use crate::route::{RouteQuery, RouteService};
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Headers parsed per request; more is `431` too.
 const MAX_HEADERS: usize = 64;
+/// Pipelined requests are answered until this much output waits unsent;
+/// the rest waits in the input until the peer reads.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Input a peer may pile up (pipelined requests) while not reading its
+/// answers; beyond it the connection is closed.
+const MAX_PIPELINED_BYTES: usize = 1 << 20;
 
 /// Whether a connection carries HTTP: ALPN `http/1.1`, or no ALPN and a
 /// first byte that is an ASCII letter (a request line; frames start with a
@@ -64,6 +70,15 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
             return true;
         }
         if rbuf.is_empty() {
+            return false;
+        }
+        if out.len() >= OUT_HIGH_WATER {
+            if rbuf.len() > MAX_PIPELINED_BYTES {
+                // Sends requests, never reads answers: a slow consumer.
+                st.closing = true;
+                rbuf.clear();
+                return true;
+            }
             return false;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
