@@ -185,6 +185,27 @@ fn no_alpn_letter_first_is_http_with_keepalive_and_errors() {
     s.assert_no_panic();
 }
 
+/// An HTTP connection must complete its first head within the handshake
+/// timeout, and an idle keep-alive connection closes after
+/// `web.keepalive_idle_s`.
+#[test]
+fn http_timeouts() {
+    let s = Config::default().handshake_timeout_ms(500).extra("[web]\nkeepalive_idle_s = 1").start();
+    let (mut h, _) = Http::tls(s.addr(), s.cert_path(), Some(b"http/1.1"));
+    h.send("GET /v1/route HTTP/1.1\r\n");
+    let t = Instant::now();
+    assert!(h.closed(), "a head that never completes is closed");
+    assert!(t.elapsed() < WAIT);
+    let (mut h, _) = Http::tls(s.addr(), s.cert_path(), Some(b"http/1.1"));
+    assert_eq!(h.get("/v1/route", "").status, 200);
+    // Past the handshake timeout, within the keep-alive: still served.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(h.get("/v1/route", "").status, 200);
+    let t = Instant::now();
+    assert!(h.closed(), "idle keep-alive connection closed");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(700), "closed after {:?}, before the 1 s keep-alive", t.elapsed());
+}
+
 /// Many pipelined requests in one write are all answered, in order, even
 /// past the output high-water mark.
 #[test]
