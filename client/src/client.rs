@@ -143,12 +143,16 @@ struct RouteState {
     fetches: AtomicU64,
     kick: Notify,
     events: Option<EventFn>,
+    /// One fetch at a time, so a failure is reported once, not by the
+    /// connect path and the refresher together.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl RouteState {
     /// Fetches now, reporting the failures collected so far; on success
     /// they are forgotten and the new route is cached.
     async fn refresh(&self) -> Result<Route, Error> {
+        let _one = self.fetching.lock().await;
         let failed: Vec<String> = self.failed.lock().map(|f| f.iter().cloned().collect()).unwrap_or_default();
         let q = RouteQuery { user: self.user.clone(), transports: vec!["tls".into(), "tcp".into()], failed: failed.clone() };
         let r = route::fetch(&self.url, &q, &self.key, self.tls.clone(), self.timeout).await;
@@ -302,6 +306,7 @@ impl Client {
                     fetches: AtomicU64::new(0),
                     kick: Notify::new(),
                     events: cfg.events.clone(),
+                    fetching: tokio::sync::Mutex::new(()),
                 }))
             }
             None => None,
