@@ -10,6 +10,7 @@
 //!   keeping `last_seq`, SEND retried with the same `client_msg_id` until
 //!   SENDACKed, PUSH dedup by seq and cumulative PUSHACK, heartbeat, a token
 //!   hook called once per connection.
+//! - `task` (private): the background task that owns the connection.
 //! - [`tls`]: trust (CA file, pinned certificate, or `--insecure`) and SNI.
 //! - [`frame`]: the protocol v1 codec, written from the contract.
 //!
@@ -44,6 +45,7 @@ pub mod client;
 pub mod frame;
 pub mod ladder;
 pub mod route;
+mod task;
 pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientEvent, Target, TokenSource};
