@@ -349,31 +349,14 @@ impl Core {
         self.after_io(key)
     }
 
-    /// An HTTP connection had I/O: answer complete requests, flush, close
-    /// when a response said so (EOF from the peer closes too).
+    /// An HTTP connection had I/O (see `gate_http::on_io`).
     fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
-        let gate = self.shared.gate.clone();
-        let tls = self.shared.tls.is_some();
+        let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        loop {
-            let Some(st) = conn.http.as_mut() else { return Outcome::Close };
-            let before = conn.rbuf.len();
-            let close = super::gate_http::serve(&mut conn.rbuf, &mut conn.out, st, &gate, tls, mono, wall) || eof;
-            match conn.flush() {
-                Err(_) => return Outcome::Close,
-                Ok(true) if close => {
-                    conn.shutdown_write();
-                    return Outcome::Close;
-                }
-                // Everything went out and pipelined requests were left at
-                // the output high-water mark: answer them now, not at the
-                // next (maybe never) readable event.
-                Ok(true) if !conn.rbuf.is_empty() && conn.rbuf.len() < before => {}
-                Ok(_) => break,
-            }
+        if super::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+            return Outcome::Close;
         }
-        conn.release_idle_buffers();
         self.rearm(key);
         Outcome::Continue
     }

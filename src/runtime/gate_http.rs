@@ -4,8 +4,8 @@
 //! plaintext into buffered responses, and the core flushes them through the
 //! connection's TLS. Kept self-contained on purpose: WebSocket, SSE and
 //! long-poll (WEB.md) will share the gateway port later and this file is
-//! meant to fold into the general HTTP module then; only `serve`,
-//! [`is_http`] and [`HttpState`] are used from outside.
+//! meant to fold into the general HTTP module then; only [`on_io`],
+//! [`is_http`] and [`HttpState`] are used from outside (core.rs).
 
 use bytes::{Buf, BytesMut};
 
@@ -58,6 +58,32 @@ impl HttpState {
     pub fn new(deadline_ms: u64) -> Self {
         HttpState { deadline_ms, closing: false, requests: 0 }
     }
+}
+
+/// A connection known to carry HTTP had I/O: answer the complete requests,
+/// flush, and release idle buffers. True: the connection is done (a
+/// response said `Connection: close`, a bad request, or EOF) and everything
+/// was written.
+pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> bool {
+    loop {
+        let Some(st) = conn.http.as_mut() else { return true };
+        let before = conn.rbuf.len();
+        let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms) || eof;
+        match conn.flush() {
+            Err(_) => return true,
+            Ok(true) if close => {
+                conn.shutdown_write();
+                return true;
+            }
+            // Everything went out and pipelined requests were left at the
+            // output high-water mark: answer them now, not at the next
+            // (maybe never) readable event.
+            Ok(true) if !conn.rbuf.is_empty() && conn.rbuf.len() < before => {}
+            Ok(_) => break,
+        }
+    }
+    conn.release_idle_buffers();
+    false
 }
 
 /// Handles every complete request in `rbuf`, appending responses to `out`.
