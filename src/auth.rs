@@ -201,9 +201,29 @@ pub enum SecretSource {
     Generated(PathBuf),
 }
 
+impl SecretSource {
+    /// Where the secret came from, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Config => "auth.jwt_secret in the configuration".into(),
+            SecretSource::File(p) | SecretSource::DataDir(p) | SecretSource::Generated(p) => {
+                let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+                abs.display().to_string()
+            }
+        }
+    }
+}
+
 /// Loads the secret from config, from `jwt_secret_file`, or from (creating
 /// if needed) `<data_dir>/jwt-secret` with 32 random bytes, hex, mode 0600.
 pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<(Vec<u8>, SecretSource), AuthError> {
+    load_secret(cfg, data_dir, true)
+}
+
+/// The same resolution as [`load_or_create_secret`]; with `create` false a
+/// missing `<data_dir>/jwt-secret` is an error instead of a new secret (a
+/// token signed with a secret no server uses is worse than no token).
+pub fn load_secret(cfg: &AuthConfig, data_dir: &Path, create: bool) -> Result<(Vec<u8>, SecretSource), AuthError> {
     if let Some(s) = &cfg.jwt_secret {
         return Ok((s.as_bytes().to_vec(), SecretSource::Config));
     }
@@ -224,6 +244,13 @@ pub fn load_or_create_secret(cfg: &AuthConfig, data_dir: &Path) -> Result<(Vec<u
                 return Err(err(&path, "secret must be at least 16 bytes (delete the file to regenerate)".into()));
             }
             Ok((s.as_bytes().to_vec(), SecretSource::DataDir(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+            let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+            Err(AuthError::Secret {
+                path: abs,
+                message: "does not exist: `ringgate serve` creates it on first start, so run this where the server runs (its working directory), or pass the server's --config; --create-secret makes a new one".into(),
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir).map_err(|e| err(data_dir, format!("cannot create data directory: {e}")))?;

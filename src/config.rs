@@ -33,6 +33,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: crate::limits::LimitsConfig,
     pub admin: AdminConfig,
+    pub route: RouteConfig,
+    pub web: WebConfig,
     /// Initial groups: name → member user ids. A SEND to a group fans out to
     /// every member but the sender (the sender must be a member). Seeds an
     /// empty data directory only: afterwards the groups saved by the admin
@@ -86,6 +88,10 @@ pub struct ServerConfig {
     pub send_buffer_bytes: u32,
     /// How long a graceful shutdown waits for connections to close. Default 10000.
     pub shutdown_grace_ms: u64,
+    /// Start even when another process already serves `listen` (SO_REUSEPORT
+    /// would silently split connections between the two): only for a
+    /// zero-downtime restart. Default false.
+    pub allow_shared_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +111,7 @@ impl Default for ServerConfig {
             recv_buffer_bytes: 0,
             send_buffer_bytes: 0,
             shutdown_grace_ms: 10_000,
+            allow_shared_port: false,
         }
     }
 }
@@ -302,6 +309,98 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[route]`: the route endpoint `GET /v1/route` (WEB.md "Route endpoint").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// How long clients may use a route. Default 3600.
+    pub ttl_s: u64,
+    /// Ladder: start the next endpoint this long after the previous. Default 3000.
+    pub stagger_ms: u64,
+    /// Ladder: one attempt gives up after this. Default 30000.
+    pub attempt_timeout_ms: u64,
+    /// Client reconnect backoff: first delay. Default 500.
+    pub backoff_base_ms: u64,
+    /// Client reconnect backoff: largest delay. Default 30000.
+    pub backoff_cap_ms: u64,
+    /// Client reconnect backoff: share of the delay taken off at random (0..=1). Default 0.5.
+    pub backoff_jitter: f64,
+    /// Client failure reports count over this decaying window. Default 300.
+    pub feedback_window_s: u64,
+    /// PKCS#8 PEM Ed25519 signing key; unset = `<data_dir>/route-key.pem`, created on first start.
+    pub signing_key_file: Option<PathBuf>,
+    /// Host name given for this node when no endpoints are configured; unset =
+    /// the listen IP, or the request's `Host` when listening on 0.0.0.0 / `::`.
+    pub public_host: Option<String>,
+    /// `[[route.endpoints]]`, in config order. Empty = this node only.
+    pub endpoints: Vec<RouteEndpoint>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            ttl_s: 3600,
+            stagger_ms: 3000,
+            attempt_timeout_ms: 30_000,
+            backoff_base_ms: 500,
+            backoff_cap_ms: 30_000,
+            backoff_jitter: 0.5,
+            feedback_window_s: 300,
+            signing_key_file: None,
+            public_host: None,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// One `[[route.endpoints]]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEndpoint {
+    /// Stable id clients report in `failed=` (1..=64 bytes, no commas).
+    pub id: String,
+    /// `tls`, `tcp`, `wss`, `ws`, `sse` or `lp`.
+    pub transport: String,
+    /// DNS name; `host` or `addr` is required.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// IP address to dial (skips DNS).
+    #[serde(default)]
+    pub addr: Option<String>,
+    pub port: u16,
+    /// TLS server name; default `host`.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Lower first. Default 0.
+    #[serde(default)]
+    pub priority: i64,
+    /// Higher first among equal priority. Default 100.
+    #[serde(default = "default_endpoint_weight")]
+    pub weight: u32,
+}
+
+fn default_endpoint_weight() -> u32 {
+    100
+}
+
+/// `[web]`: HTTP on the gateway port (for now only the route endpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Cross-origin `Origin`s allowed: `scheme://host[:port]` or `scheme://*.domain[:port]`. Default empty.
+    pub allowed_origins: Vec<String>,
+    /// Treat this listener's own origin as https even without TLS (behind a TLS proxy). Default false.
+    pub assume_https: bool,
+    /// Idle keep-alive HTTP connections close after this. Default 60.
+    pub keepalive_idle_s: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { allowed_origins: Vec::new(), assume_https: false, keepalive_idle_s: 60 }
+    }
+}
+
 impl Config {
     /// Reads and parses a TOML file (not yet validated).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -329,112 +428,190 @@ impl Config {
 
     /// Checks values a parse cannot: ranges, addresses, combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let errs = self.problems();
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs.join("; ")))
+        }
+    }
+
+    /// Every problem `validate` would refuse, not just the first, so one
+    /// `config check` run shows everything to fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errs: Vec<String> = Vec::new();
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!("server.listen = {:?} is not an IP:port address", self.server.listen));
+            errs.push(format!("server.listen = {:?} is not an IP:port address", self.server.listen));
         }
         if self.server.admin_listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!("server.admin_listen = {:?} is not an IP:port address", self.server.admin_listen));
+            errs.push(format!("server.admin_listen = {:?} is not an IP:port address", self.server.admin_listen));
         }
         if self.server.workers > 256 {
-            return bad(format!("server.workers = {} is more than 256", self.server.workers));
+            errs.push(format!("server.workers = {} is more than 256", self.server.workers));
         }
         if self.server.backlog == 0 {
-            return bad("server.backlog must be at least 1".into());
+            errs.push("server.backlog must be at least 1".into());
         }
         let s = &self.session;
         if s.heartbeat_s == 0 {
-            return bad("session.heartbeat_s must be at least 1".into());
+            errs.push("session.heartbeat_s must be at least 1".into());
         }
         if s.handshake_timeout_ms == 0 {
-            return bad("session.handshake_timeout_ms must be at least 1".into());
+            errs.push("session.handshake_timeout_ms must be at least 1".into());
         }
         if s.ack_timeout_ms == 0 {
-            return bad("session.ack_timeout_ms must be at least 1".into());
+            errs.push("session.ack_timeout_ms must be at least 1".into());
         }
         if s.max_retries > crate::proto::session::MAX_BACKOFF_DOUBLINGS {
-            return bad(format!(
+            errs.push(format!(
                 "session.max_retries = {} is more than {} (the timeout doubles each retry: 5 s x 2^8 is already 21 minutes)",
                 s.max_retries,
                 crate::proto::session::MAX_BACKOFF_DOUBLINGS
             ));
         }
         if s.inflight_window == 0 || s.inflight_window > 65_536 {
-            return bad(format!("session.inflight_window = {} must be between 1 and 65536", s.inflight_window));
+            errs.push(format!("session.inflight_window = {} must be between 1 and 65536", s.inflight_window));
         }
         // The smallest useful frame is a CONNECT with a short token; the largest
         // is bounded so one peer cannot make us buffer more than 16 MiB.
         if s.max_frame < 256 || s.max_frame > 16 * 1024 * 1024 {
-            return bad(format!("session.max_frame = {} must be between 256 and 16777216", s.max_frame));
+            errs.push(format!("session.max_frame = {} must be between 256 and 16777216", s.max_frame));
         }
         if s.dedup_per_device == 0 {
-            return bad("session.dedup_per_device must be at least 1".into());
+            errs.push("session.dedup_per_device must be at least 1".into());
         }
         if self.store.segment_max_bytes < (1 << 20) {
-            return bad(format!("store.segment_max_bytes = {} is below 1 MiB", self.store.segment_max_bytes));
+            errs.push(format!("store.segment_max_bytes = {} is below 1 MiB", self.store.segment_max_bytes));
         }
         if self.store.fsync == Fsync::Interval && self.store.fsync_interval_ms == 0 {
-            return bad("store.fsync_interval_ms must be at least 1 with fsync = \"interval\"".into());
+            errs.push("store.fsync_interval_ms must be at least 1 with fsync = \"interval\"".into());
         }
         if self.store.inbox_max_messages == 0 {
-            return bad("store.inbox_max_messages must be at least 1".into());
+            errs.push("store.inbox_max_messages must be at least 1".into());
         }
         if self.store.inbox_max_age_s == 0 {
-            return bad("store.inbox_max_age_s must be at least 1".into());
+            errs.push("store.inbox_max_age_s must be at least 1".into());
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            return bad("tls.cert_file and tls.key_file must be set together".into());
+            errs.push("tls.cert_file and tls.key_file must be set together".into());
         }
         if self.auth.jwt_secret.is_some() && self.auth.jwt_secret_file.is_some() {
-            return bad("set auth.jwt_secret or auth.jwt_secret_file, not both".into());
+            errs.push("set auth.jwt_secret or auth.jwt_secret_file, not both".into());
         }
         if let Some(sec) = &self.auth.jwt_secret {
             if sec.len() < 16 {
-                return bad("auth.jwt_secret must be at least 16 bytes".into());
+                errs.push("auth.jwt_secret must be at least 16 bytes".into());
             }
         }
         if let Err(m) = self.limits.validate() {
-            return bad(m);
+            errs.push(m);
         }
         let a = &self.admin;
         if a.token.is_some() && a.token_file.is_some() {
-            return bad("set admin.token or admin.token_file, not both".into());
+            errs.push("set admin.token or admin.token_file, not both".into());
         }
         if a.token.as_ref().is_some_and(|t| t.trim().len() < 16) {
-            return bad("admin.token must be at least 16 bytes".into());
+            errs.push("admin.token must be at least 16 bytes".into());
         }
         if a.max_body_bytes < 1024 || a.max_body_bytes > 64 << 20 {
-            return bad(format!("admin.max_body_bytes = {} must be between 1024 and 67108864", a.max_body_bytes));
+            errs.push(format!("admin.max_body_bytes = {} must be between 1024 and 67108864", a.max_body_bytes));
         }
         if a.max_connections == 0 || a.max_connections > 1024 {
-            return bad(format!("admin.max_connections = {} must be between 1 and 1024", a.max_connections));
+            errs.push(format!("admin.max_connections = {} must be between 1 and 1024", a.max_connections));
         }
         if a.idempotency_ttl_s == 0 {
-            return bad("admin.idempotency_ttl_s must be at least 1".into());
+            errs.push("admin.idempotency_ttl_s must be at least 1".into());
         }
         if a.idempotency_max_keys == 0 {
-            return bad("admin.idempotency_max_keys must be at least 1".into());
+            errs.push("admin.idempotency_max_keys must be at least 1".into());
         }
         if a.ledger_max_entries == 0 {
-            return bad("admin.ledger_max_entries must be at least 1 (ledger_retention_s = 0 turns the ledger off)".into());
+            errs.push("admin.ledger_max_entries must be at least 1 (ledger_retention_s = 0 turns the ledger off)".into());
         }
         for (name, members) in &self.groups {
             if let Err(e) = crate::limits::check_name(name) {
-                return bad(format!("group name {name:?} is invalid: {e} (names are 1..=255 bytes of UTF-8 without control characters)"));
+                errs.push(format!("group name {name:?} is invalid: {e} (names are 1..=255 bytes of UTF-8 without control characters)"));
             }
             for m in members {
                 if let Err(e) = crate::limits::check_name(m) {
-                    return bad(format!("group {name:?} has an invalid member id {m:?}: {e}"));
+                    errs.push(format!("group {name:?} has an invalid member id {m:?}: {e}"));
                 }
             }
         }
-        Ok(())
+        if self.store.data_dir.as_os_str().is_empty() {
+            errs.push("store.data_dir must not be empty (\"\" would put the secret, certificate and log in the working directory by accident; write \".\" to mean it)".into());
+        }
+        self.route_problems(&mut errs);
+        for o in &self.web.allowed_origins {
+            if o != "null" && !origin_pattern_ok(o) {
+                errs.push(format!("web.allowed_origins: {o:?} is not scheme://host[:port] or scheme://*.domain[:port]"));
+            }
+        }
+        if self.web.keepalive_idle_s == 0 {
+            errs.push("web.keepalive_idle_s must be at least 1".into());
+        }
+        errs
+    }
+
+    fn route_problems(&self, errs: &mut Vec<String>) {
+        let r = &self.route;
+        if r.ttl_s == 0 {
+            errs.push("route.ttl_s must be at least 1".into());
+        }
+        if r.attempt_timeout_ms == 0 {
+            errs.push("route.attempt_timeout_ms must be at least 1".into());
+        }
+        if r.backoff_base_ms == 0 || r.backoff_cap_ms < r.backoff_base_ms {
+            errs.push(format!(
+                "route.backoff_base_ms = {} must be at least 1 and at most route.backoff_cap_ms = {}",
+                r.backoff_base_ms, r.backoff_cap_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&r.backoff_jitter) {
+            errs.push(format!("route.backoff_jitter = {} must be between 0 and 1", r.backoff_jitter));
+        }
+        if r.feedback_window_s == 0 {
+            errs.push("route.feedback_window_s must be at least 1".into());
+        }
+        if r.public_host.as_deref().is_some_and(|h| h.is_empty() || h.contains(['/', ' ', ':'])) {
+            errs.push("route.public_host must be a bare host name (no port, no scheme)".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in r.endpoints.iter().enumerate() {
+            let at = format!("route.endpoints[{i}] (id {:?})", e.id);
+            if e.id.is_empty() || e.id.len() > 64 || e.id.contains([',', '&', '=', ' ']) {
+                errs.push(format!("{at}: id must be 1..=64 bytes without commas, spaces, '&' or '='"));
+            }
+            if !seen.insert(e.id.as_str()) {
+                errs.push(format!("{at}: id is used twice"));
+            }
+            if !["tls", "tcp", "wss", "ws", "sse", "lp"].contains(&e.transport.as_str()) {
+                errs.push(format!("{at}: transport {:?} is not one of tls, tcp, wss, ws, sse, lp", e.transport));
+            }
+            if e.host.is_none() && e.addr.is_none() {
+                errs.push(format!("{at}: needs host or addr"));
+            }
+            if let Some(a) = &e.addr {
+                if a.parse::<std::net::IpAddr>().is_err() {
+                    errs.push(format!("{at}: addr {a:?} is not an IP address"));
+                }
+            }
+            if e.port == 0 {
+                errs.push(format!("{at}: port must not be 0"));
+            }
+        }
     }
 
     /// A complete, commented default configuration (`ringgate config default`).
     pub fn default_toml() -> &'static str {
         DEFAULT_TOML
     }
+}
+
+/// `scheme://host[:port]` or `scheme://*.domain[:port]`, nothing after.
+fn origin_pattern_ok(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else { return false };
+    !scheme.is_empty() && !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']) && !rest.starts_with(':')
 }
 
 const DEFAULT_TOML: &str = r#"# ringgate configuration. Every key is optional; shown are the defaults.
@@ -466,6 +643,9 @@ recv_buffer_bytes = 0
 send_buffer_bytes = 0
 # Graceful shutdown: how long to wait for connections after DISCONNECT(7).
 shutdown_grace_ms = 10000
+# Start even if another process already serves `listen` (zero-downtime restarts only;
+# otherwise the kernel would split new connections between the two).
+allow_shared_port = false
 
 [tls]
 enabled = true
@@ -513,8 +693,11 @@ data_dir = "./ringgate-data"
 # "durable" (append-only log under data_dir/log) or "memory" (lost on restart).
 durability = "durable"
 # Durable only. "always": SENDACK after the record is fsynced (group commit);
-# "interval": fsync every fsync_interval_ms (a crash loses up to that much);
-# "never": the OS writes back when it likes (a crash loses ~30 s).
+# a crash loses nothing that was SENDACKed.
+# "interval": fsync every fsync_interval_ms; a power loss loses up to that much
+# of SENDACKed messages, a process crash nothing (the page cache survives).
+# "never": the kernel writes back when it likes; a power loss loses up to its
+# writeback delay (~30 s), a process crash nothing.
 fsync = "always"
 fsync_interval_ms = 100
 # A new log segment file starts past this size; expired segments are deleted.
@@ -564,6 +747,44 @@ publishes_per_s = 0
 # Largest request body, bytes; admin connections served at once.
 max_body_bytes = 1048576
 max_connections = 32
+
+[route]
+# GET /v1/route on the gateway port: the endpoints clients should use, signed.
+# How long clients may use a route (they refresh at 0.75 x this).
+ttl_s = 3600
+# Client ladder: next endpoint after this long; one attempt gives up after that.
+stagger_ms = 3000
+attempt_timeout_ms = 30000
+# Client reconnect backoff: exponential from base to cap, minus up to jitter x itself.
+backoff_base_ms = 500
+backoff_cap_ms = 30000
+backoff_jitter = 0.5
+# Endpoints clients report failed (>= 3 reports, >= half of the requests) over
+# this decaying window are listed last.
+feedback_window_s = 300
+# Ed25519 PKCS#8 PEM signing key; unset = <data_dir>/route-key.pem, created on
+# first start. The public key is printed and written to <data_dir>/route-key.pub.
+# signing_key_file = "/etc/ringgate/route-key.pem"
+# With no endpoints: this node, named public_host (else the listen IP, or the
+# request's Host header when listening on 0.0.0.0).
+# public_host = "im.example.com"
+# [[route.endpoints]]
+# id = "a1"
+# transport = "tls"        # tls, tcp, wss, ws, sse, lp
+# host = "im.example.com"  # host or addr required
+# addr = "203.0.113.5"
+# port = 7443
+# sni = "im.example.com"   # default: host
+# priority = 0             # lower first
+# weight = 100             # higher first among equal priority
+
+[web]
+# Cross-origin Origins allowed on HTTP requests: "https://app.example.com", "https://*.example.com".
+allowed_origins = []
+# The listener's own origin is https even without TLS (behind a TLS-terminating proxy).
+assume_https = false
+# Idle keep-alive HTTP connections close after this.
+keepalive_idle_s = 60
 
 [groups]
 # Initial groups (seed an empty data directory; then the admin API's saved groups win).

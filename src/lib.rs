@@ -13,6 +13,8 @@
 //! - [`http`]: sans-IO HTTP/1.1 requests and responses (admin API, later
 //!   the web transports).
 //! - [`metrics`]: per-core lock-free counters, Prometheus text at scrape.
+//! - [`route`]: the route endpoint's signed payload, endpoint order and
+//!   failure feedback (`GET /v1/route`, served by `runtime::gate_http`).
 //! - [`auth`]: JWT HS256 tokens.
 //! - [`tls`]: rustls server configuration and the development certificate.
 //! - [`net`]: listener and socket options, chosen on purpose.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod proto;
+pub mod route;
 pub mod runtime;
 pub mod store;
 pub mod tls;

@@ -40,6 +40,21 @@ enum Cmd {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl_s: u64,
+        /// Create `<data_dir>/jwt-secret` if it does not exist (otherwise that is an error:
+        /// a token signed with a secret no server uses would be refused).
+        #[arg(long)]
+        create_secret: bool,
+    },
+    /// Print what `GET /v1/route` would answer now (the signed JSON), for operators.
+    Route {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The request's Host header (used for the node's own endpoint when listening on 0.0.0.0).
+        #[arg(long)]
+        host: Option<String>,
+        /// The query string a client would send, e.g. `user=alice&transports=tls&failed=a1`.
+        #[arg(long, default_value = "")]
+        query: String,
     },
     /// Check or print configuration.
     Config {
@@ -98,6 +113,9 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve { config, driver, workers } => {
             init_logs();
+            if let Some(p) = &config {
+                ringgate::runtime::set_config_path(p);
+            }
             let mut cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -124,7 +142,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Token { config, user, ttl_s } => {
+        Cmd::Route { config, host, query } => route_cmd(config.as_ref(), host.as_deref(), &query),
+        Cmd::Token { config, user, ttl_s, create_secret } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -136,8 +155,10 @@ fn main() -> ExitCode {
                 eprintln!("ringgate: --user must not be empty");
                 return ExitCode::from(2);
             }
-            match ringgate::auth::load_or_create_secret(&cfg.auth, &cfg.store.data_dir) {
-                Ok((secret, _)) => {
+            match ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, create_secret) {
+                Ok((secret, source)) => {
+                    let made = if matches!(source, ringgate::auth::SecretSource::Generated(_)) { "created and " } else { "" };
+                    eprintln!("ringgate: token signed with the secret {made}from {}", source.describe());
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
@@ -151,16 +172,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Config { cmd: ConfigCmd::Check { file } } => match load(Some(&file)) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ringgate: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => config_check(&file),
         Cmd::Doctor(args) => ringgate::doctor::run(args),
         Cmd::Plan(args) => match ringgate::plan::run(&args) {
             Ok(dir) => {
@@ -177,4 +189,63 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `config check`: every problem at once, including certificate, key and
+/// secret files that are missing or do not parse.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut errs = cfg.problems();
+    errs.extend(ringgate::tls::check_files(&cfg.tls));
+    if let Some(p) = &cfg.auth.jwt_secret_file {
+        if let Err(e) = ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, false) {
+            errs.push(format!("auth.jwt_secret_file {}: {e}", p.display()));
+        }
+    }
+    if let Some(p) = &cfg.route.signing_key_file {
+        if let Err(e) = ringgate::route::read_key(p) {
+            errs.push(e.to_string());
+        }
+    }
+    if errs.is_empty() {
+        println!("{}: ok", file.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("ringgate: {}: {} problem{}:", file.display(), errs.len(), if errs.len() == 1 { "" } else { "s" });
+    for e in &errs {
+        eprintln!("  - {e}");
+    }
+    ExitCode::from(2)
+}
+
+/// `ringgate route`: the body `GET /v1/route?QUERY` would get now.
+fn route_cmd(config: Option<&PathBuf>, host: Option<&str>, query: &str) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (path, _) = ringgate::route::key_path(&cfg.route, &cfg.store.data_dir);
+    let key = match ringgate::route::read_key(&path) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("ringgate: {e} (`ringgate serve` creates the key on first start; pass its --config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = cfg.server.listen.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 7443)));
+    eprintln!("ringgate: signed with {} (public key {}, key_id {})", path.display(), key.public_hex(), key.key_id());
+    let svc = ringgate::route::RouteService::new(cfg.route.clone(), key, listen, cfg.tls.enabled, 0);
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let q = ringgate::route::RouteQuery::parse(query.trim_start_matches('?'));
+    println!("{}", svc.answer(&q, host, 0, wall));
+    ExitCode::SUCCESS
 }

@@ -3,7 +3,7 @@
 //! Built once at start and shared read-only (`Arc<ServerConfig>`) by every
 //! core. TLS 1.3 and 1.2 with aws-lc-rs (the fastest handshake provider
 //! measured on this machine kind, see shared/MEASUREMENTS.md). ALPN offers
-//! `ringgate/1`; a client that offers no ALPN is served too, one that offers
+//! `ringgate/1` and `http/1.1` (the route endpoint); a client that offers no ALPN is served too, one that offers
 //! only other protocols is refused by rustls with `no_application_protocol`.
 //! Resumption: a bounded stateful session cache (TLS 1.2 and 1.3) and, when
 //! enabled, stateless TLS 1.3 tickets, so a reconnect storm pays for far
@@ -24,6 +24,8 @@ use crate::config::TlsConfig;
 
 /// The application protocol id of protocol v1.
 pub const ALPN_V1: &[u8] = b"ringgate/1";
+/// HTTP on the gateway port (route endpoint).
+pub const ALPN_HTTP: &[u8] = b"http/1.1";
 /// Stateful resumption entries kept (about 200 bytes each).
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
@@ -109,7 +111,9 @@ pub fn build_server_config(cfg: &TlsConfig, data_dir: &Path) -> Result<(Arc<rust
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { default, by_name }));
-    config.alpn_protocols = vec![ALPN_V1.to_vec()];
+    // Frames first; `http/1.1` for the route endpoint (and later the web
+    // transports) on the same port.
+    config.alpn_protocols = vec![ALPN_V1.to_vec(), ALPN_HTTP.to_vec()];
     // Our suite order, not the client's (clients list AES-256 first).
     config.ignore_client_order = true;
     // TLS 1.3 connections hand their traffic keys to our record layer once
@@ -124,6 +128,26 @@ pub fn build_server_config(cfg: &TlsConfig, data_dir: &Path) -> Result<(Arc<rust
         config.send_tls13_tickets = 0;
     }
     Ok((Arc::new(config), infos))
+}
+
+/// Loads every configured certificate and key the way `serve` would, and
+/// says what is wrong with each (for `config check`); generates nothing.
+pub fn check_files(cfg: &TlsConfig) -> Vec<String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut errs = Vec::new();
+    let mut pairs: Vec<(&Path, &Path)> = Vec::new();
+    if let (Some(c), Some(k)) = (&cfg.cert_file, &cfg.key_file) {
+        pairs.push((c, k));
+    }
+    for sni in &cfg.certificates {
+        pairs.push((&sni.cert_file, &sni.key_file));
+    }
+    for (c, k) in pairs {
+        if let Err(e) = load_certified_key(&provider, c, k) {
+            errs.push(e.to_string());
+        }
+    }
+    errs
 }
 
 fn load_certified_key(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, String), TlsError> {

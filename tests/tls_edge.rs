@@ -175,10 +175,14 @@ fn plain_tcp_handshake_timeout_gets_disconnect_9() {
 fn plain_tcp_mode_survives_garbage() {
     let s = Config::default().tls(false).handshake_timeout_ms(60_000).start();
     let (mut witness, _) = s.login("witness", "phone", 0);
-    // To a plain server "GET " is a frame length of 0x47455420, far above
-    // max_frame; a TLS ClientHello (16 03 01 ..) is one too.
+    // An ASCII letter first is HTTP on the gateway port (WEB.md "One
+    // port"): an unknown path is a 404, and `Connection: close` closes.
+    let mut raw = TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let got = wait_closed_raw(&mut raw, WAIT).unwrap_or_else(|g| panic!("HTTP to a plain server: still open (got {g:02x?})"));
+    assert!(got.starts_with(b"HTTP/1.1 404 "), "{}", String::from_utf8_lossy(&got));
+    // A TLS ClientHello (16 03 01 ..) is a frame length far above max_frame.
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("HTTP GET", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()),
         ("TLS ClientHello", {
             let tls_server = Server::default_start();
             client_hello_bytes(tls_server.cert_path())

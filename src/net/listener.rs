@@ -66,6 +66,69 @@ fn bind_one(addr: SocketAddr, backlog: u32, defer_accept_s: u32) -> Result<std::
     Ok(s.into())
 }
 
+/// Who already listens on `addr`, if anyone: a bind without SO_REUSEPORT
+/// fails exactly when another socket listens there (SO_REUSEADDR keeps
+/// TIME_WAIT leftovers out of it). Our own group binds with SO_REUSEPORT
+/// and would otherwise join the other process's group silently, splitting
+/// connections between two servers.
+pub fn port_holder(addr: SocketAddr) -> Option<String> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).ok()?;
+    let _ = s.set_reuse_address(true);
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    match s.bind(&addr.into()) {
+        Ok(()) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(describe_holder(addr.port())),
+        // Another error (permission for a low port, no such address) is
+        // for the real bind to report.
+        Err(_) => None,
+    }
+}
+
+/// "pid N (comm)" of the process listening on `port`, from /proc; or a
+/// plain "another process" when it is not visible to this user.
+fn describe_holder(port: u16) -> String {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT, st 0A = LISTEN, inode is field 9.
+            if f.len() > 9 && f[3] == "0A" {
+                if let Some((_, p)) = f[1].rsplit_once(':') {
+                    if u16::from_str_radix(p, 16).ok() == Some(port) {
+                        inodes.push(format!("socket:[{}]", f[9]));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let name = p.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+            });
+            if holds {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                found.push(format!("pid {pid} ({})", comm.trim()));
+            }
+            if found.len() >= 4 {
+                break;
+            }
+        }
+    }
+    if found.is_empty() {
+        "another process (not visible to this user)".into()
+    } else {
+        found.join(", ")
+    }
+}
+
 fn set_defer_accept(s: &Socket, secs: u32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let v: libc::c_int = secs.min(i32::MAX as u32) as libc::c_int;
@@ -130,6 +193,16 @@ mod tests {
         let p = ls[0].local_addr().unwrap().port();
         assert_ne!(p, 0);
         assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == p));
+    }
+
+    #[test]
+    fn port_holder_names_this_process() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let who = port_holder(taken.local_addr().unwrap()).expect("a listening port has a holder");
+        assert!(who.contains(&format!("pid {}", std::process::id())), "{who}");
+        drop(taken);
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert_eq!(port_holder(free), None);
     }
 
     #[test]

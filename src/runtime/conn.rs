@@ -102,6 +102,11 @@ pub struct Conn {
     pub over_hw_since_ms: u64,
     /// The server's DISCONNECT was counted in the metrics.
     pub close_counted: bool,
+    /// ALPN chosen in the handshake, kept across the hand-off to our record
+    /// layer: None = none, Some(true) = `http/1.1`, Some(false) = `ringgate/1`.
+    pub alpn_http: Option<bool>,
+    /// Set once the connection turned out to carry HTTP (`gate_http`).
+    pub http: Option<Box<super::gate_http::HttpState>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +205,25 @@ impl Conn {
             sends_in_flight: 0,
             over_hw_since_ms: 0,
             close_counted: false,
+            alpn_http: None,
+            http: None,
+        }
+    }
+
+    /// The ALPN protocol the handshake selected, if any.
+    pub fn alpn(&self) -> Option<&'static [u8]> {
+        let http = match &self.tls {
+            Tls::Rustls(t) => t.alpn_protocol().map(|p| p == b"http/1.1"),
+            _ => self.alpn_http,
+        };
+        http.map(|h| if h { &b"http/1.1"[..] } else { crate::tls::ALPN_V1 })
+    }
+
+    /// The next deadline of this connection: HTTP's own, or the session's.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.http {
+            Some(h) => Some(h.deadline_ms),
+            None => self.session.next_deadline(),
         }
     }
 
@@ -351,6 +375,7 @@ impl Conn {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.alpn_http = tls.alpn_protocol().map(|p| p == b"http/1.1");
         let Tls::Rustls(tls) = std::mem::replace(&mut self.tls, Tls::Off) else { unreachable!() };
         let secrets = tls.dangerous_extract_secrets()?;
         self.tls = Tls::Records(Box::new(Record13::new(secrets)?));

@@ -98,6 +98,8 @@ pub struct Shared {
     pub ledger: super::ledger::LedgerLimits,
     /// Mutes at start (user → until, epoch ms); each core keeps those of its users.
     pub mutes: HashMap<Arc<str>, u64>,
+    /// HTTP on the gateway port (the route endpoint).
+    pub gate: Arc<super::gate_http::Gate>,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -449,7 +451,7 @@ impl Core {
     /// Keeps one wheel entry per connection at or before the session's next deadline.
     fn rearm(&mut self, key: ConnKey) {
         let Some(slot) = self.conns.get_mut(key.idx as usize) else { return };
-        let mut want = slot.conn.session.next_deadline();
+        let mut want = slot.conn.next_deadline();
         if slot.conn.over_hw_since_ms != 0 {
             let slow = slot.conn.over_hw_since_ms.saturating_add(self.shared.limits_cfg.slow_consumer_timeout_ms);
             want = Some(want.map_or(slow, |d| d.min(slow)));
@@ -516,6 +518,18 @@ impl Core {
             }
             return self.after_io(key);
         }
+        // The first bytes after TLS decide: HTTP (route endpoint) or frames.
+        if conn.http.is_none()
+            && conn.session.phase() == Phase::AwaitConnect
+            && !conn.rbuf.is_empty()
+            && super::gate_http::is_http(conn.alpn(), conn.rbuf[0])
+        {
+            let deadline = conn.session.next_deadline().unwrap_or(0);
+            conn.http = Some(Box::new(super::gate_http::HttpState::new(deadline)));
+        }
+        if conn.http.is_some() {
+            return self.on_http(key, status == ReadStatus::Eof);
+        }
         if let Some(m) = self.process_frames(key) {
             return Outcome::Migrate(m);
         }
@@ -527,6 +541,18 @@ impl Core {
             return Outcome::Close;
         }
         self.after_io(key)
+    }
+
+    /// An HTTP connection had I/O (see `gate_http::on_io`).
+    fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
+        let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
+        let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        if super::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+            return Outcome::Close;
+        }
+        self.rearm(key);
+        Outcome::Continue
     }
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
@@ -740,7 +766,7 @@ impl Core {
     fn close_conn(&mut self, key: ConnKey, reason: DisconnectReason, msg: &str) {
         let now = self.shared.clock.mono_ms();
         let Some(c) = self.conn(key) else { return };
-        if c.tls_handshaking() {
+        if c.tls_handshaking() || c.http.is_some() {
             c.dead = true;
         } else {
             c.session.close(now, reason, msg, &mut c.out);
@@ -1069,6 +1095,16 @@ impl Core {
                 self.reject(REJ_SLOW_CONSUMER);
                 tracing::debug!(worker = self.id, "slow consumer closed");
                 self.wake(key);
+                continue;
+            }
+            if let Some(h) = &conn.http {
+                // HTTP: the head did not complete in time, or keep-alive idled out.
+                if now >= h.deadline_ms {
+                    conn.dead = true;
+                    self.wake(key);
+                } else {
+                    self.rearm(key);
+                }
                 continue;
             }
             if conn.tls_handshaking() {

@@ -21,6 +21,7 @@
 pub mod conn;
 pub mod core;
 pub mod ledger;
+pub mod gate_http;
 pub mod mesh;
 pub mod tls_record;
 
@@ -83,6 +84,10 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("admin API: {0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("{addr} is already served by {holder}; stop it, use another server.listen, or set server.allow_shared_port = true for a zero-downtime restart (the kernel then splits new connections between both)")]
+    PortInUse { addr: std::net::SocketAddr, holder: String },
+    #[error("route endpoint: {0}")]
+    Route(#[from] crate::route::RouteError),
 }
 
 /// Takes an exclusive `flock` on `<data_dir>/LOCK` for the life of the
@@ -277,9 +282,30 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let addr: std::net::SocketAddr = cfg.server.listen.parse().map_err(|_| {
         crate::config::ConfigError::Invalid(format!("server.listen {:?} is not an address", cfg.server.listen))
     })?;
+    if !cfg.server.allow_shared_port && addr.port() != 0 {
+        if let Some(holder) = crate::net::listener::port_holder(addr) {
+            return Err(ServeError::PortInUse { addr, holder });
+        }
+    }
+    // The route signing key: printed and written before the listener accepts.
+    let route_key = crate::route::load_or_create_key(&cfg.route, &data_dir)?;
+    let pub_path = crate::route::write_public(&route_key, &data_dir)?;
+    tracing::info!(path = %route_key.path.display(), created = route_key.created, key_id = %route_key.key_id(), "route signing key");
+    eprintln!(
+        "ringgate: route public key {} (key_id {}), written to {}",
+        route_key.public_hex(),
+        route_key.key_id(),
+        pub_path.display()
+    );
     let listeners =
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
+    let gate = Arc::new(gate_http::Gate {
+        route: crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
+        origins: gate_http::OriginPolicy::new(&cfg.web),
+        keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
+        max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
+    });
 
     let mesh: mesh::Mesh =
         (0..workers).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();
@@ -308,6 +334,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             max_entries: cfg.admin.ledger_max_entries,
         },
         mutes,
+        gate,
     });
     metrics.health.recovering.store(false, std::sync::atomic::Ordering::Relaxed);
 
@@ -386,8 +413,19 @@ fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-fn config_hint() -> &'static str {
-    ""
+static CONFIG_PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Tells `serve` which file the configuration came from, so its hints
+/// (`ringgate token --config ...`) name it.
+pub fn set_config_path(path: &std::path::Path) {
+    let _ = CONFIG_PATH.set(path.to_path_buf());
+}
+
+fn config_hint() -> String {
+    match CONFIG_PATH.get() {
+        Some(p) => format!(" --config {}", std::path::absolute(p).unwrap_or_else(|_| p.clone()).display()),
+        None => String::new(),
+    }
 }
 
 /// The session section as the sans-IO core sees it.

@@ -515,6 +515,10 @@ pub struct Config {
     /// More `key = value` lines per section (`set`), for keys the fields
     /// above do not cover.
     pub extra: Vec<(String, String)>,
+    /// `server.listen` (a fixed port survives `restart`).
+    pub listen: String,
+    /// TOML appended verbatim (whole tables, e.g. `[route]`).
+    pub extra_toml: String,
 }
 
 impl Default for Config {
@@ -536,6 +540,8 @@ impl Default for Config {
             segment_max_bytes: 64 << 20,
             driver: "auto",
             extra: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -617,7 +623,7 @@ impl Config {
         let q = |s: &str| serde_json::to_string(s).unwrap();
         let mut t = String::new();
         t += "[server]\n";
-        t += "listen = \"127.0.0.1:0\"\n";
+        t += &format!("listen = {}\n", q(&self.listen));
         // Each test server gets its own admin port (the default 7080 would collide).
         t += "admin_listen = \"127.0.0.1:0\"\n";
         t += &format!("workers = {}\n", self.workers);
@@ -674,7 +680,22 @@ impl Config {
             let m: Vec<String> = members.iter().map(|m| q(m)).collect();
             t += &format!("{} = [{}]\n", q(g), m.join(", "));
         }
+        t += &self.extra_toml;
         t
+    }
+
+    /// Appends TOML tables to the generated file.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Listens on a fixed address, so a restarted server keeps its port.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.into();
+        self
     }
 
     pub fn start(self) -> Server {
