@@ -151,8 +151,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if user.is_empty() {
-                eprintln!("ringgate: --user must not be empty");
+            if let Err(e) = ringgate::limits::check_name(&user) {
+                // The server would refuse this token's sub (CONNACK 2).
+                eprintln!("ringgate: --user {user:?} is not a valid user id: {e} (1..=255 bytes of UTF-8 without control characters)");
+                return ExitCode::from(2);
+            }
+            if ttl_s == 0 {
+                eprintln!("ringgate: --ttl-s must be at least 1 (a token with no lifetime is refused at once)");
                 return ExitCode::from(2);
             }
             match ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, create_secret) {

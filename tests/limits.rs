@@ -413,3 +413,31 @@ fn worker_panic_outside_a_connection_ends_the_process() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("panicked outside a connection"), "{err}");
 }
+
+#[test]
+fn token_command_refuses_what_the_server_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringgate.toml");
+    std::fs::write(&path, Config::default().to_toml(&dir.path().join("data"))).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringgate")).arg("token").arg("--config").arg(&path).args(args).output().unwrap()
+    };
+    for (args, what) in [
+        (vec!["--user", "al\nice"], "control character"),
+        (vec!["--user", ""], "empty"),
+        (vec!["--user", &"u".repeat(256)], "256 bytes"),
+        (vec!["--user", "alice", "--ttl-s", "0"], "zero TTL"),
+        (vec!["--user", "alice", "--ttl-s", "-5"], "negative TTL"),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty(), "{what}: printed a token");
+    }
+    let ok = run(&["--user", "alice", "--ttl-s", "60"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The token it prints is accepted by a server with the same secret.
+    let token = String::from_utf8(ok.stdout).unwrap().trim().to_string();
+    let s = Config::default().start();
+    let mut c = s.client();
+    assert_eq!(c.connect_frame(&Connect::new(token, "d", 0)).status, 0);
+}
