@@ -441,3 +441,69 @@ fn token_command_refuses_what_the_server_would_refuse() {
     let mut c = s.client();
     assert_eq!(c.connect_frame(&Connect::new(token, "d", 0)).status, 0);
 }
+
+// ---- groups ------------------------------------------------------------------
+
+#[test]
+fn group_fanout_stores_the_payload_once_and_others_keep_their_latency() {
+    let members: Vec<String> = std::iter::once("alice".to_string()).chain((0..2000).map(|i| format!("member{i}"))).collect();
+    let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+    let s = Config::default().group("big", &refs).set("limits", "send_rate_per_connection = 1000").start();
+    let (mut alice, _) = s.login("alice", "phone", 0);
+    let payload = vec![b'g'; 60_000];
+    // Warm up the 2,000 inboxes (and the allocator's pools) with a first
+    // message, so the measurement below is the cost of one more 60 KB
+    // message, not of creating inboxes.
+    alice.send_frame(&send_to_group(1, "big", &payload));
+    assert_eq!(alice.expect_sendack(1).status, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    // The allocator grows in steps of several MiB, so measure ten messages
+    // and divide. Copied per member, each one would cost 120 MB.
+    let before = rss_kb(s.pid());
+    for id in 2..12 {
+        alice.send_frame(&send_to_group(id, "big", &payload));
+        assert_eq!(alice.expect_sendack(id).status, 0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let per_msg_kb = rss_kb(s.pid()).saturating_sub(before) / 10;
+    eprintln!("RSS per 60 KB message to 2,000 members: {per_msg_kb} KiB");
+    assert!(per_msg_kb < 8 * 1024, "one 60 KB message to 2,000 members costs {per_msg_kb} KiB of RSS");
+
+    // An unrelated client pings throughout ten more such messages.
+    let (mut pinger, _) = s.login("zed", "phone", 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let ping_thread = std::thread::spawn(move || {
+        let mut rtts = Vec::new();
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            pinger.ping_pong(n);
+            rtts.push(t.elapsed());
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        rtts
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let frames: Vec<Frame> = (20..30).map(|i| send_to_group(i, "big", &payload)).collect();
+    let mut bytes = Vec::new();
+    for f in &frames {
+        bytes.extend(f.encode());
+    }
+    alice.send_raw(&bytes).unwrap();
+    for i in 20..30 {
+        assert_eq!(alice.expect_sendack(i).status, 0);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rtts = ping_thread.join().unwrap();
+    rtts.sort();
+    let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
+    eprintln!("PING round trips during ten 60 KB sends to 2,000 members: {} samples, p50 {:?}, p99 {p99:?}, max {:?}", rtts.len(), rtts[rtts.len() / 2], rtts[rtts.len() - 1]);
+    assert!(rtts.len() >= 5, "too few pings: {}", rtts.len());
+    // The target (issue: p99 < 50 ms) is a benchmark figure on a quiet
+    // machine; the test holds a wide margin for a shared CI box. Before the
+    // fan-out was sliced and shared, these round trips took seconds.
+    assert!(p99 < Duration::from_millis(250), "unrelated PING p99 {p99:?} during the fan-out");
+}

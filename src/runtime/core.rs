@@ -49,6 +49,10 @@ use crate::proto::DisconnectReason;
 use crate::store::recovery::DedupSeed;
 use crate::store::{InboxStore, NewMessage};
 
+/// Recipients on this core appended inline during a SEND; a larger fan-out
+/// goes through the mailbox in slices.
+pub const FANOUT_INLINE: usize = 64;
+
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 10;
 
@@ -331,6 +335,8 @@ impl Core {
     /// False, with nothing reserved, when a mailbox is full.
     pub(crate) fn reserve_mailboxes(&self, targets: &[Arc<str>]) -> bool {
         let cores = self.shared.mesh.len();
+        // A sliced fan-out posts this core's appends to its own mailbox too.
+        let own = targets.len() > FANOUT_INLINE;
         if let [t] = targets {
             // The common case, without the per-core tally.
             let home = home_core(t, cores);
@@ -341,12 +347,12 @@ impl Core {
             per_core[home_core(t, cores)] += 1;
         }
         for core in 0..cores {
-            if core == self.id || per_core[core] == 0 {
+            if (core == self.id && !own) || per_core[core] == 0 {
                 continue;
             }
             if !self.shared.mesh[core].try_reserve(per_core[core]) {
                 for (undo, n) in per_core.iter().enumerate().take(core) {
-                    if undo != self.id && *n > 0 {
+                    if (undo != self.id || own) && *n > 0 {
                         self.shared.mesh[undo].release(*n);
                     }
                 }
@@ -859,7 +865,10 @@ impl Core {
             device: device.clone(),
             client_msg_id: s.client_msg_id,
             group,
-            payload: s.payload,
+            // The one copy of the payload: out of the connection's read
+            // buffer (which it would otherwise pin), shared by every
+            // recipient's inbox entry and every core it travels to.
+            payload: bytes::Bytes::copy_from_slice(&s.payload),
         };
         if let Some(d) = self.device_mut(&user, &device) {
             d.dedup.map.insert(s.client_msg_id, None);
@@ -879,10 +888,14 @@ impl Core {
         let cores = self.shared.mesh.len();
         let mut local = Vec::new();
         let mut remaining = 0;
+        // A large fan-out's own appends go through this core's mailbox too,
+        // so they run in slices between other clients' I/O instead of all
+        // at once inside this connection's turn.
+        let sliced = targets.len() > FANOUT_INLINE;
         for t in targets {
             remaining += 1;
             let home = home_core(&t, cores);
-            if home == self.id {
+            if home == self.id && !sliced {
                 local.push(t);
             } else {
                 self.shared.mesh[home].post(CoreMsg::Append { origin: self.id, req, user: t, msg: msg.clone() });

@@ -544,6 +544,17 @@ async fn worker_main(
     let mut batch = Vec::new();
     loop {
         mailbox.recv_batch(&mut batch).await;
+        // In slices, with a turn for the connection tasks between them: a
+        // fan-out to a large group arrives as thousands of appends, and
+        // other clients on this core must not wait behind all of them.
+        while batch.len() > MAILBOX_SLICE {
+            let rest = batch.split_off(MAILBOX_SLICE);
+            if handle_batch(&core, &mut batch, &stop) {
+                break;
+            }
+            batch = rest;
+            yield_now().await;
+        }
         if handle_batch(&core, &mut batch, &stop) {
             break;
         }
@@ -583,6 +594,9 @@ async fn worker_main(
         "worker stopped"
     );
 }
+
+/// Mailbox messages handled before the connection tasks get a turn.
+const MAILBOX_SLICE: usize = 128;
 
 /// Handles queued cross-core messages; returns true once shutdown began.
 fn handle_batch(core: &Rc<RefCell<Core>>, batch: &mut Vec<CoreMsg>, stop: &Rc<Flag>) -> bool {

@@ -487,7 +487,7 @@ impl InboxStore for DurableStore {
             seg: active,
             off,
             len: msg.payload.len() as u32,
-            payload: Some(Bytes::copy_from_slice(&msg.payload)),
+            payload: Some(msg.payload.clone()),
         });
         let n = inbox.entries.len();
         if n > HOT_PAYLOADS {

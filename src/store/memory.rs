@@ -74,10 +74,10 @@ impl InboxStore for MemoryStore {
             Some(i) => i,
             None => self.inboxes.entry(user.into()).or_insert_with(Inbox::new),
         };
-        // A payload decoded from a connection's read buffer is a slice of a
-        // larger allocation; copying it into its own keeps retained messages
-        // from pinning whole read buffers.
-        let payload = Bytes::copy_from_slice(&msg.payload);
+        // Shared, not copied: the core copied it out of the connection's
+        // read buffer once, so a group message is held once for all of its
+        // recipients.
+        let payload = msg.payload;
         inbox.head += 1;
         inbox.entries.push_back(Stored { msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, from: msg.from, payload });
         inbox.trim(&self.retention, now_ms);

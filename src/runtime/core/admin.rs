@@ -274,9 +274,11 @@ impl Core {
         let req = ((gen as u64) << 32) | idx as u64;
         let cores = self.shared.mesh.len();
         let mut local = Vec::new();
+        // As for a SEND: a large fan-out's own appends go through the mailbox.
+        let sliced = p.targets.len() > super::FANOUT_INLINE;
         for t in p.targets {
             let home = home_core(&t, cores);
-            if home == self.id {
+            if home == self.id && !sliced {
                 local.push(t);
             } else {
                 self.shared.mesh[home].post(CoreMsg::Append { origin: self.id, req, user: t, msg: msg.clone() });
