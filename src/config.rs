@@ -246,6 +246,10 @@ pub struct StoreConfig {
     pub inbox_max_messages: u64,
     /// Age after which messages leave the inbox. Default 604800 (7 days).
     pub inbox_max_age_s: u64,
+    /// What retained messages may hold in RAM, for the whole process
+    /// (memory store: beyond it SENDs get SENDACK 5 until retention frees
+    /// room). 0 = a quarter of the machine's RAM, printed at start. Default 0.
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -258,6 +262,7 @@ impl Default for StoreConfig {
             segment_max_bytes: 64 << 20,
             inbox_max_messages: 10_000,
             inbox_max_age_s: 604_800,
+            memory_budget_bytes: 0,
         }
     }
 }
@@ -705,6 +710,9 @@ segment_max_bytes = 67108864
 # Retention per user inbox.
 inbox_max_messages = 10000
 inbox_max_age_s = 604800
+# RAM retained messages may hold (memory store: beyond it SENDACK 5);
+# 0 = a quarter of the machine's RAM, printed at start.
+memory_budget_bytes = 0
 
 [limits]
 # Unsent output per connection above which reading from it stops (TCP backpressure).

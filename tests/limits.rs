@@ -507,3 +507,28 @@ fn group_fanout_stores_the_payload_once_and_others_keep_their_latency() {
     // fan-out was sliced and shared, these round trips took seconds.
     assert!(p99 < Duration::from_millis(250), "unrelated PING p99 {p99:?} during the fan-out");
 }
+
+#[test]
+fn memory_budget_full_gets_sendack_5_and_rss_stays_bounded() {
+    // 2 workers share 4 MiB: 2 MiB per core of retained payloads.
+    let s = Config::default().set("store", "memory_budget_bytes = 4194304").set("limits", "send_rate_per_connection = 100000").start();
+    let (mut alice, _) = s.login("alice", "phone", 0);
+    let before = rss_kb(s.pid());
+    let payload = vec![b'm'; 50_000];
+    let mut statuses = Vec::new();
+    for id in 1..=400u64 {
+        // Made-up user ids on both cores, as in the attack that grew RSS by 2 GB.
+        let a = alice.send_and_ack(id, &format!("nobody{id}"), &payload);
+        statuses.push(a.status);
+    }
+    let stored = statuses.iter().filter(|&&st| st == 0).count();
+    let busy = statuses.iter().filter(|&&st| st == 5).count();
+    assert_eq!(stored + busy, 400, "{statuses:?}");
+    // 4 MiB / (50 KB + 64) ≈ 83 messages fit, minus rounding per core.
+    assert!((60..=90).contains(&stored), "{stored} stored with a 4 MiB budget");
+    let grown_kb = rss_kb(s.pid()).saturating_sub(before);
+    assert!(grown_kb < 32 * 1024, "RSS grew {grown_kb} KiB with a 4 MiB budget (20 MB were sent)");
+    // Others still work, and a SENDACK 5 is retryable: the server is alive.
+    let (mut bob, _) = s.login("bob", "phone", 0);
+    bob.ping_pong(1);
+}

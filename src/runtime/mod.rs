@@ -353,7 +353,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             (stores, rec.dedup)
         }
         None => (
-            (0..workers).map(|_| Box::new(MemoryStore::new(retention(&cfg))) as Box<dyn InboxStore + Send>).collect(),
+            {
+                let budget = memory_budget(&cfg);
+                tracing::info!(memory_budget_bytes = budget, per_core = budget / workers as u64, "memory store budget for retained messages");
+                (0..workers)
+                    .map(|_| Box::new(MemoryStore::with_budget(retention(&cfg), budget / workers as u64)) as Box<dyn InboxStore + Send>)
+                    .collect()
+            },
             (0..workers).map(|_| Vec::new()).collect(),
         ),
     };
@@ -439,6 +445,18 @@ pub fn session_limits(cfg: &Config) -> crate::proto::session::SessionLimits {
         inflight_window: s.inflight_window,
         max_frame: s.max_frame,
     }
+}
+
+/// `store.memory_budget_bytes`, with 0 resolved to a quarter of the
+/// machine's RAM (MemTotal), or 1 GiB when that cannot be read.
+pub fn memory_budget(cfg: &Config) -> u64 {
+    if cfg.store.memory_budget_bytes > 0 {
+        return cfg.store.memory_budget_bytes;
+    }
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kb.map_or(1 << 30, |kb| kb * 1024 / 4)
 }
 
 pub fn retention(cfg: &Config) -> crate::store::Retention {

@@ -31,16 +31,19 @@ impl Inbox {
         Inbox { oldest: 1, head: 0, entries: VecDeque::new() }
     }
 
-    fn trim(&mut self, r: &Retention, now_ms: u64) {
+    /// Drops what retention no longer keeps; returns the budget bytes freed.
+    fn trim(&mut self, r: &Retention, now_ms: u64) -> u64 {
+        let mut freed = 0;
         while self.entries.len() as u64 > r.max_messages {
-            self.entries.pop_front();
+            freed += self.entries.pop_front().map_or(0, |e| entry_cost(e.payload.len()));
             self.oldest += 1;
         }
         let cutoff = now_ms.saturating_sub(r.max_age_ms);
         while self.entries.front().is_some_and(|e| e.timestamp_ms < cutoff) {
-            self.entries.pop_front();
+            freed += self.entries.pop_front().map_or(0, |e| entry_cost(e.payload.len()));
             self.oldest += 1;
         }
+        freed
     }
 }
 
@@ -60,16 +63,48 @@ impl InboxRead for Inbox {
 pub struct MemoryStore {
     retention: Retention,
     inboxes: HashMap<Box<str>, Inbox>,
+    /// This core's share of `store.memory_budget_bytes`.
+    budget_bytes: u64,
+    /// What retained entries count against it.
+    used_bytes: u64,
+}
+
+/// Bytes an entry counts against the memory budget: its payload plus the
+/// entry itself and its share of the inbox's bookkeeping. A group
+/// message's payload is stored once but counted per recipient, so the
+/// budget errs on the safe side.
+fn entry_cost(payload_len: usize) -> u64 {
+    payload_len as u64 + 64
 }
 
 impl MemoryStore {
+    /// A store without a memory budget (tests, tools).
     pub fn new(retention: Retention) -> Self {
-        MemoryStore { retention, inboxes: HashMap::new() }
+        Self::with_budget(retention, u64::MAX)
+    }
+
+    /// A store whose retained entries may count at most `budget_bytes`;
+    /// beyond it appends fail with `Unavailable` (SENDACK 5, retry later)
+    /// until retention frees room.
+    pub fn with_budget(retention: Retention, budget_bytes: u64) -> Self {
+        MemoryStore { retention, inboxes: HashMap::new(), budget_bytes, used_bytes: 0 }
+    }
+
+    /// Bytes counted against the budget now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
     }
 }
 
 impl InboxStore for MemoryStore {
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        let cost = entry_cost(msg.payload.len());
+        if self.used_bytes.saturating_add(cost) > self.budget_bytes {
+            return Err(StoreError::Unavailable(format!(
+                "memory budget full ({} of {} bytes retained on this core)",
+                self.used_bytes, self.budget_bytes
+            )));
+        }
         let inbox = match self.inboxes.get_mut(user) {
             Some(i) => i,
             None => self.inboxes.entry(user.into()).or_insert_with(Inbox::new),
@@ -80,14 +115,16 @@ impl InboxStore for MemoryStore {
         let payload = msg.payload;
         inbox.head += 1;
         inbox.entries.push_back(Stored { msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, from: msg.from, payload });
-        inbox.trim(&self.retention, now_ms);
+        let freed = inbox.trim(&self.retention, now_ms);
+        self.used_bytes = (self.used_bytes + cost).saturating_sub(freed);
         Ok((inbox.head, 0))
     }
 
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead {
         match self.inboxes.get_mut(user) {
             Some(i) => {
-                i.trim(&self.retention, now_ms);
+                let freed = i.trim(&self.retention, now_ms);
+                self.used_bytes = self.used_bytes.saturating_sub(freed);
                 i
             }
             None => &EmptyInbox,
@@ -155,5 +192,33 @@ mod tests {
         assert_eq!(s.inbox("u", 5_000).bounds(), (3, 2));
         // seqs continue after everything expired
         assert_eq!(s.append("u", msg(3, 5_000), 5_000).unwrap().0, 3);
+    }
+
+    #[test]
+    fn budget_refuses_beyond_it_and_retention_frees_room() {
+        let msg = |n: usize| NewMessage {
+            msg_id: 1,
+            timestamp_ms: 0,
+            from: "a".into(),
+            device: "d".into(),
+            client_msg_id: 1,
+            group: None,
+            payload: Bytes::from(vec![0u8; n]),
+        };
+        let mut s = MemoryStore::with_budget(Retention { max_messages: 2, max_age_ms: u64::MAX }, 3 * (100 + 64));
+        s.append("u", msg(100), 0).unwrap();
+        s.append("v", msg(100), 0).unwrap();
+        s.append("w", msg(100), 0).unwrap();
+        assert_eq!(s.used_bytes(), 3 * 164);
+        let e = s.append("x", msg(100), 0).unwrap_err();
+        assert!(e.to_string().contains("memory budget"), "{e}");
+        // Nothing was stored for the refused append.
+        assert_eq!(s.peek("x").bounds(), (1, 0));
+        // Retention of "u" (2 messages) frees what it drops.
+        let mut s = MemoryStore::with_budget(Retention { max_messages: 1, max_age_ms: u64::MAX }, 2 * 164);
+        for _ in 0..10 {
+            s.append("u", msg(100), 0).unwrap();
+        }
+        assert_eq!(s.used_bytes(), 164);
     }
 }
