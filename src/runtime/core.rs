@@ -590,7 +590,20 @@ impl Core {
         match self.append_local(user, msg, wall) {
             Ok(lsn) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, origin, req)),
             Ok(_) => self.answer_appended(origin, req, Ok(0)),
-            Err(e) => self.answer_appended(origin, req, Err(e)),
+            Err(e) => {
+                self.answer_appended(origin, req, Err(e));
+                self.refuse_waiting_if_failed();
+            }
+        }
+    }
+
+    /// Once the store has failed nothing waiting for an fsync will ever be
+    /// confirmed: those SENDs are answered SENDACK 5 now (store/durable.rs,
+    /// "When the disk fails").
+    fn refuse_waiting_if_failed(&mut self) {
+        let Some(why) = self.store.failed().map(str::to_string) else { return };
+        while let Some((_, origin, req)) = self.waiting.pop_front() {
+            self.answer_appended(origin, req, Err(crate::store::StoreError::Unavailable(why.clone())));
         }
     }
 
@@ -636,6 +649,7 @@ impl Core {
             self.waiting.pop_front();
             self.answer_appended(origin, req, Ok(0));
         }
+        self.refuse_waiting_if_failed();
     }
 
     fn next_gen_pending(&mut self) -> u32 {

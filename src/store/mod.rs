@@ -7,6 +7,7 @@
 //! SENDACK may be released, once `synced_lsn()` has reached that lsn (at
 //! once in memory, after the group-committed fsync under `fsync = "always"`).
 
+pub mod disk;
 pub mod durable;
 pub mod log;
 pub mod memory;
@@ -61,6 +62,11 @@ pub trait InboxStore {
     fn on_synced(&mut self, _result: Result<u64, String>, _woken: &mut Vec<Arc<str>>) {}
     /// Periodic work: interval fsync, age retention sweep.
     fn tick(&mut self, _now_ms: u64) {}
+    /// Why the store stopped confirming (a failed fsync), if it did: the
+    /// process must drain and exit (see `durable`).
+    fn failed(&self) -> Option<&str> {
+        None
+    }
     /// Graceful shutdown: make everything written durable.
     fn shutdown(&mut self) {}
     /// Group-commit figures, for the durable store.
@@ -73,4 +79,18 @@ pub trait InboxStore {
     fn peek(&self, user: &str) -> &dyn InboxRead;
     /// Number of inboxes and retained messages (for logs and metrics).
     fn stats(&self) -> (usize, u64);
+}
+
+/// The first store failure of this process, for the runtime's exit status
+/// and readiness.
+static PROCESS_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records a store failure for the whole process (first one wins).
+pub fn record_process_failure(why: &str) {
+    let _ = PROCESS_FAILURE.set(why.to_string());
+}
+
+/// The store failure this process hit, if any: not ready, exit non-zero.
+pub fn process_failure() -> Option<&'static str> {
+    PROCESS_FAILURE.get().map(|s| s.as_str())
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::durable::{seg_id, DEntry, DInbox, DurableStore, LogSettings, SegId, Segment, HOT_PAYLOADS};
+use super::disk::DiskRef;
+use super::durable::{seg_id, DEntry, DInbox, DurableStore, FileRef, LogSettings, SegId, Segment, HOT_PAYLOADS};
 use super::log::{self, LogError, Record};
 use super::{InboxStore, NewMessage};
 use crate::runtime::mesh::home_core;
@@ -61,13 +62,37 @@ pub struct RecoverOpts<'a> {
     pub now_ms: u64,
 }
 
+/// One segment as recovery found it: its open file and what it holds,
+/// decoded into an index (no payload bytes are kept).
 struct SegData {
     id: SegId,
+    no: u32,
     dir_core: usize,
     path: PathBuf,
-    data: Vec<u8>,
-    /// Where the scan found the records (read once, indexed later).
-    records: Vec<log::Found>,
+    file: FileRef,
+    end: log::ScanEnd,
+    recs: Vec<Rec>,
+    /// Its SEGSTART: (previous segment number, its length then).
+    start: Option<(u64, u64)>,
+}
+
+enum Rec {
+    Msg(MsgRec),
+    Head { head: u64, user: Arc<str> },
+}
+
+struct MsgRec {
+    seq: u64,
+    msg_id: u64,
+    ts: u64,
+    cmid: u64,
+    user: Arc<str>,
+    from: Arc<str>,
+    device: Arc<str>,
+    group: Option<Arc<str>>,
+    /// Payload position in the file.
+    off: u64,
+    len: u32,
 }
 
 struct Ent {
@@ -78,7 +103,6 @@ struct Ent {
     seg: usize,
     off: u64,
     len: u32,
-    body_start: usize,
 }
 
 #[derive(Default)]
@@ -93,117 +117,140 @@ struct GroupSend {
     msg_id: u64,
     ts: u64,
     seg: usize,
-    payload: (usize, usize),
+    payload: (u64, u32),
     recipients: HashSet<Arc<str>>,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_path_buf(), source }
 }
 
 /// Reads `<data_dir>/log` and builds one store per worker.
 pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
+    recover_on(super::disk::real(), o)
+}
+
+/// [`recover`] over any disk (the simulation uses its own).
+pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
     let t0 = Instant::now();
     let log_dir = o.data_dir.join("log");
     let mut report = RecoveryReport::default();
     let mut segs: Vec<SegData> = Vec::new();
     let mut next_no: HashMap<usize, u32> = HashMap::new();
-
-    // 1. Read and check every segment of every core directory.
-    let mut dirs: Vec<(usize, PathBuf)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&log_dir) {
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if let Some(c) = name.to_str().and_then(|n| n.strip_prefix("core-")).and_then(|n| n.parse::<usize>().ok()) {
-                if c < 256 {
-                    dirs.push((c, e.path()));
-                }
-            }
-        }
-    }
-    dirs.sort();
-    for (core, dir) in &dirs {
-        let list = log::list_segments(dir)?;
-        let n = list.len();
-        for (i, (no, path)) in list.into_iter().enumerate() {
-            next_no.insert(*core, no);
-            let data = std::fs::read(&path).map_err(|source| LogError::Io { path: path.clone(), source })?;
-            let scan = log::scan(&path, &data, i + 1 == n)?;
-            if scan.torn_bytes > 0 {
-                tracing::warn!(path = %path.display(), bytes = scan.torn_bytes, "log: torn record at the end of the newest segment (crash mid-write): truncated");
-                truncate(&path, scan.valid_len)?;
-                report.torn.push((path.clone(), scan.torn_bytes));
-            }
-            report.records += scan.records.len() as u64;
-            report.bytes += scan.valid_len;
-            let mut data = data;
-            data.truncate(scan.valid_len as usize);
-            segs.push(SegData { id: seg_id(*core, no), dir_core: *core, path, data, records: scan.records });
-        }
-    }
-    report.segments = segs.len();
-
-    // 2. Index every record.
-    let mut intern: HashMap<String, Arc<str>> = HashMap::new();
+    let mut intern: HashMap<Box<str>, Arc<str>> = HashMap::new();
     let mut arc = |s: &str| -> Arc<str> {
         if let Some(a) = intern.get(s) {
             return a.clone();
         }
         let a: Arc<str> = Arc::from(s);
-        intern.insert(s.to_string(), a.clone());
+        intern.insert(s.into(), a.clone());
         a
     };
+
+    // 1. Scan every segment of every core directory, streaming: only the
+    //    index of each record is kept.
+    let mut dirs: Vec<(usize, PathBuf)> = Vec::new();
+    for name in disk.list(&log_dir).map_err(io_err(&log_dir))? {
+        if let Some(c) = name.strip_prefix("core-").and_then(|n| n.parse::<usize>().ok()) {
+            if c < 256 {
+                dirs.push((c, log_dir.join(&name)));
+            }
+        }
+    }
+    dirs.sort();
+    for (core, dir) in &dirs {
+        let first = segs.len();
+        // Durable frontier per segment number, from SYNCED records.
+        let mut marks: HashMap<u64, u64> = HashMap::new();
+        for (no, path) in log::list_segments(&*disk, dir)? {
+            next_no.insert(*core, no);
+            let file = disk.open(&path).map_err(io_err(&path))?;
+            let len = file.len().map_err(io_err(&path))?;
+            let mut recs = Vec::new();
+            let mut start = None;
+            let end = log::scan_with(&path, &*file, len, |offset, body| {
+                match log::decode_body(body) {
+                    Some(Record::Message(m)) => {
+                        let po = log::payload_offset_in_body(&m) as u64;
+                        recs.push(Rec::Msg(MsgRec {
+                            seq: m.seq,
+                            msg_id: m.msg_id,
+                            ts: m.timestamp_ms,
+                            cmid: m.client_msg_id,
+                            user: arc(m.user),
+                            from: arc(m.from),
+                            device: arc(m.device),
+                            group: (!m.group.is_empty()).then(|| arc(m.group)),
+                            off: offset + log::RECORD_HEADER as u64 + po,
+                            len: m.payload.len() as u32,
+                        }));
+                    }
+                    Some(Record::Head { head, user }) => recs.push(Rec::Head { head, user: arc(user) }),
+                    Some(Record::Synced { seg, upto }) => {
+                        let m = marks.entry(seg).or_default();
+                        *m = (*m).max(upto);
+                    }
+                    Some(Record::SegStart { prev, prev_len }) => start = Some((prev, prev_len)),
+                    None => {}
+                }
+                Ok(())
+            })?;
+            segs.push(SegData { id: seg_id(*core, no), no, dir_core: *core, path, file, end, recs, start });
+        }
+        settle_tears(&*disk, dir, &mut segs, first, &marks, &mut report)?;
+    }
+    report.segments = segs.len();
+    for sd in &segs {
+        report.records += sd.recs.len() as u64;
+        report.bytes += sd.end.valid_len;
+    }
+    // What recovery reads may sit only in the page cache (a process crash
+    // keeps it there): make it durable before anything new is confirmed on
+    // top of it.
+    for sd in &segs {
+        sd.file.sync().map_err(io_err(&sd.path))?;
+    }
+
+    // 2. Index every record.
     let mut users: HashMap<Arc<str>, UserAcc> = HashMap::new();
     let mut dedup: HashMap<(Arc<str>, Arc<str>), Acks> = HashMap::new();
     let mut group_sends: HashMap<(Arc<str>, Arc<str>, u64), GroupSend> = HashMap::new();
-    for (si, sd) in segs.iter().enumerate() {
-        for &f in &sd.records {
-            let body = &sd.data[f.body.0..f.body.1];
-            match log::decode_body(body) {
-                Some(Record::Message(m)) => {
-                    let user = arc(m.user);
-                    let from = arc(m.from);
-                    let device = arc(m.device);
-                    let po = log::payload_offset_in_body(&m);
-                    let acc = users.entry(user.clone()).or_default();
+    for (si, sd) in segs.iter_mut().enumerate() {
+        for r in sd.recs.drain(..) {
+            match r {
+                Rec::Msg(m) => {
+                    let acc = users.entry(m.user.clone()).or_default();
                     if m.seq >= acc.head {
                         acc.head = m.seq;
                         acc.head_seg = Some(si);
                     }
-                    acc.entries.push(Ent {
-                        seq: m.seq,
-                        msg_id: m.msg_id,
-                        ts: m.timestamp_ms,
-                        from: from.clone(),
-                        seg: si,
-                        off: (f.body.0 + po) as u64,
-                        len: m.payload.len() as u32,
-                        body_start: f.body.0 + po,
-                    });
-                    let acks = dedup.entry((from.clone(), device.clone())).or_default();
-                    if !acks.iter().rev().take(64).any(|a| a.0 == m.client_msg_id) {
-                        acks.push((m.client_msg_id, m.msg_id, m.timestamp_ms));
+                    acc.entries.push(Ent { seq: m.seq, msg_id: m.msg_id, ts: m.ts, from: m.from.clone(), seg: si, off: m.off, len: m.len });
+                    let acks = dedup.entry((m.from.clone(), m.device.clone())).or_default();
+                    if !acks.iter().rev().take(64).any(|a| a.0 == m.cmid) {
+                        acks.push((m.cmid, m.msg_id, m.ts));
                     }
-                    if !m.group.is_empty() {
-                        let g = group_sends.entry((from, device, m.client_msg_id)).or_insert_with(|| GroupSend {
-                            group: arc(m.group),
+                    if let Some(group) = m.group {
+                        let g = group_sends.entry((m.from, m.device, m.cmid)).or_insert_with(|| GroupSend {
+                            group,
                             msg_id: m.msg_id,
-                            ts: m.timestamp_ms,
+                            ts: m.ts,
                             seg: si,
-                            payload: (f.body.0 + po, f.body.1),
+                            payload: (m.off, m.len),
                             recipients: HashSet::new(),
                         });
-                        g.recipients.insert(user);
+                        g.recipients.insert(m.user);
                     }
                 }
-                Some(Record::Head { head, user }) => {
-                    let acc = users.entry(arc(user)).or_default();
+                Rec::Head { head, user } => {
+                    let acc = users.entry(user).or_default();
                     if head >= acc.head {
                         acc.head = head;
                         acc.head_seg = Some(si);
                     }
                 }
-                None => {
-                    return Err(LogError::Corrupt { path: sd.path.clone(), offset: f.offset, why: "undecodable record".into() })
-                }
             }
         }
+        sd.recs.shrink_to_fit();
     }
 
     // 3. Per user: dense seqs, retention, the hot payloads.
@@ -212,18 +259,32 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
     let mut refs: HashMap<usize, HashSet<usize>> = HashMap::new(); // seg index -> cores referencing
     let mut live: Vec<HashMap<usize, u64>> = (0..workers).map(|_| HashMap::new()).collect();
     let cutoff = o.now_ms.saturating_sub(o.settings.retention.max_age_ms);
+    let present: HashSet<(usize, u32)> = segs.iter().map(|s| (s.dir_core, s.no)).collect();
     for (user, mut acc) in users {
         acc.entries.sort_by_key(|e| e.seq);
-        for w in acc.entries.windows(2) {
-            if w[1].seq != w[0].seq + 1 {
-                let sd = &segs[w[1].seg];
+        // A gap in a user's seqs: retention trimmed the records below it
+        // and deleted the segment that held the missing ones, while an older
+        // segment survived for other users' sake. That is only possible if
+        // a segment between the two is gone; otherwise a segment is missing
+        // or damaged and recovery refuses.
+        let mut first = 0;
+        for i in 1..acc.entries.len() {
+            let (a, b) = (&acc.entries[i - 1], &acc.entries[i]);
+            if b.seq == a.seq + 1 {
+                continue;
+            }
+            let (sa, sb) = (&segs[a.seg], &segs[b.seg]);
+            let hole = sa.dir_core != sb.dir_core || (sa.no + 1..sb.no).any(|n| !present.contains(&(sa.dir_core, n)));
+            if b.seq <= a.seq || !hole {
                 return Err(LogError::Corrupt {
-                    path: sd.path.clone(),
-                    offset: w[1].off,
-                    why: format!("user {user:?}: seq goes from {} to {} (a segment is missing or damaged)", w[0].seq, w[1].seq),
+                    path: sb.path.clone(),
+                    offset: b.off,
+                    why: format!("user {user:?}: seq goes from {} to {} (a segment is missing or damaged)", a.seq, b.seq),
                 });
             }
+            first = i;
         }
+        acc.entries.drain(..first);
         // Retention, as the running store applies it.
         let mut start = 0;
         let n = acc.entries.len();
@@ -237,7 +298,13 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         let hot_from = n.saturating_sub(HOT_PAYLOADS).max(start);
         for (i, e) in acc.entries.drain(..).enumerate().skip(start) {
             let sd = &segs[e.seg];
-            let payload = (i >= hot_from).then(|| Bytes::copy_from_slice(&sd.data[e.body_start..e.body_start + e.len as usize]));
+            let payload = if i >= hot_from {
+                let mut buf = vec![0u8; e.len as usize];
+                sd.file.read_at(&mut buf, e.off).map_err(io_err(&sd.path))?;
+                Some(Bytes::from(buf))
+            } else {
+                None
+            };
             refs.entry(e.seg).or_default().insert(core);
             *live[core].entry(e.seg).or_default() += 1;
             inbox.entries.push_back(DEntry { msg_id: e.msg_id, timestamp_ms: e.ts, from: e.from, seg: sd.id, off: e.off, len: e.len, payload });
@@ -263,13 +330,12 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         }
         for si in wanted {
             let sd = &segs[si];
-            let file = std::fs::File::open(&sd.path).map_err(|source| LogError::Io { path: sd.path.clone(), source })?;
             let referencing = refs.get(&si).map_or(0, |r| r.len());
             table.insert(
                 sd.id,
                 Segment {
                     path: sd.path.clone(),
-                    file: Arc::new(file),
+                    file: sd.file.clone(),
                     live: live[core].get(&si).copied().unwrap_or(0),
                     pinned: referencing > 1 || sd.dir_core != core,
                     own: sd.dir_core == core,
@@ -277,7 +343,7 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
             );
         }
         let next = next_no.get(&core).copied().unwrap_or(0) + 1;
-        stores.push(DurableStore::new(core, &log_dir, o.settings, inboxes, table, next)?);
+        stores.push(DurableStore::with_disk(disk.clone(), core, &log_dir, o.settings, inboxes, table, next)?);
     }
 
     // 5. Group fan-outs a crash cut short: append to the members that lack it.
@@ -287,7 +353,10 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         if missing.is_empty() {
             continue;
         }
-        let payload = Bytes::copy_from_slice(&segs[g.seg].data[g.payload.0..g.payload.1]);
+        let sd = &segs[g.seg];
+        let mut buf = vec![0u8; g.payload.1 as usize];
+        sd.file.read_at(&mut buf, g.payload.0).map_err(io_err(&sd.path))?;
+        let payload = Bytes::from(buf);
         for m in &missing {
             let core = home_core(m, workers);
             let msg = NewMessage {
@@ -320,9 +389,12 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
         s.rewrite_heads(&doomed_ids)
             .map_err(|e| LogError::Io { path: log_dir.clone(), source: std::io::Error::other(e.to_string()) })?;
         s.sync_now();
+        if let Some(why) = s.failure() {
+            return Err(LogError::Io { path: log_dir.clone(), source: std::io::Error::other(why.to_string()) });
+        }
     }
     for si in doomed {
-        match std::fs::remove_file(&segs[si].path) {
+        match disk.delete(&segs[si].path) {
             Ok(()) => report.segments_deleted += 1,
             Err(e) => tracing::warn!(path = %segs[si].path.display(), error = %e, "cannot delete an expired log segment"),
         }
@@ -341,14 +413,74 @@ pub fn recover(o: &RecoverOpts<'_>) -> Result<Recovered, LogError> {
     Ok(Recovered { stores, dedup: seeds, report })
 }
 
-fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
-    let io = |source| LogError::Io { path: path.to_path_buf(), source };
-    if len < log::MAGIC.len() as u64 {
-        return std::fs::remove_file(path).map_err(io);
+/// One directory's segments (`segs[first..]`, oldest first): decides
+/// whether damage at the end of a segment is what a crash or power cut
+/// leaves, or corruption.
+///
+/// A segment is damaged when its last record is cut short (torn bytes) or
+/// when the next segment's SEGSTART says it was longer than it is. Damage
+/// in the newest segment with content is a torn tail: cut. Damage in an
+/// older one is a power cut only if nothing proves the damaged bytes were
+/// durable: no SYNCED record covers them and no later segment was ever
+/// synced (syncs complete in order, so a later segment's sync implies all
+/// of this one was durable). Then the segment is cut there and every later
+/// segment of the directory is dropped: none of it can have been
+/// confirmed under `always`. Otherwise it is corruption: refuse.
+fn settle_tears(
+    disk: &dyn super::disk::Disk,
+    dir: &Path,
+    segs: &mut Vec<SegData>,
+    first: usize,
+    marks: &HashMap<u64, u64>,
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
+    let magic = log::MAGIC.len() as u64;
+    let n = segs.len();
+    for i in first..n {
+        let sd = &segs[i];
+        let claimed = segs.get(i + 1).and_then(|next| next.start).filter(|(prev, _)| *prev == sd.no as u64).map(|(_, l)| l);
+        let short = claimed.is_some_and(|l| l > sd.end.valid_len);
+        if sd.end.torn_bytes == 0 && !short {
+            continue;
+        }
+        let later_content = segs[i + 1..].iter().any(|s| !s.recs.is_empty());
+        let later_synced = segs[i + 1..].iter().any(|s| marks.get(&(s.no as u64)).is_some_and(|&u| u > magic));
+        let proven = marks.get(&(sd.no as u64)).copied().unwrap_or(0);
+        if later_synced || sd.end.valid_len < proven {
+            return Err(LogError::Corrupt {
+                path: sd.path.clone(),
+                offset: sd.end.valid_len,
+                why: format!(
+                    "damaged record where a completed fsync had made the log durable (up to byte {}){}",
+                    if later_synced { u64::MAX } else { proven },
+                    if later_synced { ", with a later segment synced after it" } else { "" }
+                ),
+            });
+        }
+        let cut = sd.end.torn_bytes + claimed.map_or(0, |l| l.saturating_sub(sd.end.valid_len + sd.end.torn_bytes));
+        if later_content || i + 1 < n {
+            tracing::warn!(path = %sd.path.display(), bytes = cut, later_segments = n - i - 1, "log: a power cut lost the end of this segment before it was synced; cutting it there and dropping the later segments of this directory (nothing in them was confirmed under fsync = always)");
+        } else {
+            tracing::warn!(path = %sd.path.display(), bytes = sd.end.torn_bytes, "log: torn record at the end of the newest segment (crash mid-write): truncated");
+        }
+        report.torn.push((sd.path.clone(), sd.end.torn_bytes));
+        let keep = sd.end.valid_len;
+        let (path, file) = (sd.path.clone(), sd.file.clone());
+        if keep < magic {
+            disk.delete(&path).map_err(io_err(&path))?;
+            segs.remove(i);
+        } else {
+            file.set_len(keep).map_err(io_err(&path))?;
+            file.sync().map_err(io_err(&path))?;
+        }
+        let from = if keep < magic { i } else { i + 1 };
+        for later in segs.drain(from..) {
+            disk.delete(&later.path).map_err(io_err(&later.path))?;
+        }
+        disk.sync_dir(dir).map_err(io_err(dir))?;
+        return Ok(());
     }
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
-    f.set_len(len).map_err(io)?;
-    f.sync_all().map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]
