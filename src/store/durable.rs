@@ -59,6 +59,10 @@ pub const HOT_PAYLOADS: usize = 64;
 /// inboxes incrementally, never all of them in one tick.
 const SWEEP_PER_TICK: usize = 256;
 
+/// File in a core's log directory left by a failed store: recovery writes
+/// every segment out again before trusting it (see `fail`).
+pub const REWRITE_NOTE: &str = "REWRITE";
+
 /// Global segment id: directory core in the top 8 bits, file number below.
 pub type SegId = u32;
 
@@ -270,6 +274,8 @@ pub struct DurableStore {
     io: IoExec,
     next_ticket: u64,
     submitted: VecDeque<Submitted>,
+    /// Segments to unlink once the sync with that ticket completed.
+    unlink_after: VecDeque<(u64, PathBuf)>,
     /// Durable frontier per segment number of this directory, as the last
     /// SYNCED record written says.
     marked: HashMap<u32, u64>,
@@ -312,7 +318,8 @@ impl DurableStore {
         for i in inboxes.values_mut() {
             i.files = files.clone();
         }
-        let sweep_order = inboxes.keys().cloned().collect();
+        let mut sweep_order: Vec<Arc<str>> = inboxes.keys().cloned().collect();
+        sweep_order.sort();
         let mut s = DurableStore {
             core,
             disk,
@@ -338,6 +345,7 @@ impl DurableStore {
             io: IoExec::Inline,
             next_ticket: 0,
             submitted: VecDeque::new(),
+            unlink_after: VecDeque::new(),
             marked: HashMap::new(),
             failed: None,
             on_failure: None,
@@ -401,6 +409,12 @@ impl DurableStore {
             error = %why,
             "durable log failed: no SENDACK or PUSH for anything not already known durable; SENDs are refused with status 5; the process drains and exits so that recovery reads what is really on disk"
         );
+        // The page cache may still show writes the disk never got (a failed
+        // fsync marks them clean). A restart that trusts the cache would
+        // read them as durable; this note makes recovery write every
+        // segment out again first. It needs no fsync: it matters only while
+        // the cache survives, and a power cut takes both.
+        let _ = self.disk.create(&self.dir.join(REWRITE_NOTE));
         if let Some(h) = &self.on_failure {
             h(&why);
         }
@@ -452,15 +466,18 @@ impl DurableStore {
     /// is confirmed before all of it is durable. The next segment opens
     /// with a SEGSTART naming where this one ended.
     fn rotate(&mut self) -> Result<(), StoreError> {
-        let (old_no, old_len) = (self.active_no, self.active_len);
-        if let Some(f) = self.file(self.active) {
+        let (old_no, old_len, old_file) = (self.active_no, self.active_len, self.file(self.active));
+        self.open_next_segment().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        log::encode_segstart(&mut self.wbuf, old_no as u64, old_len);
+        // Submitted only now, so that whatever its completion writes (the
+        // SYNCED record) lands in the new segment: nothing may follow
+        // `old_len` in the old one.
+        if let Some(f) = old_file {
             self.submit_sync(f, old_no, old_len);
         }
         if let Some(why) = &self.failed {
             return Err(StoreError::Unavailable(why.clone()));
         }
-        self.open_next_segment().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        log::encode_segstart(&mut self.wbuf, old_no as u64, old_len);
         Ok(())
     }
 
@@ -550,6 +567,7 @@ impl DurableStore {
             }
         }
         self.mark_synced(lsn, woken);
+        self.unlink_due(ticket);
         // Say what is proven durable, for recovery (see the module doc).
         for (seg, upto) in marks {
             let known = self.marked.get(&seg).copied().unwrap_or(0);
@@ -592,36 +610,47 @@ impl DurableStore {
         if id == self.active || seg.live > 0 || seg.pinned || !seg.own || self.failed.is_some() {
             return;
         }
-        let heads: Vec<(Arc<str>, u64)> =
+        let mut heads: Vec<(Arc<str>, u64)> =
             self.inboxes.iter().filter(|(_, i)| i.head_seg == id).map(|(u, i)| (u.clone(), i.head)).collect();
-        if !heads.is_empty() {
-            for (u, h) in &heads {
-                log::encode_head(&mut self.wbuf, u, *h);
-            }
-            if self.write_out().is_err() {
-                return;
-            }
-            // The heads must be on disk before the file that proved them goes.
-            self.sync_now();
-            if self.failed.is_some() {
-                return;
-            }
+        // In a fixed order, so a seeded simulation replays byte for byte.
+        heads.sort();
+        for (u, h) in &heads {
+            log::encode_head(&mut self.wbuf, u, *h);
+        }
+        if !self.wbuf.is_empty() && self.write_out().is_err() {
+            return;
         }
         for (u, _) in heads {
             if let Some(i) = self.inboxes.get_mut(&u) {
                 i.head_seg = self.active;
             }
         }
-        if let Some(seg) = self.segs.remove(&id) {
-            if let Ok(mut t) = self.files.lock() {
-                t.remove(&id);
-            }
-            match self.disk.delete(&seg.path) {
+        let Some(seg) = self.segs.remove(&id) else { return };
+        if let Ok(mut t) = self.files.lock() {
+            t.remove(&id);
+        }
+        // The file goes only once everything written before now is durable:
+        // the HEAD records just written, and the newer records that carry a
+        // user's head past this segment. Unlinking earlier, a power cut
+        // could take both the file and the unsynced records that made it
+        // unnecessary, and confirmed seqs with them.
+        let ticket = self.next_ticket + 1;
+        self.unlink_after.push_back((ticket, seg.path));
+        if let Some(f) = self.file(self.active) {
+            self.submit_sync(f, self.active_no, self.active_len);
+        }
+    }
+
+    /// Unlinks the segments whose deletion waited for sync `ticket`.
+    fn unlink_due(&mut self, ticket: u64) {
+        while self.unlink_after.front().is_some_and(|(t, _)| *t <= ticket) {
+            let Some((_, path)) = self.unlink_after.pop_front() else { break };
+            match self.disk.delete(&path) {
                 Ok(()) => {
                     self.stats.segments_deleted += 1;
-                    tracing::info!(path = %seg.path.display(), "retention: deleted a log segment with no retained messages");
+                    tracing::info!(path = %path.display(), "retention: deleted a log segment with no retained messages");
                 }
-                Err(e) => tracing::warn!(path = %seg.path.display(), error = %e, "cannot delete an expired log segment"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an expired log segment"),
             }
         }
     }
@@ -652,8 +681,9 @@ impl DurableStore {
     /// Recovery: writes HEAD records for inboxes whose head is proven only by
     /// segments about to be deleted, and forgets those segments.
     pub fn rewrite_heads(&mut self, doomed: &std::collections::HashSet<SegId>) -> Result<(), StoreError> {
-        let heads: Vec<(Arc<str>, u64)> =
+        let mut heads: Vec<(Arc<str>, u64)> =
             self.inboxes.iter().filter(|(_, i)| doomed.contains(&i.head_seg)).map(|(u, i)| (u.clone(), i.head)).collect();
+        heads.sort();
         for (u, h) in &heads {
             log::encode_head(&mut self.wbuf, u, *h);
         }
@@ -671,6 +701,18 @@ impl DurableStore {
             t.retain(|id, _| !doomed.contains(id));
         }
         Ok(())
+    }
+
+    /// Recovery: segment `seg_no` of this core's directory is durable up to
+    /// `upto` (recovery synced it); says so in the log, as a completed sync
+    /// would, so a later recovery counts it as proven.
+    pub fn mark_durable(&mut self, seg_no: u32, upto: u64) -> Result<(), StoreError> {
+        if upto <= log::MAGIC.len() as u64 {
+            return Ok(());
+        }
+        self.marked.insert(seg_no, upto);
+        log::encode_synced(&mut self.wbuf, seg_no as u64, upto);
+        self.write_out()
     }
 
     /// The stats line for logs: inboxes, retained, fsync figures.

@@ -12,6 +12,10 @@ pub mod durable;
 pub mod log;
 pub mod memory;
 pub mod recovery;
+#[cfg(test)]
+pub mod sim_disk;
+#[cfg(test)]
+mod vopr;
 
 use std::sync::Arc;
 

@@ -160,6 +160,10 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     dirs.sort();
     for (core, dir) in &dirs {
         let first = segs.len();
+        let names = disk.list(dir).map_err(io_err(dir))?;
+        if names.iter().any(|n| n == super::durable::REWRITE_NOTE) {
+            rewrite_dir(&*disk, dir)?;
+        }
         // Durable frontier per segment number, from SYNCED records.
         let mut marks: HashMap<u64, u64> = HashMap::new();
         for (no, path) in log::list_segments(&*disk, dir)? {
@@ -208,7 +212,7 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     // keeps it there): make it durable before anything new is confirmed on
     // top of it.
     for sd in &segs {
-        sd.file.sync().map_err(io_err(&sd.path))?;
+        sync_or_note(&*disk, &sd.file, &sd.path)?;
     }
 
     // 2. Index every record.
@@ -343,10 +347,20 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
             );
         }
         let next = next_no.get(&core).copied().unwrap_or(0) + 1;
-        stores.push(DurableStore::with_disk(disk.clone(), core, &log_dir, o.settings, inboxes, table, next)?);
+        let mut st = DurableStore::with_disk(disk.clone(), core, &log_dir, o.settings, inboxes, table, next)?;
+        // Everything kept was synced above: the newest segment of this
+        // directory is proven durable to its end (and with it, by order,
+        // every older one).
+        if let Some(last) = segs.iter().filter(|s| s.dir_core == core).last() {
+            st.mark_durable(last.no, last.end.valid_len)
+                .map_err(|e| LogError::Io { path: last.path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        }
+        stores.push(st);
     }
 
     // 5. Group fan-outs a crash cut short: append to the members that lack it.
+    let mut group_sends: Vec<_> = group_sends.into_iter().collect();
+    group_sends.sort_by_key(|((from, device, cmid), g)| (from.clone(), device.clone(), *cmid, g.msg_id));
     for ((from, device, cmid), g) in group_sends {
         let Some(members) = o.groups.get(&*g.group) else { continue };
         let missing: Vec<&Arc<str>> = members.iter().filter(|m| **m != from && !g.recipients.contains(*m)).collect();
@@ -413,6 +427,42 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     Ok(Recovered { stores, dedup: seeds, report })
 }
 
+/// Syncs a segment; if that fails, leaves the rewrite note (the cache may
+/// now show what the disk does not have) and refuses to go on.
+fn sync_or_note(disk: &dyn super::disk::Disk, file: &FileRef, path: &Path) -> Result<(), LogError> {
+    file.sync().map_err(|source| {
+        if let Some(dir) = path.parent() {
+            let _ = disk.create(&dir.join(super::durable::REWRITE_NOTE));
+        }
+        LogError::Io { path: path.to_path_buf(), source }
+    })
+}
+
+/// After a failed fsync: the page cache may hold writes the disk never
+/// got, marked clean. Writing every segment out again and syncing makes
+/// what this recovery reads what is on disk; then the note goes.
+fn rewrite_dir(disk: &dyn super::disk::Disk, dir: &Path) -> Result<(), LogError> {
+    tracing::warn!(dir = %dir.display(), "log: the last run stopped on a failed fsync; writing every segment out again before trusting it");
+    let mut buf = vec![0u8; 1 << 20];
+    for (_, path) in log::list_segments(disk, dir)? {
+        let f = disk.open(&path).map_err(io_err(&path))?;
+        let len = f.len().map_err(io_err(&path))?;
+        let mut at = 0;
+        while at < len {
+            let n = ((len - at) as usize).min(buf.len());
+            f.read_at(&mut buf[..n], at).map_err(io_err(&path))?;
+            f.write_at(&buf[..n], at).map_err(io_err(&path))?;
+            at += n as u64;
+        }
+        // A cut (torn tail) the failed sync did not persist either.
+        f.set_len(len).map_err(io_err(&path))?;
+        sync_or_note(disk, &f, &path)?;
+    }
+    let note = dir.join(super::durable::REWRITE_NOTE);
+    disk.delete(&note).map_err(io_err(&note))?;
+    disk.sync_dir(dir).map_err(io_err(dir))
+}
+
 /// One directory's segments (`segs[first..]`, oldest first): decides
 /// whether damage at the end of a segment is what a crash or power cut
 /// leaves, or corruption.
@@ -471,7 +521,7 @@ fn settle_tears(
             segs.remove(i);
         } else {
             file.set_len(keep).map_err(io_err(&path))?;
-            file.sync().map_err(io_err(&path))?;
+            sync_or_note(disk, &file, &path)?;
         }
         let from = if keep < magic { i } else { i + 1 };
         for later in segs.drain(from..) {
