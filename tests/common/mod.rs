@@ -512,6 +512,8 @@ pub struct Config {
     pub segment_max_bytes: u64,
     /// `server.driver`: "auto", "uring" or "legacy".
     pub driver: &'static str,
+    /// Extra environment for the server process (fault-injection shims).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -532,6 +534,7 @@ impl Default for Config {
             fsync: "always",
             segment_max_bytes: 64 << 20,
             driver: "auto",
+            env: Vec::new(),
         }
     }
 }
@@ -717,6 +720,7 @@ impl Server {
             .arg(&cfg_path)
             .env("RUST_LOG", log_filter)
             .env("NO_COLOR", "1")
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
