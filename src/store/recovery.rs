@@ -348,12 +348,12 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
         }
         let next = next_no.get(&core).copied().unwrap_or(0) + 1;
         let mut st = DurableStore::with_disk(disk.clone(), core, &log_dir, o.settings, inboxes, table, next)?;
-        // Everything kept was synced above: the newest segment of this
-        // directory is proven durable to its end (and with it, by order,
-        // every older one).
-        if let Some(last) = segs.iter().filter(|s| s.dir_core == core).last() {
-            st.mark_durable(last.no, last.end.valid_len)
-                .map_err(|e| LogError::Io { path: last.path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        // Everything kept was synced above: say so for each segment of this
+        // directory (one small record each; the newest alone would do,
+        // but it may be about to be deleted as empty).
+        for sd in segs.iter().filter(|s| s.dir_core == core) {
+            st.mark_durable(sd.no, sd.end.valid_len)
+                .map_err(|e| LogError::Io { path: sd.path.clone(), source: std::io::Error::other(e.to_string()) })?;
         }
         stores.push(st);
     }
