@@ -124,6 +124,8 @@ struct PendingSend {
     ack: SendAck,
     remaining: u32,
     failed: bool,
+    /// A group send: its FANOUT record is closed when it completes.
+    group: bool,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -557,8 +559,23 @@ impl Core {
             d.dedup.order.push_back(s.client_msg_id);
         }
         let gen = self.next_gen_pending();
-        let idx = self.pending.insert((gen, PendingSend { user, device, ack, remaining: 0, failed: false }));
+        let group = msg.group.is_some() && !targets.is_empty();
+        let idx = self.pending.insert((gen, PendingSend { user, device, ack, remaining: 0, failed: false, group }));
         let req = ((gen as u64) << 32) | idx as u64;
+        // A group send logs its recipients (the membership now) before any
+        // copy exists anywhere, so recovery completes exactly these; the
+        // SENDACK waits for that record like for a copy.
+        let intent = match group {
+            true => match self.store.record_fanout(&msg, &targets) {
+                Ok(lsn) => Some(lsn),
+                Err(e) => {
+                    self.pending[idx].1.remaining = 1;
+                    self.on_appended(req, Err(e));
+                    return;
+                }
+            },
+            false => None,
+        };
         // Every target, local or not, answers through `Appended`, so a local
         // append under fsync "always" waits for its fsync like a remote one.
         let cores = self.shared.mesh.len();
@@ -573,11 +590,19 @@ impl Core {
                 self.shared.mesh[home].post(CoreMsg::Append { origin: self.id, req, user: t, msg: msg.clone() });
             }
         }
+        if intent.is_some() {
+            remaining += 1;
+        }
         self.pending[idx].1.remaining = remaining;
         if remaining == 0 {
             // A group whose only member is the sender: nothing to store.
             self.complete(idx);
             return;
+        }
+        match intent {
+            Some(lsn) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, self.id, req)),
+            Some(_) => self.on_appended(req, Ok(0)),
+            None => {}
         }
         for t in local {
             self.append_for(self.id, req, &t, msg.clone(), wall);
@@ -686,6 +711,10 @@ impl Core {
     fn complete(&mut self, idx: usize) {
         let (_, p) = self.pending.remove(idx);
         let ack = if p.failed { SendAck { status: sendack::RETRY, msg_id: 0, ..p.ack } } else { p.ack };
+        if p.group && !p.failed {
+            // Every copy is confirmed: recovery must not complete it again.
+            self.store.fanout_done(&p.user, &p.device, ack.client_msg_id);
+        }
         let limit = self.shared.dedup_per_device;
         let target = match self.device_mut(&p.user, &p.device) {
             Some(d) => {

@@ -715,6 +715,13 @@ impl DurableStore {
         self.write_out()
     }
 
+    /// Recovery is done: records after this belong to the new run (only
+    /// fan-outs of the last run are ever completed by a recovery).
+    pub fn mark_run_start(&mut self) -> Result<(), StoreError> {
+        log::encode_run(&mut self.wbuf);
+        self.write_out()
+    }
+
     /// The stats line for logs: inboxes, retained, fsync figures.
     pub fn durable_stats(&self) -> DurableStats {
         self.stats
@@ -802,6 +809,44 @@ impl InboxStore for DurableStore {
         }
         self.trim(&key, now_ms);
         Ok((seq, lsn))
+    }
+
+    fn record_fanout(&mut self, msg: &NewMessage, recipients: &[Arc<str>]) -> Result<u64, StoreError> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Unavailable(format!("durable log failed: {why}")));
+        }
+        if self.active_len >= self.segment_max_bytes {
+            self.rotate()?;
+        }
+        let rec = log::FanoutRec {
+            msg_id: msg.msg_id,
+            client_msg_id: msg.client_msg_id,
+            from: &msg.from,
+            device: &msg.device,
+            group: msg.group.as_deref().unwrap_or(""),
+            recipients: recipients.iter().map(|r| &**r).collect(),
+        };
+        log::encode_fanout(&mut self.wbuf, &rec);
+        self.write_out()?;
+        self.lsn_written += 1;
+        let lsn = self.lsn_written;
+        if self.policy == Fsync::Always {
+            self.request_sync();
+        } else {
+            self.lsn_synced = lsn;
+            self.dirty_since_sync = true;
+        }
+        Ok(lsn)
+    }
+
+    fn fanout_done(&mut self, from: &str, device: &str, client_msg_id: u64) {
+        if self.failed.is_some() {
+            return;
+        }
+        // Not synced on its own: if a crash takes it, recovery finds every
+        // copy present and writes it again.
+        log::encode_fandone(&mut self.wbuf, client_msg_id, from, device);
+        let _ = self.write_out();
     }
 
     fn synced_lsn(&self) -> u64 {

@@ -15,6 +15,13 @@
 //!                                         after an fsync succeeded)
 //!   4 SEGSTART: prev u64, prev_len u64   (first record of a segment: the
 //!                                         segment before it ended at prev_len)
+//!   5 FANOUT:  msg_id u64, client_msg_id u64, from str, device str, group str,
+//!              n u16, n × recipient str  (a group send's recipients, written
+//!                                         before any copy)
+//!   6 FANDONE: client_msg_id u64, from str, device str  (every copy of it
+//!                                         was confirmed)
+//!   7 RUN:     (empty)                   (a recovery finished: what follows
+//!                                         was written by the run after it)
 //! str = u16 LE length + UTF-8
 //! ```
 //!
@@ -37,6 +44,9 @@ pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_HEAD: u8 = 2;
 pub const KIND_SYNCED: u8 = 3;
 pub const KIND_SEGSTART: u8 = 4;
+pub const KIND_FANOUT: u8 = 5;
+pub const KIND_FANDONE: u8 = 6;
+pub const KIND_RUN: u8 = 7;
 
 /// Why the log could not be read or written. Operator-facing.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,22 @@ pub enum Record<'a> {
     Synced { seg: u64, upto: u64 },
     /// The segment before this one (number `prev`) ended at `prev_len`.
     SegStart { prev: u64, prev_len: u64 },
+    /// A group send's intent: its recipients (the membership at send time).
+    Fanout(FanoutRec<'a>),
+    /// Every copy of that group send was confirmed.
+    FanDone { client_msg_id: u64, from: &'a str, device: &'a str },
+    /// A recovery finished here: a new run of the server starts.
+    Run,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutRec<'a> {
+    pub msg_id: u64,
+    pub client_msg_id: u64,
+    pub from: &'a str,
+    pub device: &'a str,
+    pub group: &'a str,
+    pub recipients: Vec<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +133,43 @@ pub fn encode_synced(out: &mut Vec<u8>, seg: u64, upto: u64) {
 /// Appends a SEGSTART record: the previous segment `prev` ended at `prev_len`.
 pub fn encode_segstart(out: &mut Vec<u8>, prev: u64, prev_len: u64) {
     encode_pair(out, KIND_SEGSTART, prev, prev_len);
+}
+
+/// Appends a FANOUT record.
+pub fn encode_fanout(out: &mut Vec<u8>, f: &FanoutRec<'_>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_FANOUT);
+    out.extend_from_slice(&f.msg_id.to_le_bytes());
+    out.extend_from_slice(&f.client_msg_id.to_le_bytes());
+    for s in [f.from, f.device, f.group] {
+        put_str(out, s);
+    }
+    let n = f.recipients.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    for r in &f.recipients[..n] {
+        put_str(out, r);
+    }
+    seal(out, start);
+}
+
+/// Appends a RUN record.
+pub fn encode_run(out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_RUN);
+    seal(out, start);
+}
+
+/// Appends a FANDONE record.
+pub fn encode_fandone(out: &mut Vec<u8>, client_msg_id: u64, from: &str, device: &str) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_FANDONE);
+    out.extend_from_slice(&client_msg_id.to_le_bytes());
+    put_str(out, from);
+    put_str(out, device);
+    seal(out, start);
 }
 
 fn encode_pair(out: &mut Vec<u8>, kind: u8, a: u64, b: u64) {
@@ -174,6 +237,23 @@ pub fn decode_body(body: &[u8]) -> Option<Record<'_>> {
             let (seg, upto) = (r.u64()?, r.u64()?);
             r.b.is_empty().then_some(Record::Synced { seg, upto })
         }
+        KIND_FANOUT => {
+            let (msg_id, client_msg_id) = (r.u64()?, r.u64()?);
+            let (from, device, group) = (r.str()?, r.str()?, r.str()?);
+            let n = u16::from_le_bytes(r.b.get(..2)?.try_into().ok()?) as usize;
+            r.b = &r.b[2..];
+            let mut recipients = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                recipients.push(r.str()?);
+            }
+            r.b.is_empty().then_some(Record::Fanout(FanoutRec { msg_id, client_msg_id, from, device, group, recipients }))
+        }
+        KIND_FANDONE => {
+            let client_msg_id = r.u64()?;
+            let (from, device) = (r.str()?, r.str()?);
+            r.b.is_empty().then_some(Record::FanDone { client_msg_id, from, device })
+        }
+        KIND_RUN => r.b.is_empty().then_some(Record::Run),
         KIND_SEGSTART => {
             let (prev, prev_len) = (r.u64()?, r.u64()?);
             r.b.is_empty().then_some(Record::SegStart { prev, prev_len })

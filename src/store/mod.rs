@@ -57,6 +57,14 @@ pub trait InboxStore {
     /// Appends to `user`'s inbox; returns the new entry's seq (dense: head +
     /// 1) and its lsn (durable once `synced_lsn() >= lsn`).
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError>;
+    /// Logs a group send's intent before any copy is appended: its
+    /// recipients, the membership at send time. Returns an lsn like
+    /// `append` (the SENDACK also waits for it); 0 where nothing is logged.
+    fn record_fanout(&mut self, _msg: &NewMessage, _recipients: &[Arc<str>]) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Every copy of that group send was confirmed: recovery leaves it be.
+    fn fanout_done(&mut self, _from: &str, _device: &str, _client_msg_id: u64) {}
     /// Every append with an lsn up to this is durable per the policy.
     fn synced_lsn(&self) -> u64 {
         u64::MAX

@@ -79,6 +79,23 @@ struct SegData {
 enum Rec {
     Msg(MsgRec),
     Head { head: u64, user: Arc<str> },
+    Fanout { key: SendKey, msg_id: u64, group: Arc<str>, recipients: Vec<Arc<str>> },
+    Run,
+    FanDone(SendKey),
+}
+
+/// A SEND: (sender, device, client_msg_id).
+type SendKey = (Arc<str>, Arc<str>, u64);
+
+/// A group send's logged intent.
+struct Intent {
+    group: Arc<str>,
+    msg_id: u64,
+    recipients: Vec<Arc<str>>,
+    /// May still be in flight: logged by the last run, in the newest
+    /// segment of its directory or the one before (a fan-out completes in
+    /// moments; older ones completed, or failed and were retried).
+    eligible: bool,
 }
 
 struct MsgRec {
@@ -113,7 +130,6 @@ struct UserAcc {
 }
 
 struct GroupSend {
-    group: Arc<str>,
     msg_id: u64,
     ts: u64,
     seg: usize,
@@ -195,6 +211,16 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                         *m = (*m).max(upto);
                     }
                     Some(Record::SegStart { prev, prev_len }) => start = Some((prev, prev_len)),
+                    Some(Record::Fanout(f)) => recs.push(Rec::Fanout {
+                        key: (arc(f.from), arc(f.device), f.client_msg_id),
+                        msg_id: f.msg_id,
+                        group: arc(f.group),
+                        recipients: f.recipients.iter().map(|r| arc(r)).collect(),
+                    }),
+                    Some(Record::FanDone { client_msg_id, from, device }) => {
+                        recs.push(Rec::FanDone((arc(from), arc(device), client_msg_id)))
+                    }
+                    Some(Record::Run) => recs.push(Rec::Run),
                     None => {}
                 }
                 Ok(())
@@ -218,8 +244,24 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     // 2. Index every record.
     let mut users: HashMap<Arc<str>, UserAcc> = HashMap::new();
     let mut dedup: HashMap<(Arc<str>, Arc<str>), Acks> = HashMap::new();
-    let mut group_sends: HashMap<(Arc<str>, Arc<str>, u64), GroupSend> = HashMap::new();
+    let mut group_sends: HashMap<SendKey, GroupSend> = HashMap::new();
+    let mut intents: HashMap<SendKey, Intent> = HashMap::new();
+    let mut done: HashSet<SendKey> = HashSet::new();
+    // Per directory, the segment where the last run began (its RUN record):
+    // fan-outs logged before it were examined by that run's recovery.
+    let mut run_from: HashMap<usize, u32> = HashMap::new();
+    for sd in &segs {
+        if sd.recs.iter().any(|r| matches!(r, Rec::Run)) {
+            run_from.insert(sd.dir_core, sd.no);
+        }
+    }
+    let mut newest: HashMap<usize, u32> = HashMap::new();
+    for sd in &segs {
+        let n = newest.entry(sd.dir_core).or_default();
+        *n = (*n).max(sd.no);
+    }
     for (si, sd) in segs.iter_mut().enumerate() {
+        let last_run = run_from.get(&sd.dir_core).is_none_or(|&n| sd.no >= n);
         for r in sd.recs.drain(..) {
             match r {
                 Rec::Msg(m) => {
@@ -229,13 +271,15 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                         acc.head_seg = Some(si);
                     }
                     acc.entries.push(Ent { seq: m.seq, msg_id: m.msg_id, ts: m.ts, from: m.from.clone(), seg: si, off: m.off, len: m.len });
-                    let acks = dedup.entry((m.from.clone(), m.device.clone())).or_default();
-                    if !acks.iter().rev().take(64).any(|a| a.0 == m.cmid) {
-                        acks.push((m.cmid, m.msg_id, m.ts));
+                    // Group copies seed dedup once per SEND (below).
+                    if m.group.is_none() {
+                        let acks = dedup.entry((m.from.clone(), m.device.clone())).or_default();
+                        if !acks.iter().rev().take(64).any(|a| a.0 == m.cmid) {
+                            acks.push((m.cmid, m.msg_id, m.ts));
+                        }
                     }
-                    if let Some(group) = m.group {
+                    if m.group.is_some() {
                         let g = group_sends.entry((m.from, m.device, m.cmid)).or_insert_with(|| GroupSend {
-                            group,
                             msg_id: m.msg_id,
                             ts: m.ts,
                             seg: si,
@@ -252,9 +296,28 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                         acc.head_seg = Some(si);
                     }
                 }
+                Rec::Fanout { key, msg_id, group, recipients } => {
+                    let tail = newest.get(&sd.dir_core).is_some_and(|&n| sd.no + 1 >= n);
+                    intents.insert(key, Intent { group, msg_id, recipients, eligible: last_run && tail });
+                }
+                Rec::Run => {}
+                Rec::FanDone(key) => {
+                    done.insert(key);
+                }
             }
         }
         sd.recs.shrink_to_fit();
+    }
+
+    for (key, g) in &group_sends {
+        // Remembered from its copies, as a direct send is. Known limit: if
+        // a power cut took a FANOUT before its SENDACK while some copies
+        // survived, a retry of that SEND is answered as done and the
+        // members without a copy do not get it.
+        {
+            let acks = dedup.entry((key.0.clone(), key.1.clone())).or_default();
+            acks.push((key.2, g.msg_id, g.ts));
+        }
     }
 
     // 3. Per user: dense seqs, retention, the hot payloads.
@@ -358,37 +421,45 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
         stores.push(st);
     }
 
-    // 5. Group fan-outs a crash cut short: append to the members that lack it.
-    let mut group_sends: Vec<_> = group_sends.into_iter().collect();
-    group_sends.sort_by_key(|((from, device, cmid), g)| (from.clone(), device.clone(), *cmid, g.msg_id));
-    for ((from, device, cmid), g) in group_sends {
-        let Some(members) = o.groups.get(&*g.group) else { continue };
-        let missing: Vec<&Arc<str>> = members.iter().filter(|m| **m != from && !g.recipients.contains(*m)).collect();
-        if missing.is_empty() {
-            continue;
+    // 5. Group fan-outs a crash cut short: the FANOUT record names the
+    //    recipients (the membership at send time); each that lacks a copy
+    //    gets one, once. Only fan-outs that may still have been in flight
+    //    are looked at (see `Intent::eligible`) and not those marked done,
+    //    so a copy that retention trimmed is not delivered again; one with no copy left
+    //    at all was never confirmed (the SENDACK waits for every copy) and
+    //    its retry stores it afresh.
+    let mut keys: Vec<SendKey> = intents.iter().filter(|(k, i)| i.eligible && !done.contains(*k)).map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    for key in keys {
+        let (Some(intent), Some(g)) = (intents.get(&key), group_sends.get(&key)) else { continue };
+        let (from, device, cmid) = key.clone();
+        let missing: Vec<&Arc<str>> = intent.recipients.iter().filter(|m| !g.recipients.contains(*m)).collect();
+        if !missing.is_empty() {
+            let sd = &segs[g.seg];
+            let mut buf = vec![0u8; g.payload.1 as usize];
+            sd.file.read_at(&mut buf, g.payload.0).map_err(io_err(&sd.path))?;
+            let payload = Bytes::from(buf);
+            for m in &missing {
+                let core = home_core(m, workers);
+                let msg = NewMessage {
+                    msg_id: intent.msg_id,
+                    timestamp_ms: g.ts,
+                    from: from.clone(),
+                    device: device.clone(),
+                    client_msg_id: cmid,
+                    group: Some(intent.group.clone()),
+                    payload: payload.clone(),
+                };
+                stores[core].append(m, msg, o.now_ms).map_err(|e| LogError::Io {
+                    path: log_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            }
+            tracing::warn!(group = %intent.group, msg_id = intent.msg_id, members = missing.len(), "log: completed a group fan-out interrupted by a crash");
+            report.fanouts_completed.push((intent.group.to_string(), missing.len()));
         }
-        let sd = &segs[g.seg];
-        let mut buf = vec![0u8; g.payload.1 as usize];
-        sd.file.read_at(&mut buf, g.payload.0).map_err(io_err(&sd.path))?;
-        let payload = Bytes::from(buf);
-        for m in &missing {
-            let core = home_core(m, workers);
-            let msg = NewMessage {
-                msg_id: g.msg_id,
-                timestamp_ms: g.ts,
-                from: from.clone(),
-                device: device.clone(),
-                client_msg_id: cmid,
-                group: Some(g.group.clone()),
-                payload: payload.clone(),
-            };
-            stores[core].append(m, msg, o.now_ms).map_err(|e| LogError::Io {
-                path: log_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
-        tracing::warn!(group = %g.group, msg_id = g.msg_id, members = missing.len(), "log: completed a group fan-out interrupted by a crash");
-        report.fanouts_completed.push((g.group.to_string(), missing.len()));
+        // Complete now (made durable with everything else below).
+        stores[home_core(&from, workers)].fanout_done(&from, &device, cmid);
     }
 
     // 6. Segments with no retained entry: heads they alone prove move to
@@ -401,6 +472,7 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     let doomed_ids: HashSet<SegId> = doomed.iter().map(|&i| segs[i].id).collect();
     for s in stores.iter_mut() {
         s.rewrite_heads(&doomed_ids)
+            .and_then(|_| s.mark_run_start())
             .map_err(|e| LogError::Io { path: log_dir.clone(), source: std::io::Error::other(e.to_string()) })?;
         s.sync_now();
         if let Some(why) = s.failure() {
@@ -570,14 +642,23 @@ mod tests {
         let log_dir = d.path().join("log");
         {
             let mut st = DurableStore::new(0, &log_dir, settings(), HashMap::new(), HashMap::new(), 1).unwrap();
-            // The crash hit after bob's copy of the group message, before carol's.
+            // The crash hit after bob's copy of the group message, before
+            // carol's; dave joins the group later and must not get it.
+            let recipients: Vec<Arc<str>> = vec![Arc::from("bob"), Arc::from("carol")];
+            st.record_fanout(&msg(7, 1, Some("team")), &recipients).unwrap();
             st.append("bob", msg(7, 1, Some("team")), 1_000).unwrap();
+            // A fan-out that completed (and whose copy for erin retention
+            // trimmed since): never again.
+            let both: Vec<Arc<str>> = vec![Arc::from("bob"), Arc::from("erin")];
+            st.record_fanout(&msg(8, 9, Some("team")), &both).unwrap();
+            st.append("bob", msg(8, 9, Some("team")), 1_000).unwrap();
+            st.fanout_done("alice", "phone", 9);
             for i in 2..=4 {
                 st.append("bob", msg(7 + i, i, None), 1_000).unwrap();
             }
             st.shutdown();
         }
-        let team: Vec<Arc<str>> = ["alice", "bob", "carol"].iter().map(|s| Arc::from(*s)).collect();
+        let team: Vec<Arc<str>> = ["alice", "bob", "carol", "dave"].iter().map(|s| Arc::from(*s)).collect();
         let groups = HashMap::from([("team".to_string(), team)]);
         let mut rec = recover_in(d.path(), 1, &groups);
         assert_eq!(rec.report.fanouts_completed, vec![("team".to_string(), 1)]);
@@ -586,6 +667,8 @@ mod tests {
         let e = carol.get(1).unwrap();
         assert_eq!((e.msg_id, &e.payload[..]), (7, &b"m7"[..]));
         assert_eq!(rec.stores[0].peek("alice").bounds(), (1, 0), "the sender's inbox is not written");
+        assert_eq!(rec.stores[0].peek("dave").bounds(), (1, 0), "a member who joined later gets nothing");
+        assert_eq!(rec.stores[0].peek("erin").bounds(), (1, 0), "a completed fan-out is not completed again");
         // Dedup: the last 2 SENDs of alice/phone, oldest first.
         let seed = &rec.dedup[0][0];
         assert_eq!((&*seed.user, &*seed.device), ("alice", "phone"));

@@ -12,7 +12,9 @@
 //!   and no seq of a confirmed message ever carries another message;
 //! - under every policy, a process crash loses nothing written;
 //! - seqs stay dense (every seq between oldest and head reads back) and a
-//!   message sits in an inbox at most once;
+//!   message sits in an inbox at most once; a confirmed group copy is never
+//!   appended again (not after retention trimmed it, not to a member the
+//!   intent did not name);
 //! - dedup answers of confirmed, retained SENDs survive a restart;
 //! - after a failed fsync nothing more is confirmed, appends are refused;
 //! - recovery never refuses a log that crashes, power cuts and failed
@@ -45,6 +47,7 @@ struct Sent {
     from: Arc<str>,
     device: Arc<str>,
     cmid: u64,
+    group: bool,
 }
 
 fn payload(msg_id: u64, len: usize) -> Vec<u8> {
@@ -73,6 +76,15 @@ struct Run {
     device_log: HashMap<(Arc<str>, Arc<str>), Vec<(u64, u64)>>,
     /// synced_lsn when a store failed: it must not move after.
     failed_at: Vec<Option<u64>>,
+    /// Group sends not yet confirmed: (sender, device, cmid), (core, lsn) of
+    /// the intent and each copy.
+    groups_pending: Vec<((Arc<str>, Arc<str>, u64), Vec<(usize, u64)>)>,
+    /// Group sends whose SENDACK 0 went out.
+    groups_acked: HashSet<(Arc<str>, Arc<str>, u64)>,
+    /// Acked group sends whose FANDONE may still be only in the page cache
+    /// (by store), and those whose FANDONE a later sync covered.
+    done_unsynced: Vec<(usize, (Arc<str>, Arc<str>, u64))>,
+    done_durable: HashSet<(Arc<str>, Arc<str>, u64)>,
     trace: Vec<String>,
 }
 
@@ -117,6 +129,10 @@ impl Run {
             written: Vec::new(),
             device_log: HashMap::new(),
             failed_at: Vec::new(),
+            groups_pending: Vec::new(),
+            groups_acked: HashSet::new(),
+            done_unsynced: Vec::new(),
+            done_durable: HashSet::new(),
             trace: Vec::new(),
         };
         r.trace(format!("policy {policy:?} workers {workers} settings {:?}", r.settings));
@@ -179,6 +195,7 @@ impl Run {
         self.pending = (0..self.workers).map(|_| Vec::new()).collect();
         self.failed_at = vec![None; self.workers];
         self.written.clear();
+        self.groups_pending.clear();
     }
 
     /// After a recovery: the invariants in the module doc.
@@ -196,6 +213,28 @@ impl Run {
                 }
             }
             heads.insert(u.clone(), (oldest, head));
+            // A confirmed copy stays at its seq: never delivered again at
+            // another (a fan-out completed twice, or after retention).
+            // Known limit: a copy trimmed and its segment deleted before the
+            // send's FANDONE reached the disk, then a power cut: recovery
+            // may complete it again. Held to it: direct sends, and group
+            // sends whose FANDONE a sync covered.
+            if let Some(c) = self.confirmed.get(&u) {
+                let at: HashMap<u64, u64> = c
+                    .iter()
+                    .filter(|(_, s)| !s.group || self.done_durable.contains(&(s.from.clone(), s.device.clone(), s.cmid)))
+                    .map(|(seq, s)| (s.msg_id, *seq))
+                    .collect();
+                for seq in oldest..=head {
+                    if let Some(e) = inbox.get(seq) {
+                        if let Some(&orig) = at.get(&e.msg_id) {
+                            if orig != seq {
+                                self.fail(format!("{u}: message {} confirmed at seq {orig} delivered again at seq {seq}", e.msg_id));
+                            }
+                        }
+                    }
+                }
+            }
             if let Some(c) = self.confirmed.get(&u) {
                 for (seq, s) in c {
                     if *seq > head {
@@ -231,7 +270,7 @@ impl Run {
         for c in self.confirmed.values() {
             for s in c.values() {
                 let (oldest, _) = heads[&s.user];
-                if s.seq < oldest {
+                if s.seq < oldest || (s.group && !self.groups_acked.contains(&(s.from.clone(), s.device.clone(), s.cmid))) {
                     continue;
                 }
                 let log = &self.device_log[&(s.from.clone(), s.device.clone())];
@@ -265,17 +304,29 @@ impl Run {
                 self.confirmed.entry(s.user.clone()).or_default().insert(s.seq, s);
             }
         }
+        // A group send whose every part is durable is done (the core's
+        // SENDACK): close its intent.
+        let synced: Vec<(u64, bool)> = self.stores.iter().map(|s| (s.synced_lsn(), s.failure().is_some())).collect();
+        let mut i = 0;
+        while i < self.groups_pending.len() {
+            let all = self.groups_pending[i].1.iter().all(|(c, lsn)| *lsn <= synced[*c].0 && !synced[*c].1);
+            if all {
+                let ((from, device, cmid), _) = self.groups_pending.remove(i);
+                let home = home_core(&from, self.workers);
+                self.stores[home].fanout_done(&from, &device, cmid);
+                self.groups_acked.insert((from.clone(), device.clone(), cmid));
+                self.done_unsynced.push((home, (from, device, cmid)));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn send(&mut self) {
         let u = users();
         let sender: Arc<str> = Arc::from(format!("s{}", self.rng.below(2)));
         let device: Arc<str> = Arc::from(format!("d{}", self.rng.below(2)));
-        // Group sends exercise recovery's fan-out completion, which still
-        // guesses from current membership and re-appends copies retention
-        // trimmed (issue 10, item 5, not fixed yet): on only with
-        // RINGGATE_VOPR_GROUPS=1, where it finds exactly that.
-        let group = self.rng.one_in(6) && std::env::var_os("RINGGATE_VOPR_GROUPS").is_some();
+        let group = self.rng.one_in(6);
         let targets: Vec<Arc<str>> = if group { self.groups["g"].clone() } else { vec![u[self.rng.below(USERS as u64) as usize].clone()] };
         let cm = self.next_cmid.entry((sender.clone(), device.clone())).or_insert(0);
         *cm += 1;
@@ -285,6 +336,24 @@ impl Run {
         let big = self.rng.one_in(10);
         let len = self.rng.below(if big { 900 } else { 90 }) as usize;
         self.device_log.entry((sender.clone(), device.clone())).or_default().push((cmid, msg_id));
+        let mut parts: Vec<(usize, u64)> = Vec::new();
+        if group {
+            // As the core does: the intent first, on the sender's home core.
+            let home = home_core(&sender, self.workers);
+            let msg = NewMessage {
+                msg_id,
+                timestamp_ms: self.now_ms,
+                from: sender.clone(),
+                device: device.clone(),
+                client_msg_id: cmid,
+                group: Some(Arc::from("g")),
+                payload: Bytes::new(),
+            };
+            match self.stores[home].record_fanout(&msg, &targets) {
+                Ok(lsn) => parts.push((home, lsn)),
+                Err(_) => return self.trace(format!("send msg {msg_id}: intent refused")),
+            }
+        }
         for t in targets {
             let core = home_core(&t, self.workers);
             let msg = NewMessage {
@@ -298,10 +367,11 @@ impl Run {
             };
             match self.stores[core].append(&t, msg, self.now_ms) {
                 Ok((seq, lsn)) => {
+                    parts.push((core, lsn));
                     if self.failed_at[core].is_some() {
                         self.fail(format!("store {core} accepted an append after failing"));
                     }
-                    let s = Sent { user: t.clone(), seq, msg_id, len, from: sender.clone(), device: device.clone(), cmid };
+                    let s = Sent { user: t.clone(), seq, msg_id, len, from: sender.clone(), device: device.clone(), cmid, group };
                     self.written.push(s.clone());
                     if self.settings.policy == Fsync::Always {
                         self.pending[core].push((lsn, s));
@@ -316,11 +386,19 @@ impl Run {
                 }
             }
         }
+        if group {
+            self.groups_pending.push(((sender, device, cmid), parts));
+        }
         self.trace(format!("send msg {msg_id} cmid {cmid} group {group} len {len}"));
     }
 
     fn restart(&mut self, power_cut: bool) {
         self.stores.clear();
+        if !power_cut {
+            // The page cache survives a process crash: every FANDONE too.
+            self.done_durable.extend(self.done_unsynced.drain(..).map(|(_, k)| k));
+        }
+        self.done_unsynced.clear();
         if power_cut {
             let mut r = self.rng.clone();
             self.disk.power_cut(&mut r);
@@ -438,6 +516,11 @@ impl Run {
                 let i = self.rng.below(self.workers as u64) as usize;
                 let mut woken = Vec::new();
                 if self.stores[i].run_io(&mut woken) {
+                    // Runs the syncs queued before: FANDONEs written before
+                    // this step are covered once the next one completes.
+                    let (now, later): (Vec<_>, Vec<_>) = self.done_unsynced.drain(..).partition(|(c, _)| *c == i);
+                    self.done_unsynced = later;
+                    self.done_durable.extend(now.into_iter().map(|(_, k)| k));
                     self.trace(format!("store {i}: syncs done, synced lsn {}, failed {:?}", self.stores[i].synced_lsn(), self.stores[i].failure()));
                 }
             }
