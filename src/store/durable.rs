@@ -158,9 +158,20 @@ impl InboxRead for DInbox {
 /// with the result (tickets grow; a result covers every ticket up to it).
 type SyncJob = (FileRef, u64);
 
-/// Sends fsync requests to this core's syncer thread.
+/// Work for the per-core I/O (syncer) thread.
+enum Job {
+    Sync(SyncJob),
+    /// Create the next segment ahead of need (file, header, fsyncs of both
+    /// and of the directory), so rotation never waits for it.
+    Create { path: PathBuf, dir: PathBuf, slot: SpareSlot },
+}
+
+/// A segment created ahead by the I/O thread: `None` while in the making.
+type SpareSlot = Arc<Mutex<Option<Result<(PathBuf, FileRef), String>>>>;
+
+/// Sends work to this core's syncer thread.
 struct Syncer {
-    tx: std::sync::mpsc::Sender<SyncJob>,
+    tx: std::sync::mpsc::Sender<Job>,
 }
 
 /// Runs a batch of sync jobs in submission order: everything queued shares
@@ -186,17 +197,49 @@ fn run_batch(batch: &[SyncJob]) -> Result<u64, String> {
     result.map(|_| upto)
 }
 
+/// Creates a segment file with its magic and makes it and its directory
+/// entry durable.
+fn create_segment(disk: &dyn super::disk::Disk, path: &Path, dir: &Path) -> std::io::Result<FileRef> {
+    let f = disk.create(path)?;
+    f.write_at(log::MAGIC, 0)?;
+    f.sync()?;
+    disk.sync_dir(dir)?;
+    Ok(f)
+}
+
 impl Syncer {
     /// `done(ticket)` is called on the syncer thread after each batch.
-    fn spawn(core: usize, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
-        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+    fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let _ = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
+            let mut batch: Vec<SyncJob> = Vec::new();
             while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
+                let mut jobs = vec![first];
                 while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
+                    jobs.push(more);
                 }
-                done(run_batch(&batch));
+                for job in jobs {
+                    match job {
+                        Job::Sync(j) => batch.push(j),
+                        Job::Create { path, dir, slot } => {
+                            // Syncs queued before it complete first (order).
+                            if !batch.is_empty() {
+                                done(run_batch(&batch));
+                                batch.clear();
+                            }
+                            let made = create_segment(&*disk, &path, &dir)
+                                .map(|f| (path.clone(), f))
+                                .map_err(|e| format!("creating segment {}: {e}", path.display()));
+                            if let Ok(mut s) = slot.lock() {
+                                *s = Some(made);
+                            }
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    done(run_batch(&batch));
+                    batch.clear();
+                }
             }
         });
         Syncer { tx }
@@ -268,12 +311,13 @@ pub struct DurableStore {
     wbuf: Vec<u8>,
     lsn_written: u64,
     lsn_synced: u64,
-    syncs_in_flight: u32,
     dirty_since_sync: bool,
     unsynced: VecDeque<(u64, Arc<str>, u64)>,
     io: IoExec,
     next_ticket: u64,
     submitted: VecDeque<Submitted>,
+    /// The next segment, being created ahead on the I/O thread: (number, slot).
+    spare: Option<(u32, SpareSlot)>,
     /// Segments to unlink once the sync with that ticket completed.
     unlink_after: VecDeque<(u64, PathBuf)>,
     /// Durable frontier per segment number of this directory, as the last
@@ -339,12 +383,12 @@ impl DurableStore {
             wbuf: Vec::new(),
             lsn_written: 0,
             lsn_synced: 0,
-            syncs_in_flight: 0,
             dirty_since_sync: false,
             unsynced: VecDeque::new(),
             io: IoExec::Inline,
             next_ticket: 0,
             submitted: VecDeque::new(),
+            spare: None,
             unlink_after: VecDeque::new(),
             marked: HashMap::new(),
             failed: None,
@@ -366,7 +410,7 @@ impl DurableStore {
     /// Starts the syncer thread; `done` must route the result back to this
     /// core (it calls [`DurableStore::on_synced`] there).
     pub fn start_syncer(&mut self, done: Box<dyn Fn(Result<u64, String>) + Send>) {
-        self.io = IoExec::Thread(Syncer::spawn(self.core, done));
+        self.io = IoExec::Thread(Syncer::spawn(self.core, self.disk.clone(), done));
     }
 
     /// Queue syncs instead of running them: [`DurableStore::run_io`]
@@ -431,14 +475,33 @@ impl DurableStore {
         let no = self.active_no + 1;
         let path = self.dir.join(log::segment_name(no));
         let io = |source| LogError::Io { path: path.clone(), source };
-        let made = (|| {
-            let f = self.disk.create(&path)?;
-            f.write_at(log::MAGIC, 0)?;
-            f.sync()?;
-            // The new file's directory entry must survive a crash too.
-            self.disk.sync_dir(&self.dir)?;
-            Ok::<_, std::io::Error>(f)
-        })();
+        // The I/O thread made it ahead of need (usually); else made here.
+        let spare = self.spare.take().and_then(|(n, slot)| {
+            let ready = slot.lock().ok().and_then(|mut s| s.take());
+            match ready {
+                Some(r) if n == no => Some(r),
+                // Not ready yet (the I/O thread is behind a long fsync):
+                // wait for it rather than race it for the name; a thread
+                // that never answers fails the store.
+                None if n == no => {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        if let Some(r) = slot.lock().ok().and_then(|mut s| s.take()) {
+                            break Some(r);
+                        }
+                        if std::time::Instant::now() > deadline {
+                            break Some(Err("the I/O thread did not create the next segment within 30 s".to_string()));
+                        }
+                    }
+                }
+                _ => None,
+            }
+        });
+        let made = match spare {
+            Some(r) => r.map(|(_, f)| f).map_err(std::io::Error::other),
+            None => create_segment(&*self.disk, &path, &self.dir),
+        };
         let f = match made {
             Ok(f) => f,
             Err(e) => {
@@ -459,6 +522,18 @@ impl DurableStore {
             self.maybe_delete(old);
         }
         Ok(())
+    }
+
+    /// Asks the I/O thread to create the next segment now, so rotation
+    /// finds it ready and the core never waits for a create and its fsyncs.
+    fn prepare_spare(&mut self) {
+        let IoExec::Thread(syncer) = &self.io else { return };
+        let no = self.active_no + 1;
+        let slot = SpareSlot::default();
+        let job = Job::Create { path: self.dir.join(log::segment_name(no)), dir: self.dir.clone(), slot: slot.clone() };
+        if syncer.tx.send(job).is_ok() {
+            self.spare = Some((no, slot));
+        }
     }
 
     /// Ends the active segment: its sync is submitted ahead of anything of
@@ -510,10 +585,9 @@ impl DurableStore {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         self.submitted.push_back(Submitted { file: file.clone(), ticket, lsn: self.lsn_written, seg_no, upto });
-        self.syncs_in_flight += 1;
         match &mut self.io {
             IoExec::Deferred(q) => q.push_back((file, ticket)),
-            IoExec::Thread(s) if s.tx.send((file.clone(), ticket)).is_ok() => {}
+            IoExec::Thread(s) if s.tx.send(Job::Sync((file.clone(), ticket))).is_ok() => {}
             _ => {
                 let r = run_batch(&[(file, ticket)]);
                 let mut woken = Vec::new();
@@ -523,7 +597,10 @@ impl DurableStore {
     }
 
     fn request_sync(&mut self) {
-        if self.syncs_in_flight > 0 || self.lsn_synced >= self.lsn_written || self.failed.is_some() {
+        // One sync in flight at a time (group commit): what is written
+        // meanwhile waits for the next. In flight = submitted, not yet
+        // covered by a result (one result may cover several submissions).
+        if !self.submitted.is_empty() || self.lsn_synced >= self.lsn_written || self.failed.is_some() {
             return;
         }
         if let Some(f) = self.file(self.active) {
@@ -545,7 +622,6 @@ impl DurableStore {
         let mut batch: Vec<SyncJob> = self.submitted.iter().map(|s| (s.file.clone(), s.ticket)).collect();
         batch.push((f.clone(), ticket));
         self.submitted.push_back(Submitted { file: f, ticket, lsn: self.lsn_written, seg_no: self.active_no, upto: self.active_len });
-        self.syncs_in_flight += 1;
         let r = run_batch(&batch);
         let mut woken = Vec::new();
         self.on_synced(r, &mut woken);
@@ -744,6 +820,9 @@ impl InboxStore for DurableStore {
         if self.active_len >= self.segment_max_bytes {
             self.rotate()?;
         }
+        if self.spare.is_none() && self.active_len >= self.segment_max_bytes / 2 {
+            self.prepare_spare();
+        }
         let key: Arc<str> = match self.inboxes.get_key_value(user) {
             Some((k, _)) => k.clone(),
             None => {
@@ -854,7 +933,6 @@ impl InboxStore for DurableStore {
     }
 
     fn on_synced(&mut self, result: Result<u64, String>, woken: &mut Vec<Arc<str>>) {
-        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
         if self.failed.is_some() {
             // A sync that succeeds after one failed proves nothing: the
             // kernel may have dropped the pages the failed one could not

@@ -469,6 +469,28 @@ impl Run {
         self.restart(false);
     }
 
+    /// Liveness: with the disk answering, every append is confirmed in the
+    /// end (unless its store failed).
+    fn settle(&mut self) {
+        self.disk.fail_sync_in(0);
+        for _ in 0..100 {
+            let mut any = false;
+            for i in 0..self.stores.len() {
+                let mut woken = Vec::new();
+                any |= self.stores[i].run_io(&mut woken);
+            }
+            self.confirm();
+            if !any {
+                break;
+            }
+        }
+        for (i, p) in self.pending.iter().enumerate() {
+            if self.stores[i].failure().is_none() && !p.is_empty() {
+                self.fail(format!("store {i}: {} appends never confirmed (synced lsn {})", p.len(), self.stores[i].synced_lsn()));
+            }
+        }
+    }
+
     /// Every segment: length, valid prefix, and its SEGSTART/SYNCED records.
     fn dump(&self) -> String {
         let mut out = String::new();
@@ -566,6 +588,7 @@ fn run_seed(seed: u64) {
     for _ in 0..steps {
         r.step();
     }
+    r.settle();
     let cut = r.rng.one_in(2);
     r.restart(cut);
 }
