@@ -13,6 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// One open segment file.
+// `len` is a fallible file-system query, not a collection size.
+#[allow(clippy::len_without_is_empty)]
 pub trait DiskFile: Send + Sync {
     /// Writes all of `buf` at `off` (into the page cache: not durable).
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;

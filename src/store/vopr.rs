@@ -36,6 +36,13 @@ use crate::config::Fsync;
 use crate::runtime::mesh::home_core;
 
 const USERS: usize = 6;
+
+/// A SEND: (sender, device, client_msg_id).
+type Key = (Arc<str>, Arc<str>, u64);
+/// (sender, device).
+type Device = (Arc<str>, Arc<str>);
+/// (core, lsn) of a group send's intent and each copy.
+type Parts = Vec<(usize, u64)>;
 const DEDUP: usize = 8;
 
 #[derive(Clone, Debug)]
@@ -73,18 +80,18 @@ struct Run {
     /// Written since the last recovery (a process crash keeps these).
     written: Vec<Sent>,
     /// Every SEND per device, in order: (cmid, msg_id).
-    device_log: HashMap<(Arc<str>, Arc<str>), Vec<(u64, u64)>>,
+    device_log: HashMap<Device, Vec<(u64, u64)>>,
     /// synced_lsn when a store failed: it must not move after.
     failed_at: Vec<Option<u64>>,
     /// Group sends not yet confirmed: (sender, device, cmid), (core, lsn) of
     /// the intent and each copy.
-    groups_pending: Vec<((Arc<str>, Arc<str>, u64), Vec<(usize, u64)>)>,
+    groups_pending: Vec<(Key, Parts)>,
     /// Group sends whose SENDACK 0 went out.
-    groups_acked: HashSet<(Arc<str>, Arc<str>, u64)>,
+    groups_acked: HashSet<Key>,
     /// Acked group sends whose FANDONE may still be only in the page cache
     /// (by store), and those whose FANDONE a later sync covered.
-    done_unsynced: Vec<(usize, (Arc<str>, Arc<str>, u64))>,
-    done_durable: HashSet<(Arc<str>, Arc<str>, u64)>,
+    done_unsynced: Vec<(usize, Key)>,
+    done_durable: HashSet<Key>,
     trace: Vec<String>,
 }
 
@@ -265,7 +272,7 @@ impl Run {
         }
         // Dedup: a confirmed SEND still retained and among the device's
         // last DEDUP SENDs is remembered with its msg_id.
-        let seeds: HashMap<(Arc<str>, Arc<str>), &Vec<(u64, u64, u64)>> =
+        let seeds: HashMap<(Arc<str>, Arc<str>), &super::recovery::Acks> =
             dedup.iter().flatten().map(|d| ((d.user.clone(), d.device.clone()), &d.acks)).collect();
         for c in self.confirmed.values() {
             for s in c.values() {
@@ -402,7 +409,7 @@ impl Run {
         if power_cut {
             let mut r = self.rng.clone();
             self.disk.power_cut(&mut r);
-            self.rng.next();
+            self.rng.next_u64();
             // Under interval and never a power cut may lose what was
             // confirmed; under always only what was not.
             if self.settings.policy != Fsync::Always {
