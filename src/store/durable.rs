@@ -43,15 +43,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::disk::{DiskFile, DiskRef};
+use super::syncer::{create_segment, run_batch, IoExec, Job, SpareSlot, SyncJob, Syncer};
 use super::log::{self, LogError, MessageRec};
 use super::{InboxStore, NewMessage, Retention, StoreError};
 use crate::config::Fsync;
-use crate::proto::session::{EmptyInbox, EntryRef, InboxRead};
+use crate::proto::session::{EmptyInbox, InboxRead};
 
 /// Payloads kept in memory per inbox (at least one inflight window's worth).
 pub const HOT_PAYLOADS: usize = 64;
@@ -86,176 +87,7 @@ pub struct Segment {
     pub own: bool,
 }
 
-#[derive(Debug)]
-pub struct DEntry {
-    pub msg_id: u64,
-    pub timestamp_ms: u64,
-    pub from: Arc<str>,
-    pub seg: SegId,
-    /// Payload position in the segment file.
-    pub off: u64,
-    pub len: u32,
-    pub payload: Option<Bytes>,
-}
-
-/// Read handles of a store's segments, shared by every inbox of the store
-/// and updated in place when a segment opens or goes (no per-inbox walk).
-pub type FileTable = Arc<Mutex<HashMap<SegId, FileRef>>>;
-
-/// One user's inbox: `entries[i]` has seq `oldest + i`.
-pub struct DInbox {
-    pub oldest: u64,
-    /// Highest seq written.
-    pub head: u64,
-    /// Highest seq durable per the fsync policy: what devices may see.
-    pub visible: u64,
-    pub entries: VecDeque<DEntry>,
-    /// Segment holding the record that establishes `head`.
-    pub head_seg: SegId,
-    /// Read-back needs the segment files: shared with the store.
-    files: FileTable,
-}
-
-impl std::fmt::Debug for DInbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DInbox").field("oldest", &self.oldest).field("head", &self.head).field("visible", &self.visible).finish()
-    }
-}
-
-impl DInbox {
-    pub fn new(head: u64, head_seg: SegId) -> Self {
-        DInbox { oldest: head + 1, head, visible: head, entries: VecDeque::new(), head_seg, files: FileTable::default() }
-    }
-}
-
-impl InboxRead for DInbox {
-    fn bounds(&self) -> (u64, u64) {
-        (self.oldest.min(self.visible + 1), self.visible)
-    }
-
-    fn get(&self, seq: u64) -> Option<EntryRef<'_>> {
-        if seq > self.visible {
-            return None;
-        }
-        let e = self.entries.get(usize::try_from(seq.checked_sub(self.oldest)?).ok()?)?;
-        let payload = match &e.payload {
-            Some(p) => p.clone(),
-            None => {
-                let f = self.files.lock().ok()?.get(&e.seg)?.clone();
-                let mut buf = vec![0u8; e.len as usize];
-                if let Err(err) = f.read_at(&mut buf, e.off) {
-                    tracing::error!(error = %err, seq, "cannot read a retained message back from the log");
-                    return None;
-                }
-                Bytes::from(buf)
-            }
-        };
-        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload })
-    }
-}
-
-/// One sync the store asked for: which file, and a ticket that comes back
-/// with the result (tickets grow; a result covers every ticket up to it).
-type SyncJob = (FileRef, u64);
-
-/// Work for the per-core I/O (syncer) thread.
-enum Job {
-    Sync(SyncJob),
-    /// Create the next segment ahead of need (file, header, fsyncs of both
-    /// and of the directory), so rotation never waits for it.
-    Create { path: PathBuf, dir: PathBuf, slot: SpareSlot },
-}
-
-/// A segment created ahead by the I/O thread: `None` while in the making.
-type SpareSlot = Arc<Mutex<Option<Result<(PathBuf, FileRef), String>>>>;
-
-/// Sends work to this core's syncer thread.
-struct Syncer {
-    tx: std::sync::mpsc::Sender<Job>,
-}
-
-/// Runs a batch of sync jobs in submission order: everything queued shares
-/// one round (group commit); a file named twice is synced once. The result
-/// is the highest ticket, or the first error.
-fn run_batch(batch: &[SyncJob]) -> Result<u64, String> {
-    let mut upto = 0;
-    let mut result = Ok(());
-    let mut done_files: Vec<*const ()> = Vec::new();
-    for (f, ticket) in batch {
-        upto = upto.max(*ticket);
-        let p = Arc::as_ptr(f) as *const ();
-        if done_files.contains(&p) {
-            continue;
-        }
-        done_files.push(p);
-        if let Err(e) = f.sync() {
-            if result.is_ok() {
-                result = Err(e.to_string());
-            }
-        }
-    }
-    result.map(|_| upto)
-}
-
-/// Creates a segment file with its magic and makes it and its directory
-/// entry durable.
-fn create_segment(disk: &dyn super::disk::Disk, path: &Path, dir: &Path) -> std::io::Result<FileRef> {
-    let f = disk.create(path)?;
-    f.write_at(log::MAGIC, 0)?;
-    f.sync()?;
-    disk.sync_dir(dir)?;
-    Ok(f)
-}
-
-impl Syncer {
-    /// `done(ticket)` is called on the syncer thread after each batch.
-    fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let _ = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
-            let mut batch: Vec<SyncJob> = Vec::new();
-            while let Ok(first) = rx.recv() {
-                let mut jobs = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    jobs.push(more);
-                }
-                for job in jobs {
-                    match job {
-                        Job::Sync(j) => batch.push(j),
-                        Job::Create { path, dir, slot } => {
-                            // Syncs queued before it complete first (order).
-                            if !batch.is_empty() {
-                                done(run_batch(&batch));
-                                batch.clear();
-                            }
-                            let made = create_segment(&*disk, &path, &dir)
-                                .map(|f| (path.clone(), f))
-                                .map_err(|e| format!("creating segment {}: {e}", path.display()));
-                            if let Ok(mut s) = slot.lock() {
-                                *s = Some(made);
-                            }
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    done(run_batch(&batch));
-                    batch.clear();
-                }
-            }
-        });
-        Syncer { tx }
-    }
-}
-
-/// Where sync jobs run.
-enum IoExec {
-    /// On the calling thread, at once (recovery, tools).
-    Inline,
-    /// Queued until the owner calls [`DurableStore::run_io`] (the
-    /// simulation drives completion order and power cuts between).
-    Deferred(VecDeque<SyncJob>),
-    /// On the per-core syncer thread; results come back as messages.
-    Thread(Syncer),
-}
+pub use super::dinbox::{DEntry, DInbox, FileTable};
 
 /// Counters for logs and the benchmark.
 #[derive(Debug, Default, Clone, Copy)]

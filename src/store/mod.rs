@@ -7,11 +7,13 @@
 //! SENDACK may be released, once `synced_lsn()` has reached that lsn (at
 //! once in memory, after the group-committed fsync under `fsync = "always"`).
 
+pub mod dinbox;
 pub mod disk;
 pub mod durable;
 pub mod log;
 pub mod memory;
 pub mod recovery;
+mod syncer;
 #[cfg(test)]
 pub mod sim_disk;
 #[cfg(test)]
