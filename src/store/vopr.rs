@@ -89,7 +89,7 @@ struct Run {
     /// Group sends whose SENDACK 0 went out.
     groups_acked: HashSet<Key>,
     /// Acked group sends whose FANDONE may still be only in the page cache
-    /// (by store), and those whose FANDONE a later sync covered.
+    /// (by store), and those whose FANDONE a recovery has since synced.
     done_unsynced: Vec<(usize, Key)>,
     done_durable: HashSet<Key>,
     trace: Vec<String>,
@@ -225,7 +225,7 @@ impl Run {
             // Known limit: a copy trimmed and its segment deleted before the
             // send's FANDONE reached the disk, then a power cut: recovery
             // may complete it again. Held to it: direct sends, and group
-            // sends whose FANDONE a sync covered.
+            // sends whose FANDONE is known durable (a recovery synced it).
             if let Some(c) = self.confirmed.get(&u) {
                 let at: HashMap<u64, u64> = c
                     .iter()
@@ -402,7 +402,8 @@ impl Run {
     fn restart(&mut self, power_cut: bool) {
         self.stores.clear();
         if !power_cut {
-            // The page cache survives a process crash: every FANDONE too.
+            // The page cache survives a process crash, and recovery syncs
+            // what it keeps: every FANDONE is durable from here on.
             self.done_durable.extend(self.done_unsynced.drain(..).map(|(_, k)| k));
         }
         self.done_unsynced.clear();
@@ -545,11 +546,6 @@ impl Run {
                 let i = self.rng.below(self.workers as u64) as usize;
                 let mut woken = Vec::new();
                 if self.stores[i].run_io(&mut woken) {
-                    // Runs the syncs queued before: FANDONEs written before
-                    // this step are covered once the next one completes.
-                    let (now, later): (Vec<_>, Vec<_>) = self.done_unsynced.drain(..).partition(|(c, _)| *c == i);
-                    self.done_unsynced = later;
-                    self.done_durable.extend(now.into_iter().map(|(_, k)| k));
                     self.trace(format!("store {i}: syncs done, synced lsn {}, failed {:?}", self.stores[i].synced_lsn(), self.stores[i].failure()));
                 }
             }
