@@ -200,7 +200,9 @@ impl Default for Health {
 impl Health {
     /// Why the process is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<&'static str> {
-        if self.storage_failed.load(Relaxed) {
+        // Any failed fsync (data file, new segment, directory) fails the
+        // store for good (store/durable.rs, "When the disk fails").
+        if self.storage_failed.load(Relaxed) || crate::store::process_failure().is_some() {
             Some("storage failure")
         } else if self.draining.load(Relaxed) {
             Some("draining")

@@ -167,10 +167,10 @@ fn fsync_comments_agree_with_readme() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     // interval: power loss loses up to the interval, a process crash nothing.
     assert!(text.contains("a power loss loses up to that much") && text.contains("a process crash nothing"), "{text}");
-    assert!(readme.contains("up to `fsync_interval_ms` of SENDACKed messages on power loss (nothing on a process crash"));
+    assert!(readme.contains("what the last completed interval fsync (`fsync_interval_ms`) covered; may lose up to that much confirmed"));
     // never: the writeback delay, ~30 s, on power loss.
     assert!(text.contains("writeback delay (~30 s)"));
-    assert!(readme.contains("up to the kernel's writeback delay (~30 s) on power loss"));
+    assert!(readme.contains("keeps what the kernel had written back (~30 s behind)"));
     assert!(!text.contains("a crash loses up to that much"), "the old wording is gone");
 }
 

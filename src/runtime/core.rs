@@ -169,6 +169,8 @@ struct PendingSend {
     received: Instant,
     /// Set for an admin publish: who waits for the answer, and the seqs so far.
     admin: Option<Box<admin::PublishWait>>,
+    /// A group send: its FANOUT record is closed when it completes.
+    group: bool,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -360,6 +362,19 @@ impl Core {
             }
         }
         true
+    }
+
+    /// Gives back what `reserve_mailboxes` reserved for `targets` when the
+    /// message is not posted after all.
+    pub(crate) fn release_mailboxes(&self, targets: &[Arc<str>]) {
+        let cores = self.shared.mesh.len();
+        let own = targets.len() > FANOUT_INLINE;
+        for t in targets {
+            let home = home_core(t, cores);
+            if home != self.id || own {
+                self.shared.mesh[home].release(1);
+            }
+        }
     }
 
     /// Counts one refusal by a limit (`ringgate_rejections_total{reason}`).
@@ -875,14 +890,31 @@ impl Core {
             d.dedup.order.push_back(s.client_msg_id);
         }
         let gen = self.next_gen_pending();
+        let group = msg.group.is_some() && !targets.is_empty();
         let idx = self.pending.insert((
             gen,
-            PendingSend { origin: Some(key), user, device, ack, remaining: 0, failed: false, received, admin: None },
+            PendingSend { origin: Some(key), user, device, ack, remaining: 0, failed: false, received, admin: None, group },
         ));
         if let Some(c) = self.conn(key) {
             c.sends_in_flight += 1;
         }
         let req = ((gen as u64) << 32) | idx as u64;
+        // A group send logs its recipients (the membership now) before any
+        // copy exists anywhere, so recovery completes exactly these; the
+        // SENDACK waits for that record like for a copy.
+        let intent = match group {
+            true => match self.store.record_fanout(&msg, &targets) {
+                Ok(lsn) => Some(lsn),
+                Err(e) => {
+                    // No copy was posted: give the mailbox room back.
+                    self.release_mailboxes(&targets);
+                    self.pending[idx].1.remaining = 1;
+                    self.on_appended(req, msg.from.clone(), Err(e));
+                    return;
+                }
+            },
+            false => None,
+        };
         // Every target, local or not, answers through `Appended`, so a local
         // append under fsync "always" waits for its fsync like a remote one.
         let cores = self.shared.mesh.len();
@@ -901,11 +933,20 @@ impl Core {
                 self.shared.mesh[home].post(CoreMsg::Append { origin: self.id, req, user: t, msg: msg.clone() });
             }
         }
+        if intent.is_some() {
+            remaining += 1;
+        }
         self.pending[idx].1.remaining = remaining;
         if remaining == 0 {
             // A group whose only member is the sender: nothing to store.
             self.complete(idx);
             return;
+        }
+        // The intent record answers like a copy (as the sender, seq 0).
+        match intent {
+            Some(lsn) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, self.id, req, msg.from.clone(), 0)),
+            Some(_) => self.on_appended(req, msg.from.clone(), Ok(0)),
+            None => {}
         }
         for t in local {
             self.append_for(self.id, req, &t, msg.clone(), wall);
@@ -918,7 +959,20 @@ impl Core {
         match self.append_local(user, msg, wall) {
             Ok((seq, lsn)) if lsn > self.store.synced_lsn() => self.waiting.push_back((lsn, origin, req, user.clone(), seq)),
             Ok((seq, _)) => self.answer_appended(origin, req, user.clone(), Ok(seq)),
-            Err(e) => self.answer_appended(origin, req, user.clone(), Err(e)),
+            Err(e) => {
+                self.answer_appended(origin, req, user.clone(), Err(e));
+                self.refuse_waiting_if_failed();
+            }
+        }
+    }
+
+    /// Once the store has failed nothing waiting for an fsync will ever be
+    /// confirmed: those SENDs are answered SENDACK 5 now (store/durable.rs,
+    /// "When the disk fails").
+    fn refuse_waiting_if_failed(&mut self) {
+        let Some(why) = self.store.failed().map(str::to_string) else { return };
+        while let Some((_, origin, req, user, _)) = self.waiting.pop_front() {
+            self.answer_appended(origin, req, user, Err(crate::store::StoreError::Unavailable(why.clone())));
         }
     }
 
@@ -969,6 +1023,7 @@ impl Core {
             let Some((_, origin, req, user, seq)) = self.waiting.pop_front() else { break };
             self.answer_appended(origin, req, user, Ok(seq));
         }
+        self.refuse_waiting_if_failed();
     }
 
     fn next_gen_pending(&mut self) -> u32 {
@@ -1020,6 +1075,10 @@ impl Core {
         m.sendack.observe(p.received.elapsed());
         if p.failed {
             m.rejections[crate::metrics::REJ_BUSY].inc();
+        }
+        if p.group && !p.failed {
+            // Every copy is confirmed: recovery must not complete it again.
+            self.store.fanout_done(&p.user, &p.device, ack.client_msg_id);
         }
         let limit = self.shared.dedup_per_device;
         let target = match self.device_mut(&p.user, &p.device) {

@@ -78,6 +78,8 @@ pub enum ServeError {
     Worker(usize, std::io::Error),
     #[error("durable log: {0}")]
     Log(#[from] crate::store::log::LogError),
+    #[error("durable log failed ({0}); stopped so that recovery reads what is really on disk")]
+    StoreFailed(String),
     #[error("data directory {path} is in use by another ringgate process{holder}; stop it or use another store.data_dir")]
     Locked { path: std::path::PathBuf, holder: String },
     #[error("data directory {path}: {source}")]
@@ -348,6 +350,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             for (id, mut st) in rec.stores.into_iter().enumerate() {
                 let mesh = mesh.clone();
                 st.start_syncer(Box::new(move |r| mesh[id].post(CoreMsg::Synced(r))));
+                st.on_failure(Box::new(on_store_failure));
                 stores.push(Box::new(st));
             }
             (stores, rec.dedup)
@@ -398,8 +401,20 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     for h in handles {
         let _ = h.join();
     }
+    if let Some(why) = crate::store::process_failure() {
+        return Err(ServeError::StoreFailed(why.to_string()));
+    }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// A core's durable log failed (an fsync error): remember it for the exit
+/// status and start the same drain as SIGTERM, so the supervisor restarts
+/// the process and recovery reads what is really on disk.
+fn on_store_failure(why: &str) {
+    crate::store::record_process_failure(why);
+    // SAFETY: kill(2) on our own pid; the main thread waits for it in sigwait.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
 /// Pins the calling thread to one CPU, so its runtime, its connections'

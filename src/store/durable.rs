@@ -10,6 +10,28 @@
 //! its SENDACK is released only once its fsync completed; under `interval`
 //! and `never` at once, with what that can lose documented in the README.
 //!
+//! ## When the disk fails
+//!
+//! A failed fsync is final for this process. On Linux the kernel may have
+//! dropped the dirty pages it could not write and mark them clean, so a
+//! retry that "succeeds" proves nothing ("fsyncgate"; PostgreSQL panics
+//! for the same reason). The store enters a failed state: it confirms
+//! nothing past what a sync had already proven durable before the failure
+//! (no SENDACK 0, no PUSH under `always`), refuses every append (SENDACK
+//! 5), and calls its failure hook, which drains and stops the process with
+//! a non-zero exit so that recovery reads what is really on disk.
+//!
+//! ## Ordering that recovery relies on
+//!
+//! Syncs complete in the order they were submitted (one syncer per core,
+//! FIFO). Rotation submits the old segment's sync before anything of the
+//! new one, so no record of segment N+1 is confirmed before all of N is
+//! durable. After each successful sync a SYNCED record names the segment
+//! and the byte it is durable up to; each new segment starts with a
+//! SEGSTART record giving the length its predecessor ended at. Recovery
+//! uses both to tell a power cut (damage past what was proven durable: cut
+//! there, drop what follows) from corruption (damage inside it: refuse).
+//!
 //! Memory: the index keeps ~60 bytes per retained message (ids, time,
 //! sender, file position); payloads are kept only for the newest
 //! `HOT_PAYLOADS` entries of each inbox (what online devices are being
@@ -20,23 +42,27 @@
 //! the same behaviour; the write itself stays on the core.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::disk::{DiskFile, DiskRef};
+use super::syncer::{create_segment, run_batch, IoExec, Job, SpareSlot, SyncJob, Syncer};
 use super::log::{self, LogError, MessageRec};
 use super::{InboxStore, NewMessage, Retention, StoreError};
 use crate::config::Fsync;
-use crate::proto::session::{EmptyInbox, EntryRef, InboxRead};
+use crate::proto::session::{EmptyInbox, InboxRead};
 
 /// Payloads kept in memory per inbox (at least one inflight window's worth).
 pub const HOT_PAYLOADS: usize = 64;
-/// How often age retention sweeps every inbox (ms).
-const SWEEP_MS: u64 = 5_000;
+/// Inboxes the age-retention sweep looks at per tick: the sweep walks the
+/// inboxes incrementally, never all of them in one tick.
+const SWEEP_PER_TICK: usize = 256;
+
+/// File in a core's log directory left by a failed store: recovery writes
+/// every segment out again before trusting it (see `fail`).
+pub const REWRITE_NOTE: &str = "REWRITE";
 
 /// Global segment id: directory core in the top 8 bits, file number below.
 pub type SegId = u32;
@@ -45,10 +71,13 @@ pub fn seg_id(dir_core: usize, no: u32) -> SegId {
     ((dir_core as u32) << 24) | (no & 0x00ff_ffff)
 }
 
+/// A shared, open segment file.
+pub type FileRef = Arc<dyn DiskFile>;
+
 /// A segment file this core writes or reads.
 pub struct Segment {
     pub path: PathBuf,
-    pub file: Arc<File>,
+    pub file: FileRef,
     /// Retained entries (of this core's inboxes) in this segment.
     pub live: u64,
     /// Referenced by another core's inboxes (after a change of worker
@@ -58,103 +87,7 @@ pub struct Segment {
     pub own: bool,
 }
 
-#[derive(Debug)]
-pub struct DEntry {
-    pub msg_id: u64,
-    pub timestamp_ms: u64,
-    pub from: Arc<str>,
-    pub seg: SegId,
-    /// Payload position in the segment file.
-    pub off: u64,
-    pub len: u32,
-    pub payload: Option<Bytes>,
-}
-
-/// One user's inbox: `entries[i]` has seq `oldest + i`.
-#[derive(Debug)]
-pub struct DInbox {
-    pub oldest: u64,
-    /// Highest seq written.
-    pub head: u64,
-    /// Highest seq durable per the fsync policy: what devices may see.
-    pub visible: u64,
-    pub entries: VecDeque<DEntry>,
-    /// Segment holding the record that establishes `head`.
-    pub head_seg: SegId,
-    /// Read-back needs the segment files: shared with the store.
-    files: Arc<HashMap<SegId, Arc<File>>>,
-}
-
-impl DInbox {
-    pub fn new(head: u64, head_seg: SegId) -> Self {
-        DInbox { oldest: head + 1, head, visible: head, entries: VecDeque::new(), head_seg, files: Arc::default() }
-    }
-}
-
-impl InboxRead for DInbox {
-    fn bounds(&self) -> (u64, u64) {
-        (self.oldest.min(self.visible + 1), self.visible)
-    }
-
-    fn get(&self, seq: u64) -> Option<EntryRef<'_>> {
-        if seq > self.visible {
-            return None;
-        }
-        let e = self.entries.get(usize::try_from(seq.checked_sub(self.oldest)?).ok()?)?;
-        let payload = match &e.payload {
-            Some(p) => p.clone(),
-            None => {
-                let f = self.files.get(&e.seg)?;
-                let mut buf = vec![0u8; e.len as usize];
-                if let Err(err) = f.read_exact_at(&mut buf, e.off) {
-                    tracing::error!(error = %err, seq, "cannot read a retained message back from the log");
-                    return None;
-                }
-                Bytes::from(buf)
-            }
-        };
-        Some(EntryRef { msg_id: e.msg_id, timestamp_ms: e.timestamp_ms, from: &e.from, payload })
-    }
-}
-
-/// Sends fsync requests to this core's syncer thread.
-struct Syncer {
-    tx: std::sync::mpsc::Sender<(Arc<File>, u64)>,
-}
-
-impl Syncer {
-    /// `done(lsn)` is called on the syncer thread after each fsync.
-    fn spawn(core: usize, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
-        let (tx, rx) = std::sync::mpsc::channel::<(Arc<File>, u64)>();
-        let _ = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                // Group commit: everything queued meanwhile shares this round.
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let mut upto = 0;
-                let mut result = Ok(());
-                let started = std::time::Instant::now();
-                let mut done_files: Vec<*const File> = Vec::new();
-                for (f, lsn) in batch.iter().rev() {
-                    upto = upto.max(*lsn);
-                    let p = Arc::as_ptr(f);
-                    if done_files.contains(&p) {
-                        continue;
-                    }
-                    done_files.push(p);
-                    if let Err(e) = f.sync_data() {
-                        result = Err(e.to_string());
-                    }
-                }
-                crate::metrics::record_fsync(core, started.elapsed());
-                done(result.map(|_| upto));
-            }
-        });
-        Syncer { tx }
-    }
-}
+pub use super::dinbox::{DEntry, DInbox, FileTable};
 
 /// Counters for logs and the benchmark.
 #[derive(Debug, Default, Clone, Copy)]
@@ -174,29 +107,56 @@ pub struct LogSettings {
     pub retention: Retention,
 }
 
+/// Called once when the store enters its failed state (the runtime drains
+/// and exits non-zero).
+pub type FailureHook = Box<dyn Fn(&str) + Send>;
+
+/// A submitted sync: its ticket, the lsn it covers, and the segment and
+/// byte it makes durable.
+struct Submitted {
+    file: FileRef,
+    ticket: u64,
+    lsn: u64,
+    seg_no: u32,
+    upto: u64,
+}
+
 /// All inboxes of the users homed on one core, over the log.
 pub struct DurableStore {
     core: usize,
+    disk: DiskRef,
     dir: PathBuf,
     policy: Fsync,
     fsync_interval_ms: u64,
     segment_max_bytes: u64,
     retention: Retention,
     inboxes: HashMap<Arc<str>, DInbox>,
+    /// Every inbox key, in creation order: the incremental sweep's cursor
+    /// runs over it (inboxes are never removed).
+    sweep_order: Vec<Arc<str>>,
+    sweep_at: usize,
     segs: HashMap<SegId, Segment>,
-    /// Read handles shared with every inbox (rebuilt when segments change).
-    files: Arc<HashMap<SegId, Arc<File>>>,
+    files: FileTable,
     active: SegId,
     active_no: u32,
     active_len: u64,
     wbuf: Vec<u8>,
     lsn_written: u64,
     lsn_synced: u64,
-    sync_in_flight: bool,
     dirty_since_sync: bool,
     unsynced: VecDeque<(u64, Arc<str>, u64)>,
-    syncer: Option<Syncer>,
-    last_sweep_ms: u64,
+    io: IoExec,
+    next_ticket: u64,
+    submitted: VecDeque<Submitted>,
+    /// The next segment, being created ahead on the I/O thread: (number, slot).
+    spare: Option<(u32, SpareSlot)>,
+    /// Segments to unlink once the sync with that ticket completed.
+    unlink_after: VecDeque<(u64, PathBuf)>,
+    /// Durable frontier per segment number of this directory, as the last
+    /// SYNCED record written says.
+    marked: HashMap<u32, u64>,
+    failed: Option<String>,
+    on_failure: Option<FailureHook>,
     last_interval_sync_ms: u64,
     lsn_at_interval_sync: u64,
     pub stats: DurableStats,
@@ -213,34 +173,68 @@ impl DurableStore {
         segs: HashMap<SegId, Segment>,
         next_no: u32,
     ) -> Result<Self, LogError> {
+        Self::with_disk(super::disk::real(), core, log_dir, settings, inboxes, segs, next_no)
+    }
+
+    /// [`DurableStore::new`] over any [`super::disk::Disk`].
+    pub fn with_disk(
+        disk: DiskRef,
+        core: usize,
+        log_dir: &Path,
+        settings: LogSettings,
+        inboxes: HashMap<Arc<str>, DInbox>,
+        segs: HashMap<SegId, Segment>,
+        next_no: u32,
+    ) -> Result<Self, LogError> {
         let LogSettings { policy, fsync_interval_ms, segment_max_bytes, retention } = settings;
         let dir = log_dir.join(format!("core-{core}"));
-        std::fs::create_dir_all(&dir).map_err(|source| LogError::Io { path: dir.clone(), source })?;
+        disk.create_dir_all(&dir).map_err(|source| LogError::Io { path: dir.clone(), source })?;
+        let files = FileTable::default();
+        let mut inboxes = inboxes;
+        for i in inboxes.values_mut() {
+            i.files = files.clone();
+        }
+        let mut sweep_order: Vec<Arc<str>> = inboxes.keys().cloned().collect();
+        sweep_order.sort();
         let mut s = DurableStore {
             core,
+            disk,
             dir,
             policy,
             fsync_interval_ms,
             segment_max_bytes,
             retention,
             inboxes,
+            sweep_order,
+            sweep_at: 0,
             segs,
-            files: Arc::default(),
+            files,
             active: 0,
             active_no: next_no.saturating_sub(1),
             active_len: 0,
             wbuf: Vec::new(),
             lsn_written: 0,
             lsn_synced: 0,
-            sync_in_flight: false,
             dirty_since_sync: false,
             unsynced: VecDeque::new(),
-            syncer: None,
-            last_sweep_ms: 0,
+            io: IoExec::Inline,
+            next_ticket: 0,
+            submitted: VecDeque::new(),
+            spare: None,
+            unlink_after: VecDeque::new(),
+            marked: HashMap::new(),
+            failed: None,
+            on_failure: None,
             last_interval_sync_ms: 0,
             lsn_at_interval_sync: 0,
             stats: DurableStats::default(),
         };
+        {
+            let mut t = s.files.lock().map_err(|_| LogError::Io { path: s.dir.clone(), source: std::io::Error::other("file table poisoned") })?;
+            for (id, seg) in &s.segs {
+                t.insert(*id, seg.file.clone());
+            }
+        }
         s.open_next_segment()?;
         Ok(s)
     }
@@ -248,82 +242,251 @@ impl DurableStore {
     /// Starts the syncer thread; `done` must route the result back to this
     /// core (it calls [`DurableStore::on_synced`] there).
     pub fn start_syncer(&mut self, done: Box<dyn Fn(Result<u64, String>) + Send>) {
-        self.syncer = Some(Syncer::spawn(self.core, done));
+        self.io = IoExec::Thread(Syncer::spawn(self.core, self.disk.clone(), done));
     }
 
+    /// Queue syncs instead of running them: [`DurableStore::run_io`]
+    /// completes them (for the simulation).
+    pub fn defer_io(&mut self) {
+        self.io = IoExec::Deferred(VecDeque::new());
+    }
+
+    /// Sets what to call when the store fails (once).
+    pub fn on_failure(&mut self, hook: FailureHook) {
+        self.on_failure = Some(hook);
+    }
+
+    /// Deferred mode: runs every queued sync as one batch and applies the
+    /// result; false if nothing was queued.
+    pub fn run_io(&mut self, woken: &mut Vec<Arc<str>>) -> bool {
+        let IoExec::Deferred(q) = &mut self.io else { return false };
+        if q.is_empty() {
+            return false;
+        }
+        let batch: Vec<SyncJob> = q.drain(..).collect();
+        let r = run_batch(&batch);
+        self.on_synced(r, woken);
+        true
+    }
+
+    /// Why the store failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Enters the failed state (idempotent): from now on nothing is
+    /// confirmed, nothing appended. See the module doc.
+    fn fail(&mut self, why: String) {
+        if self.failed.is_some() {
+            return;
+        }
+        tracing::error!(
+            core = self.core,
+            error = %why,
+            "durable log failed: no SENDACK or PUSH for anything not already known durable; SENDs are refused with status 5; the process drains and exits so that recovery reads what is really on disk"
+        );
+        // The page cache may still show writes the disk never got (a failed
+        // fsync marks them clean). A restart that trusts the cache would
+        // read them as durable; this note makes recovery write every
+        // segment out again first. It needs no fsync: it matters only while
+        // the cache survives, and a power cut takes both.
+        let _ = self.disk.create(&self.dir.join(REWRITE_NOTE));
+        if let Some(h) = &self.on_failure {
+            h(&why);
+        }
+        self.failed = Some(why);
+    }
+
+    fn file(&self, id: SegId) -> Option<FileRef> {
+        self.segs.get(&id).map(|s| s.file.clone())
+    }
+
+    /// Creates the next segment with its magic and makes it and its
+    /// directory entry durable; any failure there fails the store.
     fn open_next_segment(&mut self) -> Result<(), LogError> {
         let no = self.active_no + 1;
         let path = self.dir.join(log::segment_name(no));
         let io = |source| LogError::Io { path: path.clone(), source };
-        let mut f = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&path).map_err(io)?;
-        f.write_all(log::MAGIC).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        // The new file's directory entry must survive a crash too.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        // The I/O thread made it ahead of need (usually); else made here.
+        let spare = self.spare.take().and_then(|(n, slot)| {
+            let ready = slot.lock().ok().and_then(|mut s| s.take());
+            match ready {
+                Some(r) if n == no => Some(r),
+                // Not ready yet (the I/O thread is behind a long fsync):
+                // wait for it rather than race it for the name; a thread
+                // that never answers fails the store.
+                None if n == no => {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        if let Some(r) = slot.lock().ok().and_then(|mut s| s.take()) {
+                            break Some(r);
+                        }
+                        if std::time::Instant::now() > deadline {
+                            break Some(Err("the I/O thread did not create the next segment within 30 s".to_string()));
+                        }
+                    }
+                }
+                _ => None,
+            }
+        });
+        let made = match spare {
+            Some(r) => r.map(|(_, f)| f).map_err(std::io::Error::other),
+            None => create_segment(&*self.disk, &path, &self.dir),
+        };
+        let f = match made {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail(format!("creating segment {}: {e}", path.display()));
+                return Err(io(e));
+            }
+        };
         let id = seg_id(self.core, no);
         let old = self.active;
-        self.segs.insert(id, Segment { path, file: Arc::new(f), live: 0, pinned: false, own: true });
+        if let Ok(mut t) = self.files.lock() {
+            t.insert(id, f.clone());
+        }
+        self.segs.insert(id, Segment { path, file: f, live: 0, pinned: false, own: true });
         self.active = id;
         self.active_no = no;
         self.active_len = log::MAGIC.len() as u64;
-        self.refresh_files();
         if old != 0 && old != id {
             self.maybe_delete(old);
         }
         Ok(())
     }
 
-    fn refresh_files(&mut self) {
-        let files: HashMap<SegId, Arc<File>> = self.segs.iter().map(|(k, s)| (*k, s.file.clone())).collect();
-        self.files = Arc::new(files);
-        for i in self.inboxes.values_mut() {
-            i.files = self.files.clone();
+    /// Asks the I/O thread to create the next segment now, so rotation
+    /// finds it ready and the core never waits for a create and its fsyncs.
+    fn prepare_spare(&mut self) {
+        let IoExec::Thread(syncer) = &self.io else { return };
+        let no = self.active_no + 1;
+        let slot = SpareSlot::default();
+        let job = Job::Create { path: self.dir.join(log::segment_name(no)), dir: self.dir.clone(), slot: slot.clone() };
+        if syncer.tx.send(job).is_ok() {
+            self.spare = Some((no, slot));
         }
+    }
+
+    /// Ends the active segment: its sync is submitted ahead of anything of
+    /// the next one (syncs complete in order), so nothing written after this
+    /// is confirmed before all of it is durable. The next segment opens
+    /// with a SEGSTART naming where this one ended.
+    fn rotate(&mut self) -> Result<(), StoreError> {
+        let (old_no, old_len, old_file) = (self.active_no, self.active_len, self.file(self.active));
+        self.open_next_segment().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        log::encode_segstart(&mut self.wbuf, old_no as u64, old_len);
+        // Submitted only now, so that whatever its completion writes (the
+        // SYNCED record) lands in the new segment: nothing may follow
+        // `old_len` in the old one.
+        if let Some(f) = old_file {
+            self.submit_sync(f, old_no, old_len);
+        }
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        Ok(())
     }
 
     /// Writes `wbuf` to the active segment; on failure the file is cut back
     /// so a half-written record never sits in front of later ones.
     fn write_out(&mut self) -> Result<(), StoreError> {
-        let seg = self.segs.get(&self.active).ok_or_else(|| StoreError::Unavailable("no active segment".into()))?;
-        if let Err(e) = seg.file.write_all_at(&self.wbuf, self.active_len) {
-            let _ = seg.file.set_len(self.active_len);
+        let Some(seg) = self.segs.get(&self.active) else {
             self.wbuf.clear();
-            return Err(StoreError::Unavailable(format!("log write to {}: {e}", seg.path.display())));
+            return Err(StoreError::Unavailable("no active segment".into()));
+        };
+        if let Err(e) = seg.file.write_at(&self.wbuf, self.active_len) {
+            let why = format!("log write to {}: {e}", seg.path.display());
+            let cut = seg.file.set_len(self.active_len);
+            self.wbuf.clear();
+            if let Err(c) = cut {
+                // The half-written record stays in front of whatever comes
+                // next: nothing more may be written to this log.
+                self.fail(format!("{why}; cutting it back failed too: {c}"));
+            }
+            return Err(StoreError::Unavailable(why));
         }
         self.active_len += self.wbuf.len() as u64;
         self.wbuf.clear();
         Ok(())
     }
 
-    fn request_sync(&mut self) {
-        if self.sync_in_flight || self.lsn_synced >= self.lsn_written {
-            return;
-        }
-        let (Some(syncer), Some(seg)) = (&self.syncer, self.segs.get(&self.active)) else {
-            // No syncer (tests, or shutdown): sync inline.
-            self.sync_now();
-            return;
-        };
-        if syncer.tx.send((seg.file.clone(), self.lsn_written)).is_ok() {
-            self.sync_in_flight = true;
-        } else {
-            self.sync_now();
+    /// Submits a sync of `file` (segment `seg_no`, durable up to `upto`
+    /// once it completes), covering every lsn written so far.
+    fn submit_sync(&mut self, file: FileRef, seg_no: u32, upto: u64) {
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.submitted.push_back(Submitted { file: file.clone(), ticket, lsn: self.lsn_written, seg_no, upto });
+        match &mut self.io {
+            IoExec::Deferred(q) => q.push_back((file, ticket)),
+            IoExec::Thread(s) if s.tx.send(Job::Sync((file.clone(), ticket))).is_ok() => {}
+            _ => {
+                let r = run_batch(&[(file, ticket)]);
+                let mut woken = Vec::new();
+                self.on_synced(r, &mut woken);
+            }
         }
     }
 
-    /// Synchronous fsync of the active segment (rotation, shutdown, no syncer).
+    fn request_sync(&mut self) {
+        // One sync in flight at a time (group commit): what is written
+        // meanwhile waits for the next. In flight = submitted, not yet
+        // covered by a result (one result may cover several submissions).
+        if !self.submitted.is_empty() || self.lsn_synced >= self.lsn_written || self.failed.is_some() {
+            return;
+        }
+        if let Some(f) = self.file(self.active) {
+            self.submit_sync(f, self.active_no, self.active_len);
+        }
+    }
+
+    /// Makes everything written durable now, on this thread (shutdown,
+    /// recovery). A failure fails the store.
     pub fn sync_now(&mut self) {
-        if let Some(seg) = self.segs.get(&self.active) {
-            if let Err(e) = seg.file.sync_data() {
-                tracing::error!(error = %e, path = %seg.path.display(), "fsync failed");
-                return;
+        if self.failed.is_some() {
+            return;
+        }
+        let Some(f) = self.file(self.active) else { return };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        // Syncs still queued for the syncer are older and this result will
+        // cover their tickets: sync their files here too, in order.
+        let mut batch: Vec<SyncJob> = self.submitted.iter().map(|s| (s.file.clone(), s.ticket)).collect();
+        batch.push((f.clone(), ticket));
+        self.submitted.push_back(Submitted { file: f, ticket, lsn: self.lsn_written, seg_no: self.active_no, upto: self.active_len });
+        let r = run_batch(&batch);
+        let mut woken = Vec::new();
+        self.on_synced(r, &mut woken);
+    }
+
+    /// A sync result came back (in submission order).
+    fn apply_sync(&mut self, ticket: u64, woken: &mut Vec<Arc<str>>) {
+        let mut lsn = self.lsn_synced;
+        let mut marks: Vec<(u32, u64)> = Vec::new();
+        while let Some(s) = self.submitted.front() {
+            if s.ticket > ticket {
+                break;
+            }
+            let Some(s) = self.submitted.pop_front() else { break };
+            lsn = lsn.max(s.lsn);
+            match marks.iter_mut().find(|m| m.0 == s.seg_no) {
+                Some(m) => m.1 = m.1.max(s.upto),
+                None => marks.push((s.seg_no, s.upto)),
             }
         }
-        let upto = self.lsn_written;
-        let mut woken = Vec::new();
-        self.mark_synced(upto, &mut woken);
+        self.mark_synced(lsn, woken);
+        self.unlink_due(ticket);
+        // Say what is proven durable, for recovery (see the module doc).
+        for (seg, upto) in marks {
+            let known = self.marked.get(&seg).copied().unwrap_or(0);
+            if upto > known && upto > log::MAGIC.len() as u64 {
+                self.marked.insert(seg, upto);
+                log::encode_synced(&mut self.wbuf, seg as u64, upto);
+            }
+        }
+        if !self.wbuf.is_empty() {
+            let _ = self.write_out();
+        }
     }
 
     fn mark_synced(&mut self, lsn: u64, woken: &mut Vec<Arc<str>>) {
@@ -346,46 +509,57 @@ impl DurableStore {
                 woken.push(user);
             }
         }
-        self.dirty_since_sync = false;
     }
 
     /// A segment whose entries are all gone is deleted, after the heads it
-    /// alone still proves are rewritten into the active segment.
+    /// alone still proves are rewritten into the active segment and synced.
     fn maybe_delete(&mut self, id: SegId) {
         let Some(seg) = self.segs.get(&id) else { return };
-        if id == self.active || seg.live > 0 || seg.pinned || !seg.own {
+        if id == self.active || seg.live > 0 || seg.pinned || !seg.own || self.failed.is_some() {
             return;
         }
-        let heads: Vec<(Arc<str>, u64)> =
+        let mut heads: Vec<(Arc<str>, u64)> =
             self.inboxes.iter().filter(|(_, i)| i.head_seg == id).map(|(u, i)| (u.clone(), i.head)).collect();
-        if !heads.is_empty() {
-            for (u, h) in &heads {
-                log::encode_head(&mut self.wbuf, u, *h);
-            }
-            if self.write_out().is_err() {
-                return;
-            }
-            // The heads must be on disk before the file that proved them goes.
-            if let Some(a) = self.segs.get(&self.active) {
-                if a.file.sync_data().is_err() {
-                    return;
-                }
-            }
-            for (u, _) in heads {
-                if let Some(i) = self.inboxes.get_mut(&u) {
-                    i.head_seg = self.active;
-                }
+        // In a fixed order, so a seeded simulation replays byte for byte.
+        heads.sort();
+        for (u, h) in &heads {
+            log::encode_head(&mut self.wbuf, u, *h);
+        }
+        if !self.wbuf.is_empty() && self.write_out().is_err() {
+            return;
+        }
+        for (u, _) in heads {
+            if let Some(i) = self.inboxes.get_mut(&u) {
+                i.head_seg = self.active;
             }
         }
-        if let Some(seg) = self.segs.remove(&id) {
-            match std::fs::remove_file(&seg.path) {
+        let Some(seg) = self.segs.remove(&id) else { return };
+        if let Ok(mut t) = self.files.lock() {
+            t.remove(&id);
+        }
+        // The file goes only once everything written before now is durable:
+        // the HEAD records just written, and the newer records that carry a
+        // user's head past this segment. Unlinking earlier, a power cut
+        // could take both the file and the unsynced records that made it
+        // unnecessary, and confirmed seqs with them.
+        let ticket = self.next_ticket + 1;
+        self.unlink_after.push_back((ticket, seg.path));
+        if let Some(f) = self.file(self.active) {
+            self.submit_sync(f, self.active_no, self.active_len);
+        }
+    }
+
+    /// Unlinks the segments whose deletion waited for sync `ticket`.
+    fn unlink_due(&mut self, ticket: u64) {
+        while self.unlink_after.front().is_some_and(|(t, _)| *t <= ticket) {
+            let Some((_, path)) = self.unlink_after.pop_front() else { break };
+            match self.disk.delete(&path) {
                 Ok(()) => {
                     self.stats.segments_deleted += 1;
-                    tracing::info!(path = %seg.path.display(), "retention: deleted a log segment with no retained messages");
+                    tracing::info!(path = %path.display(), "retention: deleted a log segment with no retained messages");
                 }
-                Err(e) => tracing::warn!(path = %seg.path.display(), error = %e, "cannot delete an expired log segment"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an expired log segment"),
             }
-            self.refresh_files();
         }
     }
 
@@ -415,12 +589,15 @@ impl DurableStore {
     /// Recovery: writes HEAD records for inboxes whose head is proven only by
     /// segments about to be deleted, and forgets those segments.
     pub fn rewrite_heads(&mut self, doomed: &std::collections::HashSet<SegId>) -> Result<(), StoreError> {
-        let heads: Vec<(Arc<str>, u64)> =
+        let mut heads: Vec<(Arc<str>, u64)> =
             self.inboxes.iter().filter(|(_, i)| doomed.contains(&i.head_seg)).map(|(u, i)| (u.clone(), i.head)).collect();
+        heads.sort();
         for (u, h) in &heads {
             log::encode_head(&mut self.wbuf, u, *h);
         }
-        self.write_out()?;
+        if !self.wbuf.is_empty() {
+            self.write_out()?;
+        }
         let active = self.active;
         for (u, _) in heads {
             if let Some(i) = self.inboxes.get_mut(&u) {
@@ -428,23 +605,55 @@ impl DurableStore {
             }
         }
         self.segs.retain(|id, _| !doomed.contains(id));
-        self.refresh_files();
+        if let Ok(mut t) = self.files.lock() {
+            t.retain(|id, _| !doomed.contains(id));
+        }
         Ok(())
+    }
+
+    /// Recovery: segment `seg_no` of this core's directory is durable up to
+    /// `upto` (recovery synced it); says so in the log, as a completed sync
+    /// would, so a later recovery counts it as proven.
+    pub fn mark_durable(&mut self, seg_no: u32, upto: u64) -> Result<(), StoreError> {
+        if upto <= log::MAGIC.len() as u64 {
+            return Ok(());
+        }
+        self.marked.insert(seg_no, upto);
+        log::encode_synced(&mut self.wbuf, seg_no as u64, upto);
+        self.write_out()
+    }
+
+    /// Recovery is done: records after this belong to the new run (only
+    /// fan-outs of the last run are ever completed by a recovery).
+    pub fn mark_run_start(&mut self) -> Result<(), StoreError> {
+        log::encode_run(&mut self.wbuf);
+        self.write_out()
     }
 
     /// The stats line for logs: inboxes, retained, fsync figures.
     pub fn durable_stats(&self) -> DurableStats {
         self.stats
     }
+
+    /// Reads a retained entry's payload, in memory or from the log.
+    pub fn read_payload(&self, seg: SegId, off: u64, len: u32) -> std::io::Result<Bytes> {
+        let f = self.file(seg).ok_or_else(|| std::io::Error::other("segment not open"))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_at(&mut buf, off)?;
+        Ok(Bytes::from(buf))
+    }
 }
 
 impl InboxStore for DurableStore {
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Unavailable(format!("durable log failed: {why}")));
+        }
         if self.active_len >= self.segment_max_bytes {
-            // Rotation: the old segment is made durable now (rare, ~once per
-            // segment_max_bytes), the new one starts clean.
-            self.sync_now();
-            self.open_next_segment().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            self.rotate()?;
+        }
+        if self.spare.is_none() && self.active_len >= self.segment_max_bytes / 2 {
+            self.prepare_spare();
         }
         let key: Arc<str> = match self.inboxes.get_key_value(user) {
             Some((k, _)) => k.clone(),
@@ -453,6 +662,7 @@ impl InboxStore for DurableStore {
                 let mut inbox = DInbox::new(0, self.active);
                 inbox.files = self.files.clone();
                 self.inboxes.insert(k.clone(), inbox);
+                self.sweep_order.push(k.clone());
                 k
             }
         };
@@ -512,20 +722,58 @@ impl InboxStore for DurableStore {
         Ok((seq, lsn))
     }
 
+    fn record_fanout(&mut self, msg: &NewMessage, recipients: &[Arc<str>]) -> Result<u64, StoreError> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Unavailable(format!("durable log failed: {why}")));
+        }
+        if self.active_len >= self.segment_max_bytes {
+            self.rotate()?;
+        }
+        let rec = log::FanoutRec {
+            msg_id: msg.msg_id,
+            client_msg_id: msg.client_msg_id,
+            from: &msg.from,
+            device: &msg.device,
+            group: msg.group.as_deref().unwrap_or(""),
+            recipients: recipients.iter().map(|r| &**r).collect(),
+        };
+        log::encode_fanout(&mut self.wbuf, &rec);
+        self.write_out()?;
+        self.lsn_written += 1;
+        let lsn = self.lsn_written;
+        if self.policy == Fsync::Always {
+            self.request_sync();
+        } else {
+            self.lsn_synced = lsn;
+            self.dirty_since_sync = true;
+        }
+        Ok(lsn)
+    }
+
+    fn fanout_done(&mut self, from: &str, device: &str, client_msg_id: u64) {
+        if self.failed.is_some() {
+            return;
+        }
+        // Not synced on its own: if a crash takes it, recovery finds every
+        // copy present and writes it again.
+        log::encode_fandone(&mut self.wbuf, client_msg_id, from, device);
+        let _ = self.write_out();
+    }
+
     fn synced_lsn(&self) -> u64 {
         self.lsn_synced
     }
 
     fn on_synced(&mut self, result: Result<u64, String>, woken: &mut Vec<Arc<str>>) {
-        self.sync_in_flight = false;
+        if self.failed.is_some() {
+            // A sync that succeeds after one failed proves nothing: the
+            // kernel may have dropped the pages the failed one could not
+            // write. Nothing more is confirmed.
+            return;
+        }
         match result {
-            Ok(lsn) => self.mark_synced(lsn, woken),
-            Err(e) => {
-                // Nothing after the failed fsync can be confirmed; try again
-                // (an fsync error on Linux may have dropped dirty pages, so
-                // the operator must look: this is logged loudly).
-                tracing::error!(core = self.core, error = %e, "log fsync failed; SENDACKs are held until an fsync succeeds");
-            }
+            Ok(ticket) => self.apply_sync(ticket, woken),
+            Err(e) => self.fail(format!("fsync: {e}")),
         }
         if self.lsn_written > self.lsn_synced && self.policy == Fsync::Always {
             self.request_sync();
@@ -535,30 +783,38 @@ impl InboxStore for DurableStore {
     fn tick(&mut self, now_ms: u64) {
         if self.policy == Fsync::Interval
             && self.dirty_since_sync
+            && self.failed.is_none()
             && now_ms.saturating_sub(self.last_interval_sync_ms) >= self.fsync_interval_ms
         {
             self.last_interval_sync_ms = now_ms;
-            if let (Some(syncer), Some(seg)) = (&self.syncer, self.segs.get(&self.active)) {
-                let _ = syncer.tx.send((seg.file.clone(), self.lsn_written));
-                let n = self.lsn_written - self.lsn_at_interval_sync;
-                self.lsn_at_interval_sync = self.lsn_written;
-                self.stats.fsyncs += 1;
-                self.stats.fsynced_records += n;
-                self.stats.max_batch = self.stats.max_batch.max(n);
-            }
+            let n = self.lsn_written - self.lsn_at_interval_sync;
+            self.lsn_at_interval_sync = self.lsn_written;
+            self.stats.fsyncs += 1;
+            self.stats.fsynced_records += n;
+            self.stats.max_batch = self.stats.max_batch.max(n);
             self.dirty_since_sync = false;
-        }
-        if now_ms.saturating_sub(self.last_sweep_ms) >= SWEEP_MS {
-            self.last_sweep_ms = now_ms;
-            let users: Vec<Arc<str>> = self.inboxes.keys().cloned().collect();
-            for u in users {
-                self.trim(&u, now_ms);
+            if let Some(f) = self.file(self.active) {
+                self.submit_sync(f, self.active_no, self.active_len);
             }
+        }
+        // Age retention, a slice of the inboxes per tick.
+        let n = self.sweep_order.len();
+        for _ in 0..SWEEP_PER_TICK.min(n) {
+            if self.sweep_at >= n {
+                self.sweep_at = 0;
+            }
+            let u = self.sweep_order[self.sweep_at].clone();
+            self.sweep_at += 1;
+            self.trim(&u, now_ms);
         }
     }
 
     fn shutdown(&mut self) {
         self.sync_now();
+    }
+
+    fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead {

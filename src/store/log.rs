@@ -10,6 +10,18 @@
 //!              user str, from str, device str, group str (empty: direct), payload (rest)
 //!   2 HEAD:    head u64, user str        (keeps a user's head seq alive after
 //!                                         retention deleted its last records)
+//!   3 SYNCED:  seg u64, upto u64         (segment `seg` of this directory was
+//!                                         durable up to byte `upto`: written
+//!                                         after an fsync succeeded)
+//!   4 SEGSTART: prev u64, prev_len u64   (first record of a segment: the
+//!                                         segment before it ended at prev_len)
+//!   5 FANOUT:  msg_id u64, client_msg_id u64, from str, device str, group str,
+//!              n u16, n × recipient str  (a group send's recipients, written
+//!                                         before any copy)
+//!   6 FANDONE: client_msg_id u64, from str, device str  (every copy of it
+//!                                         was confirmed)
+//!   7 RUN:     (empty)                   (a recovery finished: what follows
+//!                                         was written by the run after it)
 //! str = u16 LE length + UTF-8
 //! ```
 //!
@@ -30,6 +42,11 @@ pub const MAX_RECORD: usize = 17 << 20;
 
 pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_HEAD: u8 = 2;
+pub const KIND_SYNCED: u8 = 3;
+pub const KIND_SEGSTART: u8 = 4;
+pub const KIND_FANOUT: u8 = 5;
+pub const KIND_FANDONE: u8 = 6;
+pub const KIND_RUN: u8 = 7;
 
 /// Why the log could not be read or written. Operator-facing.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +62,26 @@ pub enum LogError {
 pub enum Record<'a> {
     Message(MessageRec<'a>),
     Head { head: u64, user: &'a str },
+    /// Segment `seg` was durable up to byte `upto` when this was written.
+    Synced { seg: u64, upto: u64 },
+    /// The segment before this one (number `prev`) ended at `prev_len`.
+    SegStart { prev: u64, prev_len: u64 },
+    /// A group send's intent: its recipients (the membership at send time).
+    Fanout(FanoutRec<'a>),
+    /// Every copy of that group send was confirmed.
+    FanDone { client_msg_id: u64, from: &'a str, device: &'a str },
+    /// A recovery finished here: a new run of the server starts.
+    Run,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutRec<'a> {
+    pub msg_id: u64,
+    pub client_msg_id: u64,
+    pub from: &'a str,
+    pub device: &'a str,
+    pub group: &'a str,
+    pub recipients: Vec<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +122,62 @@ pub fn encode_head(out: &mut Vec<u8>, user: &str, head: u64) {
     out.push(KIND_HEAD);
     out.extend_from_slice(&head.to_le_bytes());
     put_str(out, user);
+    seal(out, start);
+}
+
+/// Appends a SYNCED record: segment `seg` is durable up to `upto`.
+pub fn encode_synced(out: &mut Vec<u8>, seg: u64, upto: u64) {
+    encode_pair(out, KIND_SYNCED, seg, upto);
+}
+
+/// Appends a SEGSTART record: the previous segment `prev` ended at `prev_len`.
+pub fn encode_segstart(out: &mut Vec<u8>, prev: u64, prev_len: u64) {
+    encode_pair(out, KIND_SEGSTART, prev, prev_len);
+}
+
+/// Appends a FANOUT record.
+pub fn encode_fanout(out: &mut Vec<u8>, f: &FanoutRec<'_>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_FANOUT);
+    out.extend_from_slice(&f.msg_id.to_le_bytes());
+    out.extend_from_slice(&f.client_msg_id.to_le_bytes());
+    for s in [f.from, f.device, f.group] {
+        put_str(out, s);
+    }
+    let n = f.recipients.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    for r in &f.recipients[..n] {
+        put_str(out, r);
+    }
+    seal(out, start);
+}
+
+/// Appends a RUN record.
+pub fn encode_run(out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_RUN);
+    seal(out, start);
+}
+
+/// Appends a FANDONE record.
+pub fn encode_fandone(out: &mut Vec<u8>, client_msg_id: u64, from: &str, device: &str) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_FANDONE);
+    out.extend_from_slice(&client_msg_id.to_le_bytes());
+    put_str(out, from);
+    put_str(out, device);
+    seal(out, start);
+}
+
+fn encode_pair(out: &mut Vec<u8>, kind: u8, a: u64, b: u64) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(kind);
+    out.extend_from_slice(&a.to_le_bytes());
+    out.extend_from_slice(&b.to_le_bytes());
     seal(out, start);
 }
 
@@ -140,6 +233,31 @@ pub fn decode_body(body: &[u8]) -> Option<Record<'_>> {
             let user = r.str()?;
             r.b.is_empty().then_some(Record::Head { head, user })
         }
+        KIND_SYNCED => {
+            let (seg, upto) = (r.u64()?, r.u64()?);
+            r.b.is_empty().then_some(Record::Synced { seg, upto })
+        }
+        KIND_FANOUT => {
+            let (msg_id, client_msg_id) = (r.u64()?, r.u64()?);
+            let (from, device, group) = (r.str()?, r.str()?, r.str()?);
+            let n = u16::from_le_bytes(r.b.get(..2)?.try_into().ok()?) as usize;
+            r.b = &r.b[2..];
+            let mut recipients = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                recipients.push(r.str()?);
+            }
+            r.b.is_empty().then_some(Record::Fanout(FanoutRec { msg_id, client_msg_id, from, device, group, recipients }))
+        }
+        KIND_FANDONE => {
+            let client_msg_id = r.u64()?;
+            let (from, device) = (r.str()?, r.str()?);
+            r.b.is_empty().then_some(Record::FanDone { client_msg_id, from, device })
+        }
+        KIND_RUN => r.b.is_empty().then_some(Record::Run),
+        KIND_SEGSTART => {
+            let (prev, prev_len) = (r.u64()?, r.u64()?);
+            r.b.is_empty().then_some(Record::SegStart { prev, prev_len })
+        }
         _ => None,
     }
 }
@@ -154,7 +272,7 @@ pub fn payload_offset_in_body(m: &MessageRec<'_>) -> usize {
 pub struct Found {
     /// Offset of the record header in the file.
     pub offset: u64,
-    /// Range of the body in the scanned bytes.
+    /// Range of the body in the scanned bytes (file offsets).
     pub body: (usize, usize),
 }
 
@@ -168,66 +286,162 @@ pub struct Scan {
     pub valid_len: u64,
 }
 
-/// Scans segment bytes. `is_tail`: this is the newest segment of its
-/// directory, where a torn last record is expected after a crash.
-pub fn scan(path: &Path, data: &[u8], is_tail: bool) -> Result<Scan, LogError> {
-    let corrupt = |offset: usize, why: String| LogError::Corrupt { path: path.to_path_buf(), offset: offset as u64, why };
-    if data.len() < MAGIC.len() {
-        if is_tail && MAGIC.starts_with(data) {
-            return Ok(Scan { records: Vec::new(), torn_bytes: data.len() as u64, valid_len: 0 });
+/// Where a segment's valid records end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Length of the valid prefix (magic plus whole, CRC-checked records).
+    pub valid_len: u64,
+    /// Bytes after it that do not form a record: a write cut short by a
+    /// crash or a power cut (recovery decides which it may be).
+    pub torn_bytes: u64,
+}
+
+/// Positional reads of a segment, so a scan never holds more than a window.
+pub trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        let src = usize::try_from(off).ok().and_then(|o| self.get(o..o.checked_add(buf.len())?));
+        match src {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                Ok(())
+            }
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+impl ReadAt for dyn super::disk::DiskFile {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.read_at(buf, off)
+    }
+}
+
+/// Read-ahead window over a [`ReadAt`]: one read per `WINDOW` bytes of
+/// small records, one per record above that.
+struct Window<'a, R: ReadAt + ?Sized> {
+    src: &'a R,
+    len: u64,
+    buf: Vec<u8>,
+    at: u64,
+}
+
+const WINDOW: usize = 1 << 20;
+
+impl<'a, R: ReadAt + ?Sized> Window<'a, R> {
+    fn get(&mut self, off: u64, n: usize) -> std::io::Result<&[u8]> {
+        let have = off >= self.at && off + n as u64 <= self.at + self.buf.len() as u64;
+        if !have {
+            let want = (n.max(WINDOW) as u64).min(self.len.saturating_sub(off)) as usize;
+            self.buf.clear();
+            self.buf.resize(want.max(n), 0);
+            self.src.read_exact_at(&mut self.buf[..want], off)?;
+            self.buf.truncate(want);
+            self.at = off;
+        }
+        let s = (off - self.at) as usize;
+        Ok(&self.buf[s..s + n])
+    }
+}
+
+/// Scans a segment of `len` bytes, streaming: `visit(offset, body)` sees
+/// every valid record in order; memory stays one window plus one record.
+/// A torn tail (a record cut short, a CRC failure with nothing after it,
+/// zeros) ends the scan and is reported; whether it is allowed is the
+/// caller's call (it knows which segment is the newest and what was
+/// synced). Corruption a crash cannot produce (bad magic, a CRC failure
+/// with a record after it, a body that passes its CRC and does not decode)
+/// is an error with the offset.
+pub fn scan_with<R: ReadAt + ?Sized>(
+    path: &Path,
+    src: &R,
+    len: u64,
+    mut visit: impl FnMut(u64, &[u8]) -> Result<(), LogError>,
+) -> Result<ScanEnd, LogError> {
+    let corrupt = |offset: u64, why: String| LogError::Corrupt { path: path.to_path_buf(), offset, why };
+    let io = |source| LogError::Io { path: path.to_path_buf(), source };
+    let mut w = Window { src, len, buf: Vec::new(), at: 0 };
+    let m = MAGIC.len() as u64;
+    if len < m {
+        let head = w.get(0, len as usize).map_err(io)?;
+        if MAGIC.starts_with(head) {
+            return Ok(ScanEnd { valid_len: 0, torn_bytes: len });
         }
         return Err(corrupt(0, "file shorter than the segment header".into()));
     }
-    if &data[..MAGIC.len()] != MAGIC {
+    if w.get(0, MAGIC.len()).map_err(io)? != MAGIC {
         return Err(corrupt(0, "not a ringgate log segment (bad magic)".into()));
     }
-    let mut at = MAGIC.len();
-    let mut records = Vec::new();
-    while at < data.len() {
-        let rest = data.len() - at;
-        // A tail that cannot hold a header, or whose length runs past EOF, or
-        // whose CRC fails as the very last record: the crash hit mid-write.
-        let torn = |why: &str| -> Result<Scan, LogError> {
-            if is_tail {
-                Ok(Scan { records: Vec::new(), torn_bytes: rest as u64, valid_len: at as u64 })
-            } else {
-                Err(corrupt(at, format!("{why} in a segment that is not the newest")))
-            }
-        };
-        if rest < RECORD_HEADER {
-            let s = torn("record header cut short")?;
-            return Ok(Scan { records, ..s });
+    let mut at = m;
+    while at < len {
+        let rest = len - at;
+        let torn = ScanEnd { valid_len: at, torn_bytes: rest };
+        if rest < RECORD_HEADER as u64 {
+            return Ok(torn);
         }
-        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap_or_default());
-        if len == 0 || len > MAX_RECORD {
+        let h = w.get(at, RECORD_HEADER).map_err(io)?;
+        let rlen = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        if rlen == 0 || rlen > MAX_RECORD {
             // A zero or absurd length at the very end can be a torn header.
-            if is_tail && data[at..].iter().all(|&b| b == 0) {
-                let s = torn("zeroed tail")?;
-                return Ok(Scan { records, ..s });
+            if all_zero(&mut w, at, len).map_err(io)? {
+                return Ok(torn);
             }
-            return Err(corrupt(at, format!("record length {len} out of range")));
+            return Err(corrupt(at, format!("record length {rlen} out of range")));
         }
-        let end = at + RECORD_HEADER + len;
-        if end > data.len() {
-            let s = torn("record cut short")?;
-            return Ok(Scan { records, ..s });
+        let end = at + (RECORD_HEADER + rlen) as u64;
+        if end > len {
+            return Ok(torn);
         }
-        let body = &data[at + RECORD_HEADER..end];
+        let body = w.get(at + RECORD_HEADER as u64, rlen).map_err(io)?;
         if crc32c::crc32c(body) != crc {
-            if end == data.len() {
-                let s = torn("last record fails its CRC")?;
-                return Ok(Scan { records, ..s });
+            if end == len || all_zero(&mut w, end, len).map_err(io)? {
+                return Ok(torn);
             }
             return Err(corrupt(at, "CRC mismatch with more records after it".into()));
         }
         if decode_body(body).is_none() {
             return Err(corrupt(at, "record passes its CRC but does not decode".into()));
         }
-        records.push(Found { offset: at as u64, body: (at + RECORD_HEADER, end) });
+        visit(at, body)?;
         at = end;
     }
-    Ok(Scan { records, torn_bytes: 0, valid_len: data.len() as u64 })
+    Ok(ScanEnd { valid_len: len, torn_bytes: 0 })
+}
+
+fn all_zero<R: ReadAt + ?Sized>(w: &mut Window<'_, R>, from: u64, len: u64) -> std::io::Result<bool> {
+    let mut at = from;
+    while at < len {
+        let n = ((len - at) as usize).min(WINDOW);
+        if w.get(at, n)?.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// Scans segment bytes in memory (tests and tools). `is_tail`: this is the
+/// newest segment of its directory, where a torn last record is expected
+/// after a crash; elsewhere it is corruption.
+pub fn scan(path: &Path, data: &[u8], is_tail: bool) -> Result<Scan, LogError> {
+    let mut records = Vec::new();
+    let end = scan_with(path, data, data.len() as u64, |offset, body| {
+        let b = (offset as usize + RECORD_HEADER, offset as usize + RECORD_HEADER + body.len());
+        records.push(Found { offset, body: b });
+        Ok(())
+    })?;
+    if end.torn_bytes > 0 && !is_tail {
+        return Err(LogError::Corrupt {
+            path: path.to_path_buf(),
+            offset: end.valid_len,
+            why: "torn record in a segment that is not the newest".into(),
+        });
+    }
+    Ok(Scan { records, torn_bytes: end.torn_bytes, valid_len: end.valid_len })
 }
 
 /// Segment file name for number `n`.
@@ -236,22 +450,12 @@ pub fn segment_name(n: u32) -> String {
 }
 
 /// Lists `(number, path)` of the segments in a directory, oldest first.
-pub fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, LogError> {
-    let io = |source| LogError::Io { path: dir.to_path_buf(), source };
-    let mut out = Vec::new();
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io(e)),
-    };
-    for e in rd {
-        let e = e.map_err(io)?;
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse::<u32>().ok()) {
-            out.push((n, e.path()));
-        }
-    }
+pub fn list_segments(disk: &dyn super::disk::Disk, dir: &Path) -> Result<Vec<(u32, PathBuf)>, LogError> {
+    let names = disk.list(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
+    let mut out: Vec<(u32, PathBuf)> = names
+        .iter()
+        .filter_map(|name| name.strip_suffix(".seg").and_then(|n| n.parse::<u32>().ok()).map(|n| (n, dir.join(name))))
+        .collect();
     out.sort();
     Ok(out)
 }

@@ -7,10 +7,17 @@
 //! SENDACK may be released, once `synced_lsn()` has reached that lsn (at
 //! once in memory, after the group-committed fsync under `fsync = "always"`).
 
+pub mod dinbox;
+pub mod disk;
 pub mod durable;
 pub mod log;
 pub mod memory;
 pub mod recovery;
+mod syncer;
+#[cfg(test)]
+pub mod sim_disk;
+#[cfg(test)]
+mod vopr;
 
 use std::sync::Arc;
 
@@ -52,6 +59,14 @@ pub trait InboxStore {
     /// Appends to `user`'s inbox; returns the new entry's seq (dense: head +
     /// 1) and its lsn (durable once `synced_lsn() >= lsn`).
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError>;
+    /// Logs a group send's intent before any copy is appended: its
+    /// recipients, the membership at send time. Returns an lsn like
+    /// `append` (the SENDACK also waits for it); 0 where nothing is logged.
+    fn record_fanout(&mut self, _msg: &NewMessage, _recipients: &[Arc<str>]) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Every copy of that group send was confirmed: recovery leaves it be.
+    fn fanout_done(&mut self, _from: &str, _device: &str, _client_msg_id: u64) {}
     /// Every append with an lsn up to this is durable per the policy.
     fn synced_lsn(&self) -> u64 {
         u64::MAX
@@ -61,6 +76,11 @@ pub trait InboxStore {
     fn on_synced(&mut self, _result: Result<u64, String>, _woken: &mut Vec<Arc<str>>) {}
     /// Periodic work: interval fsync, age retention sweep.
     fn tick(&mut self, _now_ms: u64) {}
+    /// Why the store stopped confirming (a failed fsync), if it did: the
+    /// process must drain and exit (see `durable`).
+    fn failed(&self) -> Option<&str> {
+        None
+    }
     /// Graceful shutdown: make everything written durable.
     fn shutdown(&mut self) {}
     /// Group-commit figures, for the durable store.
@@ -73,4 +93,18 @@ pub trait InboxStore {
     fn peek(&self, user: &str) -> &dyn InboxRead;
     /// Number of inboxes and retained messages (for logs and metrics).
     fn stats(&self) -> (usize, u64);
+}
+
+/// The first store failure of this process, for the runtime's exit status
+/// and readiness.
+static PROCESS_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records a store failure for the whole process (first one wins).
+pub fn record_process_failure(why: &str) {
+    let _ = PROCESS_FAILURE.set(why.to_string());
+}
+
+/// The store failure this process hit, if any: not ready, exit non-zero.
+pub fn process_failure() -> Option<&'static str> {
+    PROCESS_FAILURE.get().map(|s| s.as_str())
 }

@@ -519,6 +519,8 @@ pub struct Config {
     pub listen: String,
     /// TOML appended verbatim (whole tables, e.g. `[route]`).
     pub extra_toml: String,
+    /// Extra environment for the server process (fault-injection shims).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -542,6 +544,7 @@ impl Default for Config {
             extra: Vec::new(),
             listen: "127.0.0.1:0".into(),
             extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -784,6 +787,7 @@ impl Server {
             .arg(&cfg_path)
             .env("RUST_LOG", log_filter)
             .env("NO_COLOR", "1")
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

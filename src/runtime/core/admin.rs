@@ -249,6 +249,9 @@ impl Core {
             gen,
             PendingSend {
                 origin: None,
+                // No FANOUT intent is logged for publishes (see the note on
+                // `publish`): recovery does not complete a cut-short one.
+                group: false,
                 user: p.from,
                 device: Arc::from(""),
                 ack,

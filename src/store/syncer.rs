@@ -1,0 +1,121 @@
+//! The per-core I/O (syncer) thread: group-committed fsyncs in submission order, and the next segment created ahead of need, so the core's event loop never waits for either.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::disk::DiskRef;
+use super::durable::FileRef;
+use super::log;
+
+/// One sync the store asked for: which file, and a ticket that comes back
+/// with the result (tickets grow; a result covers every ticket up to it).
+pub(super) type SyncJob = (FileRef, u64);
+
+/// Work for the per-core I/O (syncer) thread.
+pub(super) enum Job {
+    Sync(SyncJob),
+    /// Create the next segment ahead of need (file, header, fsyncs of both
+    /// and of the directory), so rotation never waits for it.
+    Create { path: PathBuf, dir: PathBuf, slot: SpareSlot },
+}
+
+/// A segment created ahead by the I/O thread: `None` while in the making.
+pub(super) type SpareSlot = Arc<Mutex<Option<Result<(PathBuf, FileRef), String>>>>;
+
+/// Sends work to this core's syncer thread.
+pub(super) struct Syncer {
+    pub(super) tx: std::sync::mpsc::Sender<Job>,
+}
+
+/// Runs a batch of sync jobs in submission order: everything queued shares
+/// one round (group commit); a file named twice is synced once. The result
+/// is the highest ticket, or the first error.
+pub(super) fn run_batch(batch: &[SyncJob]) -> Result<u64, String> {
+    let mut upto = 0;
+    let mut result = Ok(());
+    let mut done_files: Vec<*const ()> = Vec::new();
+    for (f, ticket) in batch {
+        upto = upto.max(*ticket);
+        let p = Arc::as_ptr(f) as *const ();
+        if done_files.contains(&p) {
+            continue;
+        }
+        done_files.push(p);
+        if let Err(e) = f.sync() {
+            if result.is_ok() {
+                result = Err(e.to_string());
+            }
+        }
+    }
+    result.map(|_| upto)
+}
+
+/// Creates a segment file with its magic and makes it and its directory
+/// entry durable.
+pub(super) fn create_segment(disk: &dyn super::disk::Disk, path: &Path, dir: &Path) -> std::io::Result<FileRef> {
+    let f = disk.create(path)?;
+    f.write_at(log::MAGIC, 0)?;
+    f.sync()?;
+    disk.sync_dir(dir)?;
+    Ok(f)
+}
+
+/// `run_batch`, its duration recorded in `ringgate_fsync_seconds`.
+fn timed_batch(core: usize, batch: &[SyncJob]) -> Result<u64, String> {
+    let started = std::time::Instant::now();
+    let r = run_batch(batch);
+    crate::metrics::record_fsync(core, started.elapsed());
+    r
+}
+
+impl Syncer {
+    /// `done(ticket)` is called on the syncer thread after each batch.
+    pub(super) fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let _ = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
+            let mut batch: Vec<SyncJob> = Vec::new();
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    jobs.push(more);
+                }
+                for job in jobs {
+                    match job {
+                        Job::Sync(j) => batch.push(j),
+                        Job::Create { path, dir, slot } => {
+                            // Syncs queued before it complete first (order).
+                            if !batch.is_empty() {
+                                done(timed_batch(core, &batch));
+                                batch.clear();
+                            }
+                            let made = create_segment(&*disk, &path, &dir)
+                                .map(|f| (path.clone(), f))
+                                .map_err(|e| format!("creating segment {}: {e}", path.display()));
+                            if let Ok(mut s) = slot.lock() {
+                                *s = Some(made);
+                            }
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    done(timed_batch(core, &batch));
+                    batch.clear();
+                }
+            }
+        });
+        Syncer { tx }
+    }
+}
+
+/// Where sync jobs run.
+pub(super) enum IoExec {
+    /// On the calling thread, at once (recovery, tools).
+    Inline,
+    /// Queued until the owner calls [`DurableStore::run_io`] (the
+    /// simulation drives completion order and power cuts between).
+    Deferred(VecDeque<SyncJob>),
+    /// On the per-core syncer thread; results come back as messages.
+    Thread(Syncer),
+}
+
