@@ -462,3 +462,17 @@ fn cors_on_websocket_refusals_and_preflight() {
         }
     }
 }
+
+#[test]
+fn handshake_timeout_runs_across_the_upgrade() {
+    // From accept to CONNECT (WEB.md): an upgraded socket that never sends
+    // CONNECT gets DISCONNECT(9) and close 4009.
+    let server = Config::default().handshake_timeout_ms(700).start();
+    let start = Instant::now();
+    let mut ws = ws_open(&server);
+    assert!(matches!(ws_frame(&mut ws), Frame::Disconnect { reason: 9, .. }));
+    assert_eq!(ws_close_code(&mut ws), Some(4009));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(5), "{took:?}");
+    server.assert_no_panic();
+}
