@@ -388,7 +388,7 @@ fn default_endpoint_weight() -> u32 {
     100
 }
 
-/// `[web]`: HTTP on the gateway port (for now only the route endpoint).
+/// `[web]`: HTTP on the gateway port (the route endpoint and WebSocket).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebConfig {

@@ -107,6 +107,8 @@ pub struct Conn {
     pub alpn_http: Option<bool>,
     /// Set once the connection turned out to carry HTTP (`gate_http`).
     pub http: Option<Box<super::gate_http::HttpState>>,
+    /// Set once the connection was upgraded to WebSocket (`web::ws`).
+    pub ws: Option<Box<super::web::ws::WsState>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,7 @@ impl Conn {
             close_counted: false,
             alpn_http: None,
             http: None,
+            ws: None,
         }
     }
 
@@ -386,6 +389,9 @@ impl Conn {
     /// socket; `Ok(false)`: the socket pushed back, wait for writability.
     pub fn flush(&mut self) -> Result<bool, TransportError> {
         self.try_handoff()?;
+        if let Some(ws) = &mut self.ws {
+            ws.wrap_out(&mut self.out);
+        }
         let done = match &mut self.tls {
             Tls::Off => write_all(self.fd, &mut self.out)?,
             // Nothing can be written before the handshake; frames wait in `out`.
@@ -427,6 +433,10 @@ impl Conn {
         if self.tls_out.is_empty() && self.tls_out.capacity() > 0 {
             self.tls_out = BytesMut::new();
         }
+        if let Some(ws) = &mut self.ws {
+            // What is left in `out` was all wrapped before the writes.
+            ws.framed_len = self.out.len();
+        }
         self.write_blocked = !done;
         Ok(done)
     }
@@ -439,12 +449,21 @@ impl Conn {
         if self.tls_in.is_empty() && self.tls_in.capacity() > 0 {
             self.tls_in = BytesMut::new();
         }
+        if let Some(ws) = &mut self.ws {
+            ws.release_idle_buffers();
+        }
     }
 
     /// Half-closes after our DISCONNECT: TLS close_notify, then FIN.
     pub fn shutdown_write(&mut self) {
         if self.shut_wr {
             return;
+        }
+        if let Some(ws) = &mut self.ws {
+            // After the server's DISCONNECT: 4000 + reason; otherwise (the
+            // device's DISCONNECT, a refused CONNECT) a normal close.
+            let code = self.session.close_reason().map_or(super::web::ws::CLOSE_NORMAL, |r| 4000 + u16::from(r.code()));
+            ws.push_close(&mut self.out, code);
         }
         match &mut self.tls {
             Tls::Rustls(tls) => tls.send_close_notify(),

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
+mod web;
 
 use slab::Slab;
 
@@ -540,6 +541,9 @@ impl Core {
             return self.after_io(key);
         }
         // The first bytes after TLS decide: HTTP (route endpoint) or frames.
+        if conn.ws.is_some() {
+            return self.on_ws(key, status == ReadStatus::Eof);
+        }
         if conn.http.is_none()
             && conn.session.phase() == Phase::AwaitConnect
             && !conn.rbuf.is_empty()
@@ -569,11 +573,14 @@ impl Core {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
         let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        if super::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
-            return Outcome::Close;
+        match super::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+            super::gate_http::Step::Close => Outcome::Close,
+            super::gate_http::Step::Upgraded => self.upgrade_ws(key, eof),
+            super::gate_http::Step::Continue => {
+                self.rearm(key);
+                Outcome::Continue
+            }
         }
-        self.rearm(key);
-        Outcome::Continue
     }
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
@@ -605,7 +612,16 @@ impl Core {
         }
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         match conn.session.phase() {
-            Phase::Finished => return Outcome::Close,
+            Phase::Finished => {
+                if let Some(ws) = conn.ws.as_mut() {
+                    // Best effort: the close frame. Finished without Closing
+                    // means the device's DISCONNECT ended it: 1000 (a
+                    // server DISCONNECT's 4000 + reason went out before).
+                    ws.push_close(&mut conn.out, crate::runtime::web::ws::CLOSE_NORMAL);
+                    conn.shutdown_write();
+                }
+                return Outcome::Close;
+            }
             Phase::Closing => conn.shutdown_write(),
             _ => {}
         }
@@ -637,7 +653,12 @@ impl Core {
             let conn = self.conn(key)?;
             let before = conn.session.phase();
             let acked_before = conn.session.acked();
-            let ev = conn.session.poll_frame(now, &shared.limits, &mut conn.rbuf, &mut conn.out);
+            // A WebSocket connection's frames were taken out of its messages.
+            let input = match conn.ws.as_mut() {
+                Some(ws) => &mut ws.frames,
+                None => &mut conn.rbuf,
+            };
+            let ev = conn.session.poll_frame(now, &shared.limits, input, &mut conn.out);
             match ev {
                 Event::Closed if before == Phase::AwaitConnect => {
                     self.m().handshakes[crate::metrics::HS_REFUSED].inc();
@@ -723,6 +744,7 @@ impl Core {
             session: c.session,
             rbuf: c.rbuf,
             out: c.out,
+            ws: c.ws,
             user,
             req,
             token_exp_wall_ms,
@@ -736,6 +758,7 @@ impl Core {
         conn.tls_out = a.tls_out;
         conn.rbuf = a.rbuf;
         conn.out = a.out;
+        conn.ws = a.ws;
         let key = self.insert(conn);
         self.open(key, a.user, a.req, a.token_exp_wall_ms);
         // Frames pipelined behind CONNECT were read on the other core.

@@ -1,4 +1,4 @@
-//! HTTP/1.1 on the gateway port, for now only `GET /v1/route`: detection (ALPN or first byte), request heads parsed with httparse, the Origin policy, keep-alive.
+//! HTTP/1.1 on the gateway port — `GET /v1/route` and the WebSocket upgrade at `GET /v1/ws`: detection (ALPN or first byte), request heads parsed with httparse, the Origin policy, keep-alive.
 //!
 //! Sans-IO like the rest of the connection path: [`serve`] turns buffered
 //! plaintext into buffered responses, and the core flushes them through the
@@ -52,28 +52,41 @@ pub struct HttpState {
     /// A response said `Connection: close` (or the request was bad): flush and close.
     pub closing: bool,
     pub requests: u64,
+    /// A 101 was written: the rest of the connection is WebSocket.
+    pub upgraded: bool,
 }
 
 impl HttpState {
     pub fn new(deadline_ms: u64) -> Self {
-        HttpState { deadline_ms, closing: false, requests: 0 }
+        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false }
     }
 }
 
+/// What the connection does after an HTTP I/O step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// Done (a response said `Connection: close`, a bad request, or EOF) and everything was written.
+    Close,
+    /// Switched to WebSocket; the 101 is in (or through) `out`.
+    Upgraded,
+}
+
 /// A connection known to carry HTTP had I/O: answer the complete requests,
-/// flush, and release idle buffers. True: the connection is done (a
-/// response said `Connection: close`, a bad request, or EOF) and everything
-/// was written.
-pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> bool {
+/// flush, and release idle buffers.
+pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> Step {
     loop {
-        let Some(st) = conn.http.as_mut() else { return true };
+        let Some(st) = conn.http.as_mut() else { return Step::Close };
         let before = conn.rbuf.len();
         let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms) || eof;
+        if st.upgraded {
+            return Step::Upgraded;
+        }
         match conn.flush() {
-            Err(_) => return true,
+            Err(_) => return Step::Close,
             Ok(true) if close => {
                 conn.shutdown_write();
-                return true;
+                return Step::Close;
             }
             // Everything went out and pipelined requests were left at the
             // output high-water mark: answer them now, not at the next
@@ -83,13 +96,16 @@ pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64,
         }
     }
     conn.release_idle_buffers();
-    false
+    Step::Continue
 }
 
 /// Handles every complete request in `rbuf`, appending responses to `out`.
 /// Returns true when the connection must close once `out` is flushed.
 pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64) -> bool {
     loop {
+        if st.upgraded {
+            return false;
+        }
         if st.closing {
             // Nothing more is read from a closing connection.
             rbuf.clear();
@@ -145,6 +161,22 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
         let path = req.path.unwrap_or("").to_string();
         let host = header("host");
         let origin = header("origin");
+        let upgrade = Upgrade {
+            websocket: header("upgrade").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))),
+            connection_upgrade: header("connection")
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))),
+            key: header("sec-websocket-key"),
+            version: header("sec-websocket-version"),
+            // Every Sec-WebSocket-Protocol header, comma lists joined.
+            protocols: req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+                .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            body_len,
+        };
         rbuf.advance(total as usize);
         st.requests += 1;
         st.deadline_ms = mono_ms + gate.keepalive_idle_ms;
@@ -152,9 +184,61 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
         if close_asked || chunked {
             st.closing = true;
         }
-        let r = respond(gate, tls, &method, &path, host.as_deref(), origin.as_deref(), mono_ms, wall_ms);
+        let r = respond(gate, tls, &method, &path, host.as_deref(), origin.as_deref(), &upgrade, mono_ms, wall_ms);
+        if r.status == 101 {
+            if chunked {
+                return fail(out, st, 400, "a WebSocket upgrade has no body");
+            }
+            write_response(out, &r, false);
+            st.upgraded = true;
+            return false;
+        }
         write_response(out, &r, st.closing);
     }
+}
+
+/// The headers of a WebSocket upgrade request.
+struct Upgrade {
+    websocket: bool,
+    connection_upgrade: bool,
+    key: Option<String>,
+    version: Option<String>,
+    protocols: Vec<String>,
+    body_len: u64,
+}
+
+/// `GET /v1/ws`: the RFC 6455 handshake checks, then 101.
+fn websocket(u: &Upgrade) -> Response {
+    use super::web::ws;
+    if !u.websocket || !u.connection_upgrade {
+        let mut r = Response::text(426, "WebSocket upgrade required");
+        r.extra.push(("Upgrade", "websocket".into()));
+        return r;
+    }
+    if u.version.as_deref() != Some("13") {
+        let mut r = Response::text(426, "WebSocket version 13 required");
+        r.extra.push(("Sec-WebSocket-Version", "13".into()));
+        return r;
+    }
+    let Some(key) = u.key.as_deref().filter(|k| ws::key_valid(k)) else {
+        return Response::text(400, "bad Sec-WebSocket-Key");
+    };
+    if u.body_len != 0 {
+        return Response::text(400, "a WebSocket upgrade has no body");
+    }
+    let offered = !u.protocols.is_empty();
+    if offered && !u.protocols.iter().any(|p| p == ws::SUBPROTOCOL) {
+        return Response::text(400, "subprotocol ringgate.v1 required");
+    }
+    let mut r = Response::text(101, "");
+    r.body.clear();
+    r.extra.push(("Upgrade", "websocket".into()));
+    r.extra.push(("Connection", "Upgrade".into()));
+    r.extra.push(("Sec-WebSocket-Accept", ws::accept_key(key)));
+    if offered {
+        r.extra.push(("Sec-WebSocket-Protocol", ws::SUBPROTOCOL.into()));
+    }
+    r
 }
 
 /// A response before serialisation.
@@ -172,7 +256,17 @@ impl Response {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn respond(gate: &Gate, tls: bool, method: &str, path: &str, host: Option<&str>, origin: Option<&str>, mono_ms: u64, wall_ms: u64) -> Response {
+fn respond(
+    gate: &Gate,
+    tls: bool,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    origin: Option<&str>,
+    upgrade: &Upgrade,
+    mono_ms: u64,
+    wall_ms: u64,
+) -> Response {
     // Origin first: a forbidden origin learns nothing, not even 404 vs 405.
     let cross = match origin {
         None => None,
@@ -190,6 +284,14 @@ fn respond(gate: &Gate, tls: bool, method: &str, path: &str, host: Option<&str>,
         r.extra.push(("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID".into()));
         r.extra.push(("Access-Control-Max-Age", "600".into()));
         r
+    } else if p == "/v1/ws" {
+        if method == "GET" {
+            websocket(upgrade)
+        } else {
+            let mut r = Response::text(405, "method not allowed");
+            r.extra.push(("Allow", "GET".into()));
+            r
+        }
     } else if p != "/v1/route" {
         Response::text(404, "not found")
     } else if method != "GET" {
@@ -211,6 +313,7 @@ fn respond(gate: &Gate, tls: bool, method: &str, path: &str, host: Option<&str>,
 
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
@@ -218,6 +321,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Content Too Large",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -228,7 +332,7 @@ fn write_response(out: &mut BytesMut, r: &Response, close: bool) {
     use std::fmt::Write;
     let mut head = String::with_capacity(256);
     let _ = write!(head, "HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
-    if r.status != 204 {
+    if r.status != 204 && r.status != 101 {
         let _ = write!(head, "Content-Type: {}\r\nContent-Length: {}\r\n", r.content_type, r.body.len());
     }
     for (k, v) in &r.extra {

@@ -28,6 +28,8 @@ pub struct Adopt {
     /// Decrypted bytes that arrived behind the CONNECT.
     pub rbuf: BytesMut,
     pub out: BytesMut,
+    /// The WebSocket state of a connection upgraded before its CONNECT.
+    pub ws: Option<Box<crate::runtime::web::ws::WsState>>,
     pub user: Arc<str>,
     pub req: ConnectRequest,
     /// JWT `exp` in wall-clock milliseconds.

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod gate_http;
 pub mod mesh;
 pub mod tls_record;
+pub mod web;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
