@@ -582,7 +582,8 @@ struct Chart {
 
 impl Chart {
     fn svg(&self) -> String {
-        let (w, h, l, b, top, right) = (720.0, 340.0, 70.0, 44.0, 30.0, 24.0);
+        // The legend sits in a row above the plot, the markers' labels inside it.
+        let (w, h, l, b, top, right) = (720.0, 350.0, 70.0, 44.0, 40.0, 24.0);
         let all = || self.series.iter().flat_map(|s| s.pts.iter());
         let xs = all().map(|p| p.0).chain(self.marks.iter().map(|m| m.x)).filter(|x| x.is_finite() && *x > 0.0);
         let xmax = xs.clone().fold(0.0, f64::max).max(1e-9) * 1.05;
@@ -623,7 +624,9 @@ impl Chart {
             }
             let dash = if m.dashed { " stroke-dasharray=\"5,4\"" } else { "" };
             let _ = write!(s, "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#9a6700\" stroke-width=\"1.5\"{dash}/>", x(m.x), top, h - b);
-            let _ = write!(s, "<text x=\"{:.1}\" y=\"{}\" fill=\"#9a6700\" text-anchor=\"end\">{}</text>", x(m.x) - 3.0, top + 12.0 + 13.0 * k as f64, escape(&m.label));
+            // Label on the side of the line with more room.
+            let (tx, anchor) = if x(m.x) > (l + w) / 2.0 { (x(m.x) - 4.0, "end") } else { (x(m.x) + 4.0, "start") };
+            let _ = write!(s, "<text x=\"{tx:.1}\" y=\"{}\" fill=\"#9a6700\" text-anchor=\"{anchor}\">{}</text>", top + 12.0 + 13.0 * k as f64, escape(&m.label));
         }
         for (k, ser) in self.series.iter().enumerate() {
             let path: Vec<String> = ser.pts.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
@@ -631,8 +634,8 @@ impl Chart {
             for p in &ser.pts {
                 let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"><title>{}: {} at {}</title></circle>", x(p.0), y(p.1), ser.color, escape(&ser.name), short(p.1), short(p.0));
             }
-            let ly = top + 4.0 + 14.0 * k as f64;
-            let _ = write!(s, "<circle cx=\"{}\" cy=\"{ly}\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>", l + 12.0, ser.color, l + 20.0, ly + 4.0, escape(&ser.name));
+            let lx = l + 12.0 + 170.0 * k as f64;
+            let _ = write!(s, "<circle cx=\"{lx}\" cy=\"14\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"18\">{}</text>", ser.color, lx + 8.0, escape(&ser.name));
         }
         let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", (l + w) / 2.0, h - 8.0, escape(&self.xlabel));
         let _ = write!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text></svg>", h / 2.0, h / 2.0, escape(&self.ylabel));
