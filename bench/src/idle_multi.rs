@@ -65,6 +65,12 @@ pub struct IdleMultiResult {
     pub connect_latency_us: Summary,
     /// Open files of each server process at the sample (≈ its connections).
     pub fds_per_server: Vec<u64>,
+    /// Open files the servers gained during the ramp: the connections they
+    /// still held at the sample. Below `connected`, servers closed some
+    /// connections after CONNACK (an idle client does not read, so it does
+    /// not notice); the table says so.
+    #[serde(default)]
+    pub server_held: u64,
     pub server_before: ProcsSample,
     pub server_after: ProcsSample,
     pub rss_bytes_per_conn: f64,
@@ -139,7 +145,8 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
         Err(e) => (Default::default(), Some(format!("{e:#}"))),
     };
     // On a timeout the workers' tallies are lost; the servers' open files say what was held.
-    let connected = if stopped.is_none() { ready.count("ok") } else { fds.iter().sum::<u64>().saturating_sub(fds_at_warm) };
+    let server_held = fds.iter().sum::<u64>().saturating_sub(fds_at_warm);
+    let connected = if stopped.is_none() { ready.count("ok") } else { server_held };
     if stopped.is_none() {
         fleet.command("CLOSE", 0)?;
         let _ = fleet.wait_results(Duration::from_secs(120), None);
@@ -170,6 +177,7 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
         ramp_conns_per_s: if ramp_s > 0.0 { connected as f64 / ramp_s } else { 0.0 },
         connect_latency_us: ready.hists.get("connect").map(|h| h.summary()).unwrap_or_default(),
         fds_per_server: fds,
+        server_held,
         rss_bytes_per_conn: (after.mem.rss_kb as f64 - before.mem.rss_kb as f64) * 1024.0 / n,
         pss_bytes_per_conn: (after.mem.pss_kb as f64 - before.mem.pss_kb as f64) * 1024.0 / n,
         server_before: before,
@@ -212,6 +220,15 @@ pub fn table(results: &[IdleMultiResult]) -> String {
         if let Some(why) = &r.stopped {
             s += &format!("\nThe ramp stopped early: {why}.\n");
         }
+        if r.server_held * 100 < r.connected * 99 {
+            s += &format!(
+                "\nThe servers held only {} of the {} connections the clients saw CONNACKed (their open files at the sample): \
+                 they closed the others after CONNACK. The per-connection figures divide by {}.\n",
+                crate::report::thousands(r.server_held as f64),
+                crate::report::thousands(r.connected as f64),
+                crate::report::thousands(r.connected as f64)
+            );
+        }
     }
     s
 }
@@ -235,9 +252,11 @@ mod tests {
             connected: 30_000,
             stopped: Some("timed out waiting for stage ready".into()),
             fds_per_server: vec![15_010, 15_020],
+            server_held: 20_000,
             ..Default::default()
         };
         let t = table(&[r]);
+        assert!(t.contains("held only 20,000 of the 30,000"), "{t}");
         assert!(t.contains("30,000 (stopped early)"), "{t}");
         assert!(t.contains("15010–15020"), "{t}");
         assert!(t.contains("timed out waiting for stage ready"), "{t}");
