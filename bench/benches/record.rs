@@ -61,7 +61,8 @@ fn seal(c: &mut Criterion) {
             seq += 1;
             let mut body = vec![7u8; FLUSH + 1];
             let tag = k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from([0x17u8, 3, 3, 0, 117]), &mut body).unwrap();
-            black_box((&body, tag));
+            black_box(&body);
+            black_box(tag.as_ref()[0]);
         })
     });
     g.finish();

@@ -445,7 +445,7 @@ fn main() -> Result<()> {
         }
         Cmd::Suite { targets, readme, rates, wait_quiet_s, load_fractions, idle_curve_conns, idle_multi_conns, idle, hs, push, storm } => {
             let io = idle.opts(common.procs);
-            let idle_multi = (idle_multi_conns > 0).then(|| IdleMultiOpts {
+            let idle_multi = (idle_multi_conns > 0).then_some(IdleMultiOpts {
                 conns: idle_multi_conns,
                 warmup: io.warmup,
                 servers: 0,
