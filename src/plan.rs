@@ -35,9 +35,50 @@ pub struct Measured {
     pub kernel_bytes_per_conn: f64,
     pub cpu_us_per_handshake: f64,
     pub cpu_us_per_reconnect: f64,
-    /// (offered msg/s or None for saturation, server µs per message, p99 ms).
-    pub push: Vec<(Option<f64>, f64, f64)>,
+    /// Where the per-connection memory figures came from (a point of `memory`).
+    pub memory_source: String,
+    /// The latency/CPU curve: one point per push run of the target.
+    pub push: Vec<PushPoint>,
+    /// The memory curve: one point per idle run of the target (single and multi-process).
+    pub memory: Vec<MemPoint>,
     pub nofile_limit: u64,
+}
+
+/// One measured point of the push curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushPoint {
+    /// Open-loop offered load, msg/s; None = closed-loop saturation.
+    pub offered_per_s: Option<f64>,
+    pub delivered_per_s: f64,
+    pub cpu_us_per_msg: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Its place in the JSON, e.g. `push[4]`.
+    pub json: String,
+}
+
+impl PushPoint {
+    /// Where the point sits on the load axis: the offered load, or the rate delivered at saturation.
+    pub fn load(&self) -> f64 {
+        self.offered_per_s.unwrap_or(self.delivered_per_s)
+    }
+
+    fn label(&self) -> String {
+        self.offered_per_s.map_or(format!("saturation ({:.0} msg/s delivered)", self.delivered_per_s), |o| format!("{o:.0} msg/s offered"))
+    }
+}
+
+/// One measured point of the memory curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemPoint {
+    pub conns: f64,
+    pub process_bytes_per_conn: f64,
+    /// Server side only: half the loopback slab delta.
+    pub kernel_bytes_per_conn: f64,
+    /// Server processes that held them (more than one: the multi-process run).
+    pub processes: u64,
+    /// Its place in the JSON, e.g. `idle[2]` or `idle_multi[0]`.
+    pub json: String,
 }
 
 /// The deployment's targets.
@@ -109,19 +150,41 @@ pub fn read_measured(path: &Path, json: &Value, target: &str) -> Result<Measured
         json.get(section)?.as_array()?.iter().find(|e| e.get("target").and_then(Value::as_str) == Some(target) && pred(e)).cloned()
     };
     let idle = of("idle", &|_| true).ok_or_else(|| missing("idle result"))?;
+    let mut memory = Vec::new();
+    for (section, multi) in [("idle", false), ("idle_multi", true)] {
+        for (i, e) in json.get(section).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if e.get("target").and_then(Value::as_str) != Some(target) {
+                continue;
+            }
+            let (Some(conns), Some(rss), Some(slab)) = (f(e, "connected"), f(e, "rss_bytes_per_conn"), f(e, "kernel_slab_bytes_per_conn")) else { continue };
+            let processes = if multi { e.get("servers").and_then(Value::as_u64).unwrap_or(1) } else { 1 };
+            memory.push(MemPoint { conns, process_bytes_per_conn: rss, kernel_bytes_per_conn: slab / 2.0, processes, json: format!("{section}[{i}]") });
+        }
+    }
+    memory.sort_by(|a, b| a.conns.total_cmp(&b.conns));
+    // The plan uses the point with the most connections: fixed costs are
+    // amortised there as they will be on a node, and it is the measured
+    // point nearest a node's load.
+    let used = memory.last().cloned().ok_or_else(|| missing("idle rss_bytes_per_conn and kernel_slab_bytes_per_conn"))?;
     let hs = of("handshake", &|e| e.get("mode").and_then(Value::as_str) == Some("full")).ok_or_else(|| missing("full handshake result"))?;
     let storm = of("storm", &|_| true);
     let env = json.get("envelope").cloned().unwrap_or(Value::Null);
     let mut push = Vec::new();
-    for e in json.get("push").and_then(Value::as_array).into_iter().flatten() {
+    for (i, e) in json.get("push").and_then(Value::as_array).into_iter().flatten().enumerate() {
         if e.get("target").and_then(Value::as_str) != Some(target) {
             continue;
         }
-        let offered = e.get("offered_per_s").and_then(Value::as_f64);
-        let cpu = f(e, "server_cpu_us_per_msg").ok_or_else(|| missing("push server_cpu_us_per_msg"))?;
-        let p99 = e.pointer("/latency_us/p99_us").and_then(Value::as_f64).map_or(f64::NAN, |us| us / 1000.0);
-        push.push((offered, cpu, p99));
+        let ms = |p: &str| e.pointer(p).and_then(Value::as_f64).map_or(f64::NAN, |us| us / 1000.0);
+        push.push(PushPoint {
+            offered_per_s: e.get("offered_per_s").and_then(Value::as_f64),
+            delivered_per_s: f(e, "msgs_per_s").unwrap_or(f64::NAN),
+            cpu_us_per_msg: f(e, "server_cpu_us_per_msg").ok_or_else(|| missing("push server_cpu_us_per_msg"))?,
+            p50_ms: ms("/latency_us/p50_us"),
+            p99_ms: ms("/latency_us/p99_us"),
+            json: format!("push[{i}]"),
+        });
     }
+    push.sort_by(|a, b| a.load().total_cmp(&b.load()));
     if push.is_empty() {
         return Err(missing("push result"));
     }
@@ -140,11 +203,13 @@ pub fn read_measured(path: &Path, json: &Value, target: &str) -> Result<Measured
         // The server's share of the machine (the load generator had the rest).
         cpus: env.get("server_cpus").and_then(Value::as_array).map_or(0, |a| a.len() as u64).max(1),
         base_rss_bytes: idle.pointer("/server_before/mem/rss_kb").and_then(Value::as_f64).unwrap_or(0.0) * 1024.0,
-        process_bytes_per_conn: f(&idle, "rss_bytes_per_conn").ok_or_else(|| missing("rss_bytes_per_conn"))?,
-        kernel_bytes_per_conn: f(&idle, "kernel_slab_bytes_per_conn").ok_or_else(|| missing("kernel_slab_bytes_per_conn"))? / 2.0,
+        process_bytes_per_conn: used.process_bytes_per_conn,
+        kernel_bytes_per_conn: used.kernel_bytes_per_conn,
+        memory_source: used.json.clone(),
         cpu_us_per_handshake: hs_cpu,
         cpu_us_per_reconnect: storm.as_ref().and_then(|s| f(s, "server_cpu_us_per_reconnect")).unwrap_or(hs_cpu),
         push,
+        memory,
         nofile_limit: env.get("nofile_limit").and_then(Value::as_u64).unwrap_or(0),
     })
 }
@@ -166,8 +231,13 @@ pub struct Plan {
     pub processes_per_node: u64,
     pub binding: String,
     pub profile: &'static str,
-    /// p99 at the highest measured offered load at or above the per-core load, if any.
-    pub p99_ms: Option<(f64, f64)>,
+    /// p99 at the lowest measured offered load at or above the per-core
+    /// load, if any: (that load per core, p99 ms, the point's JSON place).
+    pub p99_ms: Option<(f64, f64, String)>,
+    /// The push point whose CPU per message the plan uses.
+    pub cpu_source: String,
+    /// The plan's per-core message load, msg/s.
+    pub per_core_load: f64,
 }
 
 pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
@@ -179,7 +249,9 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     let ram_bytes = (m.base_rss_bytes + t.connections as f64 * bytes_per_conn) * h;
     // The costliest measured per-message CPU: saturation amortises better
     // than light load, and planning must not assume the cheap case.
-    let cpu_us_per_msg = m.push.iter().map(|p| p.1).fold(0.0, f64::max);
+    let costliest = m.push.iter().max_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
+    let cpu_us_per_msg = costliest.map_or(0.0, |p| p.cpu_us_per_msg);
+    let cpu_source = costliest.map_or_else(String::new, |p| p.json.clone());
     let msg_cores = t.messages_per_s * cpu_us_per_msg / 1e6 * h;
     let reconnects = t.connections as f64 * t.reconnect_fraction;
     let storm_cores = reconnects / t.reconnect_window_s * m.cpu_us_per_reconnect / 1e6 * h;
@@ -205,9 +277,9 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     let p99_ms = m
         .push
         .iter()
-        .filter_map(|p| p.0.map(|o| (o / m.cpus.max(1) as f64, p.2)))
-        .filter(|(o, _)| *o >= per_core_load)
-        .fold(None, |best: Option<(f64, f64)>, x| match best {
+        .filter_map(|p| p.offered_per_s.map(|o| (o / m.cpus.max(1) as f64, p.p99_ms, p.json.clone())))
+        .filter(|(o, _, _)| *o >= per_core_load)
+        .fold(None, |best: Option<(f64, f64, String)>, x| match best {
             Some(b) if b.0 <= x.0 => Some(b),
             _ => Some(x),
         });
@@ -228,6 +300,8 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
         binding,
         profile,
         p99_ms,
+        cpu_source,
+        per_core_load,
     })
 }
 
@@ -242,15 +316,51 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     let _ = writeln!(s, "**Nodes: {}** ({} cores, {:.0} GiB each) — binding constraint: {}.\n", p.nodes, t.cores_per_node, t.ram_per_node_gib, p.binding);
     let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {:.0} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", t.connections, t.messages_per_s, t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
     let _ = writeln!(s, "Measured figures, from `{}` (target `{}`, run {} on {}, commit `{}`):\n", m.source, m.target, m.date, m.machine, m.commit);
-    let _ = writeln!(s, "| figure | value | JSON |\n|---|---:|---|");
-    let _ = writeln!(s, "| process memory per idle TLS connection | {:.0} B | `idle[target].rss_bytes_per_conn` |", m.process_bytes_per_conn);
-    let _ = writeln!(s, "| kernel memory per connection (server side) | {:.0} B | `idle[target].kernel_slab_bytes_per_conn` ÷ 2 |", m.kernel_bytes_per_conn);
-    let _ = writeln!(s, "| base process memory | {} | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
-    let _ = writeln!(s, "| server CPU per full TLS handshake | {:.0} µs | `handshake[target, full].server_cpu_us_per_handshake` |", m.cpu_us_per_handshake);
-    let _ = writeln!(s, "| server CPU per reconnect (storm) | {:.0} µs | `storm[target].server_cpu_us_per_reconnect` |", m.cpu_us_per_reconnect);
-    for (offered, cpu, p99) in &m.push {
-        let load = offered.map_or("saturation".to_string(), |o| format!("{o:.0} msg/s offered"));
-        let _ = writeln!(s, "| server CPU per message, {load} (p99 {p99:.2} ms) | {cpu:.2} µs | `push[target].server_cpu_us_per_msg` |");
+    let mem_at = m.memory.iter().find(|p| p.json == m.memory_source).map_or(0.0, |p| p.conns);
+    let _ = writeln!(s, "| figure | value | from (curve, point) | JSON |\n|---|---:|---|---|");
+    let _ = writeln!(s, "| process memory per idle TLS connection | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.rss_bytes_per_conn` |", m.process_bytes_per_conn, m.memory_source);
+    let _ = writeln!(s, "| kernel memory per connection (server side) | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", m.kernel_bytes_per_conn, m.memory_source);
+    let _ = writeln!(s, "| base process memory | {} | single-process idle run | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
+    let _ = writeln!(s, "| server CPU per full TLS handshake | {:.0} µs | handshake run | `handshake[target, full].server_cpu_us_per_handshake` |", m.cpu_us_per_handshake);
+    let _ = writeln!(s, "| server CPU per reconnect (storm) | {:.0} µs | reconnect-storm run | `storm[target].server_cpu_us_per_reconnect` |", m.cpu_us_per_reconnect);
+    if let Some(c) = m.push.iter().find(|c| c.json == p.cpu_source) {
+        let _ = writeln!(s, "| server CPU per message (the costliest point) | {:.2} µs | load curve, point at {} | `{}.server_cpu_us_per_msg` |", c.cpu_us_per_msg, c.label(), c.json);
+    }
+    let _ = writeln!(s, "\n### Load curve (measured: latency and CPU per message against offered load)\n");
+    let _ = writeln!(s, "| offered msg/s | delivered msg/s | p50 ms | p99 ms | server CPU µs/msg | used by the plan | JSON |\n|---:|---:|---:|---:|---:|---|---|");
+    for c in &m.push {
+        let mut used = Vec::new();
+        if c.json == p.cpu_source {
+            used.push("CPU per message");
+        }
+        if p.p99_ms.as_ref().is_some_and(|q| q.2 == c.json) {
+            used.push("p99 quoted");
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | `{}` |",
+            c.offered_per_s.map_or("saturation".into(), |o| format!("{o:.0}")),
+            c.delivered_per_s,
+            c.p50_ms,
+            c.p99_ms,
+            c.cpu_us_per_msg,
+            if used.is_empty() { "–".to_string() } else { used.join(", ") },
+            c.json
+        );
+    }
+    let _ = writeln!(s, "\n### Memory curve (measured: bytes per idle connection against connections held)\n");
+    let _ = writeln!(s, "| connections | server processes | process B/conn | kernel B/conn (server side) | used by the plan | JSON |\n|---:|---:|---:|---:|---|---|");
+    for c in &m.memory {
+        let _ = writeln!(
+            s,
+            "| {:.0} | {} | {:.0} | {:.0} | {} | `{}` |",
+            c.conns,
+            c.processes,
+            c.process_bytes_per_conn,
+            c.kernel_bytes_per_conn,
+            if c.json == m.memory_source { "memory per connection" } else { "–" },
+            c.json
+        );
     }
     let _ = writeln!(s, "\n## Result\n\n| resource | need | nodes |\n|---|---:|---:|");
     let _ = writeln!(s, "| RAM: ({} + {} × {:.0} B) × {:.2} | {} | {} |", gib(m.base_rss_bytes), t.connections, p.bytes_per_conn, 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
@@ -269,9 +379,9 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         if p.processes_per_node > 1 { " (each with its own port or SO_REUSEPORT group and its own data directory)" } else { "" }
     );
     let _ = writeln!(s, "\nsysctl profile: **`sysctl/{}.conf`** (check a node with `ringgate doctor --profile {} --target-connections {}`).", p.profile, p.profile, (t.connections as f64 / p.nodes as f64).ceil());
-    match p.p99_ms {
-        Some((load, p99)) => {
-            let _ = writeln!(s, "\nLatency: per-core load {:.0} msg/s; the nearest measured load at or above it ({:.0} msg/s per core) had p99 {:.2} ms.", t.messages_per_s / p.nodes as f64 / t.cores_per_node as f64, load, p99);
+    match &p.p99_ms {
+        Some((load, p99, json)) => {
+            let _ = writeln!(s, "\nLatency: per-core load {:.0} msg/s; the nearest measured load at or above it ({:.0} msg/s per core, load curve point `{json}`) had p99 {:.2} ms.", p.per_core_load, load, p99);
         }
         None => {
             let _ = writeln!(s, "\nLatency: the planned per-core load is above every measured open-loop load; no p99 can be quoted from this run.");
@@ -282,7 +392,8 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         "Figures scale linearly with cores and connections (thread-per-core, shared-nothing); the benchmark ran on fewer cores than a node has.",
         "Connections are idle between messages (the idle figure); active ones briefly hold buffers of up to 16 KiB each.",
         "The kernel figure is half the loopback slab delta, which counts both ends of each connection.",
-        "The highest measured CPU per message is used; CPU per reconnect includes TLS, CONNECT and replay.",
+        "The highest CPU per message on the load curve is used; CPU per reconnect includes TLS, CONNECT and replay.",
+        "Memory per connection is the memory curve's point with the most connections (fixed costs amortised as on a node).",
         "A reconnect storm coincides with steady traffic; their cores add up.",
         "Open files: 16 + 2 per core are kept for listeners, the log and the runtime.",
         "Per-core message load is compared with the benchmark's offered load divided by the cores the server had in that run (`envelope.server_cpus`).",
@@ -292,33 +403,79 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     s
 }
 
-/// A self-contained HTML page with the Markdown figures and three SVG charts.
+/// A self-contained HTML page: the measured curves plotted (with the
+/// plan's operating point and headroom marked), then the report with its
+/// tables as HTML tables.
 pub fn html(m: &Measured, t: &Targets, p: &Plan, md: &str) -> String {
-    let n = t.connections as f64;
-    let mem = chart(
-        "Memory vs connections",
-        "connections",
-        "GiB",
-        (0..=10).map(|i| n * i as f64 / 10.0).map(|c| (c, (m.base_rss_bytes + c * p.bytes_per_conn) / (1u64 << 30) as f64)).collect(),
-    );
-    let max_rate = t.messages_per_s.max(1.0);
-    let cpu = chart(
-        "CPU vs message rate",
-        "messages/s",
-        "cores",
-        (0..=10).map(|i| max_rate * i as f64 / 10.0).map(|r| (r, r * p.cpu_us_per_msg / 1e6)).collect(),
-    );
-    let storm = chart(
-        "Reconnect-storm recovery time vs handshake capacity",
-        "cores for handshakes",
-        "seconds",
-        (1..=t.cores_per_node.max(2) * p.nodes).map(|c| (c as f64, p.reconnects * m.cpu_us_per_reconnect / 1e6 / c as f64)).collect(),
-    );
+    let h = 1.0 + t.headroom;
+    // The plan's per-core load as an offered load on the benchmark's server
+    // (it had `m.cpus` cores), so it can sit on the measured load axis.
+    let op = p.per_core_load * m.cpus.max(1) as f64;
+    let marks = vec![
+        Mark { x: op, label: format!("operating point {op:.0} msg/s"), dashed: false },
+        Mark { x: op * h, label: format!("+{:.0} % headroom", t.headroom * 100.0), dashed: true },
+    ];
+    let series = |name: &str, color: &'static str, f: &dyn Fn(&PushPoint) -> f64| Series {
+        name: name.into(),
+        color,
+        pts: m.push.iter().map(|c| (c.load(), f(c))).filter(|q| q.1.is_finite()).collect(),
+    };
+    let mut notes = String::new();
+    if op * h > m.push.iter().map(PushPoint::load).fold(0.0, f64::max) {
+        notes += "<p class=\"warn\">The operating point with headroom lies beyond the highest measured load: the curve does not cover it.</p>";
+    }
+    let lat = Chart {
+        title: format!("Latency vs offered load (measured, {} points, push runs of `{}`)", m.push.len(), m.target),
+        xlabel: "offered load on the benchmark server, msg/s (saturation: delivered)".into(),
+        ylabel: "ms".into(),
+        series: vec![series("p50", "#1f6feb", &|c| c.p50_ms), series("p99", "#d1242f", &|c| c.p99_ms)],
+        marks: marks.clone(),
+        logx: false,
+    }
+    .svg();
+    let cpu = Chart {
+        title: "Server CPU per message vs offered load (measured)".into(),
+        xlabel: "offered load on the benchmark server, msg/s".into(),
+        ylabel: "µs per message".into(),
+        series: vec![series("CPU µs/msg", "#8250df", &|c| c.cpu_us_per_msg)],
+        marks,
+        logx: false,
+    }
+    .svg();
+    let conns_per_process = (t.connections as f64 / p.nodes as f64 / p.processes_per_node as f64).ceil();
+    let mem = Chart {
+        title: format!("Memory per connection vs connections held (measured, {} points)", m.memory.len()),
+        xlabel: "connections held (log scale)".into(),
+        ylabel: "bytes per connection".into(),
+        series: vec![
+            Series { name: "process RSS".into(), color: "#1f6feb", pts: m.memory.iter().map(|c| (c.conns, c.process_bytes_per_conn)).collect() },
+            Series { name: "kernel (server side)".into(), color: "#1a7f37", pts: m.memory.iter().map(|c| (c.conns, c.kernel_bytes_per_conn)).collect() },
+        ],
+        marks: vec![Mark { x: conns_per_process, label: format!("plan: {conns_per_process:.0} per process"), dashed: false }],
+        logx: true,
+    }
+    .svg();
+    let storm = Chart {
+        title: "Reconnect-storm recovery time vs handshake cores (model: measured CPU per reconnect × reconnects ÷ cores)".into(),
+        xlabel: "cores for handshakes".into(),
+        ylabel: "seconds".into(),
+        series: vec![Series {
+            name: "recovery time".into(),
+            color: "#1f6feb",
+            pts: (1..=t.cores_per_node.max(2) * p.nodes).map(|c| (c as f64, p.reconnects * m.cpu_us_per_reconnect / 1e6 / c as f64)).collect(),
+        }],
+        marks: vec![Mark { x: t.cores_per_node as f64 * p.nodes as f64, label: "cores bought".into(), dashed: false }],
+        logx: false,
+    }
+    .svg();
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>ringgate capacity plan</title>\
-         <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:1em}}</style></head>\
-         <body><h1>ringgate capacity plan</h1>{mem}{cpu}{storm}<h2>Report</h2><pre>{}</pre></body></html>\n",
-        escape(md)
+         <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#1f2328}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #d0d7de;padding:4px 8px}}\
+         th{{background:#f6f8fa}}td.num{{text-align:right;font-variant-numeric:tabular-nums}}\
+         code{{background:#f6f8fa;padding:0 3px}}.warn{{color:#9a6700}}svg{{display:block}}</style></head>\
+         <body>{}<h2>Measured curves</h2>{notes}{lat}{cpu}{mem}{storm}</body></html>\n",
+        md_to_html(md)
     )
 }
 
@@ -326,33 +483,173 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// A line chart as inline SVG (axes, ticks, one series).
-fn chart(title: &str, xlabel: &str, ylabel: &str, pts: Vec<(f64, f64)>) -> String {
-    let (w, h, l, b) = (640.0, 320.0, 70.0, 40.0);
-    let xmax = pts.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
-    let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
-    let x = |v: f64| l + v / xmax * (w - l - 20.0);
-    let y = |v: f64| h - b - v / ymax * (h - b - 20.0);
-    let mut s = format!("<h2>{}</h2><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\">", escape(title));
-    let _ = write!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - b, w - 20.0, h - b);
-    let _ = write!(s, "<line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>", h - b);
-    for i in 0..=4 {
-        let (xv, yv) = (xmax * i as f64 / 4.0, ymax * i as f64 / 4.0);
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x(xv), h - b + 14.0, short(xv));
-        let _ = write!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", l - 4.0, y(yv) + 4.0, short(yv));
+/// Inline Markdown of our own reports: `code` and **bold**, escaped.
+fn inline(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in escape(s).split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            for (j, b) in part.split("**").enumerate() {
+                if j % 2 == 1 {
+                    let _ = write!(out, "<strong>{b}</strong>");
+                } else {
+                    out += b;
+                }
+            }
+        }
     }
-    let path: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
-    let _ = write!(s, "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
-    let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", (l + w) / 2.0, h - 6.0, escape(xlabel));
-    let _ = write!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text></svg>", h / 2.0, h / 2.0, escape(ylabel));
-    s
+    out
+}
+
+/// The subset of Markdown this module writes (headings, paragraphs, `-`
+/// lists, pipe tables) as HTML, so the page's tables are real tables.
+pub fn md_to_html(md: &str) -> String {
+    let mut out = String::new();
+    let lines: Vec<&str> = md.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i].trim_end();
+        if l.starts_with('|') {
+            let row = |l: &str| -> Vec<String> { l.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect() };
+            let head = row(l);
+            let right: Vec<bool> = lines.get(i + 1).map_or(vec![], |a| row(a).iter().map(|c| c.ends_with(':')).collect());
+            out += "<table><thead><tr>";
+            for c in &head {
+                let _ = write!(out, "<th>{}</th>", inline(c));
+            }
+            out += "</tr></thead><tbody>";
+            i += 2;
+            while i < lines.len() && lines[i].starts_with('|') {
+                out += "<tr>";
+                for (k, c) in row(lines[i]).iter().enumerate() {
+                    let class = if right.get(k) == Some(&true) { " class=\"num\"" } else { "" };
+                    let _ = write!(out, "<td{class}>{}</td>", inline(c));
+                }
+                out += "</tr>";
+                i += 1;
+            }
+            out += "</tbody></table>\n";
+            continue;
+        }
+        if let Some(h) = l.strip_prefix("### ") {
+            let _ = writeln!(out, "<h3>{}</h3>", inline(h));
+        } else if let Some(h) = l.strip_prefix("## ") {
+            let _ = writeln!(out, "<h2>{}</h2>", inline(h));
+        } else if let Some(h) = l.strip_prefix("# ") {
+            let _ = writeln!(out, "<h1>{}</h1>", inline(h));
+        } else if l.starts_with("- ") {
+            out += "<ul>";
+            while i < lines.len() && lines[i].starts_with("- ") {
+                let _ = write!(out, "<li>{}</li>", inline(&lines[i][2..]));
+                i += 1;
+            }
+            out += "</ul>\n";
+            continue;
+        } else if !l.is_empty() {
+            let _ = writeln!(out, "<p>{}</p>", inline(l));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// One series of measured (or modelled) points.
+struct Series {
+    name: String,
+    color: &'static str,
+    pts: Vec<(f64, f64)>,
+}
+
+/// A vertical marker (the operating point, its headroom).
+#[derive(Clone)]
+struct Mark {
+    x: f64,
+    label: String,
+    dashed: bool,
+}
+
+/// A chart as inline SVG: axes with ticks, each series as points joined by
+/// a line (every point is a measurement), vertical markers, a legend.
+struct Chart {
+    title: String,
+    xlabel: String,
+    ylabel: String,
+    series: Vec<Series>,
+    marks: Vec<Mark>,
+    logx: bool,
+}
+
+impl Chart {
+    fn svg(&self) -> String {
+        // The legend sits in a row above the plot, the markers' labels inside it.
+        let (w, h, l, b, top, right) = (720.0, 350.0, 70.0, 44.0, 40.0, 24.0);
+        let all = || self.series.iter().flat_map(|s| s.pts.iter());
+        let xs = all().map(|p| p.0).chain(self.marks.iter().map(|m| m.x)).filter(|x| x.is_finite() && *x > 0.0);
+        let xmax = xs.clone().fold(0.0, f64::max).max(1e-9) * 1.05;
+        let xmin = if self.logx { xs.fold(f64::INFINITY, f64::min).min(xmax / 10.0) / 1.3 } else { 0.0 };
+        let ymax = all().map(|p| p.1).filter(|y| y.is_finite()).fold(0.0, f64::max).max(1e-9) * 1.15;
+        let fx = |v: f64| if self.logx { (v.max(xmin).ln() - xmin.ln()) / (xmax.ln() - xmin.ln()) } else { v / xmax };
+        let x = |v: f64| l + fx(v) * (w - l - right);
+        let y = |v: f64| h - b - v / ymax * (h - b - top);
+        let mut s = format!("<h3>{}</h3><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"11\">", inline(&self.title));
+        let _ = write!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", h - b, w - right, h - b);
+        let _ = write!(s, "<line x1=\"{l}\" y1=\"{top}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>", h - b);
+        let xticks: Vec<f64> = if self.logx {
+            let mut v = Vec::new();
+            let mut d = 10f64.powi(xmin.log10().floor() as i32);
+            while d <= xmax {
+                for k in [1.0, 2.0, 5.0] {
+                    if d * k >= xmin && d * k <= xmax {
+                        v.push(d * k);
+                    }
+                }
+                d *= 10.0;
+            }
+            v
+        } else {
+            (0..=5).map(|i| xmax * i as f64 / 5.0).collect()
+        };
+        for xv in xticks {
+            let _ = write!(s, "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#eee\"/>", x(xv), top, h - b);
+            let _ = write!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x(xv), h - b + 14.0, short(xv));
+        }
+        for i in 0..=4 {
+            let yv = ymax * i as f64 / 4.0;
+            let _ = write!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", l - 4.0, y(yv) + 4.0, short(yv));
+        }
+        for (k, m) in self.marks.iter().enumerate() {
+            if !m.x.is_finite() || m.x <= 0.0 {
+                continue;
+            }
+            let dash = if m.dashed { " stroke-dasharray=\"5,4\"" } else { "" };
+            let _ = write!(s, "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#9a6700\" stroke-width=\"1.5\"{dash}/>", x(m.x), top, h - b);
+            // Label on the side of the line with more room.
+            let (tx, anchor) = if x(m.x) > (l + w) / 2.0 { (x(m.x) - 4.0, "end") } else { (x(m.x) + 4.0, "start") };
+            let _ = write!(s, "<text x=\"{tx:.1}\" y=\"{}\" fill=\"#9a6700\" text-anchor=\"{anchor}\">{}</text>", top + 12.0 + 13.0 * k as f64, escape(&m.label));
+        }
+        for (k, ser) in self.series.iter().enumerate() {
+            let path: Vec<String> = ser.pts.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+            let _ = write!(s, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>", ser.color, path.join(" "));
+            for p in &ser.pts {
+                let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"><title>{}: {} at {}</title></circle>", x(p.0), y(p.1), ser.color, escape(&ser.name), short(p.1), short(p.0));
+            }
+            let lx = l + 12.0 + 170.0 * k as f64;
+            let _ = write!(s, "<circle cx=\"{lx}\" cy=\"14\" r=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"18\">{}</text>", ser.color, lx + 8.0, escape(&ser.name));
+        }
+        let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", (l + w) / 2.0, h - 8.0, escape(&self.xlabel));
+        let _ = write!(s, "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text></svg>", h / 2.0, h / 2.0, escape(&self.ylabel));
+        s
+    }
 }
 
 fn short(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
-    } else if v >= 1e3 {
+    } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
     } else if v >= 10.0 {
         format!("{v:.0}")
     } else {
@@ -397,9 +694,18 @@ mod tests {
             kernel_bytes_per_conn: 3800.0,
             cpu_us_per_handshake: 250.0,
             cpu_us_per_reconnect: 260.0,
-            push: vec![(None, 17.0, 30.0), (Some(8000.0), 36.0, 2.1), (Some(16000.0), 38.0, 4.6)],
+            memory_source: "idle[1]".into(),
+            push: vec![pt(Some(8000.0), 36.0, 2.1, 0), pt(Some(16000.0), 38.0, 4.6, 1), pt(None, 17.0, 30.0, 2)],
+            memory: vec![
+                MemPoint { conns: 2000.0, process_bytes_per_conn: 3900.0, kernel_bytes_per_conn: 4100.0, processes: 1, json: "idle[0]".into() },
+                MemPoint { conns: 10000.0, process_bytes_per_conn: 3000.0, kernel_bytes_per_conn: 3800.0, processes: 1, json: "idle[1]".into() },
+            ],
             nofile_limit: 20_000,
         }
+    }
+
+    fn pt(offered: Option<f64>, cpu: f64, p99: f64, i: usize) -> PushPoint {
+        PushPoint { offered_per_s: offered, delivered_per_s: offered.unwrap_or(60_000.0), cpu_us_per_msg: cpu, p50_ms: p99 / 3.0, p99_ms: p99, json: format!("push[{i}]") }
     }
 
     fn targets(conns: u64, msgs: f64) -> Targets {
@@ -456,9 +762,30 @@ mod tests {
         let t = targets(1_000_000, 50_000.0);
         let p = compute(&m, &t).unwrap();
         let md = markdown(&m, &t, &p);
-        assert!(md.contains("| 3000 B | `idle[target].rss_bytes_per_conn` |"), "{md}");
+        assert!(md.contains("| 3000 B | memory curve, point at 10000 connections | `idle[1].rss_bytes_per_conn` |"), "{md}");
         assert!(md.contains("250 µs"));
+        // The costliest load-curve point is the CPU figure, and says so.
+        assert!(md.contains("| 38.00 µs | load curve, point at 16000 msg/s offered | `push[1].server_cpu_us_per_msg` |"), "{md}");
+        assert_eq!(p.cpu_source, "push[1]");
         let h = html(&m, &t, &p, &md);
-        assert_eq!(h.matches("<svg").count(), 3);
+        assert_eq!(h.matches("<svg").count(), 4);
+        assert!(!h.contains("<pre>"));
+        // Every Markdown table became an HTML table with the same rows.
+        let md_tables = md.lines().filter(|l| l.starts_with("|---") || l.starts_with("|--:") || l.starts_with("|---:")).count();
+        assert_eq!(h.matches("<table>").count(), md_tables);
+        assert_eq!(h.matches("<tr>").count(), md.lines().filter(|l| l.starts_with('|')).count() - md_tables);
+        // Each measured point is plotted: 3 load points × (p50, p99, CPU), 2 memory points × 2.
+        assert_eq!(h.matches("<title>").count(), 1 + 3 * 3 + 2 * 2 + (t.cores_per_node.max(2) * p.nodes) as usize);
+        assert!(h.contains("operating point"), "{h}");
+        assert!(h.contains("headroom"));
+    }
+
+    #[test]
+    fn markdown_subset_renders_as_html() {
+        let h = md_to_html("# T\n\n**B** `c` & <x>\n\n| a | n |\n|---|---:|\n| `k` | 5 |\n\n- one\n- two\n");
+        assert!(h.contains("<h1>T</h1>"), "{h}");
+        assert!(h.contains("<p><strong>B</strong> <code>c</code> &amp; &lt;x&gt;</p>"), "{h}");
+        assert!(h.contains("<table><thead><tr><th>a</th><th>n</th></tr></thead><tbody><tr><td><code>k</code></td><td class=\"num\">5</td></tr></tbody></table>"), "{h}");
+        assert!(h.contains("<ul><li>one</li><li>two</li></ul>"), "{h}");
     }
 }

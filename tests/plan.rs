@@ -31,7 +31,7 @@ fn report_figures_trace_back_to_the_benchmark_json() {
     let idle = target(&v, "idle", |_| true);
     let rss = idle["rss_bytes_per_conn"].as_f64().unwrap();
     let kernel = idle["kernel_slab_bytes_per_conn"].as_f64().unwrap() / 2.0;
-    assert!(md.contains(&format!("| {rss:.0} B | `idle[target].rss_bytes_per_conn` |")), "{md}");
+    assert!(md.contains(&format!("| {rss:.0} B | memory curve, point at 10000 connections | `idle[0].rss_bytes_per_conn` |")), "{md}");
     assert!(md.contains(&format!("| {kernel:.0} B |")), "{md}");
     let hs = target(&v, "handshake", |e| e["mode"] == "full")["server_cpu_us_per_handshake"].as_f64().unwrap();
     assert!(md.contains(&format!("| {hs:.0} µs |")), "{md}");
@@ -40,8 +40,87 @@ fn report_figures_trace_back_to_the_benchmark_json() {
     let ram = (base + 2e6 * (rss + kernel)) * 1.3 / (1u64 << 30) as f64;
     assert!(md.contains(&format!("{ram:.2} GiB")), "RAM {ram:.2} GiB not in\n{md}");
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3);
+    assert_eq!(html.matches("<svg").count(), 4);
     assert!(html.contains("Reconnect-storm recovery time"));
+    assert!(!html.contains("<pre>"), "tables are HTML tables now");
+    assert!(html.contains("<table>"));
+}
+
+/// A suite JSON with curves: the fixture plus push runs at six open-loop
+/// loads and idle runs at three connection counts and one multi-process
+/// run, as `ringgate-bench suite --idle-multi-conns` writes them.
+fn fixture_with_curves() -> Value {
+    let (_, mut v) = fixture();
+    let push0 = target(&v, "push", |e| e["offered_per_s"].is_null()).clone();
+    let idle0 = target(&v, "idle", |_| true).clone();
+    let push = v["push"].as_array_mut().unwrap();
+    for (k, rate) in [2_000.0, 24_000.0, 32_000.0, 40_000.0].into_iter().enumerate() {
+        let mut e = push0.clone();
+        e["offered_per_s"] = rate.into();
+        e["msgs_per_s"] = rate.into();
+        e["latency_us"]["p50_us"] = (900 + 100 * k as u64).into();
+        e["latency_us"]["p99_us"] = (2_000 + 1_500 * k as u64).into();
+        e["server_cpu_us_per_msg"] = (30.0 - k as f64).into();
+        push.push(e);
+    }
+    let idle = v["idle"].as_array_mut().unwrap();
+    for (n, rss) in [(2_000u64, 4_100.0), (5_000, 3_300.0)] {
+        let mut e = idle0.clone();
+        e["connected"] = n.into();
+        e["conns"] = n.into();
+        e["rss_bytes_per_conn"] = rss.into();
+        idle.push(e);
+    }
+    let mut multi = idle0.clone();
+    multi["connected"] = 200_000u64.into();
+    multi["servers"] = 13u64.into();
+    multi["rss_bytes_per_conn"] = 2_100.0.into();
+    multi["kernel_slab_bytes_per_conn"] = 6_400.0.into();
+    v["idle_multi"] = Value::Array(vec![multi]);
+    v
+}
+
+#[test]
+fn html_report_plots_the_measured_curves_and_names_their_points() {
+    let v = fixture_with_curves();
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("suite.json");
+    std::fs::write(&bench, serde_json::to_string(&v).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["plan", "--bench"])
+        .arg(&bench)
+        .args(["--connections", "2000000", "--messages-per-s", "100000", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    let n_push = v["push"].as_array().unwrap().iter().filter(|e| e["target"] == "ringgate-uring").count();
+    assert_eq!(n_push, 7, "saturation + 6 open-loop loads");
+    // Memory per connection comes from the point with the most connections:
+    // the multi-process run, and the report says so.
+    assert!(md.contains("| 2100 B | memory curve, point at 200000 connections | `idle_multi[0].rss_bytes_per_conn` |"), "{md}");
+    assert!(md.contains("| 200000 | 13 | 2100 | 3200 | memory per connection | `idle_multi[0]` |"), "{md}");
+    // The costliest CPU point of the load curve is the one used, and named.
+    let sat_cpu = target(&v, "push", |e| e["offered_per_s"].is_null())["server_cpu_us_per_msg"].as_f64().unwrap();
+    let costliest = v["push"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == "ringgate-uring")
+        .map(|e| e["server_cpu_us_per_msg"].as_f64().unwrap())
+        .fold(sat_cpu, f64::max);
+    assert!(md.contains(&format!("| {costliest:.2} µs | load curve, point at")), "{md}");
+    // Every measured point is drawn: 7 loads × (p50, p99, CPU) + 4 memory points × 2 series.
+    // (A data point is a circle of radius 3.5, a legend one 4; the storm chart, a model, comes last.)
+    let measured_charts = html.split("<h3>Reconnect-storm").next().unwrap();
+    assert_eq!(measured_charts.matches("r=\"3.5\"").count(), 7 * 3 + 4 * 2);
+    assert!(html.contains("operating point"));
+    assert!(html.contains("+30 % headroom"));
+    assert!(html.contains("Latency vs offered load (measured, 7 points"));
+    assert!(html.contains("Memory per connection vs connections held (measured, 4 points)"));
+    assert!(html.contains("<td class=\"num\">200000</td>"), "memory table rendered as an HTML table");
 }
 
 #[test]

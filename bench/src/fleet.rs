@@ -134,6 +134,11 @@ impl Fleet {
         self.children.len()
     }
 
+    /// The worker processes' pids (to sample the client side's memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.children.is_empty()
     }

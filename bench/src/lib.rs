@@ -21,11 +21,13 @@
 //! - [`suite`]: the one command that runs every scenario and writes the table.
 //! - [`report`]: the JSON envelope (commit, kernel, sysctls) and the
 //!   Markdown table the suite writes into `bench/README.md`.
+//! - [`idle_multi`]: idle connections across several server processes sharing one port.
 //! - [`flame`]: folds `perf script` output and renders it with inferno.
 
 pub mod clientnet;
 pub mod fleet;
 pub mod http1;
+pub mod idle_multi;
 pub mod flame;
 pub mod mqtt;
 pub mod procfs;

@@ -9,6 +9,7 @@ use ringgate_bench::report::{self, Envelope};
 use ringgate_bench::scenarios::{self, HandshakeOpts, IdleOpts, PushOpts, StormOpts};
 use ringgate_bench::suite::{self, SuiteOpts, SuiteReport};
 use ringgate_bench::targets::{self, Env, TargetKind};
+use ringgate_bench::idle_multi::{self, IdleMultiOpts};
 use ringgate_bench::{flame, procfs, worker};
 
 #[derive(Parser)]
@@ -63,6 +64,19 @@ enum Cmd {
         #[command(flatten)]
         o: IdleArgs,
     },
+    /// Hold N idle TLS connections across several ringgate processes sharing one port (SO_REUSEPORT) and several client processes.
+    IdleMulti {
+        #[arg(long, default_value = "ringgate-uring")]
+        target: TargetKind,
+        /// Server processes (0 = one per 16,000 connections).
+        #[arg(long, default_value_t = 0)]
+        servers: u32,
+        /// Bound on the ramp, seconds; what was reached by then is reported.
+        #[arg(long, default_value_t = 240)]
+        ramp_timeout_s: u64,
+        #[command(flatten)]
+        o: IdleArgs,
+    },
     /// Full or resumed TLS handshakes per second and server CPU per handshake.
     Handshake {
         #[arg(long, value_delimiter = ',', default_value = "ringgate-uring,ringgate-epoll,nginx")]
@@ -106,6 +120,15 @@ enum Cmd {
         /// Wait up to this long for other work on the machine to finish before starting.
         #[arg(long, default_value_t = 120)]
         wait_quiet_s: u64,
+        /// Open-loop loads as fractions of the lowest saturation rate (when no --rate is given).
+        #[arg(long, value_delimiter = ',', default_value = "0.1,0.25,0.5,0.7,0.85,0.95")]
+        load_fractions: Vec<f64>,
+        /// More idle connection counts for the ringgate targets (the memory curve).
+        #[arg(long, value_delimiter = ',', default_value = "2000,5000")]
+        idle_curve_conns: Vec<u64>,
+        /// Also hold this many idle connections across several server processes (0 = skip; 200000 takes minutes).
+        #[arg(long, default_value_t = 0)]
+        idle_multi_conns: u64,
         #[command(flatten)]
         idle: IdleArgs,
         #[command(flatten)]
@@ -361,6 +384,26 @@ fn main() -> Result<()> {
             r.wall_s = t0.elapsed().as_secs_f64();
             write_scenario(&common, &env, "idle", &r)?;
         }
+        Cmd::IdleMulti { target, servers, ramp_timeout_s, o } => {
+            let mut r = SuiteReport { envelope: envelope("idle-multi"), ..Default::default() };
+            let io = o.opts(common.procs);
+            let mo = IdleMultiOpts {
+                conns: io.conns,
+                warmup: io.warmup,
+                servers,
+                rate_per_s: io.rate_per_s,
+                max_inflight: io.max_inflight,
+                procs: io.procs,
+                settle_s: io.settle_s,
+                ramp_timeout_s,
+            };
+            match idle_multi::idle_multi(&env, target, &mo) {
+                Ok(x) => r.idle_multi.push(x),
+                Err(e) => r.skipped.push(format!("idle-multi {}: {e:#}", target.name())),
+            }
+            r.wall_s = t0.elapsed().as_secs_f64();
+            write_scenario(&common, &env, "idle-multi", &r)?;
+        }
         Cmd::Handshake { targets, resume, o } => {
             let mut r = SuiteReport { envelope: envelope("handshake"), ..Default::default() };
             for k in targets {
@@ -400,8 +443,22 @@ fn main() -> Result<()> {
             r.wall_s = t0.elapsed().as_secs_f64();
             write_scenario(&common, &env, "reconnect-storm", &r)?;
         }
-        Cmd::Suite { targets, readme, rates, wait_quiet_s, idle, hs, push, storm } => {
+        Cmd::Suite { targets, readme, rates, wait_quiet_s, load_fractions, idle_curve_conns, idle_multi_conns, idle, hs, push, storm } => {
+            let io = idle.opts(common.procs);
+            let idle_multi = (idle_multi_conns > 0).then_some(IdleMultiOpts {
+                conns: idle_multi_conns,
+                warmup: io.warmup,
+                servers: 0,
+                rate_per_s: io.rate_per_s,
+                max_inflight: io.max_inflight,
+                procs: 0,
+                settle_s: io.settle_s,
+                ramp_timeout_s: 300,
+            });
             let o = SuiteOpts {
+                load_fractions,
+                idle_curve_conns,
+                idle_multi,
                 idle: idle.opts(common.procs),
                 handshake: hs.opts(false, common.procs),
                 push: push.opts(common.procs),

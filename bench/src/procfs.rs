@@ -141,6 +141,10 @@ pub struct KernelMem {
     pub sockstat: Sockstat,
     /// Active bytes of each of [`SOCKET_SLABS`]; empty when slabinfo is unreadable.
     pub slabs: BTreeMap<String, u64>,
+    /// `Slab:` of `/proc/meminfo` in KiB: all kernel slab memory, whoever
+    /// allocated it (0 when unreadable).
+    #[serde(default)]
+    pub meminfo_slab_kb: u64,
 }
 
 impl KernelMem {
@@ -152,12 +156,26 @@ impl KernelMem {
                 SOCKET_SLABS.iter().filter_map(|n| all.get(*n).map(|c| (n.to_string(), c.active_bytes()))).collect()
             })
             .unwrap_or_default();
-        KernelMem { sockstat, slabs }
+        let meminfo_slab_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| parse_meminfo_kb(&t, "Slab")).unwrap_or(0);
+        KernelMem { sockstat, slabs, meminfo_slab_kb }
     }
 
     pub fn slab_total(&self) -> u64 {
         self.slabs.values().sum()
     }
+}
+
+/// The `kB` value of `key:` in `/proc/meminfo` text.
+pub fn parse_meminfo_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+/// Open file descriptors of `pid` (for a server: its connections, plus a few).
+pub fn fd_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
 }
 
 /// One CPU's line of `/proc/stat`, in clock ticks.

@@ -23,13 +23,30 @@ pub struct SuiteOpts {
     pub rates: Vec<f64>,
     pub storm: StormOpts,
     pub targets: Vec<TargetKind>,
+    /// More idle connection counts for the ringgate targets, beyond
+    /// `idle.conns`: with it, the memory-per-connection curve (≥ 3 points).
+    #[serde(default)]
+    pub idle_curve_conns: Vec<u64>,
+    /// Open-loop loads as fractions of the lowest saturation rate, when
+    /// `rates` is empty: the latency-vs-load curve (≥ 6 points up to saturation).
+    #[serde(default)]
+    pub load_fractions: Vec<f64>,
+    /// The multi-process idle run, if asked for (`--idle-multi-conns`).
+    #[serde(default)]
+    pub idle_multi: Option<crate::idle_multi::IdleMultiOpts>,
 }
+
+/// Default `load_fractions`: six open-loop loads from light to near saturation.
+pub const DEFAULT_LOAD_FRACTIONS: [f64; 6] = [0.1, 0.25, 0.5, 0.7, 0.85, 0.95];
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SuiteReport {
     pub envelope: Option<Envelope>,
     pub opts: Option<SuiteOpts>,
     pub idle: Vec<IdleResult>,
+    /// Idle runs across several server processes on one port (`idle-multi`).
+    #[serde(default)]
+    pub idle_multi: Vec<crate::idle_multi::IdleMultiResult>,
     pub handshake: Vec<HandshakeResult>,
     pub push: Vec<PushResult>,
     pub storm: Vec<StormResult>,
@@ -128,6 +145,27 @@ pub fn run(env: &Env, o: &SuiteOpts, envelope: Envelope, wait_quiet_s: u64) -> S
             Err(e) => note(&mut r, "idle", k, e),
         }
     }
+    // The memory curve: the same run at other counts (after the main
+    // count's rows, so the side-by-side tables read those first).
+    for &k in usable.iter().filter(|k| k.is_ringgate()) {
+        for &n in o.idle_curve_conns.iter().filter(|&&n| n != o.idle.conns) {
+            eprintln!("idle {} ({n} connections, memory curve)", k.name());
+            match scenarios::idle(env, k, &IdleOpts { conns: n, ..o.idle.clone() }) {
+                Ok(x) => r.idle.push(x),
+                Err(e) => note(&mut r, "idle", k, e),
+            }
+        }
+    }
+    if let Some(mo) = &o.idle_multi {
+        let k = TargetKind::RinggateUring;
+        if usable.contains(&k) {
+            eprintln!("idle-multi {} ({} connections)", k.name(), mo.conns);
+            match crate::idle_multi::idle_multi(env, k, mo) {
+                Ok(x) => r.idle_multi.push(x),
+                Err(e) => note(&mut r, "idle-multi", k, e),
+            }
+        }
+    }
     for &k in usable.iter().filter(|k| **k != TargetKind::Mosquitto) {
         for resume in [false, true] {
             if resume && k == TargetKind::RinggateEpoll {
@@ -159,7 +197,8 @@ pub fn run(env: &Env, o: &SuiteOpts, envelope: Envelope, wait_quiet_s: u64) -> S
             .filter(|v| *v > 0.0)
             .fold(f64::INFINITY, f64::min);
         if min.is_finite() {
-            vec![round2(min * 0.25), round2(min * 0.5)]
+            let fr: &[f64] = if o.load_fractions.is_empty() { &DEFAULT_LOAD_FRACTIONS } else { &o.load_fractions };
+            fr.iter().map(|f| round2(min * f)).collect()
         } else {
             Vec::new()
         }
@@ -206,6 +245,26 @@ fn ms_from_us(v: f64) -> String {
     } else {
         format!("{:.2}", v / 1000.0)
     }
+}
+
+/// Memory per connection against the number held (every idle run, by target then count).
+pub fn memory_curve_table(results: &[IdleResult]) -> String {
+    let mut v: Vec<&IdleResult> = results.iter().collect();
+    v.sort_by_key(|x| (x.target.name(), x.conns));
+    let mut s = String::from(
+        "\n**Memory per connection vs connections held** (the memory curve `ringgate plan` plots)\n\n\
+         | server | connections | server RSS B/conn | kernel slab B/conn (both ends) |\n|---|---:|---:|---:|\n",
+    );
+    for x in v {
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            x.target.name(),
+            thousands(x.connected as f64),
+            thousands(x.rss_bytes_per_conn),
+            x.kernel_slab_bytes_per_conn.map(thousands).unwrap_or_else(|| "–".into())
+        );
+    }
+    s
 }
 
 pub fn idle_table(results: &[IdleResult]) -> String {
@@ -393,7 +452,17 @@ pub fn markdown(r: &SuiteReport) -> String {
     s += &headline(r);
     s += "\n";
     if !r.idle.is_empty() {
-        s += &idle_table(&r.idle);
+        // The side-by-side table at the main count; the curve below it.
+        let main = r.idle[0].conns;
+        let at_main: Vec<IdleResult> = r.idle.iter().filter(|x| x.conns == main).cloned().collect();
+        s += &idle_table(&at_main);
+        if at_main.len() < r.idle.len() {
+            s += &memory_curve_table(&r.idle);
+        }
+    }
+    if !r.idle_multi.is_empty() {
+        s += "\n**Idle TLS connections across several server processes** (SO_REUSEPORT on one port; bytes per connection)\n\n";
+        s += &crate::idle_multi::table(&r.idle_multi);
     }
     if !r.handshake.is_empty() {
         s += &handshake_table(&r.handshake);

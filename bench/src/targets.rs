@@ -265,16 +265,40 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     line[at..].split_whitespace().next()?.trim_end_matches(',').parse().ok()
 }
 
+/// The ringgate config of one of several processes sharing `port` with
+/// SO_REUSEPORT (`server.allow_shared_port`): each has its own data dir and
+/// admin port. For the multi-process idle memory run only — the kernel
+/// splits connections between processes that do not know each other, so
+/// messages would not route between them.
+pub fn ringgate_config_shared(env: &Env, port: u16, driver: &str, data_dir: &Path) -> String {
+    ringgate_config(env, port, driver, data_dir).replacen("[server]\n", "[server]\nallow_shared_port = true\n", 1)
+}
+
 impl Server {
     pub fn start(env: &Env, kind: TargetKind) -> Result<Server> {
-        let port = free_port()?;
-        let dir = env.dir.join(kind.name());
+        Self::start_in(env, kind, free_port()?, &env.dir.join(kind.name()), false)
+    }
+
+    /// Server `index` of several ringgate processes sharing one `port`.
+    pub fn start_shared(env: &Env, kind: TargetKind, port: u16, index: usize) -> Result<Server> {
+        if !kind.is_ringgate() {
+            bail!("{}: only ringgate runs as several processes on one port here", kind.name());
+        }
+        Self::start_in(env, kind, port, &env.dir.join(format!("{}-{index}", kind.name())), true)
+    }
+
+    fn start_in(env: &Env, kind: TargetKind, port: u16, dir: &Path, shared: bool) -> Result<Server> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         match kind {
             TargetKind::RinggateUring | TargetKind::RinggateEpoll => {
                 let driver = if kind == TargetKind::RinggateUring { "uring" } else { "legacy" };
-                let config = ringgate_config(env, port, driver, &dir.join("data"));
+                let config = if shared {
+                    ringgate_config_shared(env, port, driver, &dir.join("data"))
+                } else {
+                    ringgate_config(env, port, driver, &dir.join("data"))
+                };
                 let path = dir.join("ringgate.toml");
                 std::fs::write(&path, &config)?;
                 let mut cmd = Command::new(&env.ringgate_bin);

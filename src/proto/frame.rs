@@ -49,9 +49,12 @@ impl Utf8Bytes {
     }
 
     pub fn as_str(&self) -> &str {
-        // Validated in `from_bytes` or built from a `&str`/`String`; the
-        // fallback can only be reached if that invariant is broken.
-        std::str::from_utf8(&self.0).unwrap_or("")
+        // SAFETY: every constructor either validates the bytes
+        // (`from_bytes`) or takes them from a `&str`/`String`, the field is
+        // private to this module, and `Bytes` is immutable, so the bytes are
+        // UTF-8 for the life of the value. Re-validating here cost a scan of
+        // every device id and target on every lookup.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 
     pub fn len(&self) -> usize {
@@ -511,6 +514,19 @@ mod tests {
         // str length beyond the frame
         let mut b = BytesMut::from(&[0u8, 0, 0, 4, T_DISCONNECT, 0, 0, 9][..]);
         assert!(matches!(decode(&mut b, 100), Err(FrameError::Truncated { .. })));
+    }
+
+    #[test]
+    fn utf8_is_checked_once_at_decode_and_as_str_is_the_buffer() {
+        // "é" cut in half is refused at decode, whole it is accepted ...
+        assert_eq!(Utf8Bytes::from_bytes(Bytes::from_static(&[b'a', 0xc3])), Err(FrameError::BadUtf8));
+        assert_eq!(Utf8Bytes::from_bytes(Bytes::from_static(&[0xed, 0xa0, 0x80])), Err(FrameError::BadUtf8));
+        let b = Bytes::from_static("dévice".as_bytes());
+        let u = Utf8Bytes::from_bytes(b.clone()).unwrap();
+        // ... and as_str hands out the same bytes, not a copy.
+        assert_eq!(u.as_str(), "dévice");
+        assert_eq!(u.as_str().as_ptr(), b.as_ptr());
+        assert_eq!(Utf8Bytes::default().as_str(), "");
     }
 
     #[test]

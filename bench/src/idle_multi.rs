@@ -1,0 +1,264 @@
+//! The multi-process idle run: several ringgate processes share one port (SO_REUSEPORT) and several client processes hold hundreds of thousands of idle TLS connections across them, measuring server memory per connection, kernel memory and ramp time.
+//!
+//! Why processes: one process may open only 20,000 files on this machine
+//! (hard limit), so 200,000 connections need at least 11 server processes
+//! and 11 client processes. Each server has its own data dir and admin
+//! port and `server.allow_shared_port = true`; the kernel's SO_REUSEPORT
+//! hash spreads connections over them, so [`plan_servers`] keeps a margin
+//! below the limit. The servers do not know each other (messages would not
+//! route between them): this setup is for the memory measurement only.
+//!
+//! Figures: server RSS/PSS per connection (sum over all server processes,
+//! after − after the warm-up, ÷ connections), the socket slab caches and
+//! `/proc/meminfo` `Slab:` per connection (both ends: client and server
+//! share the kernel), client RSS per connection (to show what the load
+//! generator costs), connections per server process, and the ramp.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{bar, plan_procs, Fleet};
+use crate::procfs::{self, KernelMem, ProcsSample};
+use crate::stats::{mono_ns, Summary};
+use crate::targets::{free_port, Env, Server, TargetKind};
+use crate::worker::{IdleJob, Job, WorkerSpec};
+
+/// Connections planned per server process: the 20,000-file limit less room
+/// for the SO_REUSEPORT hash's imbalance (±1 % at 15,000) and the
+/// process's own files.
+pub const CONNS_PER_SERVER: u64 = 16_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdleMultiOpts {
+    pub conns: u64,
+    pub warmup: u64,
+    /// Server processes; 0 = enough for `conns` at [`CONNS_PER_SERVER`] each.
+    pub servers: u32,
+    pub rate_per_s: f64,
+    pub max_inflight: u32,
+    pub procs: u32,
+    pub settle_s: f64,
+    /// Bound on the whole ramp; what was reached by then is reported.
+    pub ramp_timeout_s: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IdleMultiResult {
+    pub target: Option<TargetKind>,
+    pub server_version: String,
+    /// The config of server 0 (the others differ only in their data dir).
+    pub server_config: String,
+    pub servers: u32,
+    pub client_procs: u32,
+    pub conns: u64,
+    pub warmup: u64,
+    /// Authenticated (CONNACKed) connections held at the sample.
+    pub connected: u64,
+    pub failed: u64,
+    /// Why the ramp ended early, if it did.
+    pub stopped: Option<String>,
+    pub ramp_s: f64,
+    pub ramp_conns_per_s: f64,
+    pub connect_latency_us: Summary,
+    /// Open files of each server process at the sample (≈ its connections).
+    pub fds_per_server: Vec<u64>,
+    /// Open files the servers gained during the ramp: the connections they
+    /// still held at the sample. Below `connected`, servers closed some
+    /// connections after CONNACK (an idle client does not read, so it does
+    /// not notice); the table says so.
+    #[serde(default)]
+    pub server_held: u64,
+    pub server_before: ProcsSample,
+    pub server_after: ProcsSample,
+    pub rss_bytes_per_conn: f64,
+    pub pss_bytes_per_conn: f64,
+    pub kernel_before: KernelMem,
+    pub kernel_after: KernelMem,
+    /// Socket slab caches (TCP, sock_inode_cache, filp, …) ÷ connections, both ends.
+    pub kernel_slab_bytes_per_conn: Option<f64>,
+    /// `/proc/meminfo` `Slab:` delta ÷ connections, both ends (everything the kernel allocated meanwhile).
+    pub kernel_meminfo_slab_bytes_per_conn: f64,
+    pub kernel_sockbuf_bytes_per_conn: f64,
+    /// The load generator's RSS ÷ connections (tokio-rustls client; not the server's cost).
+    pub client_rss_bytes_per_conn: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub wall_s: f64,
+}
+
+/// Server processes for `total` connections (0 requested = choose), or why it cannot fit.
+pub fn plan_servers(total: u64, requested: u32) -> Result<u32> {
+    let needed = total.div_ceil(CONNS_PER_SERVER).max(1) as u32;
+    if requested != 0 && (requested as u64) * (procfs::nofile_limit().1.saturating_sub(200)) < total {
+        bail!("{total} connections do not fit in {requested} server processes of {} files each", procfs::nofile_limit().1);
+    }
+    Ok(if requested == 0 { needed } else { requested })
+}
+
+pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<IdleMultiResult> {
+    let t0 = Instant::now();
+    let total = o.warmup + o.conns;
+    let nservers = plan_servers(total, o.servers)?;
+    let procs = plan_procs(total, o.procs)?;
+    let port = free_port()?;
+    let mut servers = Vec::new();
+    for i in 0..nservers as usize {
+        servers.push(Server::start_shared(env, kind, port, i)?);
+    }
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+    let job = Job::Idle(IdleJob {
+        warmup: o.warmup,
+        conns: o.conns,
+        rate_per_s: o.rate_per_s,
+        max_inflight: o.max_inflight,
+        user_prefix: format!("im{:x}_", mono_ns() % 0xff_ffff),
+    });
+    let target = servers[0].target_spec(env);
+    let specs: Vec<WorkerSpec> = (0..procs)
+        .map(|p| WorkerSpec { proc_index: p, procs, threads: env.client_cpus.len().max(1) as u32, target: target.clone(), job: job.clone() })
+        .collect();
+    let mut fleet = Fleet::spawn(specs, &env.client_cpus)?;
+    let warm = fleet.wait_stage("warm", Duration::from_secs(120), None)?;
+    if warm.count("ok") < o.warmup {
+        bail!("{}: only {} of {} warm-up connections opened: {:?}", kind.name(), warm.count("ok"), o.warmup, warm.errors);
+    }
+    std::thread::sleep(Duration::from_secs_f64(o.settle_s));
+    let before = procfs::sample_procs(&pids);
+    let kbefore = KernelMem::read();
+    let client_before = procfs::sample_procs(&fleet.pids());
+    let fds_at_warm: u64 = pids.iter().map(|&p| procfs::fd_count(p)).sum();
+    let ramp_start = mono_ns();
+    fleet.command("GO", 0)?;
+    let b = bar(total, &format!("idle-multi {} × {nservers}", kind.name()));
+    let ready = fleet.wait_stage("ready", Duration::from_secs(o.ramp_timeout_s), Some(&b));
+    b.finish_and_clear();
+    let ramp_wall_s = (mono_ns() - ramp_start) as f64 / 1e9;
+    std::thread::sleep(Duration::from_secs_f64(o.settle_s));
+    let after = procfs::sample_procs(&pids);
+    let kafter = KernelMem::read();
+    let client_after = procfs::sample_procs(&fleet.pids());
+    let fds: Vec<u64> = pids.iter().map(|&p| procfs::fd_count(p)).collect();
+    let (ready, stopped) = match ready {
+        Ok(t) => (t, None),
+        Err(e) => (Default::default(), Some(format!("{e:#}"))),
+    };
+    // On a timeout the workers' tallies are lost; the servers' open files say what was held.
+    let server_held = fds.iter().sum::<u64>().saturating_sub(fds_at_warm);
+    let connected = if stopped.is_none() { ready.count("ok") } else { server_held };
+    if stopped.is_none() {
+        fleet.command("CLOSE", 0)?;
+        let _ = fleet.wait_results(Duration::from_secs(120), None);
+    }
+    drop(fleet);
+    let config = servers[0].config.clone();
+    let version = servers[0].version.clone();
+    for s in servers {
+        s.stop();
+    }
+    let n = connected.max(1) as f64;
+    let ramp_s = match ready.max_ms.get("ramp_ms") {
+        Some(&ms) if stopped.is_none() => ms as f64 / 1000.0,
+        _ => ramp_wall_s,
+    };
+    Ok(IdleMultiResult {
+        target: Some(kind),
+        server_version: version,
+        server_config: config,
+        servers: nservers,
+        client_procs: procs,
+        conns: o.conns,
+        warmup: o.warmup,
+        connected,
+        failed: ready.count("failed"),
+        stopped,
+        ramp_s,
+        ramp_conns_per_s: if ramp_s > 0.0 { connected as f64 / ramp_s } else { 0.0 },
+        connect_latency_us: ready.hists.get("connect").map(|h| h.summary()).unwrap_or_default(),
+        fds_per_server: fds,
+        server_held,
+        rss_bytes_per_conn: (after.mem.rss_kb as f64 - before.mem.rss_kb as f64) * 1024.0 / n,
+        pss_bytes_per_conn: (after.mem.pss_kb as f64 - before.mem.pss_kb as f64) * 1024.0 / n,
+        server_before: before,
+        server_after: after,
+        kernel_slab_bytes_per_conn: (!kafter.slabs.is_empty()).then(|| (kafter.slab_total() as f64 - kbefore.slab_total() as f64) / n),
+        kernel_meminfo_slab_bytes_per_conn: (kafter.meminfo_slab_kb as f64 - kbefore.meminfo_slab_kb as f64) * 1024.0 / n,
+        kernel_sockbuf_bytes_per_conn: (kafter.sockstat.tcp_mem_pages as f64 - kbefore.sockstat.tcp_mem_pages as f64) * 4096.0 / n,
+        kernel_before: kbefore,
+        kernel_after: kafter,
+        client_rss_bytes_per_conn: (client_after.mem.rss_kb as f64 - client_before.mem.rss_kb as f64) * 1024.0 / n,
+        errors: ready.errors.clone(),
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The Markdown table of multi-process idle runs.
+pub fn table(results: &[IdleMultiResult]) -> String {
+    let mut s = String::from(
+        "| server | processes | connected | server RSS B/conn | server PSS B/conn | kernel socket slab B/conn (both ends) | kernel Slab (meminfo) B/conn (both ends) | client RSS B/conn | ramp s | connects/s | conns per server (min–max) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in results {
+        let (lo, hi) = (r.fds_per_server.iter().min().copied().unwrap_or(0), r.fds_per_server.iter().max().copied().unwrap_or(0));
+        s += &format!(
+            "| {} | {} | {}{} | {} | {} | {} | {} | {} | {:.1} | {} | {lo}–{hi} fds |\n",
+            r.target.map(|t| t.name()).unwrap_or("?"),
+            r.servers,
+            crate::report::thousands(r.connected as f64),
+            if r.stopped.is_some() { " (stopped early)" } else { "" },
+            crate::report::thousands(r.rss_bytes_per_conn),
+            crate::report::thousands(r.pss_bytes_per_conn),
+            r.kernel_slab_bytes_per_conn.map(crate::report::thousands).unwrap_or_else(|| "–".into()),
+            crate::report::thousands(r.kernel_meminfo_slab_bytes_per_conn),
+            crate::report::thousands(r.client_rss_bytes_per_conn),
+            r.ramp_s,
+            crate::report::thousands(r.ramp_conns_per_s),
+        );
+    }
+    for r in results {
+        if let Some(why) = &r.stopped {
+            s += &format!("\nThe ramp stopped early: {why}.\n");
+        }
+        if r.server_held * 100 < r.connected * 99 {
+            s += &format!(
+                "\nThe servers held only {} of the {} connections the clients saw CONNACKed (their open files at the sample): \
+                 they closed the others after CONNACK. The per-connection figures divide by {}.\n",
+                crate::report::thousands(r.server_held as f64),
+                crate::report::thousands(r.connected as f64),
+                crate::report::thousands(r.connected as f64)
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_planned_with_margin_below_the_file_limit() {
+        assert_eq!(plan_servers(200_200, 0).unwrap(), 13);
+        assert_eq!(plan_servers(100, 0).unwrap(), 1);
+        assert_eq!(plan_servers(200_200, 14).unwrap(), 14);
+    }
+
+    #[test]
+    fn table_marks_an_early_stop() {
+        let r = IdleMultiResult {
+            target: Some(TargetKind::RinggateUring),
+            servers: 2,
+            connected: 30_000,
+            stopped: Some("timed out waiting for stage ready".into()),
+            fds_per_server: vec![15_010, 15_020],
+            server_held: 20_000,
+            ..Default::default()
+        };
+        let t = table(&[r]);
+        assert!(t.contains("held only 20,000 of the 30,000"), "{t}");
+        assert!(t.contains("30,000 (stopped early)"), "{t}");
+        assert!(t.contains("15010–15020"), "{t}");
+        assert!(t.contains("timed out waiting for stage ready"), "{t}");
+    }
+}
