@@ -52,7 +52,7 @@ fn check(what: &str, mut rtts: Vec<u128>) {
 
 #[test]
 fn rotations_and_a_cold_replay_leave_a_neighbours_round_trips_alone() {
-    let mut s = Config::default().durable("always").segment_max_bytes(1 << 20).start();
+    let mut s = Config::default().durable("always").segment_max_bytes(1 << 20).set("limits", "send_rate_per_connection = 1000000").start();
     let ping_user = neighbour_of("bob");
 
     // 1. A stream of rotations: ~6 MB of log over 1 MiB segments.

@@ -33,7 +33,7 @@ const SLACK_KIB: u64 = 24 * 1024;
 
 #[test]
 fn restart_after_sigkill_uses_no_more_memory_than_the_running_server_plus_a_constant() {
-    let mut s = Config::default().tls(false).durable("never").segment_max_bytes(8 << 20).start();
+    let mut s = Config::default().tls(false).durable("never").segment_max_bytes(8 << 20).set("limits", "send_rate_per_connection = 1000000").start();
     let (mut alice, _) = s.login("alice", "phone", 0);
     let body = vec![b'x'; PAYLOAD];
     let started = Instant::now();

@@ -145,6 +145,16 @@ heartbeat_s = 3600
 [store]
 data_dir = "{data}"
 durability = "memory"
+
+[limits]
+# The load generator opens thousands of connections from a few loopback
+# addresses at full speed and pipelines SENDs: per-address and per-connection
+# abuse limits would measure themselves, not the server.
+max_preauth_per_ip = 1000000
+connect_rate_per_ip = 1000000
+connect_rate = 1000000
+send_rate_per_connection = 1000000
+max_sends_in_flight = 100000
 "#,
         workers = env.workers,
         tls = env.tls,

@@ -72,7 +72,8 @@ fn start_server(dir: &Path, fsync: &str, workers: usize) -> Result<(Server, Dura
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = {workers}\n[tls]\nenabled = false\n[auth]\njwt_secret = \"{SECRET}\"\n\
-             [store]\ndata_dir = {:?}\ndurability = \"durable\"\nfsync = \"{fsync}\"\ninbox_max_messages = 100000000\n",
+             [store]\ndata_dir = {:?}\ndurability = \"durable\"\nfsync = \"{fsync}\"\ninbox_max_messages = 100000000\n\
+             [limits]\nsend_rate_per_connection = 1000000\nmax_sends_in_flight = 100000\n",
             dir.join("data").display().to_string()
         ),
     )?;
