@@ -268,6 +268,7 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
                 let mut out = Vec::new();
                 resp.encode(false, false, &mut out);
                 let _ = stream.write_all(&out);
+                lingering_close(&mut stream);
                 return;
             }
         }
@@ -275,6 +276,7 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
             let mut out = Vec::new();
             api::error_response(408, "the request did not arrive in time").encode(false, false, &mut out);
             let _ = stream.write_all(&out);
+            lingering_close(&mut stream);
             return;
         }
         let left = started.map_or(IDLE, |t| REQUEST_DEADLINE.saturating_sub(t.elapsed()).max(Duration::from_millis(10)));
@@ -287,6 +289,25 @@ fn serve_conn(ctx: &Ctx, mut stream: TcpStream) {
             }
             // The deadline check above answers 408 for a started request.
             Err(e) if started.is_some() && matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Closes after an error answer without losing it: closing a socket with
+/// unread input sends an RST, which makes the peer drop our answer. So
+/// send FIN first, then read and discard for a short while (as HTTP
+/// servers' "lingering close" does).
+fn lingering_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    while std::time::Instant::now() < until {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }
