@@ -223,6 +223,8 @@ pub struct Core {
     mutes: HashMap<Arc<str>, u64>,
     ledger: super::ledger::Ledger,
     last_gauge_ms: u64,
+    /// The once-a-minute info summary of peer failures.
+    peer_log: super::peer_log::PeerLog,
 }
 
 impl Core {
@@ -269,6 +271,7 @@ impl Core {
                 .collect(),
             ledger: super::ledger::Ledger::new(shared.ledger),
             last_gauge_ms: 0,
+            peer_log: Default::default(),
             shared,
         }
     }
@@ -1167,6 +1170,7 @@ impl Core {
         if now >= self.last_gauge_ms + 1_000 {
             self.last_gauge_ms = now;
             self.refresh_gauges();
+            self.peer_log.tick(self.id, now, self.shared.metrics.core(self.id));
         }
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);

@@ -23,6 +23,7 @@ pub mod core;
 pub mod ledger;
 pub mod gate_http;
 pub mod mesh;
+pub mod peer_log;
 pub mod tls_record;
 pub mod web;
 
