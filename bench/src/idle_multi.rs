@@ -31,6 +31,9 @@ use crate::worker::{IdleJob, Job, WorkerSpec};
 /// process's own files.
 pub const CONNS_PER_SERVER: u64 = 16_000;
 
+/// The input backlog the run asks for (see `idle_multi`).
+pub const NETDEV_BACKLOG: u64 = 65_536;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IdleMultiOpts {
     pub conns: u64,
@@ -86,6 +89,14 @@ pub struct IdleMultiResult {
     pub client_rss_bytes_per_conn: f64,
     pub errors: BTreeMap<String, u64>,
     pub wall_s: f64,
+    /// `net.core.netdev_max_backlog` during the run (raised for it when root).
+    #[serde(default)]
+    pub netdev_max_backlog: u64,
+    /// Packets dropped at a full CPU input backlog during the run (all of
+    /// loopback's traffic passes there; drops lose keepalive probes and
+    /// make TCP_USER_TIMEOUT abort idle connections).
+    #[serde(default)]
+    pub softnet_dropped: u64,
 }
 
 /// Server processes for `total` connections (0 requested = choose), or why it cannot fit.
@@ -102,6 +113,15 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
     let total = o.warmup + o.conns;
     let nservers = plan_servers(total, o.servers)?;
     let procs = plan_procs(total, o.procs)?;
+    // 200,000 handshakes over loopback on two busy cores overflow the
+    // default per-CPU input backlog (1,000 packets): the kernel then drops
+    // segments, keepalive probes among them, and the servers' sockets
+    // (TCP_USER_TIMEOUT 30 s) abort idle connections with ETIMEDOUT — a
+    // third of them in a 200,000 run. A real NIC queue is not this path;
+    // `ringgate doctor`'s profile raises the same sysctl.
+    let _backlog = procfs::SysctlRaise::at_least("net.core.netdev_max_backlog", NETDEV_BACKLOG);
+    let backlog = procfs::read_sysctls(&["net.core.netdev_max_backlog"]).values().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let dropped_before = procfs::softnet_dropped();
     let port = free_port()?;
     let mut servers = Vec::new();
     for i in 0..nservers as usize {
@@ -140,6 +160,7 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
     let kafter = KernelMem::read();
     let client_after = procfs::sample_procs(&fleet.pids());
     let fds: Vec<u64> = pids.iter().map(|&p| procfs::fd_count(p)).collect();
+    let softnet_dropped = procfs::softnet_dropped().saturating_sub(dropped_before);
     let (ready, stopped) = match ready {
         Ok(t) => (t, None),
         Err(e) => (Default::default(), Some(format!("{e:#}"))),
@@ -190,6 +211,8 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
         client_rss_bytes_per_conn: (client_after.mem.rss_kb as f64 - client_before.mem.rss_kb as f64) * 1024.0 / n,
         errors: ready.errors.clone(),
         wall_s: t0.elapsed().as_secs_f64(),
+        netdev_max_backlog: backlog,
+        softnet_dropped,
     })
 }
 
@@ -219,6 +242,13 @@ pub fn table(results: &[IdleMultiResult]) -> String {
     for r in results {
         if let Some(why) = &r.stopped {
             s += &format!("\nThe ramp stopped early: {why}.\n");
+        }
+        if r.softnet_dropped > 0 {
+            s += &format!(
+                "\nThe kernel dropped {} packets at a full input backlog during the run (net.core.netdev_max_backlog = {}).\n",
+                crate::report::thousands(r.softnet_dropped as f64),
+                r.netdev_max_backlog
+            );
         }
         if r.server_held * 100 < r.connected * 99 {
             s += &format!(

@@ -311,6 +311,45 @@ pub fn read_sysctls(names: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Packets the kernel dropped because a CPU's input backlog was full
+/// (`/proc/net/softnet_stat`, second column, summed over CPUs). Loopback
+/// traffic goes through that backlog: when it overflows, segments and
+/// their retransmissions are lost, and a socket with TCP_USER_TIMEOUT
+/// whose keepalive probes go unanswered is aborted (ETIMEDOUT).
+pub fn softnet_dropped() -> u64 {
+    parse_softnet_dropped(&std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default())
+}
+
+pub fn parse_softnet_dropped(text: &str) -> u64 {
+    text.lines().filter_map(|l| l.split_whitespace().nth(1)).filter_map(|h| u64::from_str_radix(h, 16).ok()).sum()
+}
+
+/// Raises a sysctl to at least `want` for the life of the guard and puts
+/// the old value back on drop. `None` when it cannot be read or written
+/// (not root, read-only /proc/sys): the run goes on with the old value.
+pub struct SysctlRaise {
+    path: String,
+    old: String,
+}
+
+impl SysctlRaise {
+    pub fn at_least(name: &str, want: u64) -> Option<SysctlRaise> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let old = std::fs::read_to_string(&path).ok()?.trim().to_string();
+        if old.parse::<u64>().ok()? >= want {
+            return None;
+        }
+        std::fs::write(&path, want.to_string()).ok()?;
+        Some(SysctlRaise { path, old })
+    }
+}
+
+impl Drop for SysctlRaise {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.old);
+    }
+}
+
 /// The soft and hard open-file limits of this process.
 pub fn nofile_limit() -> (u64, u64) {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -408,6 +447,13 @@ intr 12345
         assert!((cores_busy(&m, &later, &[0]) - 0.9).abs() < 1e-9);
         assert!((cores_busy(&m, &later, &[0, 1]) - 1.15).abs() < 1e-9);
         assert_eq!(cores_busy(&m, &later, &[7]), 0.0);
+    }
+
+    #[test]
+    fn softnet_drops_are_the_second_column_summed() {
+        let t = "01e2462b 0005c306 00000007 00000000\n00db7961 00000318 00000005 00000000\n";
+        assert_eq!(parse_softnet_dropped(t), 0x5c306 + 0x318);
+        assert_eq!(parse_softnet_dropped(""), 0);
     }
 
     #[test]

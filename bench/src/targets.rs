@@ -313,7 +313,10 @@ impl Server {
                 std::fs::write(&path, &config)?;
                 let mut cmd = Command::new(&env.ringgate_bin);
                 cmd.arg("serve").arg("--config").arg(&path).arg("--driver").arg(driver);
-                cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+                // RINGGATE_BENCH_SERVER_LOG: the servers' RUST_LOG (with
+                // RINGGATE_BENCH_KEEP, to read why connections closed).
+                let level = std::env::var("RINGGATE_BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into());
+                cmd.env("RUST_LOG", level).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
                 pin_command(&mut cmd, env.server_cpus.clone());
                 let mut child = cmd.spawn().with_context(|| format!("starting {}", env.ringgate_bin.display()))?;
                 let stderr = child.stderr.take().ok_or_else(|| anyhow!("ringgate stderr"))?;
