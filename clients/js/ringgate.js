@@ -164,6 +164,7 @@ const transports = {
       try { ws = new WebSocket(url, "ringgate.v1"); } catch (e) { reject(e); return; }
       ws.binaryType = "arraybuffer";
       let open = false;
+      ctx.cancel = () => { try { ws.close(); } catch (_) { /* closed */ } };
       const link = {
         kind: "ws",
         send: (b) => { if (ws.readyState === 1) ws.send(b); },
@@ -197,6 +198,7 @@ const transports = {
         es.close();
         ctx.lost(why);
       };
+      ctx.cancel = () => { ended = true; es.close(); };
       // Uplink: POSTs in order, one at a time, each carrying every frame
       // queued meanwhile (frames must reach the session in order).
       const flush = async () => {
@@ -244,7 +246,9 @@ const transports = {
     const post = (path, body, signal) => fetch(root + path, {
       method: "POST", body, signal, headers: { "Content-Type": "application/octet-stream" }, cache: "no-store",
     });
-    const r = await post("/v1/lp/connect", ctx.connect);
+    const ac = typeof AbortController !== "undefined" ? new AbortController() : null;
+    ctx.cancel = () => { if (ac) ac.abort(); };
+    const r = await post("/v1/lp/connect", ctx.connect, ac && ac.signal);
     if (r.status !== 200) throw Object.assign(new Error(`long-poll connect: HTTP ${r.status}`), { status: r.status });
     const sid = r.headers.get("X-Ringgate-Session");
     const body = new Uint8Array(await r.arrayBuffer());
@@ -312,13 +316,17 @@ function attempt(kind, url, connectFrame, timeoutMs, onFrame, onLost) {
     let stage = "connack"; // connack → pong → up | failed
     let link = null;
     let connack = null;
+    // Frames before the caller takes over (replay before our PONG, and any
+    // that came in the same batch after it, as a poll response does), in order.
     const early = [];
+    let live = false;
     const nonce = BigInt(Date.now()) * 1000n + BigInt(Math.floor(Math.random() * 1000));
     const fail = (e) => {
       if (stage === "up" || stage === "failed") return;
       stage = "failed";
       clearTimeout(timer);
-      if (link) link.close();
+      // Not up yet: stop the transport too (a hanging stream or socket).
+      if (link) link.close(); else if (ctx.cancel) ctx.cancel();
       reject(Object.assign(e, { transport: kind, connack }));
     };
     const timer = setTimeout(() => fail(new Error(`${kind}: no ${stage} within ${timeoutMs} ms`)), timeoutMs);
@@ -331,7 +339,7 @@ function attempt(kind, url, connectFrame, timeoutMs, onFrame, onLost) {
           if (stage === "up") onLost({ error: String(e) }); else fail(e);
           return;
         }
-        if (stage === "up") { onFrame(f); return; }
+        if (stage === "up") { if (live) onFrame(f); else early.push(f); return; }
         if (stage === "failed") return;
         if (stage === "connack") {
           if (f.type !== "connack") return fail(new Error(`${kind}: ${f.type} before CONNACK`));
@@ -342,7 +350,7 @@ function attempt(kind, url, connectFrame, timeoutMs, onFrame, onLost) {
         } else if (f.type === "pong" && f.nonce === nonce) {
           stage = "up";
           clearTimeout(timer);
-          resolve({ link, connack, early });
+          resolve({ link, connack, early, goLive: () => { live = true; } });
         } else if (f.type === "disconnect") {
           fail(Object.assign(new Error(`${kind}: DISCONNECT ${f.reason} before PONG`), { reason: f.reason }));
         } else {
@@ -398,6 +406,7 @@ export class RinggateClient {
     this.link = null;
     this.transport = null; // the kind of the link in use
     this.closed = true;
+    this.gen = 0; // the running loop's number: a loop of an earlier start() stops
     this.failures = 0;
     this.demoted = new Set();
     this.pingTimer = null;
@@ -410,7 +419,7 @@ export class RinggateClient {
   start() {
     if (!this.closed) return this;
     this.closed = false;
-    this.#loop();
+    this.#loop(++this.gen);
     return this;
   }
 
@@ -440,11 +449,13 @@ export class RinggateClient {
     return ok.concat(this.transports.filter((t) => this.demoted.has(t)));
   }
 
-  async #loop() {
+  async #loop(gen) {
+    const stopped = () => this.closed || gen !== this.gen;
     let delay = 0;
-    while (!this.closed) {
+    let quickBefore = false;
+    while (!stopped()) {
       if (delay) await new Promise((r) => setTimeout(r, delay));
-      if (this.closed) return;
+      if (stopped()) return;
       let lost;
       const down = new Promise((r) => { lost = r; });
       this.wake = lost;
@@ -452,7 +463,7 @@ export class RinggateClient {
       let refused = null;
       const failedThisRound = [];
       for (const kind of this.#order()) {
-        if (this.closed) return;
+        if (stopped()) return;
         this.onState("connecting", { transport: kind });
         try {
           const token = typeof this.token === "function" ? await this.token() : this.token;
@@ -483,12 +494,11 @@ export class RinggateClient {
         continue;
       }
       for (const k of failedThisRound) this.demoted.add(k);
-      const { link, connack, early, kind } = won;
-      if (this.closed) { link.close(); return; }
+      const { link, connack, early, goLive, kind } = won;
+      if (stopped()) { link.close(); return; }
       const wonAt = Date.now();
       this.link = link;
       this.transport = kind;
-      this.failures = 0;
       this.stats.ups += 1;
       this.lastRx = Date.now();
       if (this.lastSeq + 1n < connack.oldestSeq) {
@@ -499,6 +509,7 @@ export class RinggateClient {
       }
       this.onState("up", Object.assign({ transport: kind }, connack));
       for (const f of early) this.#onFrame(f, lost);
+      goLive();
       for (const { frame } of this.outbox.values()) link.send(frame);
       clearInterval(this.pingTimer);
       // PING at half the heartbeat; nothing received (not even a PONG) for
@@ -513,10 +524,16 @@ export class RinggateClient {
       this.link = null;
       this.transport = null;
       link.close();
-      if (this.closed) return;
+      if (stopped()) return;
       this.onState("down", why);
-      // Replaced right after a win (two attempts of this device): at once.
-      delay = why.reason === 6 && Date.now() - wonAt < this.attemptTimeoutMs ? 0 : this.#nextDelay();
+      // A link that lasted resets the backoff; one that flaps keeps growing it.
+      const lasted = Date.now() - wonAt;
+      if (lasted >= this.attemptTimeoutMs) this.failures = 0;
+      // Replaced right after a win (two attempts of this device): at once,
+      // but not twice in a row (two tabs sharing a device id would fight).
+      const quick = why.reason === 6 && lasted < this.attemptTimeoutMs && !quickBefore;
+      quickBefore = quick;
+      delay = quick ? 0 : this.#nextDelay();
     }
   }
 
