@@ -133,6 +133,8 @@ pub async fn connect_from(dst: SocketAddr, src: Ipv4Addr) -> io::Result<TcpStrea
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// ringgate frames as WebSocket messages (`/v1/ws`) over a plain or TLS connection.
+    Ws(Box<crate::wsclient::WsStream<Conn>>),
 }
 
 impl Conn {
@@ -141,6 +143,7 @@ impl Conn {
         match self {
             Conn::Plain(_) => None,
             Conn::Tls(t) => Some(matches!(t.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed))),
+            Conn::Ws(w) => w.get_ref().resumed(),
         }
     }
 }
@@ -162,6 +165,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -171,6 +175,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -178,6 +183,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -185,6 +191,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -38,3 +38,4 @@ pub mod stats;
 pub mod suite;
 pub mod targets;
 pub mod worker;
+pub mod wsclient;

@@ -96,7 +96,7 @@ fn installed(bin: &str) -> bool {
 /// Whether a target's server binary is present.
 pub fn available(env: &Env, kind: TargetKind) -> Result<(), String> {
     match kind {
-        TargetKind::RinggateUring | TargetKind::RinggateEpoll => {
+        TargetKind::RinggateUring | TargetKind::RinggateEpoll | TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll => {
             if env.ringgate_bin.exists() {
                 Ok(())
             } else {
@@ -105,6 +105,9 @@ pub fn available(env: &Env, kind: TargetKind) -> Result<(), String> {
         }
         TargetKind::Nginx if !installed("nginx") => Err("nginx not installed (bench/setup-peers.sh)".into()),
         TargetKind::Mosquitto if !installed("mosquitto") => Err("mosquitto not installed (bench/setup-peers.sh)".into()),
+        TargetKind::NodeWs if crate::targets::ws_module_version().is_none() => {
+            Err("node with the ws package not installed (bench/setup-peers.sh)".into())
+        }
         _ => Ok(()),
     }
 }
@@ -387,7 +390,13 @@ pub fn storm_table(results: &[StormResult]) -> String {
 /// The side-by-side summary: one row per headline figure, one column per
 /// server, each peer's cell with ringgate-uring's ratio to it.
 pub fn headline(r: &SuiteReport) -> String {
-    let cols = [TargetKind::RinggateUring, TargetKind::RinggateEpoll, TargetKind::Nginx, TargetKind::Mosquitto];
+    let mut cols = vec![TargetKind::RinggateUring, TargetKind::RinggateEpoll, TargetKind::Nginx, TargetKind::Mosquitto];
+    // The WebSocket targets get a column only in runs that measured them.
+    for k in [TargetKind::RinggateWsUring, TargetKind::RinggateWsEpoll, TargetKind::NodeWs] {
+        if r.idle.iter().any(|x| x.target == k) || r.push.iter().any(|x| x.target == k) {
+            cols.push(k);
+        }
+    }
     type Pick<'a> = Box<dyn Fn(TargetKind) -> Option<f64> + 'a>;
     type Row<'a> = (&'static str, Pick<'a>, fn(f64) -> String);
     let idle = |k: TargetKind| r.idle.iter().find(|x| x.target == k).map(|x| x.rss_bytes_per_conn);
@@ -402,18 +411,18 @@ pub fn headline(r: &SuiteReport) -> String {
         ("server CPU µs per pushed+acked message", Box::new(move |k| sat(k).map(|x| x.server_cpu_us_per_msg)), |x| format!("{x:.2}")),
     ];
     let mut s = String::from("**Side by side** (details and every ratio in the tables below)\n\n| figure |");
-    for c in cols {
+    for c in &cols {
         s += &format!(" {} |", c.name());
     }
     s += "\n|---|";
-    for _ in cols {
+    for _ in &cols {
         s += "---:|";
     }
     s += "\n";
     for (title, pick, fmt) in rows {
         s += &format!("| {title} |");
         let reference = pick(TargetKind::RinggateUring);
-        for c in cols {
+        for &c in &cols {
             let cell = match pick(c) {
                 None => "–".to_string(),
                 Some(v) if c == TargetKind::RinggateUring => fmt(v),

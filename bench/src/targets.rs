@@ -30,6 +30,13 @@ pub enum TargetKind {
     RinggateEpoll,
     Nginx,
     Mosquitto,
+    /// ringgate on io_uring, clients over WebSocket (`/v1/ws` over TLS).
+    RinggateWsUring,
+    /// ringgate on epoll, clients over WebSocket.
+    RinggateWsEpoll,
+    /// Node.js with the `ws` package relaying ringgate frames over WebSocket
+    /// (`bench/peers/ws-relay.cjs`): the WebSocket server a user might pick instead.
+    NodeWs,
 }
 
 impl TargetKind {
@@ -39,6 +46,9 @@ impl TargetKind {
             TargetKind::RinggateEpoll => "ringgate-epoll",
             TargetKind::Nginx => "nginx",
             TargetKind::Mosquitto => "mosquitto",
+            TargetKind::RinggateWsUring => "ringgate-ws-uring",
+            TargetKind::RinggateWsEpoll => "ringgate-ws-epoll",
+            TargetKind::NodeWs => "node-ws",
         }
     }
 
@@ -47,11 +57,30 @@ impl TargetKind {
             TargetKind::RinggateUring | TargetKind::RinggateEpoll => Proto::Ringgate,
             TargetKind::Nginx => Proto::Http,
             TargetKind::Mosquitto => Proto::Mqtt,
+            // The relay speaks the scenarios' subset of ringgate's frames.
+            TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll | TargetKind::NodeWs => Proto::Ringgate,
         }
     }
 
+    /// A ringgate server (any driver, any transport), not a peer.
     pub fn is_ringgate(self) -> bool {
-        self.proto() == Proto::Ringgate
+        matches!(
+            self,
+            TargetKind::RinggateUring | TargetKind::RinggateEpoll | TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll
+        )
+    }
+
+    /// Clients speak over WebSocket.
+    pub fn ws(self) -> bool {
+        matches!(self, TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll | TargetKind::NodeWs)
+    }
+
+    /// ringgate's monoio driver for a ringgate target.
+    fn driver(self) -> &'static str {
+        match self {
+            TargetKind::RinggateUring | TargetKind::RinggateWsUring => "uring",
+            _ => "legacy",
+        }
     }
 }
 
@@ -235,6 +264,25 @@ tls_version tlsv1.3
     )
 }
 
+/// Where Debian (`node-ws`) and npm put global modules: the relay's `require("ws")` looks there.
+pub const NODE_PATH: &str = "/usr/share/nodejs:/usr/lib/node_modules:/usr/local/lib/node_modules";
+
+/// The Node WebSocket relay peer.
+pub fn ws_relay_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/ws-relay.cjs")
+}
+
+/// The `ws` package's version, or `None` when Node cannot load it.
+pub fn ws_module_version() -> Option<String> {
+    let o = Command::new("node")
+        .args(["-e", "process.stdout.write(require('ws/package.json').version)"])
+        .env("NODE_PATH", NODE_PATH)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 /// A running server under test.
 pub struct Server {
     pub kind: TargetKind,
@@ -302,8 +350,8 @@ impl Server {
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         match kind {
-            TargetKind::RinggateUring | TargetKind::RinggateEpoll => {
-                let driver = if kind == TargetKind::RinggateUring { "uring" } else { "legacy" };
+            TargetKind::RinggateUring | TargetKind::RinggateEpoll | TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll => {
+                let driver = kind.driver();
                 let config = if shared {
                     ringgate_config_shared(env, port, driver, &dir.join("data"))
                 } else {
@@ -368,6 +416,24 @@ impl Server {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while procfs::children_of(s.child.id()).len() < env.workers && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+                s.start_perf(env)?;
+                Ok(s)
+            }
+            TargetKind::NodeWs => {
+                let script = ws_relay_script();
+                let mut cmd = Command::new("node");
+                cmd.arg(&script).arg(port.to_string()).arg(&env.cert).arg(&env.key).arg(&env.jwt_secret);
+                cmd.env("NODE_PATH", NODE_PATH).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+                pin_command(&mut cmd, env.server_cpus.clone());
+                let child = cmd.spawn().context("starting node (run bench/setup-peers.sh)")?;
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                let version = format!("node {} + ws {}", command_version("node", &["--version"]), ws_module_version().unwrap_or_default());
+                let config = format!("node {} {port} <cert> <key> <secret>\n", script.display());
+                let mut s = Server { kind, addr, config, version, child, perf: None };
+                if let Err(e) = wait_port(addr, Duration::from_secs(10)) {
+                    s.kill();
+                    return Err(e);
                 }
                 s.start_perf(env)?;
                 Ok(s)
@@ -439,6 +505,7 @@ impl Server {
             addr: self.addr,
             proto: self.kind.proto(),
             tls: env.tls || !self.kind.is_ringgate(),
+            ws: self.kind.ws(),
             jwt_secret: env.jwt_secret.clone(),
             src_addrs: env.src_addrs,
             kx: env.kx,

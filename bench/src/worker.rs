@@ -65,6 +65,9 @@ pub struct TargetSpec {
     /// Loopback source addresses to spread connections over.
     pub src_addrs: u32,
     pub kx: Kx,
+    /// Speak the protocol over WebSocket (`GET /v1/ws`, one frame per binary message).
+    #[serde(default)]
+    pub ws: bool,
 }
 
 /// One worker process's share of a scenario.
@@ -267,7 +270,7 @@ impl Ctx {
     /// head seq for ringgate.
     async fn establish(&self, i: u64, user: &str, last_seq: u64, subscribe: bool) -> Res<(Conn, BytesMut, u64)> {
         let t = &self.spec.target;
-        let mut conn = clientnet::open(t.addr, self.src(i), self.tls.as_ref()).await?;
+        let mut conn = open_target(t, self.src(i), self.tls.as_ref(), i).await?;
         let mut rbuf = BytesMut::with_capacity(256);
         match t.proto {
             Proto::Ringgate => {
@@ -286,6 +289,16 @@ impl Ctx {
             }
         }
     }
+}
+
+/// Connects (TLS when configured) and, for a WebSocket target, upgrades.
+async fn open_target(t: &TargetSpec, src: std::net::Ipv4Addr, tls: Option<&TlsConnector>, i: u64) -> Res<Conn> {
+    let conn = clientnet::open(t.addr, src, tls).await?;
+    if !t.ws {
+        return Ok(conn);
+    }
+    let seed = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ mono_ns();
+    Ok(Conn::Ws(Box::new(crate::wsclient::upgrade(conn, "localhost", seed).await?)))
 }
 
 async fn read_http_response(conn: &mut Conn, rbuf: &mut BytesMut) -> Res<()> {
@@ -500,7 +513,7 @@ async fn handshake(c: Rc<Ctx>, job: HandshakeJob) -> Res<Tally> {
 
 /// One connect → TLS → authenticate → close. Returns whether TLS resumed.
 async fn one_handshake(c: &Ctx, t: &TargetSpec, tls: Option<&TlsConnector>, i: u64) -> Res<Option<bool>> {
-    let mut conn = clientnet::open(t.addr, c.src(i), tls).await?;
+    let mut conn = open_target(t, c.src(i), tls, i).await?;
     let resumed = conn.resumed();
     let mut rbuf = BytesMut::with_capacity(512);
     match t.proto {
@@ -1101,6 +1114,7 @@ pub fn run() -> anyhow::Result<()> {
                 (false, _) => None,
                 (true, p) => {
                     let alpn: &[&[u8]] = match p {
+                        Proto::Ringgate if spec.target.ws => &[b"http/1.1"],
                         Proto::Ringgate => &[b"ringgate/1"],
                         Proto::Http => &[b"http/1.1"],
                         Proto::Mqtt => &[],
@@ -1264,6 +1278,7 @@ mod tests {
                 jwt_secret: "s".into(),
                 src_addrs: 16,
                 kx: Kx::X25519,
+                ws: false,
             },
             job: Job::Idle(IdleJob { warmup: 200, conns: 50_000, rate_per_s: 0.0, max_inflight: 64, user_prefix: "i".into() }),
         };
