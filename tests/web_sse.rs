@@ -51,7 +51,9 @@ fn push_event(h: &mut Http) -> (Event, Push) {
 
 #[test]
 fn messages_both_ways_ack_ping_and_cors_across_cores() {
-    let server = allow_app(Config::default().workers(2)).start();
+    let mut cfg = allow_app(Config::default().workers(2));
+    cfg.env.push(("RUST_LOG".into(), "info,ringgate::runtime::core::sessions=debug".into()));
+    let server = cfg.start();
     let origin = [("Origin", APP)];
     let (mut sse, ack, sid) = sse_open(&server, true, "alice", "browser", 0, &origin);
     assert_eq!(ack.user_id, "alice");
@@ -69,6 +71,16 @@ fn messages_both_ways_ack_ping_and_cors_across_cores() {
         assert_eq!(r.header("vary"), Some("Origin"));
         assert_eq!(r.header("access-control-expose-headers"), Some("X-Ringgate-Session"));
         assert!(r.header("access-control-allow-credentials").is_none());
+    }
+    for n in 100..110 {
+        assert_eq!(post(&server, true, &sid, &Frame::Ping { nonce: n }.encode(), &[]).status, 204);
+        assert!(matches!(sse.frame_event().1, Frame::Pong { nonce } if nonce == n));
+    }
+    // Some of those POSTs reached the session through the other core.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !server.stderr_tail().contains("moved to the session's core") {
+        assert!(Instant::now() < deadline, "no request crossed cores (chance 2^-15 with 15 requests)");
+        std::thread::sleep(Duration::from_millis(20));
     }
     // Acked: nothing is retransmitted.
     bob.expect_silence(Duration::from_millis(200));

@@ -136,6 +136,7 @@ impl Core {
         }
         self.stats.migrated_out += 1;
         self.m().conns.set(self.conns.len() as u64);
+        tracing::debug!(from = self.id, to = core, path = %req.path, "HTTP connection moved to the session's core");
         let mut c = slot.conn;
         let http = c.http.take().unwrap_or_else(|| Box::new(gate_http::HttpState::new(0)));
         Handled::Migrate(Box::new(Adopt {
