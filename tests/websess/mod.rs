@@ -108,6 +108,11 @@ impl Http {
         self.s.flush().unwrap();
     }
 
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+        self.s.flush().unwrap();
+    }
+
     /// Reads more bytes; false on timeout of this read, panics past `deadline`.
     fn fill(&mut self, deadline: Instant) -> bool {
         assert!(Instant::now() < deadline, "nothing from the server in time; have {:?}", String::from_utf8_lossy(&self.buf));
