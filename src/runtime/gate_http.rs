@@ -152,6 +152,12 @@ pub fn serve(
     session: &mut Option<Box<SessionReq>>,
 ) -> bool {
     loop {
+        if st.parked && rbuf.len() > MAX_PIPELINED_BYTES {
+            // Piles up requests behind an open poll: a slow consumer too.
+            st.closing = true;
+            rbuf.clear();
+            return true;
+        }
         if st.upgraded || st.parked || session.is_some() {
             return false;
         }

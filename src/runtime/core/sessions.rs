@@ -126,10 +126,11 @@ impl Core {
 
     /// Takes HTTP connection `key` out of this core, to serve `req` on `core`.
     fn migrate_http(&mut self, key: ConnKey, req: Box<SessionReq>, core: usize) -> Handled {
-        self.leave_preauth(key);
         if self.conn(key).is_none() {
             return Handled::Gone;
         }
+        let preauth_ip = self.conns.get(key.idx as usize).and_then(|s| s.preauth).map(|(_, ip)| ip);
+        self.leave_preauth(key);
         let slot = self.conns.remove(key.idx as usize);
         if let Some((t, _)) = slot.conn.timer {
             self.wheel.cancel(t);
@@ -156,7 +157,7 @@ impl Core {
                 last_seq: 0,
             },
             token_exp_wall_ms: 0,
-            web: Some(Box::new(WebMove { core, http, req })),
+            web: Some(Box::new(WebMove { core, http, req, preauth_ip })),
         }))
     }
 
@@ -169,6 +170,24 @@ impl Core {
         conn.out = a.out;
         conn.http = Some(w.http);
         let key = self.insert(conn);
+        if let Some(ip) = w.preauth_ip {
+            // Still anonymous: the pre-auth limits of its address apply
+            // here too (a sid naming another core is no way around them).
+            let now = self.shared.clock.mono_ms();
+            if self.addrs.admit(ip, now).is_err() {
+                self.reject(crate::metrics::REJ_PREAUTH_LIMIT);
+                if let Some(c) = self.conn(key) {
+                    c.dead = true;
+                }
+                self.wake(key);
+                return key;
+            }
+            self.preauth_seq += 1;
+            self.preauth_order.insert(self.preauth_seq, key);
+            if let Some(slot) = self.conns.get_mut(key.idx as usize) {
+                slot.preauth = Some((self.preauth_seq, ip));
+            }
+        }
         match self.on_session_req(key, w.req, false) {
             Outcome::Continue => {}
             Outcome::Close => {

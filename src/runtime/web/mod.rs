@@ -61,6 +61,9 @@ pub struct WebMove {
     pub core: usize,
     pub http: Box<crate::runtime::gate_http::HttpState>,
     pub req: Box<crate::runtime::gate_http::SessionReq>,
+    /// The connection's address while it counts as pre-auth (an HTTP
+    /// connection has not authenticated itself): it counts there again.
+    pub preauth_ip: Option<std::net::IpAddr>,
 }
 
 /// The web transport state of a connection that carries a session.
