@@ -245,3 +245,19 @@ fn bad_requests() {
     assert_eq!(Http::open(&server, true).request("GET", "/v1/lp/connect", &[], b"").status, 405);
     server.assert_no_panic();
 }
+
+/// `web.deflate = true` is refused at startup (permessage-deflate is not
+/// implemented), with the key named; `web.poll_timeout_s = 0` too.
+#[test]
+fn deflate_and_zero_poll_timeout_refused_at_startup() {
+    for (line, key) in [("deflate = true", "web.deflate"), ("poll_timeout_s = 0", "web.poll_timeout_s")] {
+        let dir = tempfile::tempdir().unwrap();
+        match Server::spawn(&Config::default().set("web", line), dir.path()) {
+            Ok((mut c, _, _)) => {
+                let _ = c.kill();
+                panic!("started with {line}");
+            }
+            Err(why) => assert!(why.contains(key), "{why}"),
+        }
+    }
+}
