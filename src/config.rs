@@ -398,11 +398,15 @@ pub struct WebConfig {
     pub assume_https: bool,
     /// Idle keep-alive HTTP connections close after this. Default 60.
     pub keepalive_idle_s: u64,
+    /// A long-poll (`POST /v1/lp`) with nothing to return is answered `204` after this. Default 25.
+    pub poll_timeout_s: u64,
+    /// permessage-deflate on WebSocket: not implemented, so `true` is refused at startup. Default false.
+    pub deflate: bool,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { allowed_origins: Vec::new(), assume_https: false, keepalive_idle_s: 60 }
+        WebConfig { allowed_origins: Vec::new(), assume_https: false, keepalive_idle_s: 60, poll_timeout_s: 25, deflate: false }
     }
 }
 
@@ -554,6 +558,12 @@ impl Config {
         }
         if self.web.keepalive_idle_s == 0 {
             errs.push("web.keepalive_idle_s must be at least 1".into());
+        }
+        if self.web.poll_timeout_s == 0 || self.web.poll_timeout_s > 3600 {
+            errs.push("web.poll_timeout_s must be 1..=3600".into());
+        }
+        if self.web.deflate {
+            errs.push("web.deflate = true: permessage-deflate is not implemented; set it to false".into());
         }
         errs
     }
@@ -793,6 +803,10 @@ allowed_origins = []
 assume_https = false
 # Idle keep-alive HTTP connections close after this.
 keepalive_idle_s = 60
+# A long-poll with nothing to return is answered 204 after this (capped at the session's heartbeat).
+poll_timeout_s = 25
+# permessage-deflate: not implemented; true is refused at startup.
+deflate = false
 
 [groups]
 # Initial groups (seed an empty data directory; then the admin API's saved groups win).

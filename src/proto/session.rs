@@ -391,6 +391,14 @@ impl Session {
         self.enter_closing(now_ms);
     }
 
+    /// Transport activity that is not a frame but counts as traffic for the
+    /// idle rule: an empty POST on SSE, an open long-poll (WEB.md).
+    pub fn touch(&mut self, now_ms: u64) {
+        if self.phase == Phase::Open {
+            self.last_rx_ms = self.last_rx_ms.max(now_ms);
+        }
+    }
+
     /// Ends the session without writing anything (transport already gone).
     pub fn abort(&mut self) {
         self.phase = Phase::Finished;

@@ -109,6 +109,8 @@ pub struct Conn {
     pub http: Option<Box<super::gate_http::HttpState>>,
     /// Set once the connection was upgraded to WebSocket (`web::ws`).
     pub ws: Option<Box<super::web::ws::WsState>>,
+    /// Set on an SSE stream or a long-poll session (`web::WebConn`).
+    pub web: Option<Box<super::web::WebConn>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ impl Conn {
             alpn_http: None,
             http: None,
             ws: None,
+            web: None,
         }
     }
 
@@ -224,9 +227,13 @@ impl Conn {
 
     /// The next deadline of this connection: HTTP's own, or the session's.
     pub fn next_deadline(&self) -> Option<u64> {
-        match &self.http {
+        let own = match &self.http {
             Some(h) => Some(h.deadline_ms),
             None => self.session.next_deadline(),
+        };
+        match self.web.as_ref().and_then(|w| w.deadline()) {
+            Some(w) => Some(own.map_or(w, |o| o.min(w))),
+            None => own,
         }
     }
 
@@ -392,6 +399,11 @@ impl Conn {
         if let Some(ws) = &mut self.ws {
             ws.wrap_out(&mut self.out);
         }
+        if let Some(done) = self.web.as_mut().and_then(|w| w.before_flush(&mut self.out)) {
+            // A long-poll session has no socket: its output waits for a poll.
+            self.write_blocked = !done;
+            return Ok(done);
+        }
         let done = match &mut self.tls {
             Tls::Off => write_all(self.fd, &mut self.out)?,
             // Nothing can be written before the handshake; frames wait in `out`.
@@ -436,6 +448,9 @@ impl Conn {
         if let Some(ws) = &mut self.ws {
             // What is left in `out` was all wrapped before the writes.
             ws.framed_len = self.out.len();
+        }
+        if let Some(w) = &mut self.web {
+            w.after_flush(self.out.len());
         }
         self.write_blocked = !done;
         Ok(done)

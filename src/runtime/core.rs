@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
+mod sessions;
 mod web;
 
 use slab::Slab;
@@ -225,6 +226,8 @@ pub struct Core {
     last_gauge_ms: u64,
     /// The once-a-minute info summary of peer failures.
     peer_log: super::peer_log::PeerLog,
+    /// SSE and long-poll sessions on this core by sid (`core/sessions.rs`).
+    web_sids: HashMap<super::web::Sid, ConnKey>,
 }
 
 impl Core {
@@ -272,6 +275,7 @@ impl Core {
             ledger: super::ledger::Ledger::new(shared.ledger),
             last_gauge_ms: 0,
             peer_log: Default::default(),
+            web_sids: HashMap::new(),
             shared,
         }
     }
@@ -427,6 +431,9 @@ impl Core {
             self.wheel.cancel(t);
         }
         self.m().conns.set(self.conns.len() as u64);
+        if let Some(w) = slot.conn.web.as_deref() {
+            self.web_sids.remove(&w.sid());
+        }
         if let Some(ident) = slot.conn.ident {
             let m = &self.shared.metrics.core(self.id).conns_open;
             m.set(m.get().saturating_sub(1));
@@ -547,6 +554,9 @@ impl Core {
         if conn.ws.is_some() {
             return self.on_ws(key, status == ReadStatus::Eof);
         }
+        if conn.web.is_some() {
+            return self.on_sse_io(key, status == ReadStatus::Eof);
+        }
         if conn.http.is_none()
             && conn.session.phase() == Phase::AwaitConnect
             && !conn.rbuf.is_empty()
@@ -579,6 +589,7 @@ impl Core {
         match super::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
             super::gate_http::Step::Close => Outcome::Close,
             super::gate_http::Step::Upgraded => self.upgrade_ws(key, eof),
+            super::gate_http::Step::Session(req) => self.on_session_req(key, req, eof),
             super::gate_http::Step::Continue => {
                 self.rearm(key);
                 Outcome::Continue
@@ -588,6 +599,9 @@ impl Core {
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
     fn after_io(&mut self, key: ConnKey) -> Outcome {
+        if let Some(o) = self.web_after_io(key) {
+            return o;
+        }
         let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
         let now = self.shared.clock.mono_ms();
         let Some(conn) = self.conn(key) else { return Outcome::Close };
@@ -748,6 +762,7 @@ impl Core {
             rbuf: c.rbuf,
             out: c.out,
             ws: c.ws,
+            web: None,
             user,
             req,
             token_exp_wall_ms,
@@ -755,7 +770,10 @@ impl Core {
     }
 
     /// A connection moved here from another core: register it and open its session.
-    pub fn adopt(&mut self, a: Adopt) -> ConnKey {
+    pub fn adopt(&mut self, mut a: Adopt) -> ConnKey {
+        if let Some(w) = a.web.take() {
+            return self.adopt_http(a, *w);
+        }
         let mut conn = Conn::new(a.fd, a.tls, a.session);
         conn.tls_in = a.tls_in;
         conn.tls_out = a.tls_out;

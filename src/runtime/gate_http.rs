@@ -1,13 +1,15 @@
-//! HTTP/1.1 on the gateway port — `GET /v1/route` and the WebSocket upgrade at `GET /v1/ws`: detection (ALPN or first byte), request heads parsed with httparse, the Origin policy, keep-alive.
+//! HTTP/1.1 on the gateway port — `GET /v1/route`, the WebSocket upgrade at `GET /v1/ws`, and the session requests of SSE and long-poll handed to the core: detection (ALPN or first byte), request heads parsed with httparse, bodies, the Origin policy, keep-alive.
 //!
 //! Sans-IO like the rest of the connection path: [`serve`] turns buffered
 //! plaintext into buffered responses, and the core flushes them through the
 //! connection's TLS. Kept self-contained on purpose: WebSocket, SSE and
 //! long-poll (WEB.md) will share the gateway port later and this file is
 //! meant to fold into the general HTTP module then; only [`on_io`],
-//! [`is_http`] and [`HttpState`] are used from outside (core.rs).
+//! [`is_http`] and [`HttpState`] are used from outside (core.rs), plus
+//! [`SessionReq`] and [`write_answer`] for the session requests
+//! (`core/sessions.rs`), which need the core's state and are answered there.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 use crate::config::WebConfig;
 use crate::route::{RouteQuery, RouteService};
@@ -41,6 +43,8 @@ pub struct Gate {
     pub keepalive_idle_ms: u64,
     /// Largest request body (`max_frame × 64`): `413` beyond.
     pub max_body_bytes: u64,
+    /// `web.poll_timeout_s` in ms.
+    pub poll_timeout_ms: u64,
 }
 
 /// One HTTP connection's state.
@@ -54,22 +58,48 @@ pub struct HttpState {
     pub requests: u64,
     /// A 101 was written: the rest of the connection is WebSocket.
     pub upgraded: bool,
+    /// A long-poll is open on this connection: no further request is
+    /// served until it is answered (by the core).
+    pub parked: bool,
+    /// The open poll's allowed foreign origin (its answer carries CORS).
+    pub poll_cross: Option<String>,
 }
 
 impl HttpState {
     pub fn new(deadline_ms: u64) -> Self {
-        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false }
+        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false, parked: false, poll_cross: None }
     }
 }
 
 /// What the connection does after an HTTP I/O step.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Step {
     Continue,
     /// Done (a response said `Connection: close`, a bad request, or EOF) and everything was written.
     Close,
     /// Switched to WebSocket; the 101 is in (or through) `out`.
     Upgraded,
+    /// A session request (SSE, send, long-poll) for the core to answer;
+    /// the requests before it are answered and flushed.
+    Session(Box<SessionReq>),
+}
+
+/// A request on a session path, parsed and past the Origin policy.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionReq {
+    pub method: String,
+    /// The path without its query.
+    pub path: String,
+    pub query: String,
+    pub body: BytesMut,
+    pub last_event_id: Option<String>,
+    /// The allowed foreign origin: its answer carries the CORS headers.
+    pub cross: Option<String>,
+}
+
+/// Paths whose requests the core answers (`core/sessions.rs`).
+pub fn is_session_path(p: &str) -> bool {
+    matches!(p, "/v1/sse" | "/v1/send" | "/v1/lp/connect" | "/v1/lp")
 }
 
 /// A connection known to carry HTTP had I/O: answer the complete requests,
@@ -78,9 +108,17 @@ pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64,
     loop {
         let Some(st) = conn.http.as_mut() else { return Step::Close };
         let before = conn.rbuf.len();
-        let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms) || eof;
+        let mut session = None;
+        let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms, &mut session) || eof;
         if st.upgraded {
             return Step::Upgraded;
+        }
+        if let Some(req) = session {
+            // The core answers it, then serves what follows.
+            return match conn.flush() {
+                Err(_) => Step::Close,
+                Ok(_) => Step::Session(req),
+            };
         }
         match conn.flush() {
             Err(_) => return Step::Close,
@@ -101,9 +139,26 @@ pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64,
 
 /// Handles every complete request in `rbuf`, appending responses to `out`.
 /// Returns true when the connection must close once `out` is flushed.
-pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64) -> bool {
+/// Stops at a session request, which it leaves in `session`.
+#[allow(clippy::too_many_arguments)]
+pub fn serve(
+    rbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    st: &mut HttpState,
+    gate: &Gate,
+    tls: bool,
+    mono_ms: u64,
+    wall_ms: u64,
+    session: &mut Option<Box<SessionReq>>,
+) -> bool {
     loop {
-        if st.upgraded {
+        if st.parked && rbuf.len() > MAX_PIPELINED_BYTES {
+            // Piles up requests behind an open poll: a slow consumer too.
+            st.closing = true;
+            rbuf.clear();
+            return true;
+        }
+        if st.upgraded || st.parked || session.is_some() {
             return false;
         }
         if st.closing {
@@ -152,7 +207,19 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
         if body_len > gate.max_body_bytes {
             return fail(out, st, 413, "request body too large");
         }
-        let total = head_len as u64 + body_len;
+        let path_only = req.path.unwrap_or("").split('?').next().unwrap_or("");
+        let for_session = is_session_path(path_only) && req.method != Some("OPTIONS");
+        // A session request's chunked body is decoded; elsewhere it is
+        // not read (answer, then close).
+        let (total, chunked_body) = if chunked && for_session {
+            match dechunk(&rbuf[head_len..], gate.max_body_bytes) {
+                Err(status) => return fail(out, st, status, "bad chunked body"),
+                Ok(None) => return false,
+                Ok(Some((body, used))) => ((head_len + used) as u64, Some(body)),
+            }
+        } else {
+            (head_len as u64 + body_len, None)
+        };
         if (rbuf.len() as u64) < total {
             return false;
         }
@@ -161,6 +228,7 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
         let path = req.path.unwrap_or("").to_string();
         let host = header("host");
         let origin = header("origin");
+        let last_event_id = header("last-event-id");
         let upgrade = Upgrade {
             websocket: header("upgrade").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"))),
             connection_upgrade: header("connection")
@@ -177,9 +245,40 @@ pub fn serve(rbuf: &mut BytesMut, out: &mut BytesMut, st: &mut HttpState, gate: 
                 .collect(),
             body_len,
         };
-        rbuf.advance(total as usize);
+        let mut whole = rbuf.split_to(total as usize);
         st.requests += 1;
         st.deadline_ms = mono_ms + gate.keepalive_idle_ms;
+        if for_session {
+            if close_asked {
+                st.closing = true;
+            }
+            let cross = match origin.as_deref() {
+                None => None,
+                Some(o) => match gate.origins.check(o, host.as_deref(), tls) {
+                    OriginVerdict::SameOrigin => None,
+                    OriginVerdict::Allowed => Some(o.to_string()),
+                    OriginVerdict::Forbidden => {
+                        write_response(out, &Response::text(403, "origin not allowed"), st.closing);
+                        continue;
+                    }
+                },
+            };
+            let (p, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
+            let body = match chunked_body {
+                Some(b) => b,
+                None => whole.split_off(head_len),
+            };
+            *session = Some(Box::new(SessionReq {
+                method,
+                path: p.to_string(),
+                query: query.to_string(),
+                body,
+                last_event_id,
+                cross,
+            }));
+            return false;
+        }
+        drop(whole);
         // A chunked body is not parsed here: answer, then close.
         if close_asked || chunked {
             st.closing = true;
@@ -322,6 +421,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        503 => "Service Unavailable",
         431 => "Request Header Fields Too Large",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -344,6 +444,95 @@ fn write_response(out: &mut BytesMut, r: &Response, close: bool) {
     head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(r.body.as_bytes());
+}
+
+/// Writes the answer to a session request (`core/sessions.rs`): `status`,
+/// an optional body with its type, extra headers, and the CORS headers for
+/// an allowed foreign origin (WEB.md: on every answer, 4xx included).
+pub fn write_answer(
+    out: &mut BytesMut,
+    status: u16,
+    body: Option<(&'static str, &[u8])>,
+    extra: Vec<(&'static str, String)>,
+    cross: Option<&str>,
+    close: bool,
+) {
+    use std::fmt::Write;
+    let mut head = String::with_capacity(256);
+    let _ = write!(head, "HTTP/1.1 {} {}\r\n", status, reason(status));
+    if let Some((ty, b)) = body {
+        let _ = write!(head, "Content-Type: {ty}\r\nContent-Length: {}\r\n", b.len());
+    }
+    for (k, v) in extra.iter().chain(cors(cross).iter()) {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    if let Some((_, b)) = body {
+        out.extend_from_slice(b);
+    }
+}
+
+/// The CORS headers of an answer to an allowed cross-origin request.
+fn cors(cross: Option<&str>) -> Vec<(&'static str, String)> {
+    match cross {
+        None => Vec::new(),
+        Some(o) => vec![
+            ("Access-Control-Allow-Origin", o.to_string()),
+            ("Vary", "Origin".into()),
+            ("Access-Control-Expose-Headers", "X-Ringgate-Session".into()),
+        ],
+    }
+}
+
+/// Decodes a chunked body at the start of `buf`: `Ok(None)` until it is
+/// complete; `Ok(Some((body, bytes used)))`; `Err(status)` when malformed
+/// (`400`) or above `max` (`413`). Trailers are skipped.
+fn dechunk(buf: &[u8], max: u64) -> Result<Option<(BytesMut, usize)>, u16> {
+    let mut body = BytesMut::new();
+    let mut pos = 0;
+    let line = |from: usize| -> Option<(usize, usize)> {
+        let rel = buf.get(from..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((from + rel, from + rel + 2))
+    };
+    loop {
+        let Some((end, next)) = line(pos) else {
+            // A size line is a few bytes; one that never ends is garbage.
+            return if buf.len() - pos > 1024 { Err(400) } else { Ok(None) };
+        };
+        let size_txt = std::str::from_utf8(&buf[pos..end]).map_err(|_| 400u16)?;
+        let size_txt = size_txt.split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size_txt, 16).map_err(|_| 400u16)?;
+        if body.len() as u64 + size > max {
+            return Err(413);
+        }
+        pos = next;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            loop {
+                let Some((end, next)) = line(pos) else {
+                    return if buf.len() - pos > MAX_HEAD_BYTES { Err(400) } else { Ok(None) };
+                };
+                let empty = end == pos;
+                pos = next;
+                if empty {
+                    return Ok(Some((body, pos)));
+                }
+            }
+        }
+        let size = size as usize;
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(400);
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size + 2;
+    }
 }
 
 /// Answers a bad request and marks the connection closing.

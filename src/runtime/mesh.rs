@@ -30,6 +30,9 @@ pub struct Adopt {
     pub out: BytesMut,
     /// The WebSocket state of a connection upgraded before its CONNECT.
     pub ws: Option<Box<crate::runtime::web::ws::WsState>>,
+    /// An HTTP connection moving for a session request (SSE, long-poll):
+    /// the core to go to and the request; `user` and `req` are unused then.
+    pub web: Option<Box<crate::runtime::web::WebMove>>,
     pub user: Arc<str>,
     pub req: ConnectRequest,
     /// JWT `exp` in wall-clock milliseconds.

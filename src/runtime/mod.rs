@@ -309,6 +309,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         origins: gate_http::OriginPolicy::new(&cfg.web),
         keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
         max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
+        poll_timeout_ms: cfg.web.poll_timeout_s.saturating_mul(1000),
     });
 
     let mesh: mesh::Mesh =
@@ -745,7 +746,10 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
 async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
     let fut = async {
         if let Some(adopt) = drive(&core, &stream, key).await {
-            let home = mesh::home_core(&adopt.user, core.borrow().shared.mesh.len());
+            let home = match &adopt.web {
+                Some(w) => w.core,
+                None => mesh::home_core(&adopt.user, core.borrow().shared.mesh.len()),
+            };
             let mut adopt = adopt;
             adopt.fd = stream.into_raw_fd();
             let shared = core.borrow().shared.clone();

@@ -1,0 +1,576 @@
+//! The core's side of SSE and long-poll sessions (WEB.md): session requests routed to the core holding the session, the SSE stream, POSTed frames fed to the session, polls draining a virtual connection's queue.
+//!
+//! One transport seam: an SSE stream and a long-poll session are
+//! connections of this core's slab with an ordinary `proto::Session`, so
+//! CONNECT, replacement, dedup, retransmission, heartbeat and DISCONNECT
+//! reasons run through `process_frames`, `open`, `close_conn` and `on_tick`
+//! exactly as for TLS and WebSocket. What differs is only where output
+//! goes: SSE events on the stream connection (`web::sse`), or the queue of
+//! a virtual connection (no socket) that polls drain.
+//!
+//! Routing: a session lives on its user's home core, like every connection
+//! after CONNECT. A connect request is moved to that core before the
+//! session is created (the token is checked once to find it, and again by
+//! the session path there); a request naming a sid is moved to the core in
+//! the sid. The HTTP connection moves whole (fd, TLS state, buffered
+//! bytes), the way a connection moves after CONNECT, and stays there for
+//! its later requests, which then need no move.
+
+use std::mem;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::{ConnKey, Core, Outcome};
+use crate::proto::frame::{self, Frame};
+use crate::proto::session::{ConnectRequest, Phase, Session, MAX_PREAUTH_FRAME};
+use crate::proto::DisconnectReason;
+use crate::runtime::conn::{Conn, Tls};
+use crate::runtime::gate_http::{self, SessionReq, Step};
+use crate::runtime::mesh::{home_core, Adopt};
+use crate::runtime::web::lp::LpState;
+use crate::runtime::web::sse::SseState;
+use crate::runtime::web::{self, Sid, WebConn, WebMove};
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// What answering one session request left to do.
+enum Handled {
+    /// Answered into the connection's `out`; serve the next request.
+    Answered,
+    /// A poll is open on the connection: it waits for the session.
+    Parked,
+    /// The connection became an SSE stream.
+    Stream,
+    /// The request belongs to another core: the connection moves there.
+    Migrate(Box<Adopt>),
+    /// The connection is gone.
+    Gone,
+}
+
+fn open_phase(p: Phase) -> bool {
+    matches!(p, Phase::AwaitConnect | Phase::Authenticating | Phase::Open)
+}
+
+impl Core {
+    /// `gate_http` stopped at a session request on HTTP connection `key`:
+    /// answer it, then go on serving what the connection sent after it.
+    pub(super) fn on_session_req(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool) -> Outcome {
+        let mut req = req;
+        loop {
+            match self.session_req(key, req) {
+                Handled::Answered => {}
+                Handled::Parked if eof => return Outcome::Close,
+                Handled::Parked => {
+                    self.rearm(key);
+                    return Outcome::Continue;
+                }
+                Handled::Stream => return self.after_io(key),
+                Handled::Migrate(a) => return Outcome::Migrate(a),
+                Handled::Gone => return Outcome::Close,
+            }
+            let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
+            let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
+            let Some(conn) = self.conn(key) else { return Outcome::Close };
+            match gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+                Step::Session(r) => req = r,
+                Step::Close => return Outcome::Close,
+                Step::Upgraded => return self.upgrade_ws(key, eof),
+                Step::Continue => {
+                    self.rearm(key);
+                    return Outcome::Continue;
+                }
+            }
+        }
+    }
+
+    fn session_req(&mut self, key: ConnKey, req: Box<SessionReq>) -> Handled {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/v1/sse") => self.sse_open(key, req),
+            ("POST", "/v1/send") => self.sse_send(key, req),
+            ("POST", "/v1/lp/connect") => self.lp_connect(key, req),
+            ("POST", "/v1/lp") => self.lp_poll(key, req),
+            (_, p) => {
+                let allow = if p == "/v1/sse" { "GET" } else { "POST" };
+                self.answer(key, &req, 405, Some((TEXT, b"method not allowed\n")), vec![("Allow", allow.into())]);
+                Handled::Answered
+            }
+        }
+    }
+
+    /// Writes an answer to `req` on HTTP connection `key`.
+    fn answer(&mut self, key: ConnKey, req: &SessionReq, status: u16, body: Option<(&'static str, &[u8])>, extra: Vec<(&'static str, String)>) {
+        let Some(c) = self.conn(key) else { return };
+        let close = c.http.as_ref().is_some_and(|h| h.closing);
+        gate_http::write_answer(&mut c.out, status, body, extra, req.cross.as_deref(), close);
+    }
+
+    fn answer_text(&mut self, key: ConnKey, req: &SessionReq, status: u16, why: &str) -> Handled {
+        let body = format!("{why}\n");
+        self.answer(key, req, status, Some((TEXT, body.as_bytes())), Vec::new());
+        Handled::Answered
+    }
+
+    /// The core a connect request belongs on: the home core of the token's
+    /// user, or this one when the token does not verify (the session path
+    /// then refuses it here, with the usual CONNACK).
+    fn connect_core(&self, connect: &[u8]) -> usize {
+        let mut b = BytesMut::from(connect);
+        let Ok(Some(Frame::Connect(c))) = frame::decode(&mut b, MAX_PREAUTH_FRAME) else { return self.id };
+        match self.shared.jwt.verify(c.token.as_str(), self.shared.clock.wall_ms() / 1000) {
+            Ok(claims) => home_core(&claims.sub, self.shared.mesh.len()),
+            Err(_) => self.id,
+        }
+    }
+
+    /// Takes HTTP connection `key` out of this core, to serve `req` on `core`.
+    fn migrate_http(&mut self, key: ConnKey, req: Box<SessionReq>, core: usize) -> Handled {
+        if self.conn(key).is_none() {
+            return Handled::Gone;
+        }
+        let preauth_ip = self.conns.get(key.idx as usize).and_then(|s| s.preauth).map(|(_, ip)| ip);
+        self.leave_preauth(key);
+        let slot = self.conns.remove(key.idx as usize);
+        if let Some((t, _)) = slot.conn.timer {
+            self.wheel.cancel(t);
+        }
+        self.stats.migrated_out += 1;
+        self.m().conns.set(self.conns.len() as u64);
+        tracing::debug!(from = self.id, to = core, path = %req.path, "HTTP connection moved to the session's core");
+        let mut c = slot.conn;
+        let http = c.http.take().unwrap_or_else(|| Box::new(gate_http::HttpState::new(0)));
+        Handled::Migrate(Box::new(Adopt {
+            fd: c.fd,
+            tls: c.tls,
+            tls_in: c.tls_in,
+            tls_out: c.tls_out,
+            session: c.session,
+            rbuf: c.rbuf,
+            out: c.out,
+            ws: None,
+            user: Arc::from(""),
+            req: ConnectRequest {
+                keepalive_s: 0,
+                device_id: Default::default(),
+                token: Default::default(),
+                last_seq: 0,
+            },
+            token_exp_wall_ms: 0,
+            web: Some(Box::new(WebMove { core, http, req, preauth_ip })),
+        }))
+    }
+
+    /// An HTTP connection moved here for a session request: register it and answer.
+    pub(super) fn adopt_http(&mut self, a: Adopt, w: WebMove) -> ConnKey {
+        let mut conn = Conn::new(a.fd, a.tls, a.session);
+        conn.tls_in = a.tls_in;
+        conn.tls_out = a.tls_out;
+        conn.rbuf = a.rbuf;
+        conn.out = a.out;
+        conn.http = Some(w.http);
+        let key = self.insert(conn);
+        if let Some(ip) = w.preauth_ip {
+            // Still anonymous: the pre-auth limits of its address apply
+            // here too (a sid naming another core is no way around them).
+            let now = self.shared.clock.mono_ms();
+            if self.addrs.admit(ip, now).is_err() {
+                self.reject(crate::metrics::REJ_PREAUTH_LIMIT);
+                if let Some(c) = self.conn(key) {
+                    c.dead = true;
+                }
+                self.wake(key);
+                return key;
+            }
+            self.preauth_seq += 1;
+            self.preauth_order.insert(self.preauth_seq, key);
+            if let Some(slot) = self.conns.get_mut(key.idx as usize) {
+                slot.preauth = Some((self.preauth_seq, ip));
+            }
+        }
+        match self.on_session_req(key, w.req, false) {
+            Outcome::Continue => {}
+            Outcome::Close => {
+                if let Some(c) = self.conn(key) {
+                    c.dead = true;
+                }
+                self.wake(key);
+            }
+            Outcome::Migrate(_) => {
+                // Cannot happen (the request names this core); the moved-out
+                // connection is dropped and no longer counted.
+                self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        key
+    }
+
+    /// Finds the session `req`'s sid names: here (its key), on another core
+    /// (the connection moves there), or nowhere (`404`).
+    fn route_sid(&mut self, key: ConnKey, req: Box<SessionReq>, lp: bool) -> Result<(ConnKey, Box<SessionReq>), Handled> {
+        let sid = web::query_param(&req.query, "sid").and_then(Sid::parse);
+        let Some(sid) = sid else { return Err(self.answer_text(key, &req, 404, "unknown session")) };
+        if sid.core() != self.id {
+            if sid.core() < self.shared.mesh.len() {
+                return Err(self.migrate_http(key, req, sid.core()));
+            }
+            return Err(self.answer_text(key, &req, 404, "unknown session"));
+        }
+        let found = self.web_sids.get(&sid).copied().filter(|s| {
+            self.conns.get(s.idx as usize).is_some_and(|slot| {
+                slot.gen == s.gen && matches!((slot.conn.web.as_deref(), lp), (Some(WebConn::Lp(_)), true) | (Some(WebConn::Sse(_)), false))
+            })
+        });
+        match found {
+            Some(s) => Ok((s, req)),
+            None => Err(self.answer_text(key, &req, 404, "unknown session")),
+        }
+    }
+
+    /// Feeds POSTed client frames (already checked whole and allowed) to
+    /// session `s`. False when they broke a protocol rule (DISCONNECT 1 went out).
+    fn feed(&mut self, s: ConnKey, body: BytesMut) -> bool {
+        let now = self.shared.clock.mono_ms();
+        let Some(c) = self.conn(s) else { return true };
+        let before = c.session.phase();
+        c.session.touch(now);
+        // The stream connection's own input is discarded, so `rbuf` is free.
+        c.rbuf = body;
+        // No CONNECT can be in the body, so nothing migrates.
+        let _ = self.process_frames(s);
+        let ok = match self.conn(s) {
+            Some(c) => {
+                c.rbuf = BytesMut::new();
+                !(before == Phase::Open
+                    && c.session.phase() == Phase::Closing
+                    && c.session.close_reason() == Some(DisconnectReason::ProtocolError))
+            }
+            None => true,
+        };
+        self.kick(s);
+        ok
+    }
+
+    /// `GET /v1/sse?connect=`: this connection becomes the session's stream.
+    fn sse_open(&mut self, key: ConnKey, req: Box<SessionReq>) -> Handled {
+        let Some(mut connect) = web::decode_connect_param(&req.query) else {
+            return self.answer_text(key, &req, 400, "connect= must be base64url of exactly one CONNECT frame");
+        };
+        // Resume: last_seq = max(CONNECT's, Last-Event-ID); a Last-Event-ID
+        // that is not a decimal u64 is ignored.
+        if let Some(id) = req.last_event_id.as_deref().and_then(|v| v.parse::<u64>().ok()) {
+            let mut b = connect.clone();
+            if let Ok(Some(Frame::Connect(mut c))) = frame::decode(&mut b, MAX_PREAUTH_FRAME) {
+                c.last_seq = c.last_seq.max(id);
+                connect.clear();
+                Frame::Connect(c).encode(&mut connect);
+            }
+        }
+        let core = self.connect_core(&connect);
+        if core != self.id {
+            return self.migrate_http(key, req, core);
+        }
+        let now = self.shared.clock.mono_ms();
+        let sid = Sid::new(self.id);
+        let Some(c) = self.conn(key) else { return Handled::Gone };
+        let extra = vec![
+            ("Content-Type", "text/event-stream".to_string()),
+            ("Transfer-Encoding", "chunked".into()),
+            ("Cache-Control", "no-cache".into()),
+            ("X-Accel-Buffering", "no".into()),
+        ];
+        gate_http::write_answer(&mut c.out, 200, None, extra, req.cross.as_deref(), false);
+        // From here the connection is the stream: nothing more is read
+        // from it, its session takes the CONNECT.
+        c.http = None;
+        c.web = Some(Box::new(WebConn::Sse(SseState::new(sid, c.out.len(), now))));
+        c.rbuf = connect;
+        if self.process_frames(key).is_some() {
+            // Cannot happen (this is the user's home core).
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            return Handled::Gone;
+        }
+        let Some(c) = self.conn(key) else { return Handled::Gone };
+        c.rbuf = BytesMut::new();
+        if c.session.phase() == Phase::Open {
+            let hb = c.session.heartbeat_s();
+            if let Some(WebConn::Sse(s)) = c.web.as_deref_mut() {
+                s.set_heartbeat(hb, now);
+            }
+            self.web_sids.insert(sid, key);
+        }
+        Handled::Stream
+    }
+
+    /// `POST /v1/send?sid=`: client frames for an SSE session.
+    fn sse_send(&mut self, key: ConnKey, req: Box<SessionReq>) -> Handled {
+        let (s, mut req) = match self.route_sid(key, req, false) {
+            Ok(x) => x,
+            Err(h) => return h,
+        };
+        if self.conn(s).is_none_or(|c| c.session.phase() != Phase::Open) {
+            return self.answer_text(key, &req, 404, "session ended");
+        }
+        if let Err(e) = web::check_client_frames(&req.body, self.shared.limits.max_frame) {
+            self.close_conn(s, DisconnectReason::ProtocolError, &e.to_string());
+            return self.answer_text(key, &req, 400, &e.to_string());
+        }
+        if self.feed(s, mem::take(&mut req.body)) {
+            self.answer(key, &req, 204, None, Vec::new());
+            Handled::Answered
+        } else {
+            self.answer_text(key, &req, 400, "a frame broke the protocol: the session is closed")
+        }
+    }
+
+    /// `POST /v1/lp/connect`: a long-poll session, answered with its CONNACK.
+    fn lp_connect(&mut self, key: ConnKey, req: Box<SessionReq>) -> Handled {
+        let Some(connect) = web::one_connect(&req.body) else {
+            return self.answer_text(key, &req, 400, "the body must be exactly one CONNECT frame");
+        };
+        let core = self.connect_core(&connect);
+        if core != self.id {
+            return self.migrate_http(key, req, core);
+        }
+        let now = self.shared.clock.mono_ms();
+        let sid = Sid::new(self.id);
+        let mut conn = Conn::new(-1, Tls::Off, Session::new(now, &self.shared.limits));
+        conn.web = Some(Box::new(WebConn::Lp(LpState::new(sid))));
+        conn.rbuf = connect;
+        // A session counts as a connection (`remove` gives it back).
+        self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
+        let v = self.insert(conn);
+        if self.process_frames(v).is_some() {
+            // Cannot happen (this is the user's home core).
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            return self.answer_text(key, &req, 503, "try again");
+        }
+        let Some(c) = self.conn(v) else { return self.answer_text(key, &req, 503, "try again") };
+        c.rbuf = BytesMut::new();
+        // The CONNACK is the answer; replay and live frames wait for polls.
+        let n = frame::check(&c.out, u32::MAX).ok().flatten().unwrap_or(c.out.len());
+        let ack = c.out.split_to(n);
+        let open = c.session.phase() == Phase::Open;
+        let mut extra = Vec::new();
+        if open {
+            self.web_sids.insert(sid, v);
+            extra.push(("X-Ringgate-Session", sid.encode()));
+        } else {
+            self.remove(v);
+        }
+        self.answer(key, &req, 200, Some(("application/octet-stream", &ack)), extra);
+        if open {
+            self.kick(v);
+        }
+        Handled::Answered
+    }
+
+    /// `POST /v1/lp?sid=`: client frames in, server frames out (now, or
+    /// when the first is queued, or `204` at the poll's end).
+    fn lp_poll(&mut self, key: ConnKey, req: Box<SessionReq>) -> Handled {
+        let (v, mut req) = match self.route_sid(key, req, true) {
+            Ok(x) => x,
+            Err(h) => return h,
+        };
+        let now = self.shared.clock.mono_ms();
+        let poll_timeout_ms = self.shared.gate.poll_timeout_ms;
+        // A newer poll ends the older one.
+        let older = match self.conn(v).and_then(|c| c.web.as_deref_mut()) {
+            Some(WebConn::Lp(l)) => l.poll.take(),
+            _ => None,
+        };
+        if let Some((p, _)) = older {
+            self.answer_poll(p, None);
+        }
+        let open = self.conn(v).is_some_and(|c| c.session.phase() == Phase::Open);
+        let mut bad = None;
+        if open {
+            match web::check_client_frames(&req.body, self.shared.limits.max_frame) {
+                Err(e) => {
+                    if let Some(c) = self.conn(v) {
+                        c.session.close(now, DisconnectReason::ProtocolError, &e.to_string(), &mut c.out);
+                    }
+                    bad = Some(e.to_string());
+                }
+                Ok(()) => {
+                    if !self.feed(v, mem::take(&mut req.body)) {
+                        bad = Some("a frame broke the protocol: the session is closed".into());
+                    }
+                }
+            }
+        }
+        if let Some(why) = bad {
+            // The DISCONNECT waits for the next poll.
+            self.kick(v);
+            return self.answer_text(key, &req, 400, &why);
+        }
+        let Some(c) = self.conn(v) else {
+            // Ended by this poll's own frames (the device's DISCONNECT).
+            self.answer(key, &req, 204, None, Vec::new());
+            return Handled::Answered;
+        };
+        let closed = !open_phase(c.session.phase());
+        if !c.out.is_empty() {
+            let body = mem::take(&mut c.out);
+            c.write_blocked = false;
+            self.answer(key, &req, 200, Some(("application/octet-stream", &body)), Vec::new());
+            if closed {
+                self.remove(v);
+            } else {
+                self.rearm(v);
+            }
+            return Handled::Answered;
+        }
+        if closed {
+            self.remove(v);
+            self.answer(key, &req, 204, None, Vec::new());
+            return Handled::Answered;
+        }
+        // Held at most one heartbeat, so an open poll always counts as
+        // activity for the idle rule (touched at its start and its end).
+        c.session.touch(now);
+        let hold = poll_timeout_ms.min(u64::from(c.session.heartbeat_s()) * 1000).max(1);
+        let until = now + hold;
+        if let Some(WebConn::Lp(l)) = c.web.as_deref_mut() {
+            l.poll = Some((key, until));
+        }
+        let keepalive = self.shared.gate.keepalive_idle_ms;
+        if let Some(h) = self.conn(key).and_then(|c| c.http.as_mut()) {
+            h.parked = true;
+            h.poll_cross = req.cross.take();
+            h.deadline_ms = until + keepalive;
+        }
+        self.rearm(v);
+        Handled::Parked
+    }
+
+    /// Answers the open poll on HTTP connection `p`: 200 with `body`, or 204.
+    /// False when `p` no longer waits (gone or not parked): nothing written.
+    fn answer_poll(&mut self, p: ConnKey, body: Option<&[u8]>) -> bool {
+        let now = self.shared.clock.mono_ms();
+        let keepalive = self.shared.gate.keepalive_idle_ms;
+        let Some(c) = self.conn(p) else { return false };
+        let Some(h) = c.http.as_mut().filter(|h| h.parked) else { return false };
+        h.parked = false;
+        h.deadline_ms = now + keepalive;
+        let close = h.closing;
+        let cross = h.poll_cross.take();
+        match body {
+            Some(b) => gate_http::write_answer(&mut c.out, 200, Some(("application/octet-stream", b)), Vec::new(), cross.as_deref(), close),
+            None => gate_http::write_answer(&mut c.out, 204, None, Vec::new(), cross.as_deref(), close),
+        }
+        self.kick(p);
+        // Its task serves whatever the client pipelined behind the poll.
+        self.wake(p);
+        true
+    }
+
+    /// `after_io` of a connection with web state: SSE marks pings and the
+    /// stream's end, then the usual flush runs (None); a long-poll session
+    /// does its own (Some).
+    pub(super) fn web_after_io(&mut self, key: ConnKey) -> Option<Outcome> {
+        let now = self.shared.clock.mono_ms();
+        let c = self.conn(key)?;
+        let phase = c.session.phase();
+        match c.web.as_deref_mut()? {
+            WebConn::Sse(s) => {
+                s.on_time(now);
+                if !open_phase(phase) {
+                    s.ending = true;
+                }
+                None
+            }
+            WebConn::Lp(_) => Some(self.lp_after_io(key)),
+        }
+    }
+
+    /// A long-poll session's output moved, or its timer fired: hand queued
+    /// frames to the open poll, end a poll that ran its time, apply the
+    /// slow-consumer rule, and forget a closed session once its last frames
+    /// went out (or nobody came for them).
+    fn lp_after_io(&mut self, v: ConnKey) -> Outcome {
+        let now = self.shared.clock.mono_ms();
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let slow_ms = self.shared.limits_cfg.slow_consumer_timeout_ms;
+        let shutting = self.shutting_down;
+        let mut slow = false;
+        let Some(c) = self.conn(v) else { return Outcome::Close };
+        let Some(WebConn::Lp(l)) = c.web.as_deref_mut() else { return Outcome::Close };
+        if c.out.len() > hw {
+            if l.over_hw_since_ms == 0 {
+                l.over_hw_since_ms = now.max(1);
+                l.slow_deadline_ms = now + slow_ms;
+            } else if now >= l.slow_deadline_ms && open_phase(c.session.phase()) {
+                slow = true;
+            }
+        } else {
+            l.over_hw_since_ms = 0;
+            l.slow_deadline_ms = 0;
+        }
+        if slow {
+            // Nobody polled what we owe for the whole timeout: DISCONNECT 8
+            // behind the backlog, for a poll that may still come.
+            c.session.close(now, DisconnectReason::SlowConsumer, "nobody polled the queued frames for too long", &mut c.out);
+            self.reject(crate::metrics::REJ_SLOW_CONSUMER);
+        }
+        let Some(c) = self.conn(v) else { return Outcome::Close };
+        if !c.close_counted && c.session.phase() == Phase::Closing {
+            c.close_counted = true;
+            if let Some(r) = c.session.close_reason() {
+                if let Some(m) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
+                    m.inc();
+                }
+            }
+        }
+        let Some(c) = self.conn(v) else { return Outcome::Close };
+        let closed = !open_phase(c.session.phase()) || c.dead;
+        let idle_ms = u64::from(c.session.heartbeat_s()) * 2_500;
+        let Some(WebConn::Lp(l)) = c.web.as_deref_mut() else { return Outcome::Close };
+        if closed && l.closed_expiry_ms == 0 {
+            // The final DISCONNECT waits for one more poll, this long.
+            l.closed_expiry_ms = now + idle_ms.max(1);
+        }
+        let expired = closed && (now >= l.closed_expiry_ms || shutting);
+        if let Some((p, until)) = l.poll {
+            let has = !c.out.is_empty();
+            if has || closed || now >= until {
+                l.poll = None;
+                let body = mem::take(&mut c.out);
+                if has {
+                    if !self.answer_poll(p, Some(&body)) {
+                        // The poll's connection is gone: the frames stay queued.
+                        if let Some(c) = self.conn(v) {
+                            c.out = body;
+                        }
+                    }
+                } else {
+                    self.answer_poll(p, None);
+                    // A poll that ran its time was activity.
+                    if let Some(c) = self.conn(v) {
+                        c.session.touch(now);
+                    }
+                }
+            }
+        }
+        let Some(c) = self.conn(v) else { return Outcome::Close };
+        c.write_blocked = !c.out.is_empty();
+        if closed && (c.out.is_empty() || expired) {
+            self.remove(v);
+            return Outcome::Close;
+        }
+        self.rearm(v);
+        Outcome::Continue
+    }
+
+    /// I/O on an SSE stream's socket: the client sends nothing on it (its
+    /// frames come in POSTs), so input is discarded; EOF ends the session.
+    pub(super) fn on_sse_io(&mut self, key: ConnKey, eof: bool) -> Outcome {
+        let Some(c) = self.conn(key) else { return Outcome::Close };
+        c.rbuf.clear();
+        if eof {
+            c.session.abort();
+            return Outcome::Close;
+        }
+        self.after_io(key)
+    }
+}
