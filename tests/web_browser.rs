@@ -363,13 +363,11 @@ fn browser_websocket() {
 }
 
 #[test]
-#[ignore = "needs SSE/LP server (branch sse-lp)"]
 fn browser_sse_post() {
     exchange("browser_sse_post", &["sse", "lp"], "sse");
 }
 
 #[test]
-#[ignore = "needs SSE/LP server (branch sse-lp)"]
 fn browser_long_poll() {
     exchange("browser_long_poll", &["lp"], "lp");
 }
@@ -480,7 +478,6 @@ fn silent_websocket_proxy(upstream: std::net::SocketAddr) -> u16 {
 /// falls back to SSE, which then carries messages both ways. Behind the
 /// proxy ringgate listens on plain TCP (as behind a TLS-terminating proxy).
 #[test]
-#[ignore = "needs SSE/LP server (branch sse-lp)"]
 fn browser_silent_websocket_falls_back() {
     let Some(bin) = chromium_or_skip("browser_silent_websocket_falls_back") else { return };
     let page_port = serve_pages();
