@@ -263,6 +263,84 @@ impl Sim {
         }
     }
 
+    // ----- WebSocket clients (WEB.md: the same core, another framing) ---
+
+    /// Writes the upgrade request for `/v1/ws` (no Origin: a native client).
+    pub fn ws_upgrade(&mut self, c: Client) {
+        let req = "GET /v1/ws HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Protocol: ringgate.v1\r\n\r\n";
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(req.as_bytes()));
+    }
+
+    /// Writes `f` as one masked binary message.
+    pub fn ws_write(&mut self, c: Client, f: &Frame) {
+        let mut body = BytesMut::new();
+        f.encode(&mut body);
+        let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+        let mut b = vec![0x82];
+        match body.len() {
+            n @ 0..=125 => b.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                b.push(0x80 | 126);
+                b.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                b.push(0x80 | 127);
+                b.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        b.extend_from_slice(&mask);
+        b.extend(body.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
+    }
+
+    /// The upgrade's status line, then every protocol frame carried by a
+    /// whole binary message since the last call, and the close code if a
+    /// close frame came.
+    pub fn ws_frames(&mut self, c: Client) -> (Option<String>, Vec<Frame>, Option<u16>) {
+        let st = &mut self.clients[c.0];
+        mem::with(st.pipe, |p| {
+            st.rx.extend_from_slice(&p.to_client);
+            p.to_client.clear();
+        });
+        let mut status = None;
+        if st.rx.starts_with(b"HTTP/1.1 ") {
+            let Some(end) = st.rx.windows(4).position(|w| w == b"\r\n\r\n") else { return (None, Vec::new(), None) };
+            let head = st.rx.split_to(end + 4);
+            status = String::from_utf8_lossy(&head).lines().next().map(str::to_string);
+        }
+        let (mut frames, mut close) = (Vec::new(), None);
+        loop {
+            let b = &st.rx[..];
+            if b.len() < 2 {
+                break;
+            }
+            assert_eq!(b[1] & 0x80, 0, "a server frame is never masked");
+            let (len, at) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if b.len() < at + len {
+                break;
+            }
+            let op = b[0] & 0x0f;
+            let mut msg = st.rx.split_to(at + len);
+            let mut payload = msg.split_off(at);
+            match op {
+                0x2 => match frame::decode(&mut payload, u32::MAX) {
+                    Ok(Some(f)) if payload.is_empty() => frames.push(f),
+                    other => panic!("a binary message that is not exactly one frame: {other:?}"),
+                },
+                0x8 => close = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+        (status, frames, close)
+    }
+
     /// The server sent FIN (after its DISCONNECT).
     pub fn server_fin(&self, c: Client) -> bool {
         mem::with(self.clients[c.0].pipe, |p| p.server_fin)

@@ -377,3 +377,48 @@ fn an_idle_connection_is_closed_at_2_5_heartbeats_and_a_ping_restarts_the_count(
     assert!(sim.closed(c));
     assert_eq!(sim.cores[0].conn_count(), 0);
 }
+
+#[test]
+fn a_websocket_session_is_another_transport_of_the_same_core_rules() {
+    // The device's TCP connection on its home core is replaced by the same
+    // device over WebSocket, which upgrades and sends CONNECT on the other
+    // core, moves home with its WebSocket state, and is served there.
+    let mut sim = Sim::new(2, StoreKind::Memory, Config::default(), &[]);
+    let alice = sim.user_homed_at(0, "alice");
+    let bob = sim.user_homed_at(1, "bob");
+    let (tcp, _, _) = sim.login(0, &alice, "phone");
+    let (b, _, _) = sim.login(1, &bob, "phone");
+
+    let ws = sim.connect_at(1);
+    sim.ws_upgrade(ws);
+    let connect = sim.connect_frame(&alice, "phone", 0, 0);
+    sim.ws_write(ws, &connect);
+    sim.ws_write(ws, &Frame::Ping { nonce: 5 });
+    sim.run();
+    let (status, f, close) = sim.ws_frames(ws);
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 101 Switching Protocols"));
+    assert!(matches!(f.first(), Some(Frame::ConnAck(c)) if c.status == 0), "{f:?}");
+    assert_eq!(f.get(1), Some(&Frame::Pong { nonce: 5 }));
+    assert_eq!(close, None);
+    assert_eq!(sim.core_of(ws), Some(0), "moved to alice's home core");
+    assert_eq!(disconnects(&sim.frames(tcp)), vec![DisconnectReason::Replaced.code()]);
+
+    // Routing, SENDACK and PUSH/PUSHACK work the same inside WebSocket messages.
+    sim.write(b, &send(1, &alice, "to the browser"));
+    sim.ws_write(ws, &send(2, &bob, "from the browser"));
+    sim.run();
+    let (_, f, _) = sim.ws_frames(ws);
+    let p = pushes(&f);
+    assert_eq!(p.len(), 1);
+    assert_eq!(&p[0].payload[..], b"to the browser");
+    assert_eq!(sendacks(&f).iter().map(|a| (a.client_msg_id, a.status)).collect::<Vec<_>>(), vec![(2, sendack::STORED)]);
+    assert_eq!(pushes(&sim.frames(b)).len(), 1);
+
+    // A replaced WebSocket session ends with DISCONNECT 6 and close 4006.
+    sim.ws_write(ws, &Frame::PushAck { seq: 1 });
+    let (tcp2, _, _) = sim.login(1, &alice, "phone");
+    let (_, f, close) = sim.ws_frames(ws);
+    assert_eq!(disconnects(&f), vec![DisconnectReason::Replaced.code()]);
+    assert_eq!(close, Some(4006));
+    assert_eq!(sim.core_of(tcp2), Some(0));
+}
