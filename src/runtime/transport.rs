@@ -5,7 +5,7 @@
 //! a [`Transport`]. The handle is a plain enum, like a file descriptor: the
 //! `Fd` variant names a socket in the kernel's table, the `Mem` variant
 //! (tests only) names a pipe in the calling thread's simulated network
-//! ([`mem`]). So the hot path pays one `match` on a register-sized value, no
+//! (`mem`). So the hot path pays one `match` on a register-sized value, no
 //! allocation and no virtual call, and in a release build, where `Mem` does
 //! not exist, the match has one arm and the fd path is exactly the syscalls
 //! it always was.
@@ -73,8 +73,28 @@ impl Transport {
     }
 }
 
+/// Non-blocking receive into `buf`.
+#[inline]
+pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+    match t {
+        Transport::Fd(fd) => {
+            // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
+            // writes at most that many, and the fd stays open for the
+            // connection's lifetime.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }
+        #[cfg(test)]
+        Transport::Mem(m) => mem::recv_uninit(m, buf),
+    }
+}
+
 /// The simulated network: one table of pipes per thread (a simulation runs
-/// on one thread and never shares its pipes), addressed by [`MemId`] the way
+/// on one thread and never shares its pipes), addressed by `MemId` the way
 /// the kernel's sockets are addressed by fd.
 #[cfg(test)]
 pub mod mem {
@@ -175,25 +195,5 @@ pub mod mem {
 
     pub(crate) fn shutdown_write(id: MemId) {
         with(id, |p| p.server_fin = true);
-    }
-}
-
-/// Non-blocking receive into `buf`.
-#[inline]
-pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-    match t {
-        Transport::Fd(fd) => {
-            // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
-            // writes at most that many, and the fd stays open for the
-            // connection's lifetime.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }
-        #[cfg(test)]
-        Transport::Mem(m) => mem::recv_uninit(m, buf),
     }
 }
