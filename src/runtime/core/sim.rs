@@ -175,7 +175,12 @@ impl Sim {
 
     /// A valid token for `user` (one hour, from the virtual wall clock).
     pub fn token(&self, user: &str) -> String {
-        self.jwt.mint(user, self.clock_wall_ms() / 1000, 3600)
+        self.token_for(user, 3600)
+    }
+
+    /// A token for `user` that expires `ttl_s` after the virtual wall clock's now.
+    pub fn token_for(&self, user: &str, ttl_s: u64) -> String {
+        self.jwt.mint(user, self.clock_wall_ms() / 1000, ttl_s)
     }
 
     pub fn clock_wall_ms(&self) -> u64 {

@@ -422,3 +422,91 @@ fn a_websocket_session_is_another_transport_of_the_same_core_rules() {
     assert_eq!(close, Some(4006));
     assert_eq!(sim.core_of(tcp2), Some(0));
 }
+
+/// A name from `prefix` whose home is `core` of `cores`.
+fn homed(core: usize, cores: usize, prefix: &str) -> String {
+    (0..).map(|i| format!("{prefix}{i}")).find(|u| crate::runtime::mesh::home_core(u, cores) == core).unwrap()
+}
+
+#[test]
+fn a_group_sendack_waits_for_the_intent_record_and_every_copy_on_every_core() {
+    // Both recipients live on core 1: on core 0 only the intent record
+    // (the recipients, logged before any copy) holds the SENDACK back.
+    let (alice, bob, carol) = (homed(0, 2, "alice"), homed(1, 2, "bob"), homed(1, 2, "carol"));
+    let members = [alice.as_str(), bob.as_str(), carol.as_str()];
+    let mut sim = Sim::new(2, StoreKind::Durable, Config::default(), &[("team", &members)]);
+    let (a, _, _) = sim.login(0, &alice, "phone");
+    let (b, _, _) = sim.login(1, &bob, "phone");
+    let (c, _, _) = sim.login(1, &carol, "phone");
+    sim.write(
+        a,
+        &Frame::Send(crate::proto::frame::Send {
+            client_msg_id: 1,
+            target_kind: 2,
+            target: Utf8Bytes::from("team"),
+            payload: Bytes::from_static(b"all hands"),
+        }),
+    );
+    sim.run();
+    assert!(sim.frames(a).is_empty());
+
+    // Both copies become durable on core 1 and are pushed; alice still
+    // waits for the intent record on core 0.
+    while sim.sync(1) {
+        sim.run();
+    }
+    assert_eq!(pushes(&sim.frames(b)).len(), 1);
+    let pc = pushes(&sim.frames(c));
+    assert_eq!(pc.len(), 1);
+    assert!(sendacks(&sim.frames(a)).is_empty(), "the intent record on core 0 is not durable yet");
+
+    let mut acks = Vec::new();
+    while acks.is_empty() {
+        assert!(sim.sync(0), "no SENDACK although nothing is left to sync");
+        sim.run();
+        acks = sendacks(&sim.frames(a));
+    }
+    assert!(!sim.sync(0) && !sim.sync(1), "the SENDACK came before every record was synced");
+    assert_eq!((acks.len(), acks[0].status), (1, sendack::STORED));
+    assert_eq!(pc[0].msg_id, acks[0].msg_id);
+    assert!(pushes(&sim.frames(a)).is_empty(), "the sender is not a recipient of its own group send");
+}
+
+#[test]
+fn an_expired_token_closes_the_connection_with_disconnect_3_at_its_expiry() {
+    let mut cfg = Config::default();
+    cfg.auth.leeway_s = 0;
+    let mut sim = Sim::new(1, StoreKind::Memory, cfg, &[]);
+    let c = sim.connect_at(0);
+    let token = sim.token_for("alice", 20);
+    sim.write(
+        c,
+        &Frame::Connect(crate::proto::frame::Connect {
+            version: 1,
+            keepalive_s: 0,
+            device_id: Utf8Bytes::from("phone"),
+            token: Utf8Bytes::from(token.as_str()),
+            last_seq: 0,
+        }),
+    );
+    sim.run();
+    assert!(matches!(sim.frames(c).first(), Some(Frame::ConnAck(a)) if a.status == 0));
+    let (after, f) = wait_for(&mut sim, c, 60_000);
+    assert!(after >= 20_000 && after <= 20_000 + 2 * TICK_MS, "closed after {after} ms, token valid for 20 s");
+    assert_eq!(disconnects(&f), vec![DisconnectReason::TokenExpired.code()]);
+
+    // The same token is now refused at CONNECT (the virtual wall clock moved too).
+    let again = sim.connect_at(0);
+    sim.write(
+        again,
+        &Frame::Connect(crate::proto::frame::Connect {
+            version: 1,
+            keepalive_s: 0,
+            device_id: Utf8Bytes::from("phone"),
+            token: Utf8Bytes::from(token.as_str()),
+            last_seq: 0,
+        }),
+    );
+    sim.run();
+    assert!(matches!(sim.frames(again).first(), Some(Frame::ConnAck(a)) if a.status == crate::proto::error::connack::BAD_TOKEN));
+}
