@@ -21,7 +21,6 @@
 //! figures are in the README.
 
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -30,6 +29,7 @@ use bytes::{Buf, BytesMut};
 use crate::proto::ack_wheel::TimerKey;
 use crate::proto::session::Session;
 use crate::runtime::tls_record::{self, Opened, Record13, RecordError};
+use crate::runtime::transport::{self, Transport};
 
 /// Most bytes read from one socket per readiness event, so one busy
 /// connection cannot starve the others on its core (the readiness op fires
@@ -70,7 +70,8 @@ pub enum Tls {
 }
 
 pub struct Conn {
-    pub fd: RawFd,
+    /// The socket (or, in tests, a simulated pipe): see `transport`.
+    pub fd: Transport,
     pub tls: Tls,
     /// Ciphertext read but not yet processed (a partial record); empty and
     /// unallocated while idle.
@@ -126,13 +127,20 @@ pub enum TransportError {
 }
 
 /// Non-blocking socket I/O on a raw fd (the fd is O_NONBLOCK).
-struct Fd(RawFd);
+struct Fd(Transport);
 
 impl Read for Fd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One arm outside tests, where no simulated transport exists.
+        #[allow(clippy::infallible_destructuring_match)]
+        let fd = match self.0 {
+            Transport::Fd(fd) => fd,
+            #[cfg(test)]
+            Transport::Mem(m) => return transport::mem::recv(m, buf),
+        };
         // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes and
         // the fd stays open for the lifetime of the connection.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -143,10 +151,17 @@ impl Read for Fd {
 
 impl Write for Fd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // One arm outside tests, where no simulated transport exists.
+        #[allow(clippy::infallible_destructuring_match)]
+        let fd = match self.0 {
+            Transport::Fd(fd) => fd,
+            #[cfg(test)]
+            Transport::Mem(m) => return transport::mem::send(m, buf),
+        };
         // SAFETY: `buf` is a valid readable slice; MSG_NOSIGNAL turns a
         // closed peer into EPIPE instead of killing the process.
         let n = unsafe {
-            libc::send(self.0, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
         };
         if n < 0 {
             Err(io::Error::last_os_error())
@@ -156,13 +171,20 @@ impl Write for Fd {
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // One arm outside tests, where no simulated transport exists.
+        #[allow(clippy::infallible_destructuring_match)]
+        let fd = match self.0 {
+            Transport::Fd(fd) => fd,
+            #[cfg(test)]
+            Transport::Mem(m) => return transport::mem::send(m, bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..])),
+        };
         // SAFETY: an all-zero msghdr is valid; iov points at `bufs`, whose
         // layout IoSlice guarantees to match `struct iovec`.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
         // SAFETY: msg is initialised above and outlives the call.
-        let n = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -189,9 +211,9 @@ pub enum ReadStatus {
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, tls: Tls, session: Session) -> Self {
+    pub fn new(fd: impl Into<Transport>, tls: Tls, session: Session) -> Self {
         Conn {
-            fd,
+            fd: fd.into(),
             tls,
             tls_in: BytesMut::new(),
             tls_out: BytesMut::new(),
@@ -496,9 +518,7 @@ impl Conn {
             return;
         }
         self.shut_wr = true;
-        // SAFETY: plain syscall on our own fd; an error (peer already gone)
-        // is harmless because the connection is closing anyway.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
+        self.fd.shutdown_write();
     }
 
     /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
@@ -515,24 +535,18 @@ impl Conn {
 
 /// One non-blocking `recv` of at most `want` bytes into `buf`'s spare
 /// capacity (which the caller reserved), extending `buf` by what arrived.
-fn recv_into(fd: RawFd, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+fn recv_into(fd: Transport, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let want = want.min(spare.len());
-    // SAFETY: `spare` is writable memory of at least `want` bytes owned by
-    // `buf`; recv writes at most `want` bytes into it and the fd stays open
-    // for the connection's lifetime.
-    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    // `spare` is writable memory of at least `want` bytes owned by `buf`.
+    let n = transport::recv(fd, &mut spare[..want])?;
     // SAFETY: recv initialised exactly `n <= want` bytes after the current length.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
 
 /// Writes `buf` until empty or the socket pushes back; true when empty.
-fn write_all(fd: RawFd, buf: &mut BytesMut) -> Result<bool, TransportError> {
+fn write_all(fd: Transport, buf: &mut BytesMut) -> Result<bool, TransportError> {
     while !buf.is_empty() {
         match Fd(fd).write(buf) {
             Ok(n) => buf.advance(n),

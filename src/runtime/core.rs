@@ -31,6 +31,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub mod admin;
 mod sessions;
 mod web;
+#[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
+mod sim_tests;
 
 use slab::Slab;
 
@@ -58,22 +62,58 @@ pub const FANOUT_INLINE: usize = 64;
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 10;
 
-/// Monotonic and wall clocks of the process.
-pub struct Clock {
-    start: Instant,
+/// Monotonic and wall clocks of the process, or virtual ones a test sets.
+/// Every time the core reads (deadlines, timestamps, token expiry,
+/// retention) comes from here, so a simulation controls all of it.
+pub enum Clock {
+    Real { start: Instant },
+    Virtual(Arc<VirtualClock>),
 }
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { start: Instant::now() }
+        Clock::Real { start: Instant::now() }
+    }
+    /// A clock that moves only when `v` is set or advanced.
+    pub fn virtual_from(v: Arc<VirtualClock>) -> Self {
+        Clock::Virtual(v)
     }
     /// Monotonic milliseconds (deadlines).
     pub fn mono_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64 + 1
+        match self {
+            Clock::Real { start } => start.elapsed().as_millis() as u64 + 1,
+            Clock::Virtual(v) => v.mono.load(Ordering::Relaxed),
+        }
     }
     /// Unix milliseconds (timestamps, retention, token expiry).
     pub fn wall_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        match self {
+            Clock::Real { .. } => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            Clock::Virtual(v) => v.wall.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Virtual time for a simulation: monotonic and wall milliseconds that
+/// move together, only when told to.
+pub struct VirtualClock {
+    mono: AtomicU64,
+    wall: AtomicU64,
+}
+
+impl VirtualClock {
+    /// Starts at `mono_ms` (at least 1: 0 means "unset" in some deadlines) and `wall_ms`.
+    pub fn new(mono_ms: u64, wall_ms: u64) -> Arc<Self> {
+        Arc::new(VirtualClock { mono: AtomicU64::new(mono_ms.max(1)), wall: AtomicU64::new(wall_ms) })
+    }
+    /// Moves both clocks forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.mono.fetch_add(ms, Ordering::Relaxed);
+        self.wall.fetch_add(ms, Ordering::Relaxed);
+    }
+    /// Sets the wall clock alone (an NTP step): deadlines are not affected.
+    pub fn set_wall(&self, wall_ms: u64) {
+        self.wall.store(wall_ms, Ordering::Relaxed);
     }
 }
 
@@ -307,7 +347,7 @@ impl Core {
     /// pre-auth connection on this core is shed to make room: authenticated
     /// clients are never shed, and a legitimate login still gets in while
     /// anonymous connections hold the process near its fd limit.
-    pub fn accept(&mut self, fd: std::os::fd::RawFd, peer: IpAddr) -> Result<ConnKey, AcceptError> {
+    pub fn accept(&mut self, fd: impl Into<super::transport::Transport>, peer: IpAddr) -> Result<ConnKey, AcceptError> {
         let now = self.shared.clock.mono_ms();
         if let Err(e) = self.addrs.admit(peer, now) {
             self.reject(match e {

@@ -6,7 +6,6 @@
 //! io_uring). Nothing on the message path takes a lock.
 
 use std::future::poll_fn;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -20,7 +19,8 @@ use crate::store::{NewMessage, StoreError};
 
 /// A connection moving to its user's home core after CONNECT.
 pub struct Adopt {
-    pub fd: RawFd,
+    /// The socket (or simulated pipe), handed over with the connection.
+    pub fd: crate::runtime::transport::Transport,
     pub tls: crate::runtime::conn::Tls,
     pub tls_in: bytes::BytesMut,
     pub tls_out: bytes::BytesMut,

@@ -25,6 +25,7 @@ pub mod gate_http;
 pub mod mesh;
 pub mod peer_log;
 pub mod tls_record;
+pub mod transport;
 pub mod web;
 
 use std::cell::{Cell, RefCell};
@@ -649,9 +650,10 @@ fn handle_batch(core: &Rc<RefCell<Core>>, batch: &mut Vec<CoreMsg>, stop: &Rc<Fl
 }
 
 fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
+    let Some(fd) = a.fd.raw_fd() else { return };
     // SAFETY: the fd was released by the sending core (`into_raw_fd`) and
     // travelled here in the Adopt message; we are its only owner now.
-    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(a.fd) };
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     let stream = match TcpStream::from_std(std_stream) {
         Ok(s) => s,
         Err(e) => {
@@ -751,7 +753,7 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
                 None => mesh::home_core(&adopt.user, core.borrow().shared.mesh.len()),
             };
             let mut adopt = adopt;
-            adopt.fd = stream.into_raw_fd();
+            adopt.fd = stream.into_raw_fd().into();
             let shared = core.borrow().shared.clone();
             shared.mesh[home].post(CoreMsg::Adopt(adopt));
             return;

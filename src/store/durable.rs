@@ -841,4 +841,14 @@ impl InboxStore for DurableStore {
     fn fsync_stats(&self) -> Option<DurableStats> {
         Some(self.stats)
     }
+
+    #[cfg(test)]
+    fn take_deferred_sync(&mut self) -> Option<Result<u64, String>> {
+        let IoExec::Deferred(q) = &mut self.io else { return None };
+        if q.is_empty() {
+            return None;
+        }
+        let batch: Vec<SyncJob> = q.drain(..).collect();
+        Some(run_batch(&batch))
+    }
 }

@@ -93,6 +93,14 @@ pub trait InboxStore {
     fn peek(&self, user: &str) -> &dyn InboxRead;
     /// Number of inboxes and retained messages (for logs and metrics).
     fn stats(&self) -> (usize, u64);
+    /// Simulation: runs the syncs queued in deferred mode (see
+    /// `DurableStore::defer_io`) and returns their result *without*
+    /// applying it; the caller delivers it to the core as the syncer thread
+    /// would (`CoreMsg::Synced`). None when nothing is queued.
+    #[cfg(test)]
+    fn take_deferred_sync(&mut self) -> Option<Result<u64, String>> {
+        None
+    }
 }
 
 /// The first store failure of this process, for the runtime's exit status

@@ -217,7 +217,7 @@ impl Core {
                 devices.push(DeviceView {
                     device_id: d.id.clone(),
                     online: conn.is_some(),
-                    remote: conn.and_then(|c| peer_addr(c.fd)),
+                    remote: conn.and_then(|c| c.fd.raw_fd()).and_then(peer_addr),
                     connected_at_ms: d.connected_at_ms,
                     acked_seq: conn.map(|c| c.session.acked()).unwrap_or(d.acked_seq),
                 });

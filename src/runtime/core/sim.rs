@@ -1,0 +1,492 @@
+//! An in-process driver for whole cores: N `Core`s over one mesh, simulated pipes instead of sockets, a virtual clock instead of time, syncs that complete when the test says; no threads, sockets or sleeps.
+//!
+//! This is quinn's `Pair` one level up: `proto/session_tests.rs` drives one
+//! session; this drives the cores above the sessions (routing, dedup,
+//! fsync-gated SENDACKs, migration, replacement, timers) through the same
+//! entry points the runtime uses, and nothing else:
+//!
+//! - a connection is a pipe of the simulated network
+//!   (`transport::mem`); the driver does what a connection task does in
+//!   `runtime/mod.rs` (`drive`/`conn_task`): when the pipe is ready for
+//!   the interest `Core::wants_write` names, or the core woke the
+//!   connection, it calls `Core::on_io` and acts on the outcome (close the
+//!   socket and `remove`, or post the `Adopt` to the home core);
+//! - mailboxes are the real `Mesh`; the test decides when and in which
+//!   order each core takes its messages (`deliver`, `deliver_one`), as the
+//!   mailbox task would, adopting moved connections like `adopt_conn`;
+//! - time is a [`VirtualClock`]; `advance` moves it one `TICK_MS` at a
+//!   time and calls `Core::on_tick` on every core, as the ticker does;
+//! - the store is the memory store, or the durable store on the simulated
+//!   disk with its syncs deferred: `sync(core)` runs them on the disk (an
+//!   injected fsync failure fails them) and posts the result to the core's
+//!   mailbox as the syncer thread would.
+//!
+//! Plaintext only (TLS off): the frames the test writes and reads are the
+//! wire bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::BytesMut;
+
+use super::{Clock, ConnKey, Core, Outcome, Shared, VirtualClock, TICK_MS};
+use crate::auth::{ClaimRules, JwtKey};
+use crate::config::Config;
+use crate::proto::frame::{self, ConnAck, Connect, Frame, Utf8Bytes};
+use crate::runtime::mesh::{home_core, CoreMsg, Mailbox, Mesh};
+use crate::runtime::transport::{mem, Transport};
+use crate::store::durable::{DurableStore, LogSettings};
+use crate::store::memory::MemoryStore;
+use crate::store::sim_disk::SimDisk;
+use crate::store::InboxStore;
+
+/// Wall clock at the start of every simulation (late 2027).
+pub const WALL_START_MS: u64 = 1_800_000_000_000;
+const SECRET: &[u8] = b"simulation secret";
+/// What a simulated socket accepts before a write would block, by default.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+/// `run` gives up (a livelock in the core or the driver) after this many passes.
+const MAX_PASSES: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    /// The durable log on a simulated disk, fsync per `cfg.store.fsync`.
+    Durable,
+}
+
+/// A client of the simulation (one TCP connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client(usize);
+
+struct ClientState {
+    pipe: mem::MemId,
+    /// Where its connection lives now: (core, key); None while it travels
+    /// in an `Adopt` and after the server closed it.
+    at: Option<(usize, ConnKey)>,
+    /// Server bytes taken from the pipe and not yet decoded.
+    rx: BytesMut,
+}
+
+pub struct Sim {
+    pub cores: Vec<Core>,
+    pub mesh: Mesh,
+    pub clock: Arc<VirtualClock>,
+    pub disk: SimDisk,
+    pub cfg: Config,
+    jwt: JwtKey,
+    clients: Vec<ClientState>,
+    /// Messages taken from a core's mailbox and not yet handled.
+    queued: Vec<VecDeque<CoreMsg>>,
+    _route_dir: tempfile::TempDir,
+}
+
+impl Sim {
+    /// `n` cores with `cfg` (TLS is turned off) and groups `groups`.
+    pub fn new(n: usize, store: StoreKind, mut cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
+        mem::reset();
+        cfg.tls.enabled = false;
+        let clock = VirtualClock::new(1_000, WALL_START_MS);
+        let route_dir = tempfile::tempdir().expect("temp dir");
+        let route_key = crate::route::load_or_create_key(&cfg.route, route_dir.path()).expect("route key");
+        let gate = Arc::new(crate::runtime::gate_http::Gate {
+            route: crate::route::RouteService::new(cfg.route.clone(), route_key, "127.0.0.1:7443".parse().expect("addr"), false, 1_000),
+            origins: crate::runtime::gate_http::OriginPolicy::new(&cfg.web),
+            keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
+            max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
+        });
+        let mesh: Mesh =
+            (0..n).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();
+        let metrics = Arc::new(crate::metrics::Metrics::new("tcp"));
+        metrics.set_cores(n);
+        let shared = Arc::new(Shared {
+            limits: crate::runtime::session_limits(&cfg),
+            jwt: JwtKey::with_rules(SECRET, ClaimRules::from_config(&cfg.auth)),
+            tls: None,
+            groups: groups
+                .iter()
+                .map(|(g, m)| (g.to_string(), m.iter().map(|u| Arc::from(*u)).collect::<Vec<Arc<str>>>()))
+                .collect(),
+            mesh: mesh.clone(),
+            dedup_per_device: cfg.session.dedup_per_device,
+            sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
+            clock: Clock::virtual_from(clock.clone()),
+            limits_cfg: cfg.limits.clone(),
+            max_connections: match cfg.limits.max_connections {
+                0 => 10_000,
+                m => m,
+            },
+            open_conns: AtomicU64::new(0),
+            metrics,
+            ledger: crate::runtime::ledger::LedgerLimits {
+                retention_ms: cfg.admin.ledger_retention_s.saturating_mul(1000),
+                max_entries: cfg.admin.ledger_max_entries,
+            },
+            mutes: HashMap::new(),
+            gate,
+        });
+        let disk = SimDisk::new(7);
+        let settings = LogSettings {
+            policy: cfg.store.fsync,
+            fsync_interval_ms: cfg.store.fsync_interval_ms,
+            segment_max_bytes: cfg.store.segment_max_bytes,
+            retention: crate::runtime::retention(&cfg),
+        };
+        let cores = (0..n)
+            .map(|id| {
+                let st: Box<dyn InboxStore + Send> = match store {
+                    StoreKind::Memory => Box::new(MemoryStore::with_budget(crate::runtime::retention(&cfg), 1 << 30)),
+                    StoreKind::Durable => {
+                        let disk_ref: crate::store::disk::DiskRef = Arc::new(disk.clone());
+                        let mut d = DurableStore::with_disk(disk_ref, id, Path::new("/sim/log"), settings, HashMap::new(), HashMap::new(), 1)
+                            .expect("durable store on the simulated disk");
+                        // Syncs wait for `Sim::sync`.
+                        d.defer_io();
+                        Box::new(d)
+                    }
+                };
+                Core::new(id, shared.clone(), st, Vec::new())
+            })
+            .collect();
+        Sim {
+            cores,
+            mesh,
+            clock,
+            disk,
+            jwt: JwtKey::new(SECRET),
+            clients: Vec::new(),
+            queued: (0..n).map(|_| VecDeque::new()).collect(),
+            cfg,
+            _route_dir: route_dir,
+        }
+    }
+
+    /// A user name (from `prefix`) whose home is `core`.
+    pub fn user_homed_at(&self, core: usize, prefix: &str) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|u| home_core(u, self.cores.len()) == core)
+            .expect("some name hashes to every core")
+    }
+
+    /// A valid token for `user` (one hour, from the virtual wall clock).
+    pub fn token(&self, user: &str) -> String {
+        self.token_for(user, 3600)
+    }
+
+    /// A token for `user` that expires `ttl_s` after the virtual wall clock's now.
+    pub fn token_for(&self, user: &str, ttl_s: u64) -> String {
+        self.jwt.mint(user, self.clock_wall_ms() / 1000, ttl_s)
+    }
+
+    pub fn clock_wall_ms(&self) -> u64 {
+        self.cores[0].shared.clock.wall_ms()
+    }
+
+    // ----- clients -----------------------------------------------------
+
+    /// A new TCP connection, accepted on `core` (as SO_REUSEPORT would pick).
+    pub fn connect_at(&mut self, core: usize) -> Client {
+        let pipe = mem::open(DEFAULT_CAPACITY);
+        let key = self.cores[core]
+            .accept(Transport::Mem(pipe), IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .unwrap_or_else(|e| panic!("accept refused: {e:?}"));
+        self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new() });
+        Client(self.clients.len() - 1)
+    }
+
+    /// Writes `f` on the client's side of the pipe (nothing runs yet).
+    pub fn write(&mut self, c: Client, f: &Frame) {
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
+    }
+
+    /// A CONNECT for `user`'s `device` with a valid token.
+    pub fn connect_frame(&self, user: &str, device: &str, keepalive_s: u16, last_seq: u64) -> Frame {
+        Frame::Connect(Connect {
+            version: 1,
+            keepalive_s,
+            device_id: Utf8Bytes::from(device),
+            token: Utf8Bytes::from(self.token(user).as_str()),
+            last_seq,
+        })
+    }
+
+    /// Connects on `core`, sends CONNECT, runs to quiescence and checks the
+    /// CONNACK is OK; returns the client and every frame it got (CONNACK first).
+    pub fn login(&mut self, core: usize, user: &str, device: &str) -> (Client, ConnAck, Vec<Frame>) {
+        let c = self.connect_at(core);
+        let f = self.connect_frame(user, device, 0, 0);
+        self.write(c, &f);
+        self.run();
+        let mut frames = self.frames(c);
+        match frames.first() {
+            Some(Frame::ConnAck(a)) if a.status == 0 => {
+                let a = a.clone();
+                frames.remove(0);
+                (c, a, frames)
+            }
+            other => panic!("{user}/{device}: expected CONNACK 0, got {other:?}"),
+        }
+    }
+
+    /// The client half-closes (FIN): the server reads EOF once it read the rest.
+    pub fn hang_up(&mut self, c: Client) {
+        mem::with(self.clients[c.0].pipe, |p| p.client_fin = true);
+    }
+
+    /// What a server write may still put in the pipe before it blocks
+    /// (the client stops or starts reading).
+    pub fn set_capacity(&mut self, c: Client, bytes: usize) {
+        mem::with(self.clients[c.0].pipe, |p| p.capacity = bytes);
+    }
+
+    /// Server bytes waiting in the pipe (not yet taken by `frames`).
+    pub fn unread(&self, c: Client) -> usize {
+        mem::with(self.clients[c.0].pipe, |p| p.to_client.len())
+    }
+
+    /// Every whole frame the server wrote since the last call.
+    pub fn frames(&mut self, c: Client) -> Vec<Frame> {
+        let st = &mut self.clients[c.0];
+        mem::with(st.pipe, |p| {
+            st.rx.extend_from_slice(&p.to_client);
+            p.to_client.clear();
+        });
+        let mut out = Vec::new();
+        loop {
+            match frame::decode(&mut st.rx, u32::MAX) {
+                Ok(Some(f)) => out.push(f),
+                Ok(None) => return out,
+                Err(e) => panic!("the server wrote an undecodable frame: {e}"),
+            }
+        }
+    }
+
+    // ----- WebSocket clients (WEB.md: the same core, another framing) ---
+
+    /// Writes the upgrade request for `/v1/ws` (no Origin: a native client).
+    pub fn ws_upgrade(&mut self, c: Client) {
+        let req = "GET /v1/ws HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Protocol: ringgate.v1\r\n\r\n";
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(req.as_bytes()));
+    }
+
+    /// Writes `f` as one masked binary message.
+    pub fn ws_write(&mut self, c: Client, f: &Frame) {
+        let mut body = BytesMut::new();
+        f.encode(&mut body);
+        let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+        let mut b = vec![0x82];
+        match body.len() {
+            n @ 0..=125 => b.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                b.push(0x80 | 126);
+                b.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                b.push(0x80 | 127);
+                b.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        b.extend_from_slice(&mask);
+        b.extend(body.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
+    }
+
+    /// The upgrade's status line, then every protocol frame carried by a
+    /// whole binary message since the last call, and the close code if a
+    /// close frame came.
+    pub fn ws_frames(&mut self, c: Client) -> (Option<String>, Vec<Frame>, Option<u16>) {
+        let st = &mut self.clients[c.0];
+        mem::with(st.pipe, |p| {
+            st.rx.extend_from_slice(&p.to_client);
+            p.to_client.clear();
+        });
+        let mut status = None;
+        if st.rx.starts_with(b"HTTP/1.1 ") {
+            let Some(end) = st.rx.windows(4).position(|w| w == b"\r\n\r\n") else { return (None, Vec::new(), None) };
+            let head = st.rx.split_to(end + 4);
+            status = String::from_utf8_lossy(&head).lines().next().map(str::to_string);
+        }
+        let (mut frames, mut close) = (Vec::new(), None);
+        loop {
+            let b = &st.rx[..];
+            if b.len() < 2 {
+                break;
+            }
+            assert_eq!(b[1] & 0x80, 0, "a server frame is never masked");
+            let (len, at) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if b.len() < at + len {
+                break;
+            }
+            let op = b[0] & 0x0f;
+            let mut msg = st.rx.split_to(at + len);
+            let mut payload = msg.split_off(at);
+            match op {
+                0x2 => match frame::decode(&mut payload, u32::MAX) {
+                    Ok(Some(f)) if payload.is_empty() => frames.push(f),
+                    other => panic!("a binary message that is not exactly one frame: {other:?}"),
+                },
+                0x8 => close = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+        (status, frames, close)
+    }
+
+    /// The server sent FIN (after its DISCONNECT).
+    pub fn server_fin(&self, c: Client) -> bool {
+        mem::with(self.clients[c.0].pipe, |p| p.server_fin)
+    }
+
+    /// The server dropped the socket (its connection task ended).
+    pub fn closed(&self, c: Client) -> bool {
+        mem::with(self.clients[c.0].pipe, |p| p.closed)
+    }
+
+    /// The core the client's connection lives on now (None while moving or closed).
+    pub fn core_of(&self, c: Client) -> Option<usize> {
+        self.clients[c.0].at.map(|(core, _)| core)
+    }
+
+    // ----- the runtime's part ------------------------------------------
+
+    /// One readiness pass over every connection, in client order, as the
+    /// connection tasks would run. True if any connection ran.
+    pub fn step_io(&mut self) -> bool {
+        let mut ran = false;
+        for i in 0..self.clients.len() {
+            let Some((core, key)) = self.clients[i].at else { continue };
+            let pipe = self.clients[i].pipe;
+            // `drive`: the interest, then the wait (socket readiness or a wake-up).
+            let Some(write) = self.cores[core].wants_write(key) else {
+                self.end_task(i);
+                ran = true;
+                continue;
+            };
+            let woken = self.cores[core].poll_woken(key, Waker::noop());
+            let ready = mem::with(pipe, |p| {
+                if write {
+                    p.to_client.len() < p.capacity
+                } else {
+                    !p.to_server.is_empty() || p.client_fin
+                }
+            });
+            if !woken && !ready {
+                continue;
+            }
+            ran = true;
+            match self.cores[core].on_io(key) {
+                Outcome::Continue => {}
+                Outcome::Close => self.end_task(i),
+                Outcome::Migrate(a) => {
+                    // `conn_task`: the socket travels to the home core.
+                    let home = home_core(&a.user, self.cores.len());
+                    self.mesh[home].post(CoreMsg::Adopt(a));
+                    self.cores[core].remove(key);
+                    self.clients[i].at = None;
+                }
+            }
+        }
+        ran
+    }
+
+    /// `conn_task` ends: the socket is dropped and the core forgets the slot.
+    fn end_task(&mut self, i: usize) {
+        if let Some((core, key)) = self.clients[i].at.take() {
+            self.cores[core].remove(key);
+        }
+        mem::with(self.clients[i].pipe, |p| p.closed = true);
+    }
+
+    /// Messages waiting for `core` (posted and not yet handled).
+    pub fn mailbox_len(&mut self, core: usize) -> usize {
+        self.collect(core);
+        self.queued[core].len()
+    }
+
+    fn collect(&mut self, core: usize) {
+        let mut batch = Vec::new();
+        self.mesh[core].try_drain(&mut batch);
+        self.queued[core].extend(batch);
+    }
+
+    /// `core` handles the oldest message in its mailbox; false if none.
+    pub fn deliver_one(&mut self, core: usize) -> bool {
+        self.collect(core);
+        let Some(msg) = self.queued[core].pop_front() else { return false };
+        if let Some(a) = self.cores[core].on_message(msg) {
+            // `adopt_conn`: register the moved socket here.
+            let Transport::Mem(pipe) = a.fd else { panic!("a real fd in a simulation") };
+            let key = self.cores[core].adopt(*a);
+            if let Some(st) = self.clients.iter_mut().find(|s| s.pipe == pipe) {
+                st.at = Some((core, key));
+            }
+        }
+        true
+    }
+
+    /// `core` handles every message its mailbox holds now; returns how many.
+    pub fn deliver(&mut self, core: usize) -> usize {
+        let n = self.mailbox_len(core);
+        for _ in 0..n {
+            self.deliver_one(core);
+        }
+        n
+    }
+
+    /// Runs I/O and mailboxes (cores in order) until nothing moves; time
+    /// stands still and no sync completes.
+    pub fn run(&mut self) {
+        for _ in 0..MAX_PASSES {
+            let mut progress = self.step_io();
+            for core in 0..self.cores.len() {
+                progress |= self.deliver(core) > 0;
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("the simulation did not settle in {MAX_PASSES} passes");
+    }
+
+    /// Moves virtual time forward by `ms` in ticks: each tick fires every
+    /// core's timers, then everything runs to quiescence.
+    pub fn advance(&mut self, ms: u64) {
+        let mut left = ms;
+        while left > 0 {
+            let step = left.min(TICK_MS);
+            self.clock.advance(step);
+            left -= step;
+            for core in self.cores.iter_mut() {
+                core.on_tick();
+            }
+            self.run();
+        }
+    }
+
+    /// Runs `core`'s queued fsyncs on the simulated disk and posts the
+    /// result to its mailbox (as the syncer thread does); false if none was
+    /// queued. The result is applied when the core takes the message.
+    pub fn sync(&mut self, core: usize) -> bool {
+        match self.cores[core].store.take_deferred_sync() {
+            Some(r) => {
+                self.mesh[core].post(CoreMsg::Synced(r));
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The byte transport under a connection, as a small `Copy` handle: a kernel socket in production, an in-memory pipe of the simulated network in tests.
+//!
+//! `Conn` (TLS, frames, buffers) and `Core` (routing, dedup, acks) never
+//! touch a socket directly: every `recv`, `send` and half-close goes through
+//! a [`Transport`]. The handle is a plain enum, like a file descriptor: the
+//! `Fd` variant names a socket in the kernel's table, the `Mem` variant
+//! (tests only) names a pipe in the calling thread's simulated network
+//! (`mem`). So the hot path pays one `match` on a register-sized value, no
+//! allocation and no virtual call, and in a release build, where `Mem` does
+//! not exist, the match has one arm and the fd path is exactly the syscalls
+//! it always was.
+//!
+//! What the core needs from a transport is small: non-blocking reads that
+//! can report "nothing now" (`WouldBlock`) and end of stream (`Ok(0)`),
+//! non-blocking writes that can push back (a short write or `WouldBlock`),
+//! and a half-close. Readiness (when to call `Core::on_io` again) belongs to
+//! the driver, not to the transport: the monoio task polls the socket, the
+//! simulation (`core::sim`) looks at its pipes.
+//!
+//! Other transports of the same core plug in here. A WebSocket already is
+//! one at the layer above (its framing wraps the frame bytes inside `Conn`,
+//! over an `Fd`); an SSE stream is the same with a different wrapping. A
+//! long-poll session outlives the HTTP requests that carry it, so its
+//! variant would name a *parked* outbox rather than a socket: writes land in
+//! a bounded buffer that reports `WouldBlock` when full (backpressure, and
+//! the slow-consumer timer, work unchanged), and a poll request drains it.
+//! The core's rules (routing, dedup, fsync-gated SENDACK, migration,
+//! replacement, retransmission) see only bytes in and bytes out, and stay
+//! as they are for every variant.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Where a connection's bytes go. `Copy`: it is a name, not an owner (the
+/// connection task owns the socket and closes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A non-blocking socket (O_NONBLOCK) in the kernel's fd table.
+    Fd(RawFd),
+    /// A pipe of this thread's simulated network.
+    #[cfg(test)]
+    Mem(mem::MemId),
+}
+
+impl From<RawFd> for Transport {
+    fn from(fd: RawFd) -> Self {
+        Transport::Fd(fd)
+    }
+}
+
+impl Transport {
+    /// The socket, for code that must hand it to the kernel or the runtime
+    /// (registration, `getpeername`); None for a simulated pipe.
+    pub fn raw_fd(self) -> Option<RawFd> {
+        match self {
+            Transport::Fd(fd) => Some(fd),
+            #[cfg(test)]
+            Transport::Mem(_) => None,
+        }
+    }
+
+    /// Half-closes our side (FIN after whatever was written).
+    pub fn shutdown_write(self) {
+        match self {
+            // SAFETY: plain syscall on our own fd; an error (peer already
+            // gone) is harmless because the connection is closing anyway.
+            Transport::Fd(fd) => unsafe {
+                libc::shutdown(fd, libc::SHUT_WR);
+            },
+            #[cfg(test)]
+            Transport::Mem(m) => mem::shutdown_write(m),
+        }
+    }
+}
+
+/// Non-blocking receive into `buf`.
+#[inline]
+pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+    match t {
+        Transport::Fd(fd) => {
+            // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
+            // writes at most that many, and the fd stays open for the
+            // connection's lifetime.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }
+        #[cfg(test)]
+        Transport::Mem(m) => mem::recv_uninit(m, buf),
+    }
+}
+
+/// The simulated network: one table of pipes per thread (a simulation runs
+/// on one thread and never shares its pipes), addressed by `MemId` the way
+/// the kernel's sockets are addressed by fd.
+#[cfg(test)]
+pub mod mem {
+    use std::cell::RefCell;
+    use std::io;
+
+    use bytes::{Buf, BytesMut};
+
+    /// A pipe of this thread's simulated network.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MemId(u32);
+
+    /// Both directions of one simulated connection.
+    #[derive(Default)]
+    pub struct Pipe {
+        /// Client bytes the server has not read yet.
+        pub to_server: BytesMut,
+        /// The client half-closed: the server reads EOF once `to_server` is empty.
+        pub client_fin: bool,
+        /// Server bytes the client (the test) has not taken yet.
+        pub to_client: BytesMut,
+        /// Most bytes `to_client` holds before a server write would block
+        /// (the socket send buffer plus the peer's receive window).
+        pub capacity: usize,
+        /// The server half-closed (FIN after its last byte).
+        pub server_fin: bool,
+        /// The server dropped the socket (its connection task ended).
+        pub closed: bool,
+    }
+
+    thread_local! {
+        static NET: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Forgets every pipe of this thread (a new simulation starts).
+    pub fn reset() {
+        NET.with(|n| n.borrow_mut().clear());
+    }
+
+    /// A new pipe whose server side may hold `capacity` unread bytes.
+    pub fn open(capacity: usize) -> MemId {
+        NET.with(|n| {
+            let mut n = n.borrow_mut();
+            n.push(Pipe { capacity, ..Pipe::default() });
+            MemId((n.len() - 1) as u32)
+        })
+    }
+
+    /// Runs `f` on the pipe (the test's side of it).
+    pub fn with<R>(id: MemId, f: impl FnOnce(&mut Pipe) -> R) -> R {
+        NET.with(|n| f(&mut n.borrow_mut()[id.0 as usize]))
+    }
+
+    /// The server's `recv`: what the client wrote, EOF after its FIN,
+    /// `WouldBlock` otherwise.
+    pub(crate) fn recv(id: MemId, buf: &mut [u8]) -> io::Result<usize> {
+        with(id, |p| {
+            if p.to_server.is_empty() {
+                return if p.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            let n = buf.len().min(p.to_server.len());
+            buf[..n].copy_from_slice(&p.to_server[..n]);
+            p.to_server.advance(n);
+            Ok(n)
+        })
+    }
+
+    /// [`recv`] into memory not yet initialised (a buffer's spare capacity).
+    pub(crate) fn recv_uninit(id: MemId, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        with(id, |p| {
+            if p.to_server.is_empty() {
+                return if p.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            let n = buf.len().min(p.to_server.len());
+            for (d, s) in buf[..n].iter_mut().zip(&p.to_server[..n]) {
+                d.write(*s);
+            }
+            p.to_server.advance(n);
+            Ok(n)
+        })
+    }
+
+    /// The server's `send`: as much as the capacity leaves room for.
+    pub(crate) fn send(id: MemId, buf: &[u8]) -> io::Result<usize> {
+        with(id, |p| {
+            if p.server_fin || p.closed {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let room = p.capacity.saturating_sub(p.to_client.len());
+            if room == 0 && !buf.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(room);
+            p.to_client.extend_from_slice(&buf[..n]);
+            Ok(n)
+        })
+    }
+
+    pub(crate) fn shutdown_write(id: MemId) {
+        with(id, |p| p.server_fin = true);
+    }
+}
