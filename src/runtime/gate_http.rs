@@ -47,6 +47,19 @@ pub struct Gate {
     pub poll_timeout_ms: u64,
 }
 
+impl Gate {
+    /// The gate of a server with this config (`route` built by the caller: it needs the listener's address and key).
+    pub fn new(cfg: &crate::config::Config, route: RouteService) -> Self {
+        Gate {
+            route,
+            origins: OriginPolicy::new(&cfg.web),
+            keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
+            max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
+            poll_timeout_ms: cfg.web.poll_timeout_s.saturating_mul(1000),
+        }
+    }
+}
+
 /// One HTTP connection's state.
 #[derive(Debug)]
 pub struct HttpState {

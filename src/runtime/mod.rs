@@ -305,13 +305,10 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let listeners =
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
-    let gate = Arc::new(gate_http::Gate {
-        route: crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
-        origins: gate_http::OriginPolicy::new(&cfg.web),
-        keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
-        max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
-        poll_timeout_ms: cfg.web.poll_timeout_s.saturating_mul(1000),
-    });
+    let gate = Arc::new(gate_http::Gate::new(
+        &cfg,
+        crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
+    ));
 
     let mesh: mesh::Mesh =
         (0..workers).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();

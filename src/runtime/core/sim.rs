@@ -93,12 +93,10 @@ impl Sim {
         let clock = VirtualClock::new(1_000, WALL_START_MS);
         let route_dir = tempfile::tempdir().expect("temp dir");
         let route_key = crate::route::load_or_create_key(&cfg.route, route_dir.path()).expect("route key");
-        let gate = Arc::new(crate::runtime::gate_http::Gate {
-            route: crate::route::RouteService::new(cfg.route.clone(), route_key, "127.0.0.1:7443".parse().expect("addr"), false, 1_000),
-            origins: crate::runtime::gate_http::OriginPolicy::new(&cfg.web),
-            keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
-            max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
-        });
+        let gate = Arc::new(crate::runtime::gate_http::Gate::new(
+            &cfg,
+            crate::route::RouteService::new(cfg.route.clone(), route_key, "127.0.0.1:7443".parse().expect("addr"), false, 1_000),
+        ));
         let mesh: Mesh =
             (0..n).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();
         let metrics = Arc::new(crate::metrics::Metrics::new("tcp"));
