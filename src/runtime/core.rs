@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
+mod flush;
 mod web;
 
 use slab::Slab;
@@ -120,6 +121,8 @@ struct Slot {
     /// Set while the connection has not completed CONNECT on the core that
     /// accepted it: its place in the shedding order and its address.
     preauth: Option<(u64, IpAddr)>,
+    /// In the core's dirty list: written at the end of this turn (`flush.rs`).
+    dirty: bool,
 }
 
 /// What the connection task must do after the core handled its I/O.
@@ -223,6 +226,8 @@ pub struct Core {
     mutes: HashMap<Arc<str>, u64>,
     ledger: super::ledger::Ledger,
     last_gauge_ms: u64,
+    /// Connections to write at the end of this turn (`flush.rs`).
+    pub dirty: flush::Dirty,
 }
 
 impl Core {
@@ -269,6 +274,7 @@ impl Core {
                 .collect(),
             ledger: super::ledger::Ledger::new(shared.ledger),
             last_gauge_ms: 0,
+            dirty: flush::Dirty::default(),
             shared,
         }
     }
@@ -288,7 +294,7 @@ impl Core {
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let idx = self.conns.insert(Slot { gen, conn, preauth: None }) as u32;
+        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
         self.m().conns.set(self.conns.len() as u64);
@@ -565,7 +571,7 @@ impl Core {
             }
             return Outcome::Close;
         }
-        self.after_io(key)
+        self.after_io_deferred(key)
     }
 
     /// An HTTP connection had I/O (see `gate_http::on_io`).
@@ -630,9 +636,9 @@ impl Core {
         Outcome::Continue
     }
 
-    /// After the core touched a connection outside its task (push, close,
-    /// timer): flush, and wake the task if it must act (blocked write, close).
-    fn kick(&mut self, key: ConnKey) {
+    /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
+    /// it): flush, and wake the task if it must act (blocked write, close).
+    fn flush_now(&mut self, key: ConnKey) {
         let outcome = self.after_io(key);
         let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
         if matches!(outcome, Outcome::Close) || blocked {

@@ -2,14 +2,16 @@
 //!
 //! Each worker thread is pinned to a core and runs one monoio runtime with
 //! its own SO_REUSEPORT listener on the shared address, its own [`Core`]
-//! (connections, inboxes, timer wheel) and four kinds of task:
+//! (connections, inboxes, timer wheel) and five kinds of task:
 //!
 //! - the accept loop, which registers each new socket and spawns its task;
 //! - one small task per connection, which waits for socket *readiness* (no
 //!   buffer pinned, see `conn.rs`) or a wake-up from the core, then lets the
 //!   core read, handle frames and write;
 //! - the mailbox task, which receives messages from other cores (`mesh.rs`);
-//! - the ticker, which advances the core's timer wheel every `TICK_MS`.
+//! - the ticker, which advances the core's timer wheel every `TICK_MS`;
+//! - the flusher, which writes each connection made dirty in a loop turn
+//!   once, at the end of the turn (`core/flush.rs`).
 //!
 //! Cores share nothing mutable; see `core.rs` for how users are homed.
 //! Panics: monoio does not catch panics in tasks, and one escaping a task
@@ -573,6 +575,7 @@ async fn worker_main(
         }
     }
     monoio::spawn(ticker(core.clone()));
+    monoio::spawn(flusher(core.clone()));
 
     let mailbox = &shared.mesh[id];
     let mut batch = Vec::new();
@@ -679,6 +682,17 @@ async fn ticker(core: Rc<RefCell<Core>>) {
             panic!("injected ticker panic (RINGGATE_FAULT_TICKER_PANIC_AFTER_MS)");
         }
         core.borrow_mut().on_tick();
+    }
+}
+
+/// Writes the connections the turn made dirty, once each (`core/flush.rs`).
+/// Woken by the first `kick` of a turn, it runs behind the tasks already
+/// ready, so it sees everything they produced.
+async fn flusher(core: Rc<RefCell<Core>>) {
+    let mut batch = Vec::new();
+    loop {
+        poll_fn(|cx| core.borrow_mut().poll_dirty(cx.waker(), &mut batch)).await;
+        core.borrow_mut().flush_dirty(&mut batch);
     }
 }
 
