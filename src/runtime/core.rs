@@ -123,6 +123,8 @@ struct Slot {
     preauth: Option<(u64, IpAddr)>,
     /// In the core's dirty list: written at the end of this turn (`flush.rs`).
     dirty: bool,
+    /// Stage trace only: when the oldest unacknowledged PUSH was written.
+    written_at: Option<Instant>,
 }
 
 /// What the connection task must do after the core handled its I/O.
@@ -274,7 +276,7 @@ impl Core {
                 .collect(),
             ledger: super::ledger::Ledger::new(shared.ledger),
             last_gauge_ms: 0,
-            dirty: flush::Dirty::default(),
+            dirty: flush::Dirty::new(),
             shared,
         }
     }
@@ -294,7 +296,7 @@ impl Core {
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false }) as u32;
+        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false, written_at: None }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
         self.m().conns.set(self.conns.len() as u64);
@@ -674,6 +676,7 @@ impl Core {
                 Event::Handled => {}
                 Event::Acked => {
                     self.record_ack(key, acked_before);
+                    self.trace_acked(key);
                     self.fill(key, now)
                 }
                 Event::Send(s) => self.on_send(key, s),

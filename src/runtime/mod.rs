@@ -616,6 +616,9 @@ async fn worker_main(
             "log flushed"
         );
     }
+    if let Some(t) = c.trace_summary() {
+        tracing::info!(worker = id, "stage trace: {t}");
+    }
     let (inboxes, retained, st) = c.stats_line();
     tracing::info!(
         worker = id,
