@@ -656,7 +656,9 @@ impl Core {
     /// Runs the session over buffered plaintext until it needs more bytes.
     fn process_frames(&mut self, key: ConnKey) -> Option<Box<Adopt>> {
         let now = self.shared.clock.mono_ms();
-        let shared = self.shared.clone();
+        // A copy of the few integers, not an `Arc` clone: that would bounce
+        // the shared refcount's cache line between cores on every read.
+        let limits = self.shared.limits.clone();
         loop {
             let conn = self.conn(key)?;
             let before = conn.session.phase();
@@ -666,7 +668,7 @@ impl Core {
                 Some(ws) => &mut ws.frames,
                 None => &mut conn.rbuf,
             };
-            let ev = conn.session.poll_frame(now, &shared.limits, input, &mut conn.out);
+            let ev = conn.session.poll_frame(now, &limits, input, &mut conn.out);
             match ev {
                 Event::Closed if before == Phase::AwaitConnect => {
                     self.m().handshakes[crate::metrics::HS_REFUSED].inc();
@@ -828,6 +830,14 @@ impl Core {
         self.wake(key);
     }
 
+    /// The `Arc<str>` of a user homed here (shared with its table entry), or a new one.
+    fn intern_user(&self, user: &str) -> Arc<str> {
+        match self.users.get_key_value(user) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(user),
+        }
+    }
+
     fn next_msg_id(&mut self, wall_ms: u64) -> u64 {
         // Time-ordered and unique across cores (low 8 bits = core) and
         // restarts (the counter never falls behind the clock).
@@ -887,8 +897,10 @@ impl Core {
             self.reject(REJ_BAD_TARGET);
             return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received);
         }
-        let targets: Vec<Arc<str>> = match s.target_kind {
-            1 => vec![Arc::from(s.target.as_str())],
+        // Inline for one target (no Vec per SEND), and a recipient homed here
+        // reuses the id its inbox is keyed by (no `Arc<str>` per SEND).
+        let targets: smallvec::SmallVec<[Arc<str>; 1]> = match s.target_kind {
+            1 => smallvec::smallvec![self.intern_user(s.target.as_str())],
             2 => match self.groups.get(s.target.as_str()) {
                 None => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
                 Some(members) if !members.iter().any(|m| **m == *user) => {
