@@ -80,6 +80,55 @@ pub fn apply_to_stream(fd: BorrowedFd<'_>, opts: &SockOpts) -> Result<(), SockOp
     Ok(())
 }
 
+/// Sets the inheritable options (TCP_NODELAY, keepalive, TCP_USER_TIMEOUT,
+/// buffer sizes) on a listening socket: Linux copies them into every socket
+/// accepted from it, which saves 6–8 `setsockopt` calls per connection.
+/// `inherited` then checks one accepted stream.
+pub fn apply_to_listener(fd: BorrowedFd<'_>, opts: &SockOpts) -> Result<(), SockOptError> {
+    let s = SockRef::from(&fd);
+    let e = |option: &'static str| move |source| SockOptError { option, source };
+    s.set_nodelay(true).map_err(e("TCP_NODELAY"))?;
+    if opts.keepalive_idle_s > 0 {
+        let mut ka = TcpKeepalive::new().with_time(Duration::from_secs(opts.keepalive_idle_s.into()));
+        if opts.keepalive_interval_s > 0 {
+            ka = ka.with_interval(Duration::from_secs(opts.keepalive_interval_s.into()));
+        }
+        if opts.keepalive_count > 0 {
+            ka = ka.with_retries(opts.keepalive_count);
+        }
+        s.set_tcp_keepalive(&ka).map_err(e("SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT"))?;
+    }
+    if opts.user_timeout_ms > 0 {
+        s.set_tcp_user_timeout(Some(Duration::from_millis(opts.user_timeout_ms.into())))
+            .map_err(e("TCP_USER_TIMEOUT"))?;
+    }
+    if opts.recv_buffer_bytes > 0 {
+        s.set_recv_buffer_size(opts.recv_buffer_bytes as usize).map_err(e("SO_RCVBUF"))?;
+    }
+    if opts.send_buffer_bytes > 0 {
+        s.set_send_buffer_size(opts.send_buffer_bytes as usize).map_err(e("SO_SNDBUF"))?;
+    }
+    Ok(())
+}
+
+/// Whether an accepted stream carries the options `apply_to_listener` set
+/// (checked once per listener; if not, every stream gets `apply_to_stream`).
+pub fn inherited(fd: BorrowedFd<'_>, opts: &SockOpts) -> bool {
+    let s = SockRef::from(&fd);
+    let ka_ok = opts.keepalive_idle_s == 0
+        || (s.keepalive().unwrap_or(false)
+            && s.keepalive_time().ok() == Some(Duration::from_secs(opts.keepalive_idle_s.into())));
+    let uto_ok = opts.user_timeout_ms == 0
+        || s.tcp_user_timeout().ok().flatten() == Some(Duration::from_millis(opts.user_timeout_ms.into()));
+    s.nodelay().unwrap_or(false) && ka_ok && uto_ok
+}
+
+/// Makes an accepted stream non-blocking (what is left per connection once
+/// the listener's options are inherited).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), SockOptError> {
+    SockRef::from(&fd).set_nonblocking(true).map_err(|source| SockOptError { option: "O_NONBLOCK", source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +149,25 @@ mod tests {
         assert_eq!(r.tcp_user_timeout().unwrap(), Some(Duration::from_millis(30_000)));
         assert!(r.linger().unwrap().is_none());
         drop(c);
+    }
+
+    #[test]
+    fn listener_options_are_inherited_by_accepted_streams() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let opts = SockOpts::from_config(&ServerConfig::default());
+        apply_to_listener(l.as_fd(), &opts).unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(inherited(a.as_fd(), &opts));
+        let r = SockRef::from(&a);
+        assert!(r.nodelay().unwrap());
+        assert_eq!(r.keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(r.tcp_user_timeout().unwrap(), Some(Duration::from_millis(30_000)));
+        // A stream accepted from a plain listener does not pass the check.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c2 = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (b, _) = plain.accept().unwrap();
+        assert!(!inherited(b.as_fd(), &opts));
+        drop((c, c2));
     }
 }

@@ -398,14 +398,12 @@ impl Conn {
         if tls.is_handshaking() || tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return Ok(());
         }
+        // rustls' last records (session tickets) go into `tls_out`, ahead of
+        // our own, so they leave with the first frames (CONNACK) in one
+        // write instead of a `sendmsg` of their own.
+        let mut w = BytesMutWriter(&mut self.tls_out);
         while tls.wants_write() {
-            match tls.write_tls(&mut Fd(self.fd)) {
-                Ok(_) => {}
-                // Try again after the next flush.
-                Err(e) if would_block(&e) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+            tls.write_tls(&mut w)?;
         }
         self.alpn_http = tls.alpn_protocol().map(|p| p == b"http/1.1");
         let Tls::Rustls(tls) = std::mem::replace(&mut self.tls, Tls::Off) else { unreachable!() };
@@ -530,6 +528,19 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// `io::Write` into a `BytesMut` (rustls' output, copied into `tls_out`).
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl Write for BytesMutWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

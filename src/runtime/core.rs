@@ -30,6 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
 mod sessions;
+mod flush;
 mod web;
 #[cfg(test)]
 pub(crate) mod sim;
@@ -161,6 +162,10 @@ struct Slot {
     /// Set while the connection has not completed CONNECT on the core that
     /// accepted it: its place in the shedding order and its address.
     preauth: Option<(u64, IpAddr)>,
+    /// In the core's dirty list: written at the end of this turn (`flush.rs`).
+    dirty: bool,
+    /// Stage trace only: when the oldest unacknowledged PUSH was written.
+    written_at: Option<Instant>,
 }
 
 /// What the connection task must do after the core handled its I/O.
@@ -268,6 +273,8 @@ pub struct Core {
     peer_log: super::peer_log::PeerLog,
     /// SSE and long-poll sessions on this core by sid (`core/sessions.rs`).
     web_sids: HashMap<super::web::Sid, ConnKey>,
+    /// Connections to write at the end of this turn (`flush.rs`).
+    pub dirty: flush::Dirty,
 }
 
 impl Core {
@@ -316,6 +323,7 @@ impl Core {
             last_gauge_ms: 0,
             peer_log: Default::default(),
             web_sids: HashMap::new(),
+            dirty: flush::Dirty::new(),
             shared,
         }
     }
@@ -335,7 +343,7 @@ impl Core {
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let idx = self.conns.insert(Slot { gen, conn, preauth: None }) as u32;
+        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false, written_at: None }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
         self.m().conns.set(self.conns.len() as u64);
@@ -618,7 +626,7 @@ impl Core {
             }
             return Outcome::Close;
         }
-        self.after_io(key)
+        self.after_io_deferred(key)
     }
 
     /// An HTTP connection had I/O (see `gate_http::on_io`).
@@ -687,9 +695,9 @@ impl Core {
         Outcome::Continue
     }
 
-    /// After the core touched a connection outside its task (push, close,
-    /// timer): flush, and wake the task if it must act (blocked write, close).
-    fn kick(&mut self, key: ConnKey) {
+    /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
+    /// it): flush, and wake the task if it must act (blocked write, close).
+    fn flush_now(&mut self, key: ConnKey) {
         let outcome = self.after_io(key);
         let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
         if matches!(outcome, Outcome::Close) || blocked {
@@ -705,7 +713,9 @@ impl Core {
     /// Runs the session over buffered plaintext until it needs more bytes.
     fn process_frames(&mut self, key: ConnKey) -> Option<Box<Adopt>> {
         let now = self.shared.clock.mono_ms();
-        let shared = self.shared.clone();
+        // A copy of the few integers, not an `Arc` clone: that would bounce
+        // the shared refcount's cache line between cores on every read.
+        let limits = self.shared.limits.clone();
         loop {
             let conn = self.conn(key)?;
             let before = conn.session.phase();
@@ -715,7 +725,7 @@ impl Core {
                 Some(ws) => &mut ws.frames,
                 None => &mut conn.rbuf,
             };
-            let ev = conn.session.poll_frame(now, &shared.limits, input, &mut conn.out);
+            let ev = conn.session.poll_frame(now, &limits, input, &mut conn.out);
             match ev {
                 Event::Closed if before == Phase::AwaitConnect => {
                     self.m().handshakes[crate::metrics::HS_REFUSED].inc();
@@ -725,6 +735,7 @@ impl Core {
                 Event::Handled => {}
                 Event::Acked => {
                     self.record_ack(key, acked_before);
+                    self.trace_acked(key);
                     self.fill(key, now)
                 }
                 Event::Send(s) => self.on_send(key, s),
@@ -880,6 +891,14 @@ impl Core {
         self.wake(key);
     }
 
+    /// The `Arc<str>` of a user homed here (shared with its table entry), or a new one.
+    fn intern_user(&self, user: &str) -> Arc<str> {
+        match self.users.get_key_value(user) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(user),
+        }
+    }
+
     fn next_msg_id(&mut self, wall_ms: u64) -> u64 {
         // Time-ordered and unique across cores (low 8 bits = core) and
         // restarts (the counter never falls behind the clock).
@@ -939,8 +958,10 @@ impl Core {
             self.reject(REJ_BAD_TARGET);
             return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received);
         }
-        let targets: Vec<Arc<str>> = match s.target_kind {
-            1 => vec![Arc::from(s.target.as_str())],
+        // Inline for one target (no Vec per SEND), and a recipient homed here
+        // reuses the id its inbox is keyed by (no `Arc<str>` per SEND).
+        let targets: smallvec::SmallVec<[Arc<str>; 1]> = match s.target_kind {
+            1 => smallvec::smallvec![self.intern_user(s.target.as_str())],
             2 => match self.groups.get(s.target.as_str()) {
                 None => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
                 Some(members) if !members.iter().any(|m| **m == *user) => {

@@ -2,14 +2,16 @@
 //!
 //! Each worker thread is pinned to a core and runs one monoio runtime with
 //! its own SO_REUSEPORT listener on the shared address, its own [`Core`]
-//! (connections, inboxes, timer wheel) and four kinds of task:
+//! (connections, inboxes, timer wheel) and five kinds of task:
 //!
 //! - the accept loop, which registers each new socket and spawns its task;
 //! - one small task per connection, which waits for socket *readiness* (no
 //!   buffer pinned, see `conn.rs`) or a wake-up from the core, then lets the
 //!   core read, handle frames and write;
 //! - the mailbox task, which receives messages from other cores (`mesh.rs`);
-//! - the ticker, which advances the core's timer wheel every `TICK_MS`.
+//! - the ticker, which advances the core's timer wheel every `TICK_MS`;
+//! - the flusher, which writes each connection made dirty in a loop turn
+//!   once, at the end of the turn (`core/flush.rs`).
 //!
 //! Cores share nothing mutable; see `core.rs` for how users are homed.
 //! Panics: monoio does not catch panics in tasks, and one escaping a task
@@ -524,11 +526,25 @@ fn run_worker(
     // panic ends the process instead, so the supervisor restarts it and
     // recovery runs.
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| match driver {
-        DriverKind::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(fut)),
+        DriverKind::Uring => {
+            let build = |setup| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(4096)
+                    .uring_builder(uring_builder(setup))
+                    .enable_timer()
+                    .build()
+            };
+            let setup = UringSetup::from_env();
+            match build(setup) {
+                Err(e) if setup != UringSetup::Plain => {
+                    // An older kernel refuses the flags (EINVAL): run without.
+                    tracing::info!(worker = id, error = %e, ?setup, "io_uring setup flags refused; using a plain ring");
+                    build(UringSetup::Plain)
+                }
+                r => r,
+            }
+            .map(|mut rt| rt.block_on(fut))
+        }
         DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
@@ -553,6 +569,46 @@ fn run_worker(
     }
 }
 
+/// How the worker's io_uring is set up (`RINGGATE_URING_SETUP`, for
+/// measuring; the default is `Coop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UringSetup {
+    /// No flags: a completion from another CPU (loopback softirq, say)
+    /// interrupts the worker with task work (an IPI) to post its CQE.
+    Plain,
+    /// IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG (5.19+): completions are
+    /// posted at the worker's next kernel entry, without interrupting it.
+    Coop,
+    /// IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN (6.1+): completions are
+    /// posted only when the worker waits for them (`io_uring_enter` with
+    /// GETEVENTS), in one batch.
+    Defer,
+}
+
+impl UringSetup {
+    fn from_env() -> Self {
+        match std::env::var("RINGGATE_URING_SETUP").as_deref() {
+            Ok("plain") => UringSetup::Plain,
+            Ok("defer") => UringSetup::Defer,
+            _ => UringSetup::Coop,
+        }
+    }
+}
+
+fn uring_builder(setup: UringSetup) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    match setup {
+        UringSetup::Plain => {}
+        UringSetup::Coop => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        UringSetup::Defer => {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+    }
+    b
+}
+
 async fn worker_main(
     id: usize,
     shared: Arc<Shared>,
@@ -573,6 +629,7 @@ async fn worker_main(
         }
     }
     monoio::spawn(ticker(core.clone()));
+    monoio::spawn(flusher(core.clone()));
 
     let mailbox = &shared.mesh[id];
     let mut batch = Vec::new();
@@ -612,6 +669,9 @@ async fn worker_main(
             segments_deleted = f.segments_deleted,
             "log flushed"
         );
+    }
+    if let Some(t) = c.trace_summary() {
+        tracing::info!(worker = id, "stage trace: {t}");
     }
     let (inboxes, retained, st) = c.stats_line();
     tracing::info!(
@@ -683,8 +743,32 @@ async fn ticker(core: Rc<RefCell<Core>>) {
     }
 }
 
+/// Writes the connections the turn made dirty, once each (`core/flush.rs`).
+/// Woken by the first `kick` of a turn, it runs behind the tasks already
+/// ready, so it sees everything they produced.
+async fn flusher(core: Rc<RefCell<Core>>) {
+    let mut batch = Vec::new();
+    loop {
+        poll_fn(|cx| core.borrow_mut().poll_dirty(cx.waker(), &mut batch)).await;
+        core.borrow_mut().flush_dirty(&mut batch);
+    }
+}
+
 async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Flag>) {
     let mut last_emfile_log = None::<std::time::Instant>;
+    // Options set once on the listener are inherited by every accepted
+    // socket (checked on the first one); until then, and if not, each
+    // accepted socket gets them itself.
+    let opts = core.borrow().shared.sockopts.clone();
+    // SAFETY: `listener` owns the fd and outlives this borrow.
+    let lfd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    let mut inherit = match crate::net::sockopt::apply_to_listener(lfd, &opts) {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "listener options not set; setting them per connection");
+            Some(false)
+        }
+    };
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -693,10 +777,15 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
         match accepted {
             Ok((stream, peer)) => {
                 let fd = stream.as_raw_fd();
-                let opts = core.borrow().shared.sockopts.clone();
                 // SAFETY: `stream` owns `fd` and outlives this borrow.
                 let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-                if let Err(e) = crate::net::sockopt::apply_to_stream(borrowed, &opts) {
+                let inherited = *inherit.get_or_insert_with(|| crate::net::sockopt::inherited(borrowed, &opts));
+                let applied = if inherited {
+                    crate::net::sockopt::set_nonblocking(borrowed)
+                } else {
+                    crate::net::sockopt::apply_to_stream(borrowed, &opts)
+                };
+                if let Err(e) = applied {
                     tracing::warn!(error = %e, "dropping connection");
                     continue;
                 }

@@ -398,6 +398,8 @@ impl Sim {
                 }
             }
         }
+        // The pass is one loop turn: the flushers run behind its tasks.
+        self.flush_dirty();
         ran
     }
 
@@ -433,6 +435,8 @@ impl Sim {
                 st.at = Some((core, key));
             }
         }
+        // One message is one turn here: its output is written behind it.
+        self.flush_dirty();
         true
     }
 
@@ -445,14 +449,30 @@ impl Sim {
         n
     }
 
-    /// Runs I/O and mailboxes (cores in order) until nothing moves; time
-    /// stands still and no sync completes.
+    /// The flusher of every core (`runtime::flusher`): writes the
+    /// connections the pass made dirty, once each. True if any was.
+    pub fn flush_dirty(&mut self) -> bool {
+        let mut batch = Vec::new();
+        let mut any = false;
+        for core in self.cores.iter_mut() {
+            if core.poll_dirty(Waker::noop(), &mut batch).is_ready() {
+                any = true;
+                core.flush_dirty(&mut batch);
+            }
+        }
+        any
+    }
+
+    /// Runs I/O, mailboxes (cores in order) and the flushers until nothing
+    /// moves; time stands still and no sync completes.
     pub fn run(&mut self) {
         for _ in 0..MAX_PASSES {
             let mut progress = self.step_io();
             for core in 0..self.cores.len() {
                 progress |= self.deliver(core) > 0;
             }
+            // Behind the tasks that were ready, as in a monoio turn.
+            progress |= self.flush_dirty();
             if !progress {
                 return;
             }
