@@ -65,6 +65,11 @@ const READ_AHEAD: usize = 64;
 /// Most payload bytes one read-back job asks for (and at most a quarter of
 /// the cache budget, so a batch never evicts itself).
 const READ_AHEAD_BYTES: u64 = 4 << 20;
+/// Group sends whose payload position the store remembers, so that their
+/// other members' copies refer to it (a fan-out's copies on one core are
+/// appended close together; one that is not is written again, correct
+/// either way).
+const GROUP_PAYLOADS: usize = 32;
 /// Inboxes the age-retention sweep looks at per tick: the sweep walks the
 /// inboxes incrementally, never all of them in one tick.
 const SWEEP_PER_TICK: usize = 256;
@@ -170,6 +175,9 @@ pub struct DurableStore {
     on_failure: Option<FailureHook>,
     last_interval_sync_ms: u64,
     lsn_at_interval_sync: u64,
+    /// Where the payloads of the latest group sends are in the active
+    /// segment: (msg_id, segment, offset, length), newest last.
+    group_payloads: VecDeque<(u64, SegId, u64, u32)>,
     /// Reads cold payloads off the event loop (a running server).
     reader: Option<Reader>,
     /// Payloads being read back, and the users to wake when each is in.
@@ -242,6 +250,7 @@ impl DurableStore {
             on_failure: None,
             last_interval_sync_ms: 0,
             lsn_at_interval_sync: 0,
+            group_payloads: VecDeque::new(),
             reader: None,
             reading: HashMap::new(),
             stats: DurableStats::default(),
@@ -722,15 +731,36 @@ impl InboxStore for DurableStore {
             group: msg.group.as_deref().unwrap_or(""),
             payload: &msg.payload,
         };
-        // Records may already wait in `wbuf` (a rotation's SEGSTART): the
-        // payload's file offset counts them.
-        let pending = self.wbuf.len() as u64;
-        let payload_at = log::encode_message(&mut self.wbuf, &rec) as u64;
-        let off = self.active_len + pending + payload_at;
+        // Another member's copy of this group send is in this segment: point
+        // at its payload instead of writing it again.
+        let active = self.active;
+        let shared = match msg.group {
+            Some(_) => self.group_payloads.iter().find(|g| g.0 == msg.msg_id && g.1 == active && g.3 == msg.payload.len() as u32),
+            None => None,
+        };
+        let off = match shared {
+            Some(&(_, _, off, len)) => {
+                log::encode_message_ref(&mut self.wbuf, &rec, off, len);
+                off
+            }
+            None => {
+                // Records may already wait in `wbuf` (a rotation's
+                // SEGSTART): the payload's file offset counts them.
+                let pending = self.wbuf.len() as u64;
+                let payload_at = log::encode_message(&mut self.wbuf, &rec) as u64;
+                self.active_len + pending + payload_at
+            }
+        };
+        let fresh_group = msg.group.is_some() && shared.is_none();
         self.write_out()?;
+        if fresh_group {
+            if self.group_payloads.len() >= GROUP_PAYLOADS {
+                self.group_payloads.pop_front();
+            }
+            self.group_payloads.push_back((msg.msg_id, active, off, msg.payload.len() as u32));
+        }
         self.lsn_written += 1;
         let lsn = self.lsn_written;
-        let active = self.active;
         let visible_now = self.policy != Fsync::Always;
         let Some(inbox) = self.inboxes.get_mut(&key) else { unreachable!("inserted above") };
         inbox.head = seq;

@@ -205,6 +205,29 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                             len: m.payload.len() as u32,
                         }));
                     }
+                    Some(Record::MessageRef { m, payload_off, payload_len }) => {
+                        // Its payload is earlier in this segment: anything
+                        // else is not what the store writes.
+                        if payload_off.saturating_add(payload_len as u64) > offset {
+                            return Err(LogError::Corrupt {
+                                path: path.clone(),
+                                offset,
+                                why: format!("message refers to a payload at {payload_off} that is not before it"),
+                            });
+                        }
+                        recs.push(Rec::Msg(MsgRec {
+                            seq: m.seq,
+                            msg_id: m.msg_id,
+                            ts: m.timestamp_ms,
+                            cmid: m.client_msg_id,
+                            user: arc(m.user),
+                            from: arc(m.from),
+                            device: arc(m.device),
+                            group: (!m.group.is_empty()).then(|| arc(m.group)),
+                            off: payload_off,
+                            len: payload_len,
+                        }));
+                    }
                     Some(Record::Head { head, user }) => recs.push(Rec::Head { head, user: arc(user) }),
                     Some(Record::Synced { seg, upto }) => {
                         let m = marks.entry(seg).or_default();
