@@ -603,6 +603,14 @@ impl DurableStore {
     fn unlink_due(&mut self, ticket: u64) {
         while self.unlink_after.front().is_some_and(|(t, _)| *t <= ticket) {
             let Some((_, path)) = self.unlink_after.pop_front() else { break };
+            // On the I/O thread when there is one: an unlink of a large
+            // file can take milliseconds.
+            if let IoExec::Thread(s) = &self.io {
+                if s.tx.send(Job::Delete(path.clone())).is_ok() {
+                    self.stats.segments_deleted += 1;
+                    continue;
+                }
+            }
             match self.disk.delete(&path) {
                 Ok(()) => {
                     self.stats.segments_deleted += 1;

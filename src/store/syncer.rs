@@ -18,6 +18,8 @@ pub(super) enum Job {
     /// Create the next segment ahead of need (file, header, fsyncs of both
     /// and of the directory), so rotation never waits for it.
     Create { path: PathBuf, dir: PathBuf, slot: SpareSlot },
+    /// Unlink a segment retention emptied (its sync already completed).
+    Delete(PathBuf),
 }
 
 /// A segment created ahead by the I/O thread: `None` while in the making.
@@ -83,6 +85,10 @@ impl Syncer {
                 for job in jobs {
                     match job {
                         Job::Sync(j) => batch.push(j),
+                        Job::Delete(path) => match disk.delete(&path) {
+                            Ok(()) => tracing::info!(path = %path.display(), "retention: deleted a log segment with no retained messages"),
+                            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an expired log segment"),
+                        },
                         Job::Create { path, dir, slot } => {
                             // Syncs queued before it complete first (order).
                             if !batch.is_empty() {
