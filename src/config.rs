@@ -248,7 +248,9 @@ pub struct StoreConfig {
     pub inbox_max_age_s: u64,
     /// What retained messages may hold in RAM, for the whole process
     /// (memory store: beyond it SENDs get SENDACK 5 until retention frees
-    /// room). 0 = a quarter of the machine's RAM, printed at start. Default 0.
+    /// room; durable store: the hot-payload cache, older payloads are read
+    /// back from the log). 0 = a quarter of the machine's RAM, printed at
+    /// start. Default 0.
     pub memory_budget_bytes: u64,
 }
 

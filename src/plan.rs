@@ -109,7 +109,23 @@ pub struct Targets {
     /// fs.nr_open ceiling; 0 = the benchmark machine's limit).
     #[arg(long, default_value_t = 1_048_576)]
     pub nofile_per_process: u64,
+    /// Users with retained messages and no connection, fleet-wide (durable
+    /// store; each costs `OFFLINE_USER_BYTES`).
+    #[arg(long, default_value_t = 0)]
+    pub offline_users: u64,
 }
+
+/// RAM per offline user with 100 retained messages in the durable store
+/// (its inbox's index; payloads live in the budgeted cache, counted by
+/// `store.memory_budget_bytes`). Not in the benchmark JSON: measured by a
+/// test, see `OFFLINE_USER_SOURCE`.
+pub const OFFLINE_USER_BYTES: f64 = 21_000.0;
+/// Where `OFFLINE_USER_BYTES` comes from.
+pub const OFFLINE_USER_SOURCE: &str = "tests/store_budget.rs `ram_per_offline_user_is_measured_and_bounded`: RSS growth over 2,000 offline users × 100 retained messages, durable store, 2 workers (20,791 B on 2026-12-02)";
+/// RAM a device that sent `dedup_per_device` (1,024) SENDs keeps in its
+/// core while offline (its dedup table; not evicted yet). Same test
+/// (130,088 and 256,573 B in two runs; the larger is used).
+pub const OFFLINE_DEDUP_BYTES: f64 = 256_000.0;
 
 /// `ringgate plan` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -246,7 +262,7 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     }
     let h = 1.0 + t.headroom;
     let bytes_per_conn = m.process_bytes_per_conn + m.kernel_bytes_per_conn;
-    let ram_bytes = (m.base_rss_bytes + t.connections as f64 * bytes_per_conn) * h;
+    let ram_bytes = (m.base_rss_bytes + t.connections as f64 * bytes_per_conn + t.offline_users as f64 * OFFLINE_USER_BYTES) * h;
     // The costliest measured per-message CPU: saturation amortises better
     // than light load, and planning must not assume the cheap case.
     let costliest = m.push.iter().max_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
@@ -321,6 +337,10 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     let _ = writeln!(s, "| process memory per idle TLS connection | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.rss_bytes_per_conn` |", m.process_bytes_per_conn, m.memory_source);
     let _ = writeln!(s, "| kernel memory per connection (server side) | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", m.kernel_bytes_per_conn, m.memory_source);
     let _ = writeln!(s, "| base process memory | {} | single-process idle run | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
+    if t.offline_users > 0 {
+        let _ = writeln!(s, "| memory per offline user (100 retained messages, durable store) | {OFFLINE_USER_BYTES:.0} B | {OFFLINE_USER_SOURCE} | — |");
+        let _ = writeln!(s, "| (not in the sum) memory per offline device that used its whole dedup table | {OFFLINE_DEDUP_BYTES:.0} B | same test | — |");
+    }
     let _ = writeln!(s, "| server CPU per full TLS handshake | {:.0} µs | handshake run | `handshake[target, full].server_cpu_us_per_handshake` |", m.cpu_us_per_handshake);
     let _ = writeln!(s, "| server CPU per reconnect (storm) | {:.0} µs | reconnect-storm run | `storm[target].server_cpu_us_per_reconnect` |", m.cpu_us_per_reconnect);
     if let Some(c) = m.push.iter().find(|c| c.json == p.cpu_source) {
@@ -363,7 +383,8 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         );
     }
     let _ = writeln!(s, "\n## Result\n\n| resource | need | nodes |\n|---|---:|---:|");
-    let _ = writeln!(s, "| RAM: ({} + {} × {:.0} B) × {:.2} | {} | {} |", gib(m.base_rss_bytes), t.connections, p.bytes_per_conn, 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
+    let offline = if t.offline_users > 0 { format!(" + {} × {OFFLINE_USER_BYTES:.0} B", t.offline_users) } else { String::new() };
+    let _ = writeln!(s, "| RAM: ({} + {} × {:.0} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), t.connections, p.bytes_per_conn, 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
     let _ = writeln!(
         s,
         "| cores: messages {:.0}/s × {:.2} µs × {:.2} = {:.2}; storm {:.0} / {:.0} s × {:.0} µs × {:.2} = {:.2} | {:.2} cores | {} |",
@@ -718,7 +739,19 @@ mod tests {
             cores_per_node: 16,
             ram_per_node_gib: 64.0,
             nofile_per_process: 1_000_000,
+            offline_users: 0,
         }
+    }
+
+    #[test]
+    fn offline_users_add_their_measured_memory() {
+        let mut t = targets(1_000_000, 0.0);
+        let base = compute(&measured(), &t).unwrap().ram_bytes;
+        t.offline_users = 10_000_000;
+        let p = compute(&measured(), &t).unwrap();
+        assert!((p.ram_bytes - base - 10e6 * OFFLINE_USER_BYTES * 1.3).abs() < 1.0);
+        let md = markdown(&measured(), &t, &p);
+        assert!(md.contains("+ 10000000 × 21000 B") && md.contains("tests/store_budget.rs"), "{md}");
     }
 
     #[test]

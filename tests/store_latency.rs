@@ -77,8 +77,8 @@ fn rotations_and_a_cold_replay_leave_a_neighbours_round_trips_alone() {
     let segs = std::fs::read_dir(s.data_dir().join("log")).unwrap().flatten().map(|d| std::fs::read_dir(d.path()).unwrap().count()).sum::<usize>();
     assert!(segs >= 4, "too few segments to have rotated: {segs}");
 
-    // 2. Restart: only the newest 64 payloads per inbox are in memory, the
-    // rest are read back from the log while bob replays them.
+    // 2. Restart: the hot-payload cache starts empty; every payload is read
+    // back from the log, on the core's reader thread, while bob replays.
     s.kill9();
     s.restart();
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,7 @@
 //! Recovery in bounded memory: after a SIGKILL the restarted server's resident memory, peak included, stays within a small constant of what the running server used, however large the log.
 //!
 //! Recovery streams each segment through a fixed window and keeps only the
-//! index (and the newest payloads of each inbox, as the running server
-//! does); before, it read every segment whole into RAM, so a server using
+//! index (payloads are read back on demand); before, it read every segment whole into RAM, so a server using
 //! 190 MiB came back at 471 MiB.
 
 mod common;

@@ -758,6 +758,10 @@ impl Core {
         };
         let sent_before = conn.session.sent();
         conn.session.fill(now, &shared.limits, inbox, &mut conn.out);
+        if let Some(i) = &conn.ident {
+            // Stopped at a payload not in memory: read off the event loop.
+            store.fetch_cold(&i.user);
+        }
         self.record_pushes(key, sent_before);
     }
 
@@ -867,6 +871,7 @@ impl Core {
         conn.session.accept(now, wall, &shared.limits, &user, &req, bounds, token_exp_ms, &mut conn.out);
         let cursor = conn.session.acked();
         conn.session.fill(now, &shared.limits, store.peek(&user), &mut conn.out);
+        store.fetch_cold(&user);
         conn.ident = Some(Box::new(Identity { user, device }));
         conn.send_bucket = TokenBucket::full(self.shared.limits_cfg.send_rate_per_connection, now);
         self.rearm(key);
@@ -1131,6 +1136,19 @@ impl Core {
         self.refuse_waiting_if_failed();
     }
 
+    /// The log reader has cold payloads in memory now: fill the sessions
+    /// that stopped at them, one finished read at a time (while its
+    /// payloads are surely still cached).
+    pub fn on_store_io(&mut self) {
+        let mut woken = Vec::new();
+        while self.store.poll_io(&mut woken) {
+            let now = self.shared.clock.mono_ms();
+            for user in woken.drain(..) {
+                self.push_to_online(&user, now);
+            }
+        }
+    }
+
     fn next_gen_pending(&mut self) -> u32 {
         self.next_gen = self.next_gen.wrapping_add(1);
         self.next_gen
@@ -1232,6 +1250,7 @@ impl Core {
             }
             CoreMsg::Appended { req, user, result } => self.on_appended(req, user, result),
             CoreMsg::Synced(result) => self.on_synced(result),
+            CoreMsg::StoreIo => self.on_store_io(),
             CoreMsg::Admin(cmd) => self.on_admin(*cmd),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
@@ -1306,6 +1325,9 @@ impl Core {
             let before = conn.session.phase();
             let retrans_before = conn.session.retransmissions();
             conn.session.on_timeout(now, &shared.limits, inbox, blocked, &mut conn.out);
+            if let Some(i) = &conn.ident {
+                store.fetch_cold(&i.user);
+            }
             let retransmitted =
                 (conn.session.retransmissions() != retrans_before).then(|| (conn.session.acked() + 1, conn.session.sent()));
             if before != Phase::Closing && conn.session.phase() == Phase::Closing {

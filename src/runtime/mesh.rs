@@ -48,6 +48,8 @@ pub enum CoreMsg {
     Appended { req: u64, user: Arc<str>, result: Result<u64, StoreError> },
     /// This core's syncer finished an fsync (up to an lsn) or failed.
     Synced(Result<u64, String>),
+    /// This core's log reader has cold payloads ready (`InboxStore::poll_io`).
+    StoreIo,
     /// Graceful shutdown: stop accepting, DISCONNECT(7) everyone, finish.
     Shutdown,
     /// A request of the admin API; the answer goes back on its own channel.

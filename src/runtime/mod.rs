@@ -350,8 +350,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let (stores, seeds): (Vec<Box<dyn InboxStore + Send>>, Vec<Vec<DedupSeed>>) = match durable {
         Some(rec) => {
             let mut stores: Vec<Box<dyn InboxStore + Send>> = Vec::new();
+            let budget = memory_budget(&cfg);
+            tracing::info!(memory_budget_bytes = budget, per_core = budget / workers as u64, "durable store budget for payloads held in RAM (older ones are read back from the log)");
             for (id, mut st) in rec.stores.into_iter().enumerate() {
                 let mesh = mesh.clone();
+                st.set_payload_budget(budget / workers as u64);
+                let nudge = mesh.clone();
+                st.start_reader(Box::new(move || nudge[id].post(CoreMsg::StoreIo)));
                 st.start_syncer(Box::new(move |r| mesh[id].post(CoreMsg::Synced(r))));
                 st.on_failure(Box::new(on_store_failure));
                 stores.push(Box::new(st));

@@ -32,10 +32,15 @@
 //! uses both to tell a power cut (damage past what was proven durable: cut
 //! there, drop what follows) from corruption (damage inside it: refuse).
 //!
-//! Memory: the index keeps ~60 bytes per retained message (ids, time,
-//! sender, file position); payloads are kept only for the newest
-//! `HOT_PAYLOADS` entries of each inbox (what online devices are being
-//! sent) and read back with `pread` for replays of older ones.
+//! Memory: the index keeps ~50 bytes per retained message (ids, time,
+//! sender, file position); payloads are held only in the core's hot-payload
+//! cache (`cache::`), whose bytes are bounded by this core's share of
+//! `store.memory_budget_bytes` for all its inboxes together. New appends go
+//! in; the oldest unused are evicted. A payload not in the cache is read
+//! back from the log on the per-core reader thread (`fetch_cold`, results
+//! through `poll_io`), so a replay of cold messages never blocks the event
+//! loop; without a reader thread (recovery, tools, tests) with `pread`
+//! where it is asked for.
 //!
 //! Why a syncer thread rather than monoio's file ops: fsync must not block
 //! the legacy (epoll) driver either, and a thread per core gives both drivers
@@ -48,14 +53,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::disk::{DiskFile, DiskRef};
-use super::syncer::{create_segment, run_batch, IoExec, Job, SpareSlot, SyncJob, Syncer};
+use super::cache::{CacheStats, PayloadKey};
+use super::syncer::{create_segment, run_batch, IoExec, Job, ReadJob, Reader, SpareSlot, SyncJob, Syncer};
 use super::log::{self, LogError, MessageRec};
 use super::{InboxStore, NewMessage, Retention, StoreError};
 use crate::config::Fsync;
 use crate::proto::session::{EmptyInbox, InboxRead};
 
-/// Payloads kept in memory per inbox (at least one inflight window's worth).
-pub const HOT_PAYLOADS: usize = 64;
+/// Entries read back from the log per cold miss: a replay's next window.
+const READ_AHEAD: usize = 64;
+/// Most payload bytes one read-back job asks for (and at most a quarter of
+/// the cache budget, so a batch never evicts itself).
+const READ_AHEAD_BYTES: u64 = 4 << 20;
+/// Group sends whose payload position the store remembers, so that their
+/// other members' copies refer to it (a fan-out's copies on one core are
+/// appended close together; one that is not is written again, correct
+/// either way).
+const GROUP_PAYLOADS: usize = 32;
 /// Inboxes the age-retention sweep looks at per tick: the sweep walks the
 /// inboxes incrementally, never all of them in one tick.
 const SWEEP_PER_TICK: usize = 256;
@@ -96,6 +110,8 @@ pub struct DurableStats {
     pub fsynced_records: u64,
     pub max_batch: u64,
     pub segments_deleted: u64,
+    /// Payloads read back from the log off the event loop.
+    pub cold_reads: u64,
 }
 
 /// How a log is written and trimmed (from `[store]`).
@@ -159,6 +175,13 @@ pub struct DurableStore {
     on_failure: Option<FailureHook>,
     last_interval_sync_ms: u64,
     lsn_at_interval_sync: u64,
+    /// Where the payloads of the latest group sends are in the active
+    /// segment: (msg_id, segment, offset, length), newest last.
+    group_payloads: VecDeque<(u64, SegId, u64, u32)>,
+    /// Reads cold payloads off the event loop (a running server).
+    reader: Option<Reader>,
+    /// Payloads being read back, and the users to wake when each is in.
+    reading: HashMap<PayloadKey, Vec<Arc<str>>>,
     pub stats: DurableStats,
 }
 
@@ -227,10 +250,13 @@ impl DurableStore {
             on_failure: None,
             last_interval_sync_ms: 0,
             lsn_at_interval_sync: 0,
+            group_payloads: VecDeque::new(),
+            reader: None,
+            reading: HashMap::new(),
             stats: DurableStats::default(),
         };
         {
-            let mut t = s.files.lock().map_err(|_| LogError::Io { path: s.dir.clone(), source: std::io::Error::other("file table poisoned") })?;
+            let mut t = s.files.files.lock().map_err(|_| LogError::Io { path: s.dir.clone(), source: std::io::Error::other("file table poisoned") })?;
             for (id, seg) in &s.segs {
                 t.insert(*id, seg.file.clone());
             }
@@ -243,6 +269,30 @@ impl DurableStore {
     /// core (it calls [`DurableStore::on_synced`] there).
     pub fn start_syncer(&mut self, done: Box<dyn Fn(Result<u64, String>) + Send>) {
         self.io = IoExec::Thread(Syncer::spawn(self.core, self.disk.clone(), done));
+    }
+
+    /// Starts the reader thread: from now on a payload not in the cache is
+    /// read there (`fetch_cold`), and `nudge` tells this core to collect
+    /// the result (it calls [`InboxStore::poll_io`] there).
+    pub fn start_reader(&mut self, nudge: Box<dyn Fn() + Send>) {
+        self.reader = Some(Reader::spawn(self.core, nudge));
+        self.files.cold_async.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets this core's hot-payload budget (its share of
+    /// `store.memory_budget_bytes`), evicting at once what no longer fits.
+    pub fn set_payload_budget(&mut self, bytes: u64) {
+        if let Ok(mut c) = self.files.cache.lock() {
+            c.set_budget(bytes);
+        }
+    }
+
+    /// The hot-payload cache: (bytes charged, payloads, figures).
+    pub fn cache_figures(&self) -> (u64, usize, CacheStats) {
+        match self.files.cache.lock() {
+            Ok(c) => (c.used(), c.len(), c.stats),
+            Err(_) => (0, 0, CacheStats::default()),
+        }
     }
 
     /// Queue syncs instead of running them: [`DurableStore::run_io`]
@@ -343,7 +393,7 @@ impl DurableStore {
         };
         let id = seg_id(self.core, no);
         let old = self.active;
-        if let Ok(mut t) = self.files.lock() {
+        if let Ok(mut t) = self.files.files.lock() {
             t.insert(id, f.clone());
         }
         self.segs.insert(id, Segment { path, file: f, live: 0, pinned: false, own: true });
@@ -534,7 +584,7 @@ impl DurableStore {
             }
         }
         let Some(seg) = self.segs.remove(&id) else { return };
-        if let Ok(mut t) = self.files.lock() {
+        if let Ok(mut t) = self.files.files.lock() {
             t.remove(&id);
         }
         // The file goes only once everything written before now is durable:
@@ -553,6 +603,14 @@ impl DurableStore {
     fn unlink_due(&mut self, ticket: u64) {
         while self.unlink_after.front().is_some_and(|(t, _)| *t <= ticket) {
             let Some((_, path)) = self.unlink_after.pop_front() else { break };
+            // On the I/O thread when there is one: an unlink of a large
+            // file can take milliseconds.
+            if let IoExec::Thread(s) = &self.io {
+                if s.tx.send(Job::Delete(path.clone())).is_ok() {
+                    self.stats.segments_deleted += 1;
+                    continue;
+                }
+            }
             match self.disk.delete(&path) {
                 Ok(()) => {
                     self.stats.segments_deleted += 1;
@@ -574,6 +632,9 @@ impl DurableStore {
             }
             let Some(e) = inbox.entries.pop_front() else { break };
             inbox.oldest += 1;
+            if let Ok(mut c) = self.files.cache.lock() {
+                c.remove(e.key());
+            }
             if let Some(s) = self.segs.get_mut(&e.seg) {
                 s.live = s.live.saturating_sub(1);
                 if s.live == 0 && !freed.contains(&e.seg) {
@@ -605,7 +666,7 @@ impl DurableStore {
             }
         }
         self.segs.retain(|id, _| !doomed.contains(id));
-        if let Ok(mut t) = self.files.lock() {
+        if let Ok(mut t) = self.files.files.lock() {
             t.retain(|id, _| !doomed.contains(id));
         }
         Ok(())
@@ -678,18 +739,40 @@ impl InboxStore for DurableStore {
             group: msg.group.as_deref().unwrap_or(""),
             payload: &msg.payload,
         };
-        let payload_at = log::encode_message(&mut self.wbuf, &rec) as u64;
-        let off = self.active_len + payload_at;
+        // Another member's copy of this group send is in this segment: point
+        // at its payload instead of writing it again.
+        let active = self.active;
+        let shared = match msg.group {
+            Some(_) => self.group_payloads.iter().find(|g| g.0 == msg.msg_id && g.1 == active && g.3 == msg.payload.len() as u32),
+            None => None,
+        };
+        let off = match shared {
+            Some(&(_, _, off, len)) => {
+                log::encode_message_ref(&mut self.wbuf, &rec, off, len);
+                off
+            }
+            None => {
+                // Records may already wait in `wbuf` (a rotation's
+                // SEGSTART): the payload's file offset counts them.
+                let pending = self.wbuf.len() as u64;
+                let payload_at = log::encode_message(&mut self.wbuf, &rec) as u64;
+                self.active_len + pending + payload_at
+            }
+        };
+        let fresh_group = msg.group.is_some() && shared.is_none();
         self.write_out()?;
+        if fresh_group {
+            if self.group_payloads.len() >= GROUP_PAYLOADS {
+                self.group_payloads.pop_front();
+            }
+            self.group_payloads.push_back((msg.msg_id, active, off, msg.payload.len() as u32));
+        }
         self.lsn_written += 1;
         let lsn = self.lsn_written;
-        let active = self.active;
         let visible_now = self.policy != Fsync::Always;
         let Some(inbox) = self.inboxes.get_mut(&key) else { unreachable!("inserted above") };
         inbox.head = seq;
         inbox.head_seg = active;
-        // A payload decoded from a connection's read buffer is a slice of a
-        // larger allocation; copying keeps retained messages from pinning it.
         inbox.entries.push_back(DEntry {
             msg_id: msg.msg_id,
             timestamp_ms: msg.timestamp_ms,
@@ -697,11 +780,10 @@ impl InboxStore for DurableStore {
             seg: active,
             off,
             len: msg.payload.len() as u32,
-            payload: Some(msg.payload.clone()),
         });
-        let n = inbox.entries.len();
-        if n > HOT_PAYLOADS {
-            inbox.entries[n - 1 - HOT_PAYLOADS].payload = None;
+        // Hot: online devices are sent it next.
+        if let Ok(mut c) = self.files.cache.lock() {
+            c.insert((active, off), msg.payload.clone());
         }
         if visible_now {
             // Interval and never: visible at once, durability per policy
@@ -850,5 +932,83 @@ impl InboxStore for DurableStore {
         }
         let batch: Vec<SyncJob> = q.drain(..).collect();
         Some(run_batch(&batch))
+    }
+
+    fn fetch_cold(&mut self, user: &str) {
+        let Some(reader) = &self.reader else { return };
+        let Some((key, inbox)) = self.inboxes.get_key_value(user) else { return };
+        let Some(seq) = inbox.take_miss() else { return };
+        let Some(first) = seq.checked_sub(inbox.oldest).and_then(|i| usize::try_from(i).ok()) else { return };
+        let Ok(cache) = self.files.cache.lock() else { return };
+        let Ok(files) = self.files.files.lock() else { return };
+        let max_bytes = READ_AHEAD_BYTES.min(cache.budget() / 4);
+        let mut items = Vec::new();
+        let mut bytes = 0u64;
+        let end = usize::try_from(inbox.visible.saturating_sub(inbox.oldest) + 1).unwrap_or(usize::MAX);
+        for e in inbox.entries.iter().take(end).skip(first).take(READ_AHEAD) {
+            let k = e.key();
+            if cache.contains(k) {
+                continue;
+            }
+            if let Some(waiters) = self.reading.get_mut(&k) {
+                // Already being read: wake this user too.
+                if !waiters.iter().any(|w| w == key) {
+                    waiters.push(key.clone());
+                }
+                continue;
+            }
+            if !items.is_empty() && bytes + e.len as u64 > max_bytes {
+                break;
+            }
+            let Some(f) = files.get(&e.seg) else { continue };
+            bytes += e.len as u64;
+            items.push((k, f.clone(), e.len));
+        }
+        drop(files);
+        drop(cache);
+        if items.is_empty() {
+            return;
+        }
+        for (k, _, _) in &items {
+            self.reading.insert(*k, vec![key.clone()]);
+        }
+        self.stats.cold_reads += items.len() as u64;
+        if reader.tx.send(ReadJob { items }).is_err() {
+            // The reader thread is gone (it only ends with the store).
+            tracing::error!(core = self.core, "the log reader thread is gone: cold payloads cannot be read");
+        }
+    }
+
+    fn poll_io(&mut self, woken: &mut Vec<Arc<str>>) -> bool {
+        let Some(reader) = &self.reader else { return false };
+        let Ok(done) = reader.rx.try_recv() else { return false };
+        let bytes: u64 = done.items.iter().map(|(_, r)| r.as_ref().map_or(0, |b| b.len() as u64 + super::cache::ENTRY_OVERHEAD)).sum();
+        let Ok(mut cache) = self.files.cache.lock() else { return true };
+        // Room first: the batch's own payloads must still be there when the
+        // caller refills the sessions that wait for them.
+        cache.make_room(bytes);
+        for (k, r) in done.items {
+            let waiters = self.reading.remove(&k).unwrap_or_default();
+            match r {
+                Ok(b) => {
+                    // Still retained? (retention may have trimmed it meanwhile:
+                    // then nobody asks for it again and it is not cached.)
+                    if self.files.files.lock().is_ok_and(|f| f.contains_key(&k.0)) {
+                        cache.insert(k, b);
+                    }
+                    for w in waiters {
+                        if !woken.contains(&w) {
+                            woken.push(w);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The session waits; its next fill (a new message, a
+                    // reconnect) asks again.
+                    tracing::error!(core = self.core, segment = k.0, offset = k.1, error = %e, "cannot read a retained message back from the log");
+                }
+            }
+        }
+        true
     }
 }

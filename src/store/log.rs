@@ -22,6 +22,11 @@
 //!                                         was confirmed)
 //!   7 RUN:     (empty)                   (a recovery finished: what follows
 //!                                         was written by the run after it)
+//!   8 MSGREF:  as MESSAGE, but instead of the payload: payload_off u64,
+//!              payload_len u32 — the payload of an earlier MESSAGE in the
+//!              same segment (another member's copy of the same group
+//!              send: a group message's payload is written once per
+//!              segment, each further member gets only this index entry)
 //! str = u16 LE length + UTF-8
 //! ```
 //!
@@ -47,6 +52,7 @@ pub const KIND_SEGSTART: u8 = 4;
 pub const KIND_FANOUT: u8 = 5;
 pub const KIND_FANDONE: u8 = 6;
 pub const KIND_RUN: u8 = 7;
+pub const KIND_MSGREF: u8 = 8;
 
 /// Why the log could not be read or written. Operator-facing.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +78,9 @@ pub enum Record<'a> {
     FanDone { client_msg_id: u64, from: &'a str, device: &'a str },
     /// A recovery finished here: a new run of the server starts.
     Run,
+    /// A message whose payload is that of an earlier record in the same
+    /// segment, at `payload_off` (its `payload` field is empty).
+    MessageRef { m: MessageRec<'a>, payload_off: u64, payload_len: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +122,23 @@ pub fn encode_message(out: &mut Vec<u8>, m: &MessageRec<'_>) -> usize {
     out.extend_from_slice(m.payload);
     seal(out, start);
     payload_at
+}
+
+/// Appends one MSGREF record: `m` (its payload ignored) pointing at a
+/// payload already in the segment at `payload_off`.
+pub fn encode_message_ref(out: &mut Vec<u8>, m: &MessageRec<'_>, payload_off: u64, payload_len: u32) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.push(KIND_MSGREF);
+    for v in [m.seq, m.msg_id, m.timestamp_ms, m.client_msg_id] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for s in [m.user, m.from, m.device, m.group] {
+        put_str(out, s);
+    }
+    out.extend_from_slice(&payload_off.to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    seal(out, start);
 }
 
 /// Appends one HEAD record to `out`.
@@ -227,6 +253,15 @@ pub fn decode_body(body: &[u8]) -> Option<Record<'_>> {
             let (seq, msg_id, timestamp_ms, client_msg_id) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let (user, from, device, group) = (r.str()?, r.str()?, r.str()?, r.str()?);
             Some(Record::Message(MessageRec { seq, msg_id, timestamp_ms, client_msg_id, user, from, device, group, payload: r.b }))
+        }
+        KIND_MSGREF => {
+            let (seq, msg_id, timestamp_ms, client_msg_id) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            let (user, from, device, group) = (r.str()?, r.str()?, r.str()?, r.str()?);
+            let payload_off = r.u64()?;
+            let payload_len = u32::from_le_bytes(r.b.get(..4)?.try_into().ok()?);
+            r.b = &r.b[4..];
+            let m = MessageRec { seq, msg_id, timestamp_ms, client_msg_id, user, from, device, group, payload: &[] };
+            r.b.is_empty().then_some(Record::MessageRef { m, payload_off, payload_len })
         }
         KIND_HEAD => {
             let head = r.u64()?;

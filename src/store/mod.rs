@@ -7,6 +7,7 @@
 //! SENDACK may be released, once `synced_lsn()` has reached that lsn (at
 //! once in memory, after the group-committed fsync under `fsync = "always"`).
 
+pub mod cache;
 pub mod dinbox;
 pub mod disk;
 pub mod durable;
@@ -86,6 +87,17 @@ pub trait InboxStore {
     /// Group-commit figures, for the durable store.
     fn fsync_stats(&self) -> Option<durable::DurableStats> {
         None
+    }
+    /// A session's fill stopped at a payload that is not in memory (the
+    /// durable store on a running server): read it, and the entries after
+    /// it, off the event loop. `poll_io` hands `user` back once they are in.
+    fn fetch_cold(&mut self, _user: &str) {}
+    /// Collects one finished cold read, if any: the users it was for are
+    /// appended to `woken` (the caller fills their sessions before calling
+    /// again, while the payloads are surely cached). False when none was
+    /// ready.
+    fn poll_io(&mut self, _woken: &mut Vec<Arc<str>>) -> bool {
+        false
     }
     /// Read view of `user`'s inbox after applying age retention at `now_ms`.
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead;

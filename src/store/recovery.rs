@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::disk::DiskRef;
-use super::durable::{seg_id, DEntry, DInbox, DurableStore, FileRef, LogSettings, SegId, Segment, HOT_PAYLOADS};
+use super::durable::{seg_id, DEntry, DInbox, DurableStore, FileRef, LogSettings, SegId, Segment};
 use super::log::{self, LogError, Record};
 use super::{InboxStore, NewMessage};
 use crate::runtime::mesh::home_core;
@@ -205,6 +205,29 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                             len: m.payload.len() as u32,
                         }));
                     }
+                    Some(Record::MessageRef { m, payload_off, payload_len }) => {
+                        // Its payload is earlier in this segment: anything
+                        // else is not what the store writes.
+                        if payload_off.saturating_add(payload_len as u64) > offset {
+                            return Err(LogError::Corrupt {
+                                path: path.clone(),
+                                offset,
+                                why: format!("message refers to a payload at {payload_off} that is not before it"),
+                            });
+                        }
+                        recs.push(Rec::Msg(MsgRec {
+                            seq: m.seq,
+                            msg_id: m.msg_id,
+                            ts: m.timestamp_ms,
+                            cmid: m.client_msg_id,
+                            user: arc(m.user),
+                            from: arc(m.from),
+                            device: arc(m.device),
+                            group: (!m.group.is_empty()).then(|| arc(m.group)),
+                            off: payload_off,
+                            len: payload_len,
+                        }));
+                    }
                     Some(Record::Head { head, user }) => recs.push(Rec::Head { head, user: arc(user) }),
                     Some(Record::Synced { seg, upto }) => {
                         let m = marks.entry(seg).or_default();
@@ -320,7 +343,7 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
         }
     }
 
-    // 3. Per user: dense seqs, retention, the hot payloads.
+    // 3. Per user: dense seqs, retention, the index.
     let workers = o.workers.max(1);
     let mut per_core: Vec<HashMap<Arc<str>, DInbox>> = (0..workers).map(|_| HashMap::new()).collect();
     let mut refs: HashMap<usize, HashSet<usize>> = HashMap::new(); // seg index -> cores referencing
@@ -362,19 +385,13 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
         let head_seg = acc.head_seg.map_or(0, |i| segs[i].id);
         let mut inbox = DInbox::new(acc.head, head_seg);
         inbox.oldest = acc.entries.get(start).map_or(acc.head + 1, |e| e.seq);
-        let hot_from = n.saturating_sub(HOT_PAYLOADS).max(start);
-        for (i, e) in acc.entries.drain(..).enumerate().skip(start) {
+        // Index only: payloads are read back when a device needs them
+        // (the hot-payload cache starts empty).
+        for e in acc.entries.drain(..).skip(start) {
             let sd = &segs[e.seg];
-            let payload = if i >= hot_from {
-                let mut buf = vec![0u8; e.len as usize];
-                sd.file.read_at(&mut buf, e.off).map_err(io_err(&sd.path))?;
-                Some(Bytes::from(buf))
-            } else {
-                None
-            };
             refs.entry(e.seg).or_default().insert(core);
             *live[core].entry(e.seg).or_default() += 1;
-            inbox.entries.push_back(DEntry { msg_id: e.msg_id, timestamp_ms: e.ts, from: e.from, seg: sd.id, off: e.off, len: e.len, payload });
+            inbox.entries.push_back(DEntry { msg_id: e.msg_id, timestamp_ms: e.ts, from: e.from, seg: sd.id, off: e.off, len: e.len });
         }
         report.retained += inbox.entries.len() as u64;
         if let Some(i) = acc.head_seg {

@@ -18,6 +18,8 @@ pub(super) enum Job {
     /// Create the next segment ahead of need (file, header, fsyncs of both
     /// and of the directory), so rotation never waits for it.
     Create { path: PathBuf, dir: PathBuf, slot: SpareSlot },
+    /// Unlink a segment retention emptied (its sync already completed).
+    Delete(PathBuf),
 }
 
 /// A segment created ahead by the I/O thread: `None` while in the making.
@@ -83,6 +85,10 @@ impl Syncer {
                 for job in jobs {
                     match job {
                         Job::Sync(j) => batch.push(j),
+                        Job::Delete(path) => match disk.delete(&path) {
+                            Ok(()) => tracing::info!(path = %path.display(), "retention: deleted a log segment with no retained messages"),
+                            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an expired log segment"),
+                        },
                         Job::Create { path, dir, slot } => {
                             // Syncs queued before it complete first (order).
                             if !batch.is_empty() {
@@ -119,3 +125,48 @@ pub(super) enum IoExec {
     Thread(Syncer),
 }
 
+
+/// Payloads to read back from the log: (cache key, file, length).
+pub(super) struct ReadJob {
+    pub(super) items: Vec<(super::cache::PayloadKey, FileRef, u32)>,
+}
+
+/// What a [`ReadJob`] read: each payload or why it could not be read.
+pub(super) struct ReadDone {
+    pub(super) items: Vec<(super::cache::PayloadKey, Result<bytes::Bytes, String>)>,
+}
+
+/// The per-core reader thread: cold payloads are read with `pread` here,
+/// never on the event loop. A thread of its own, so a replay never waits
+/// behind an fsync and an fsync never behind a replay.
+pub(super) struct Reader {
+    pub(super) tx: std::sync::mpsc::Sender<ReadJob>,
+    pub(super) rx: std::sync::mpsc::Receiver<ReadDone>,
+}
+
+impl Reader {
+    /// `nudge()` is called on the reader thread after each job: the core
+    /// then collects the result with `try_recv` (see `DurableStore::poll_io`).
+    pub(super) fn spawn(core: usize, nudge: Box<dyn Fn() + Send>) -> Reader {
+        let (tx, jobs) = std::sync::mpsc::channel::<ReadJob>();
+        let (done_tx, rx) = std::sync::mpsc::channel::<ReadDone>();
+        let _ = std::thread::Builder::new().name(format!("ringgate-read{core}")).spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                let items = job
+                    .items
+                    .into_iter()
+                    .map(|(key, f, len)| {
+                        let mut buf = vec![0u8; len as usize];
+                        let r = f.read_at(&mut buf, key.1).map(|_| bytes::Bytes::from(buf)).map_err(|e| e.to_string());
+                        (key, r)
+                    })
+                    .collect();
+                if done_tx.send(ReadDone { items }).is_err() {
+                    break;
+                }
+                nudge();
+            }
+        });
+        Reader { tx, rx }
+    }
+}

@@ -196,6 +196,9 @@ impl Run {
         let Recovered { mut stores, dedup, .. } = rec;
         for s in stores.iter_mut() {
             s.defer_io();
+            // A hot-payload cache of a few payloads: most reads come back
+            // from the (simulated) log.
+            s.set_payload_budget(4096);
         }
         self.check_recovered(&mut stores, &dedup);
         self.stores = stores;
@@ -531,8 +534,8 @@ impl Run {
             // a wrong message.
             if let Some(e) = inbox.get(seq) {
                 if let Some(s) = self.confirmed.get(user).and_then(|c| c.get(&seq)) {
-                    if e.msg_id != s.msg_id {
-                        self.fail(format!("{user}: seq {seq} reads msg {} (confirmed {})", e.msg_id, s.msg_id));
+                    if e.msg_id != s.msg_id || e.payload[..] != payload(s.msg_id, s.len)[..] {
+                        self.fail(format!("{user}: seq {seq} reads msg {} (confirmed {}), payload intact: {}", e.msg_id, s.msg_id, e.payload[..] == payload(s.msg_id, s.len)[..]));
                     }
                 }
             }
