@@ -53,31 +53,8 @@ impl SockOpts {
 
 /// Applies `opts` to an accepted stream and makes it non-blocking.
 pub fn apply_to_stream(fd: BorrowedFd<'_>, opts: &SockOpts) -> Result<(), SockOptError> {
-    let s = SockRef::from(&fd);
-    let e = |option: &'static str| move |source| SockOptError { option, source };
-    s.set_nodelay(true).map_err(e("TCP_NODELAY"))?;
-    if opts.keepalive_idle_s > 0 {
-        let mut ka = TcpKeepalive::new().with_time(Duration::from_secs(opts.keepalive_idle_s.into()));
-        if opts.keepalive_interval_s > 0 {
-            ka = ka.with_interval(Duration::from_secs(opts.keepalive_interval_s.into()));
-        }
-        if opts.keepalive_count > 0 {
-            ka = ka.with_retries(opts.keepalive_count);
-        }
-        s.set_tcp_keepalive(&ka).map_err(e("SO_KEEPALIVE/TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT"))?;
-    }
-    if opts.user_timeout_ms > 0 {
-        s.set_tcp_user_timeout(Some(Duration::from_millis(opts.user_timeout_ms.into())))
-            .map_err(e("TCP_USER_TIMEOUT"))?;
-    }
-    if opts.recv_buffer_bytes > 0 {
-        s.set_recv_buffer_size(opts.recv_buffer_bytes as usize).map_err(e("SO_RCVBUF"))?;
-    }
-    if opts.send_buffer_bytes > 0 {
-        s.set_send_buffer_size(opts.send_buffer_bytes as usize).map_err(e("SO_SNDBUF"))?;
-    }
-    s.set_nonblocking(true).map_err(e("O_NONBLOCK"))?;
-    Ok(())
+    apply_to_listener(fd, opts)?;
+    SockRef::from(&fd).set_nonblocking(true).map_err(|source| SockOptError { option: "O_NONBLOCK", source })
 }
 
 /// Sets the inheritable options (TCP_NODELAY, keepalive, TCP_USER_TIMEOUT,

@@ -664,17 +664,7 @@ impl Core {
         } else {
             conn.over_hw_since_ms = 0;
         }
-        if !conn.close_counted && conn.session.phase() == Phase::Closing {
-            // Counted once, when the server's DISCONNECT goes out (a
-            // device's own DISCONNECT finishes the session directly; a
-            // refused CONNECT closes with no reason).
-            conn.close_counted = true;
-            if let Some(r) = conn.session.close_reason() {
-                if let Some(c) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
-                    c.inc();
-                }
-            }
-        }
+        self.count_close(key);
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         match conn.session.phase() {
             Phase::Finished => {
@@ -707,6 +697,22 @@ impl Core {
                 }
             }
             self.wake(key);
+        }
+    }
+
+    /// Counts the server's DISCONNECT once, when the session turns Closing
+    /// (a device's own DISCONNECT finishes the session directly; a refused
+    /// CONNECT closes with no reason).
+    fn count_close(&mut self, key: ConnKey) {
+        let Some(conn) = self.conn(key) else { return };
+        if conn.close_counted || conn.session.phase() != Phase::Closing {
+            return;
+        }
+        conn.close_counted = true;
+        if let Some(r) = conn.session.close_reason() {
+            if let Some(c) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
+                c.inc();
+            }
         }
     }
 

@@ -112,6 +112,24 @@ struct MsgRec {
     len: u32,
 }
 
+impl MsgRec {
+    /// The index of a MESSAGE (or MSGREF) record whose payload is at `off`, `len` bytes.
+    fn of(m: &log::MessageRec<'_>, arc: &mut impl FnMut(&str) -> Arc<str>, off: u64, len: u32) -> Self {
+        MsgRec {
+            seq: m.seq,
+            msg_id: m.msg_id,
+            ts: m.timestamp_ms,
+            cmid: m.client_msg_id,
+            user: arc(m.user),
+            from: arc(m.from),
+            device: arc(m.device),
+            group: (!m.group.is_empty()).then(|| arc(m.group)),
+            off,
+            len,
+        }
+    }
+}
+
 struct Ent {
     seq: u64,
     msg_id: u64,
@@ -191,19 +209,8 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
             let end = log::scan_with(&path, &*file, len, |offset, body| {
                 match log::decode_body(body) {
                     Some(Record::Message(m)) => {
-                        let po = log::payload_offset_in_body(&m) as u64;
-                        recs.push(Rec::Msg(MsgRec {
-                            seq: m.seq,
-                            msg_id: m.msg_id,
-                            ts: m.timestamp_ms,
-                            cmid: m.client_msg_id,
-                            user: arc(m.user),
-                            from: arc(m.from),
-                            device: arc(m.device),
-                            group: (!m.group.is_empty()).then(|| arc(m.group)),
-                            off: offset + log::RECORD_HEADER as u64 + po,
-                            len: m.payload.len() as u32,
-                        }));
+                        let off = offset + log::RECORD_HEADER as u64 + log::payload_offset_in_body(&m) as u64;
+                        recs.push(Rec::Msg(MsgRec::of(&m, &mut arc, off, m.payload.len() as u32)));
                     }
                     Some(Record::MessageRef { m, payload_off, payload_len }) => {
                         // Its payload is earlier in this segment: anything
@@ -215,18 +222,7 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
                                 why: format!("message refers to a payload at {payload_off} that is not before it"),
                             });
                         }
-                        recs.push(Rec::Msg(MsgRec {
-                            seq: m.seq,
-                            msg_id: m.msg_id,
-                            ts: m.timestamp_ms,
-                            cmid: m.client_msg_id,
-                            user: arc(m.user),
-                            from: arc(m.from),
-                            device: arc(m.device),
-                            group: (!m.group.is_empty()).then(|| arc(m.group)),
-                            off: payload_off,
-                            len: payload_len,
-                        }));
+                        recs.push(Rec::Msg(MsgRec::of(&m, &mut arc, payload_off, payload_len)));
                     }
                     Some(Record::Head { head, user }) => recs.push(Rec::Head { head, user: arc(user) }),
                     Some(Record::Synced { seg, upto }) => {

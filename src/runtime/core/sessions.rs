@@ -513,15 +513,7 @@ impl Core {
             c.session.close(now, DisconnectReason::SlowConsumer, "nobody polled the queued frames for too long", &mut c.out);
             self.reject(crate::metrics::REJ_SLOW_CONSUMER);
         }
-        let Some(c) = self.conn(v) else { return Outcome::Close };
-        if !c.close_counted && c.session.phase() == Phase::Closing {
-            c.close_counted = true;
-            if let Some(r) = c.session.close_reason() {
-                if let Some(m) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
-                    m.inc();
-                }
-            }
-        }
+        self.count_close(v);
         let Some(c) = self.conn(v) else { return Outcome::Close };
         let closed = !open_phase(c.session.phase()) || c.dead;
         let idle_ms = u64::from(c.session.heartbeat_s()) * 2_500;
