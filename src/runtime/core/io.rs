@@ -1,0 +1,229 @@
+//! One connection's I/O step on its core: read, detect the transport (frames, HTTP, WebSocket), run the session over the frames, write or queue the write.
+
+use super::*;
+
+impl Core {
+    /// The connection's socket is ready (or the core woke its task): read,
+    /// handle frames, write. Returns what the task must do next.
+    pub fn on_io(&mut self, key: ConnKey) -> Outcome {
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        if conn.dead || conn.session.phase() == Phase::Finished {
+            return Outcome::Close;
+        }
+        if conn.unsent_bytes() > hw {
+            // Backpressure: while the peer does not read what we owe it, we
+            // do not read what it sends (every PING or SEND would add to what
+            // we owe). TCP then pushes back on the peer.
+            if conn.flush().is_err() {
+                conn.dead = true;
+                return Outcome::Close;
+            }
+            if conn.unsent_bytes() > hw {
+                return self.after_io(key);
+            }
+        }
+        let status = match conn.read_available() {
+            Ok(s) => s,
+            Err(TransportError::Tls(e)) => {
+                tracing::debug!(error = %e, "TLS failure");
+                conn.send_alert();
+                self.stats.tls_failures += 1;
+                self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
+                return Outcome::Close;
+            }
+            Err(TransportError::Record(e)) => {
+                tracing::debug!(error = %e, "TLS record failure");
+                let handshaking = conn.ident.is_none();
+                self.stats.tls_failures += 1;
+                if handshaking {
+                    self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
+                }
+                return Outcome::Close;
+            }
+            Err(TransportError::Io(e)) => {
+                tracing::debug!(error = %e, "socket error");
+                return Outcome::Close;
+            }
+        };
+        if conn.tls_handshaking() {
+            if status == ReadStatus::Eof {
+                self.stats.tls_failures += 1;
+                self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
+                return Outcome::Close;
+            }
+            return self.after_io(key);
+        }
+        // The first bytes after TLS decide: HTTP (route endpoint) or frames.
+        if conn.ws.is_some() {
+            return self.on_ws(key, status == ReadStatus::Eof);
+        }
+        if conn.web.is_some() {
+            return self.on_sse_io(key, status == ReadStatus::Eof);
+        }
+        if conn.http.is_none()
+            && conn.session.phase() == Phase::AwaitConnect
+            && !conn.rbuf.is_empty()
+            && crate::runtime::gate_http::is_http(conn.alpn(), conn.rbuf[0])
+        {
+            let deadline = conn.session.next_deadline().unwrap_or(0);
+            conn.http = Some(Box::new(crate::runtime::gate_http::HttpState::new(deadline)));
+        }
+        if conn.http.is_some() {
+            return self.on_http(key, status == ReadStatus::Eof);
+        }
+        if let Some(m) = self.process_frames(key) {
+            return Outcome::Migrate(m);
+        }
+        if status == ReadStatus::Eof {
+            if let Some(c) = self.conn(key) {
+                // The device vanished; its messages stay in the inbox.
+                c.session.abort();
+            }
+            return Outcome::Close;
+        }
+        self.after_io_deferred(key)
+    }
+
+    /// An HTTP connection had I/O (see `gate_http::on_io`).
+    pub(super) fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
+        let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
+        let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        match crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+            crate::runtime::gate_http::Step::Close => Outcome::Close,
+            crate::runtime::gate_http::Step::Upgraded => self.upgrade_ws(key, eof),
+            crate::runtime::gate_http::Step::Session(req) => self.on_session_req(key, req, eof),
+            crate::runtime::gate_http::Step::Continue => {
+                self.rearm(key);
+                Outcome::Continue
+            }
+        }
+    }
+
+    /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
+    pub(super) fn after_io(&mut self, key: ConnKey) -> Outcome {
+        if let Some(o) = self.web_after_io(key) {
+            return o;
+        }
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let now = self.shared.clock.mono_ms();
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        if conn.flush().is_err() {
+            conn.dead = true;
+            return Outcome::Close;
+        }
+        if conn.unsent_bytes() > hw {
+            if conn.over_hw_since_ms == 0 {
+                conn.over_hw_since_ms = now.max(1);
+            }
+        } else {
+            conn.over_hw_since_ms = 0;
+        }
+        self.count_close(key);
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
+        match conn.session.phase() {
+            Phase::Finished => {
+                if let Some(ws) = conn.ws.as_mut() {
+                    // Best effort: the close frame. Finished without Closing
+                    // means the device's DISCONNECT ended it: 1000 (a
+                    // server DISCONNECT's 4000 + reason went out before).
+                    ws.push_close(&mut conn.out, crate::runtime::web::ws::CLOSE_NORMAL);
+                    conn.shutdown_write();
+                }
+                return Outcome::Close;
+            }
+            Phase::Closing => conn.shutdown_write(),
+            _ => {}
+        }
+        conn.release_idle_buffers();
+        self.rearm(key);
+        Outcome::Continue
+    }
+
+    /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
+    /// it): flush, and wake the task if it must act (blocked write, close).
+    pub(super) fn flush_now(&mut self, key: ConnKey) {
+        let outcome = self.after_io(key);
+        let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
+        if matches!(outcome, Outcome::Close) || blocked {
+            if let Some(c) = self.conn(key) {
+                if matches!(outcome, Outcome::Close) {
+                    c.dead = true;
+                }
+            }
+            self.wake(key);
+        }
+    }
+
+    /// Counts the server's DISCONNECT once, when the session turns Closing
+    /// (a device's own DISCONNECT finishes the session directly; a refused
+    /// CONNECT closes with no reason).
+    pub(super) fn count_close(&mut self, key: ConnKey) {
+        let Some(conn) = self.conn(key) else { return };
+        if conn.close_counted || conn.session.phase() != Phase::Closing {
+            return;
+        }
+        conn.close_counted = true;
+        if let Some(r) = conn.session.close_reason() {
+            if let Some(c) = self.shared.metrics.core(self.id).disconnects.get(r.code() as usize) {
+                c.inc();
+            }
+        }
+    }
+
+    /// Runs the session over buffered plaintext until it needs more bytes.
+    pub(super) fn process_frames(&mut self, key: ConnKey) -> Option<Box<Adopt>> {
+        let now = self.shared.clock.mono_ms();
+        // A copy of the few integers, not an `Arc` clone: that would bounce
+        // the shared refcount's cache line between cores on every read.
+        let limits = self.shared.limits.clone();
+        loop {
+            let conn = self.conn(key)?;
+            let before = conn.session.phase();
+            let acked_before = conn.session.acked();
+            // A WebSocket connection's frames were taken out of its messages.
+            let input = match conn.ws.as_mut() {
+                Some(ws) => &mut ws.frames,
+                None => &mut conn.rbuf,
+            };
+            let ev = conn.session.poll_frame(now, &limits, input, &mut conn.out);
+            match ev {
+                Event::Closed if before == Phase::AwaitConnect => {
+                    self.m().handshakes[crate::metrics::HS_REFUSED].inc();
+                    return None;
+                }
+                Event::NeedMore | Event::Closed => return None,
+                Event::Handled => {}
+                Event::Acked => {
+                    self.record_ack(key, acked_before);
+                    self.trace_acked(key);
+                    self.fill(key, now)
+                }
+                Event::Send(s) => self.on_send(key, s),
+                Event::Connect(req) => {
+                    if let Some(m) = self.on_connect(key, req) {
+                        return Some(m);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn fill(&mut self, key: ConnKey, now: u64) {
+        let Core { conns, store, shared, .. } = self;
+        let Some(slot) = conns.get_mut(key.idx as usize) else { return };
+        let conn = &mut slot.conn;
+        let inbox: &dyn InboxRead = match &conn.ident {
+            Some(i) => store.peek(&i.user),
+            None => &EmptyInbox,
+        };
+        let sent_before = conn.session.sent();
+        conn.session.fill(now, &shared.limits, inbox, &mut conn.out);
+        if let Some(i) = &conn.ident {
+            // Stopped at a payload not in memory: read off the event loop.
+            store.fetch_cold(&i.user);
+        }
+        self.record_pushes(key, sent_before);
+    }
+}
