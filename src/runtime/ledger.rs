@@ -78,6 +78,9 @@ impl Entry {
     }
 }
 
+/// Entries reserved up front at most (a larger `ledger_max_entries` grows beyond by doubling).
+const RESERVE_MAX_ENTRIES: usize = 1 << 20;
+
 #[derive(Clone, Copy, Debug)]
 pub struct LedgerLimits {
     /// 0 = the ledger is off.
@@ -134,6 +137,14 @@ impl Ledger {
     pub fn appended(&mut self, now_ms: u64, msg_id: u64, from: &Arc<str>, timestamp_ms: u64, user: &Arc<str>, seq: u64) {
         if !self.enabled() {
             return;
+        }
+        if self.entries.capacity() == 0 {
+            // Room for the whole bound at once, on first use: growing by
+            // doubling would copy the ring (13 MB at 100,000 entries) and
+            // fault in twice that in one go, a stall of milliseconds on the
+            // core's thread each time. Reserved pages cost nothing until
+            // written; an idle server never reserves.
+            self.entries.reserve_exact(self.lim.max_entries.min(RESERVE_MAX_ENTRIES).saturating_add(1));
         }
         let abs = self.first + self.entries.len() as u64;
         self.entries.push_back(Entry {
