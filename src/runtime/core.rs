@@ -609,16 +609,16 @@ impl Core {
     }
 
     /// A connection moved here from another core: register it and open its session.
-    pub fn adopt(&mut self, mut a: Adopt) -> ConnKey {
-        if let Some(w) = a.web.take() {
-            return self.adopt_http(a, *w);
-        }
+    pub fn adopt(&mut self, a: Adopt) -> ConnKey {
         let mut conn = Conn::new(a.fd, a.tls, a.session);
         conn.tls_in = a.tls_in;
         conn.tls_out = a.tls_out;
         conn.rbuf = a.rbuf;
         conn.out = a.out;
         conn.ws = a.ws;
+        if let Some(w) = a.web {
+            return self.adopt_http(conn, *w);
+        }
         let key = self.insert(conn);
         self.open(key, a.user, a.req, a.token_exp_wall_ms);
         // Frames pipelined behind CONNECT were read on the other core.

@@ -39,6 +39,17 @@ pub struct Adopt {
     pub token_exp_wall_ms: u64,
 }
 
+impl Adopt {
+    /// The core this connection moves to: the session's core for an HTTP
+    /// session request, else the user's home core.
+    pub fn target_core(&self, cores: usize) -> usize {
+        match &self.web {
+            Some(w) => w.core,
+            None => home_core(&self.user, cores),
+        }
+    }
+}
+
 pub enum CoreMsg {
     Adopt(Box<Adopt>),
     /// Append `msg` to `user`'s inbox (the receiver is its home core), then

@@ -839,10 +839,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
 async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
     let fut = async {
         if let Some(adopt) = drive(&core, &stream, key).await {
-            let home = match &adopt.web {
-                Some(w) => w.core,
-                None => mesh::home_core(&adopt.user, core.borrow().shared.mesh.len()),
-            };
+            let home = adopt.target_core(core.borrow().shared.mesh.len());
             let mut adopt = adopt;
             adopt.fd = stream.into_raw_fd().into();
             let shared = core.borrow().shared.clone();

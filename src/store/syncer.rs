@@ -148,6 +148,10 @@ impl Reader {
     /// `nudge()` is called on the reader thread after each job: the core
     /// then collects the result with `try_recv` (see `DurableStore::poll_io`).
     pub(super) fn spawn(core: usize, nudge: Box<dyn Fn() + Send>) -> Reader {
+        // Unbounded channels, bounded work: a payload is in at most one job
+        // (`DurableStore::reading` dedups keys), a job is at most 64 entries
+        // or 4 MiB, and a job is sent only for a session whose fill missed:
+        // the queue is bounded by the sessions waiting for payloads.
         let (tx, jobs) = std::sync::mpsc::channel::<ReadJob>();
         let (done_tx, rx) = std::sync::mpsc::channel::<ReadDone>();
         let _ = std::thread::Builder::new().name(format!("ringgate-read{core}")).spawn(move || {

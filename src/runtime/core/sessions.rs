@@ -162,12 +162,7 @@ impl Core {
     }
 
     /// An HTTP connection moved here for a session request: register it and answer.
-    pub(super) fn adopt_http(&mut self, a: Adopt, w: WebMove) -> ConnKey {
-        let mut conn = Conn::new(a.fd, a.tls, a.session);
-        conn.tls_in = a.tls_in;
-        conn.tls_out = a.tls_out;
-        conn.rbuf = a.rbuf;
-        conn.out = a.out;
+    pub(super) fn adopt_http(&mut self, mut conn: Conn, w: WebMove) -> ConnKey {
         conn.http = Some(w.http);
         let key = self.insert(conn);
         if let Some(ip) = w.preauth_ip {

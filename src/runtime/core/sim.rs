@@ -391,7 +391,7 @@ impl Sim {
                 Outcome::Close => self.end_task(i),
                 Outcome::Migrate(a) => {
                     // `conn_task`: the socket travels to the home core.
-                    let home = home_core(&a.user, self.cores.len());
+                    let home = a.target_core(self.cores.len());
                     self.mesh[home].post(CoreMsg::Adopt(a));
                     self.cores[core].remove(key);
                     self.clients[i].at = None;
