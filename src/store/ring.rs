@@ -8,10 +8,10 @@
 //! of chunk headers grows by doubling (32 bytes per 64 entries).
 //!
 //! Small inboxes stay small: the front chunk is an ordinary `VecDeque`
-//! that grows 4 → 8 → … → [`CHUNK`] (copying at most `CHUNK / 2` entries
-//! once), so a one-entry inbox costs what it cost with a plain `VecDeque`
-//! (one allocation of 4 entries), and the deque of further chunks
-//! allocates nothing until a second chunk exists.
+//! that grows 1 → 4 → 8 → … → [`CHUNK`] (copying at most `CHUNK / 2`
+//! entries once), so a one-entry inbox (what a large group message makes
+//! for most members) is one allocation of one entry, and the deque of
+//! further chunks allocates nothing until a second chunk exists.
 //!
 //! Layout invariant (what makes `get(i)` O(1)): `rest[k]` holds exactly
 //! [`CHUNK`] entries for every `k` but the last; `head` (the front chunk)
@@ -65,7 +65,15 @@ impl<T> ChunkRing<T> {
 
     pub fn push_back(&mut self, v: T) {
         match self.rest.back_mut() {
-            None if self.head.len() < CHUNK => self.head.push_back(v),
+            None if self.head.len() < CHUNK => {
+                if self.head.capacity() == 0 {
+                    // Room for one: most inboxes a large group message
+                    // creates hold just it (a `VecDeque` would make room
+                    // for 4). A second entry grows it to 4.
+                    self.head.reserve_exact(1);
+                }
+                self.head.push_back(v)
+            }
             Some(last) if last.len() < CHUNK => last.push_back(v),
             _ => {
                 let mut c = VecDeque::with_capacity(CHUNK);
@@ -187,9 +195,11 @@ mod tests {
     fn a_one_entry_ring_holds_one_small_allocation() {
         let mut r = ChunkRing::new();
         r.push_back([0u8; 64]);
-        // As a plain VecDeque: room for 4, no deque of further chunks.
-        assert_eq!(r.head.capacity(), 4);
+        // Room for one, no deque of further chunks.
+        assert_eq!(r.head.capacity(), 1);
         assert_eq!(r.rest.capacity(), 0);
+        r.push_back([1u8; 64]);
+        assert_eq!(r.head.capacity(), 4);
     }
 
     #[test]
