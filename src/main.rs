@@ -118,8 +118,12 @@ fn init_logs() {
 /// tests/store_budget.rs). Also spares the core thread the zeroing of a
 /// whole 2 MiB page on a fault. The same `prctl` mimalloc uses for
 /// `MIMALLOC_ALLOW_THP=0`; pages faulted before `main` keep theirs.
+/// `RINGGATE_TRANSPARENT_HUGE_PAGES=1` keeps them (for an A/B measurement).
 #[cfg(target_os = "linux")]
 fn no_transparent_huge_pages() {
+    if std::env::var_os("RINGGATE_TRANSPARENT_HUGE_PAGES").is_some_and(|v| v == "1") {
+        return;
+    }
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
     // of ours; it only sets a flag of this process (inherited by children).
     let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
