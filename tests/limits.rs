@@ -451,14 +451,21 @@ fn group_fanout_stores_the_payload_once_and_others_keep_their_latency() {
     let s = Config::default().group("big", &refs).set("limits", "send_rate_per_connection = 1000").start();
     let (mut alice, _) = s.login("alice", "phone", 0);
     let payload = vec![b'g'; 60_000];
-    // Warm up the 2,000 inboxes (and the allocator's pools) with a first
-    // message, so the measurement below is the cost of one more 60 KB
-    // message, not of creating inboxes.
+    // The first message creates the 2,000 inboxes (and ledger entries):
+    // the target is < 8 MiB for it. Seen 2.8-4.4 MiB since the
+    // server runs without transparent huge pages (28-34 MiB with them:
+    // src/main.rs); the exact heap per member is in tests/group_memory.rs.
+    std::thread::sleep(Duration::from_millis(100));
+    let before_first = rss_kb(s.pid());
     alice.send_frame(&send_to_group(1, "big", &payload));
     assert_eq!(alice.expect_sendack(1).status, 0);
     std::thread::sleep(Duration::from_millis(200));
-    // The allocator grows in steps of several MiB, so measure ten messages
-    // and divide. Copied per member, each one would cost 120 MB.
+    let first_kb = rss_kb(s.pid()).saturating_sub(before_first);
+    eprintln!("RSS for the first 60 KB message to 2,000 members (2,000 new inboxes): {first_kb} KiB");
+    assert!(first_kb < 8 * 1024, "the first 60 KB message to 2,000 members cost {first_kb} KiB of RSS");
+    // Then ten more, measured together and divided. Copied per member,
+    // each one would cost 120 MB; seen 0.65-0.85 MiB each (about 0.5 MB of
+    // it the ledger's and inboxes' entries).
     let before = rss_kb(s.pid());
     for id in 2..12 {
         alice.send_frame(&send_to_group(id, "big", &payload));
@@ -467,7 +474,7 @@ fn group_fanout_stores_the_payload_once_and_others_keep_their_latency() {
     std::thread::sleep(Duration::from_millis(200));
     let per_msg_kb = rss_kb(s.pid()).saturating_sub(before) / 10;
     eprintln!("RSS per 60 KB message to 2,000 members: {per_msg_kb} KiB");
-    assert!(per_msg_kb < 8 * 1024, "one 60 KB message to 2,000 members costs {per_msg_kb} KiB of RSS");
+    assert!(per_msg_kb < 2 * 1024, "one 60 KB message to 2,000 members costs {per_msg_kb} KiB of RSS");
 
     // An unrelated client pings throughout ten more such messages.
     let (mut pinger, _) = s.login("zed", "phone", 0);

@@ -1,6 +1,6 @@
 //! One user's inbox in the durable store: the index of retained entries (payloads in the core's hot-payload cache or read back from the log) and its read view for sessions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::cache::{PayloadCache, PayloadKey};
 use super::durable::{FileRef, SegId};
+use super::ring::ChunkRing;
 use crate::proto::session::{EntryRef, InboxRead};
 
 /// One retained message: everything but its payload, which is in the
@@ -60,7 +61,7 @@ pub struct DInbox {
     pub head: u64,
     /// Highest seq durable per the fsync policy: what devices may see.
     pub visible: u64,
-    pub entries: VecDeque<DEntry>,
+    pub entries: ChunkRing<DEntry>,
     /// Segment holding the record that establishes `head`.
     pub head_seg: SegId,
     /// Read-back needs the segment files and the cache: shared with the store.
@@ -77,14 +78,17 @@ impl std::fmt::Debug for DInbox {
 }
 
 impl DInbox {
-    pub fn new(head: u64, head_seg: SegId) -> Self {
+    /// `files` is the store's shared shelf (not one of its own per inbox:
+    /// a whole `Shelf` with its cache, allocated per new inbox and dropped
+    /// again at once, was churn on every first message to a user).
+    pub fn new(head: u64, head_seg: SegId, files: FileTable) -> Self {
         DInbox {
             oldest: head + 1,
             head,
             visible: head,
-            entries: VecDeque::new(),
+            entries: ChunkRing::new(),
             head_seg,
-            files: FileTable::default(),
+            files,
             miss: AtomicU64::new(0),
         }
     }

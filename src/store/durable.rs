@@ -720,8 +720,7 @@ impl InboxStore for DurableStore {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(user);
-                let mut inbox = DInbox::new(0, self.active);
-                inbox.files = self.files.clone();
+                let inbox = DInbox::new(0, self.active, self.files.clone());
                 self.inboxes.insert(k.clone(), inbox);
                 self.sweep_order.push(k.clone());
                 k
@@ -945,7 +944,7 @@ impl InboxStore for DurableStore {
         let mut items = Vec::new();
         let mut bytes = 0u64;
         let end = usize::try_from(inbox.visible.saturating_sub(inbox.oldest) + 1).unwrap_or(usize::MAX);
-        for e in inbox.entries.iter().take(end).skip(first).take(READ_AHEAD) {
+        for e in inbox.entries.iter_from(first).take(end.saturating_sub(first)).take(READ_AHEAD) {
             let k = e.key();
             if cache.contains(k) {
                 continue;

@@ -1,10 +1,11 @@
 //! In-memory inboxes: a ring of retained messages per user, with count and age retention.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::ring::ChunkRing;
 use super::{InboxStore, NewMessage, Retention, StoreError};
 use crate::proto::session::{EmptyInbox, EntryRef, InboxRead};
 
@@ -23,12 +24,12 @@ pub struct Inbox {
     /// Seq of `entries[0]`, or head + 1 when empty.
     oldest: u64,
     head: u64,
-    entries: VecDeque<Stored>,
+    entries: ChunkRing<Stored>,
 }
 
 impl Inbox {
     fn new() -> Self {
-        Inbox { oldest: 1, head: 0, entries: VecDeque::new() }
+        Inbox { oldest: 1, head: 0, entries: ChunkRing::new() }
     }
 
     /// Drops what retention no longer keeps; returns the budget bytes freed.

@@ -14,6 +14,7 @@ pub mod durable;
 pub mod log;
 pub mod memory;
 pub mod recovery;
+pub mod ring;
 mod syncer;
 #[cfg(test)]
 pub mod sim_disk;

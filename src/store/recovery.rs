@@ -346,6 +346,8 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
     let mut live: Vec<HashMap<usize, u64>> = (0..workers).map(|_| HashMap::new()).collect();
     let cutoff = o.now_ms.saturating_sub(o.settings.retention.max_age_ms);
     let present: HashSet<(usize, u32)> = segs.iter().map(|s| (s.dir_core, s.no)).collect();
+    // One placeholder shelf for all: each core's store installs its own.
+    let shelf = super::dinbox::FileTable::default();
     for (user, mut acc) in users {
         acc.entries.sort_by_key(|e| e.seq);
         // A gap in a user's seqs: retention trimmed the records below it
@@ -379,7 +381,7 @@ pub fn recover_on(disk: DiskRef, o: &RecoverOpts<'_>) -> Result<Recovered, LogEr
         }
         let core = home_core(&user, workers);
         let head_seg = acc.head_seg.map_or(0, |i| segs[i].id);
-        let mut inbox = DInbox::new(acc.head, head_seg);
+        let mut inbox = DInbox::new(acc.head, head_seg, shelf.clone());
         inbox.oldest = acc.entries.get(start).map_or(acc.head + 1, |e| e.seq);
         // Index only: payloads are read back when a device needs them
         // (the hot-payload cache starts empty).
