@@ -803,6 +803,23 @@ impl Core {
         }
         self.shutting_down = true;
         self.shared.metrics.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A SEND still waiting (for another core's append or for the fsync)
+        // is answered SENDACK 5 before the DISCONNECT: its outcome is not
+        // known yet, a retry with the same id is safe (dedup, which recovery
+        // rebuilds from the log), and without an answer the client cannot
+        // tell "retry" from "lost with the connection". Its later completion
+        // finds the session closed and writes nothing more.
+        let waiting: Vec<(Arc<str>, Arc<str>, SendAck)> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, p))| p.admin.is_none())
+            .map(|(_, (_, p))| (p.user.clone(), p.device.clone(), SendAck { status: sendack::RETRY, msg_id: 0, ..p.ack }))
+            .collect();
+        for (user, device, ack) in waiting {
+            if let Some(key) = self.device_mut(&user, &device).and_then(|d| d.conn) {
+                self.write_sendack(key, &ack);
+            }
+        }
         let keys: Vec<ConnKey> = self.conns.iter().map(|(i, s)| ConnKey { idx: i as u32, gen: s.gen }).collect();
         for key in keys {
             self.close_conn(key, DisconnectReason::ServerShutdown, "server shutting down");

@@ -510,3 +510,33 @@ fn an_expired_token_closes_the_connection_with_disconnect_3_at_its_expiry() {
     sim.run();
     assert!(matches!(sim.frames(again).first(), Some(Frame::ConnAck(a)) if a.status == crate::proto::error::connack::BAD_TOKEN));
 }
+
+#[test]
+fn a_send_still_waiting_at_shutdown_is_answered_sendack_5_before_disconnect_7() {
+    // The drain after an fsync failure (or SIGTERM) can reach the sender's
+    // core before the recipient's core has answered: the SEND must still
+    // get an answer the client can act on, ahead of the DISCONNECT.
+    let mut sim = Sim::new(2, StoreKind::Durable, Config::default(), &[]);
+    let alice = sim.user_homed_at(0, "alice");
+    let bob = sim.user_homed_at(1, "bob");
+    let (a, _, _) = sim.login(0, &alice, "phone");
+    let (_b, _, _) = sim.login(1, &bob, "phone");
+
+    sim.write(a, &send(1, &bob, "in flight"));
+    sim.run();
+    assert!(sendacks(&sim.frames(a)).is_empty(), "bob's record is not synced yet");
+    sim.cores[0].begin_shutdown();
+    sim.run();
+    let f = sim.frames(a);
+    let acks = sendacks(&f);
+    assert_eq!(acks.iter().map(|a| (a.client_msg_id, a.status, a.msg_id)).collect::<Vec<_>>(), vec![(1, sendack::RETRY, 0)], "{f:?}");
+    assert_eq!(disconnects(&f), vec![DisconnectReason::ServerShutdown as u8]);
+    let ack_at = f.iter().position(|x| matches!(x, Frame::SendAck(_))).unwrap();
+    let dc_at = f.iter().position(|x| matches!(x, Frame::Disconnect { .. })).unwrap();
+    assert!(ack_at < dc_at, "SENDACK 5 comes before DISCONNECT 7: {f:?}");
+
+    // Bob's core completes it later: nothing more reaches the closed connection.
+    assert!(sim.sync(1));
+    sim.run();
+    assert!(sendacks(&sim.frames(a)).is_empty());
+}
