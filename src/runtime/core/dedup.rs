@@ -302,21 +302,25 @@ impl Iterator for PackedIter<'_> {
     }
 }
 
-/// Devices whose connection ended, oldest first: (due mono ms, user, device).
+/// Devices whose connection ended, oldest first: (due mono ms, the
+/// device's `connected_at_ms` then, user, device). The stamp tells a stale
+/// entry (the device came back and left again since: a later entry is due
+/// later) from the one to act on.
 #[derive(Default)]
-pub(super) struct PackQueue(VecDeque<(u64, Arc<str>, Arc<str>)>);
+pub(super) struct PackQueue(VecDeque<(u64, u64, Arc<str>, Arc<str>)>);
 
 impl Core {
     /// `user`'s `device` has no connection now: its table is packed
     /// `dedup_pack_after_ms` from now unless it reconnects first.
     pub(super) fn dedup_went_idle(&mut self, user: Arc<str>, device: Arc<str>) {
         let due = self.shared.clock.mono_ms().saturating_add(self.shared.dedup_pack_after_ms);
+        let Some(stamp) = self.device_mut(&user, &device).map(|d| d.connected_at_ms) else { return };
         if self.idle_dedup.0.len() >= PACK_QUEUE_MAX {
-            if let Some((_, u, d)) = self.idle_dedup.0.pop_front() {
-                self.pack_if_idle(&u, &d);
+            if let Some((_, stamp, u, d)) = self.idle_dedup.0.pop_front() {
+                self.pack_if_idle(&u, &d, stamp);
             }
         }
-        self.idle_dedup.0.push_back((due, user, device));
+        self.idle_dedup.0.push_back((due, stamp, user, device));
     }
 
     /// From the tick: packs the tables of devices that have been without a
@@ -324,32 +328,36 @@ impl Core {
     pub(super) fn pack_idle_dedup(&mut self, now: u64) {
         for _ in 0..PACK_PER_TICK {
             match self.idle_dedup.0.front() {
-                Some((due, _, _)) if *due <= now => {}
+                Some((due, ..)) if *due <= now => {}
                 _ => return,
             }
-            if let Some((_, u, d)) = self.idle_dedup.0.pop_front() {
-                self.pack_if_idle(&u, &d);
+            if let Some((_, stamp, u, d)) = self.idle_dedup.0.pop_front() {
+                self.pack_if_idle(&u, &d, stamp);
             }
         }
     }
 
-    fn pack_if_idle(&mut self, user: &str, device: &str) {
+    fn pack_if_idle(&mut self, user: &str, device: &str, stamp: u64) {
         if let Some(d) = self.device_mut(user, device) {
-            // Reconnected since (a later disconnect queued it again), or a
-            // SEND is still pending (its completion queues it again).
-            if d.conn.is_none() {
+            // Skipped when the device is online, or came back since (its
+            // later disconnect queued it again); `pack` itself refuses while
+            // a SEND is pending (its completion queues the device again).
+            if d.conn.is_none() && d.connected_at_ms == stamp {
                 d.dedup.pack();
             }
         }
     }
 
-    /// Heap bytes of every dedup table on this core and how many are packed (tests, measurement).
+    /// A device's table: (packed, entries, heap bytes); tests and measurement.
     #[cfg(test)]
-    pub(super) fn dedup_footprint(&self) -> (usize, usize) {
-        let tables = self.users.values().flat_map(|u| u.devices.iter()).map(|d| &d.dedup);
-        tables.fold((0, 0), |(bytes, packed), t| (bytes + t.heap_bytes(), packed + t.is_packed() as usize))
+    pub(super) fn dedup_of(&self, user: &str, device: &str) -> Option<(bool, usize, usize)> {
+        let d = self.users.get(user)?.devices.iter().find(|d| &*d.id == device)?;
+        Some((d.dedup.is_packed(), d.dedup.len(), d.dedup.heap_bytes()))
     }
 }
+
+#[cfg(test)]
+mod sim_tests;
 
 #[cfg(test)]
 mod tests {
