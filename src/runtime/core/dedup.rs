@@ -134,16 +134,12 @@ impl Dedup {
     /// false (and nothing changed) when some SEND is still pending.
     pub(super) fn pack(&mut self) -> bool {
         let Form::Live(l) = &self.0 else { return true };
-        let mut acks = Vec::with_capacity(l.order.len());
-        for id in &l.order {
-            match l.map.get(id) {
-                Some(Some(ack)) => acks.push(*ack),
-                // Pending: the completion path wants the live form.
-                Some(None) => return false,
-                None => debug_assert!(false, "dedup order and map disagree"),
-            }
+        // Pending: the completion path wants the live form.
+        if l.map.values().any(Option::is_none) {
+            return false;
         }
-        self.0 = Form::Packed(Packed::encode(&acks));
+        debug_assert_eq!(l.map.len(), l.order.len(), "dedup order and map disagree");
+        self.0 = Form::Packed(Packed::encode(l.order.iter().filter_map(|id| l.map.get(id).copied().flatten())));
         true
     }
 
@@ -187,7 +183,10 @@ impl Dedup {
     /// The live form, expanded from the packed one if need be.
     fn live(&mut self) -> &mut Live {
         if let Form::Packed(p) = &self.0 {
-            let mut l = Live::default();
+            // Sized once for what it holds and the SEND that expands it (no
+            // regrowth through every power of two on the core thread).
+            let n = p.iter().count() + 1;
+            let mut l = Live { order: VecDeque::with_capacity(n), map: HashMap::with_capacity(n) };
             for ack in p.iter() {
                 l.order.push_back(ack.client_msg_id);
                 l.map.insert(ack.client_msg_id, Some(ack));
@@ -224,12 +223,14 @@ fn unzigzag(z: u64) -> u64 {
     (z >> 1) ^ (z & 1).wrapping_neg()
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u128) {
+fn put_varint(out: &mut [u8], len: &mut usize, mut v: u128) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out[*len] = (v as u8) | 0x80;
+        *len += 1;
         v >>= 7;
     }
-    out.push(v as u8);
+    out[*len] = v as u8;
+    *len += 1;
 }
 
 /// None at the end of the buffer or on a varint longer than a u128 holds
@@ -247,22 +248,43 @@ fn get_varint(b: &[u8], pos: &mut usize) -> Option<u128> {
     None
 }
 
+/// The widest entry: 10 + 1 + 10 + 10 bytes.
+const MAX_ENTRY: usize = 31;
+
+/// Writes entry `a` after (`prev_cmid`, `prev_ts`) into `out`; returns its length.
+fn put_entry(a: &SendAck, prev_cmid: u64, prev_ts: u64, out: &mut [u8; MAX_ENTRY]) -> usize {
+    let mut len = 0;
+    let other = a.status != sendack::STORED;
+    put_varint(out, &mut len, (zigzag(a.client_msg_id.wrapping_sub(prev_cmid)) as u128) << 1 | other as u128);
+    if other {
+        out[len] = a.status;
+        len += 1;
+    }
+    put_varint(out, &mut len, zigzag(a.msg_id.wrapping_sub(a.timestamp_ms << 20)) as u128);
+    put_varint(out, &mut len, zigzag(a.timestamp_ms.wrapping_sub(prev_ts)) as u128);
+    len
+}
+
 impl Packed {
-    fn encode(acks: &[SendAck]) -> Packed {
-        let mut out = Vec::with_capacity(acks.len() * 6);
-        let (mut cmid, mut ts) = (0u64, 0u64);
-        for a in acks {
-            let other = a.status != sendack::STORED;
-            put_varint(&mut out, (zigzag(a.client_msg_id.wrapping_sub(cmid)) as u128) << 1 | other as u128);
-            if other {
-                out.push(a.status);
+    /// Two passes (size, then bytes) so the buffer is allocated once at
+    /// its exact size: no growth, no shrinking realloc (which allocators
+    /// may do in place, keeping the slack), no temporary copy.
+    fn encode<I: Iterator<Item = SendAck> + Clone>(acks: I) -> Packed {
+        let walk = |f: &mut dyn FnMut(&[u8])| {
+            let (mut cmid, mut ts) = (0u64, 0u64);
+            let mut entry = [0u8; MAX_ENTRY];
+            for a in acks.clone() {
+                let n = put_entry(&a, cmid, ts, &mut entry);
+                f(&entry[..n]);
+                cmid = a.client_msg_id;
+                ts = a.timestamp_ms;
             }
-            put_varint(&mut out, zigzag(a.msg_id.wrapping_sub(a.timestamp_ms << 20)) as u128);
-            put_varint(&mut out, zigzag(a.timestamp_ms.wrapping_sub(ts)) as u128);
-            cmid = a.client_msg_id;
-            ts = a.timestamp_ms;
-        }
-        // Exactly sized: the point of the form.
+        };
+        let mut size = 0;
+        walk(&mut |b| size += b.len());
+        let mut out = Vec::with_capacity(size);
+        walk(&mut |b| out.extend_from_slice(b));
+        debug_assert_eq!(out.len(), out.capacity());
         Packed(out.into_boxed_slice())
     }
 
@@ -368,7 +390,7 @@ mod tests {
     }
 
     fn roundtrip(acks: &[SendAck]) -> Packed {
-        let p = Packed::encode(acks);
+        let p = Packed::encode(acks.iter().copied());
         assert_eq!(p.iter().collect::<Vec<_>>(), acks, "round trip");
         p
     }
