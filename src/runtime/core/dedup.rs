@@ -504,8 +504,8 @@ mod tests {
         assert_eq!(d.lookup(5), Some(Some(ack(5, sendack::STORED, 102, 3))));
     }
 
-    /// The figure behind `plan::OFFLINE_DEDUP_BYTES`: a full table of
-    /// realistic answers, live vs packed (heap bytes from capacities).
+    /// A full table of realistic answers, live vs packed (heap bytes from
+    /// capacities; `tests/dedup_memory.rs` measures the RSS).
     #[test]
     fn a_full_table_costs_a_tenth_or_less_packed() {
         let mut d = Dedup::default();
