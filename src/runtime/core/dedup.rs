@@ -61,6 +61,8 @@ enum Form {
 struct Live {
     order: VecDeque<u64>,
     map: HashMap<u64, Option<SendAck>>,
+    /// The `None` values in `map`.
+    pending: usize,
 }
 
 impl Default for Dedup {
@@ -98,9 +100,12 @@ impl Dedup {
     /// A SEND with a new id was accepted: remembered as pending.
     pub(super) fn begin(&mut self, client_msg_id: u64) {
         let l = self.live();
-        if l.map.insert(client_msg_id, None).is_none() {
-            l.order.push_back(client_msg_id);
+        match l.map.insert(client_msg_id, None) {
+            None => l.order.push_back(client_msg_id),
+            Some(None) => return,
+            Some(Some(_)) => {}
         }
+        l.pending += 1;
     }
 
     /// The SEND of `ack.client_msg_id` is stored: remember its answer and
@@ -110,14 +115,23 @@ impl Dedup {
         // Normally present (pending); absent only if it was evicted while
         // pending, and then it goes in as the newest, so map and order
         // always hold the same ids.
-        if l.map.insert(ack.client_msg_id, Some(ack)).is_none() {
-            l.order.push_back(ack.client_msg_id);
+        match l.map.insert(ack.client_msg_id, Some(ack)) {
+            None => l.order.push_back(ack.client_msg_id),
+            Some(None) => l.pending -= 1,
+            Some(Some(_)) => {}
         }
         while l.order.len() > limit {
             if let Some(old) = l.order.pop_front() {
-                l.map.remove(&old);
+                if let Some(None) = l.map.remove(&old) {
+                    l.pending -= 1;
+                }
             }
         }
+    }
+
+    /// Some SEND is accepted and not yet answered.
+    pub(super) fn has_pending(&self) -> bool {
+        matches!(&self.0, Form::Live(l) if l.pending > 0)
     }
 
     /// The SEND failed: it may be retried with the same id and must be tried again.
@@ -126,7 +140,9 @@ impl Dedup {
             return;
         }
         let l = self.live();
-        l.map.remove(&client_msg_id);
+        if let Some(None) = l.map.remove(&client_msg_id) {
+            l.pending -= 1;
+        }
         l.order.retain(|id| *id != client_msg_id);
     }
 
@@ -135,9 +151,10 @@ impl Dedup {
     pub(super) fn pack(&mut self) -> bool {
         let Form::Live(l) = &self.0 else { return true };
         // Pending: the completion path wants the live form.
-        if l.map.values().any(Option::is_none) {
+        if l.pending > 0 {
             return false;
         }
+        debug_assert!(l.map.values().all(Option::is_some), "dedup pending count is off");
         debug_assert_eq!(l.map.len(), l.order.len(), "dedup order and map disagree");
         self.0 = Form::Packed(Packed::encode(l.order.iter().filter_map(|id| l.map.get(id).copied().flatten())));
         true
@@ -186,7 +203,7 @@ impl Dedup {
             // Sized once for what it holds and the SEND that expands it (no
             // regrowth through every power of two on the core thread).
             let n = p.iter().count() + 1;
-            let mut l = Live { order: VecDeque::with_capacity(n), map: HashMap::with_capacity(n) };
+            let mut l = Live { order: VecDeque::with_capacity(n), map: HashMap::with_capacity(n), pending: 0 };
             for ack in p.iter() {
                 l.order.push_back(ack.client_msg_id);
                 l.map.insert(ack.client_msg_id, Some(ack));
@@ -484,10 +501,12 @@ mod tests {
         d.begin(1);
         d.finish(ack(1, 0, 10, 11), 1024);
         d.begin(2);
+        assert!(d.has_pending());
         assert!(!d.pack());
         assert!(!d.is_packed());
         assert_eq!(d.lookup(2), Some(None));
         d.finish(ack(2, 0, 12, 13), 1024);
+        assert!(!d.has_pending());
         assert!(d.pack());
         // A failure of an id of a packed table (it is not there) changes nothing.
         d.forget(3);

@@ -303,7 +303,7 @@ impl Core {
             self.store.fanout_done(&p.user, &p.device, ack.client_msg_id);
         }
         let limit = self.shared.dedup_per_device;
-        let target = match self.device_mut(&p.user, &p.device) {
+        let (target, idle) = match self.device_mut(&p.user, &p.device) {
             Some(d) => {
                 if p.failed {
                     // A failed SEND may be retried with the same id and must be tried again.
@@ -311,13 +311,13 @@ impl Core {
                 } else {
                     d.dedup.finish(ack, limit);
                 }
-                d.conn
+                (d.conn, d.conn.is_none() && !d.dedup.has_pending())
             }
-            None => None,
+            None => (None, false),
         };
-        if target.is_none() {
-            // Completed after its device left: the table was not packed
-            // while this was pending (`core/dedup.rs`); it may be now.
+        if idle {
+            // The last pending SEND completed after its device left: the
+            // table was not packed meanwhile (`core/dedup.rs`); it may be now.
             self.dedup_went_idle(p.user.clone(), p.device.clone());
         }
         // The answer goes to the device's current connection, which may be a
