@@ -160,7 +160,6 @@ impl Dedup {
         true
     }
 
-    #[cfg(test)]
     pub(super) fn is_packed(&self) -> bool {
         matches!(self.0, Form::Packed(_))
     }
@@ -353,7 +352,8 @@ impl Core {
     /// `dedup_pack_after_ms` from now unless it reconnects first.
     pub(super) fn dedup_went_idle(&mut self, user: Arc<str>, device: Arc<str>) {
         let due = self.shared.clock.mono_ms().saturating_add(self.shared.dedup_pack_after_ms);
-        let Some(stamp) = self.device_mut(&user, &device).map(|d| d.connected_at_ms) else { return };
+        // Most devices only receive: their table is empty, i.e. packed already.
+        let Some(stamp) = self.device_mut(&user, &device).filter(|d| !d.dedup.is_packed()).map(|d| d.connected_at_ms) else { return };
         if self.idle_dedup.0.len() >= PACK_QUEUE_MAX {
             if let Some((_, stamp, u, d)) = self.idle_dedup.0.pop_front() {
                 self.pack_if_idle(&u, &d, stamp);
