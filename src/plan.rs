@@ -110,7 +110,7 @@ pub struct Targets {
     #[arg(long, default_value_t = 1_048_576)]
     pub nofile_per_process: u64,
     /// Users with retained messages and no connection, fleet-wide (durable
-    /// store; each costs `OFFLINE_USER_BYTES`).
+    /// store; each costs `OFFLINE_USER_TOTAL_BYTES`).
     #[arg(long, default_value_t = 0)]
     pub offline_users: u64,
 }
@@ -123,9 +123,15 @@ pub const OFFLINE_USER_BYTES: f64 = 21_000.0;
 /// Where `OFFLINE_USER_BYTES` comes from.
 pub const OFFLINE_USER_SOURCE: &str = "tests/store_budget.rs `ram_per_offline_user_is_measured_and_bounded`: RSS growth over 2,000 offline users × 100 retained messages, durable store, 2 workers (20,791 B on 2026-12-02)";
 /// RAM a device that sent `dedup_per_device` (1,024) SENDs keeps in its
-/// core while offline (its dedup table; not evicted yet). Same test
-/// (130,088 and 256,573 B in two runs; the larger is used).
-pub const OFFLINE_DEDUP_BYTES: f64 = 256_000.0;
+/// core once offline: its dedup table, packed `session.dedup_pack_after_ms`
+/// after it left (`runtime/core/dedup.rs`), plus the device's own entry.
+/// Measured by a test, see `OFFLINE_DEDUP_SOURCE`.
+pub const OFFLINE_DEDUP_BYTES: f64 = 13_000.0;
+/// Where `OFFLINE_DEDUP_BYTES` comes from.
+pub const OFFLINE_DEDUP_SOURCE: &str = "tests/dedup_memory.rs `a_full_dedup_table_of_an_offline_device_costs_a_few_kilobytes_packed`: RSS growth over 2,000 offline devices with full tables, packed, 2 workers (11,128-12,734 B in three runs on 2026-12-02; live tables 136,611-137,072 B; a device that never sent 3,184-4,198 B; the packed buffer itself 4,597 B by capacity count)";
+/// What the plan counts per offline user: the inbox (`OFFLINE_USER_BYTES`)
+/// and one device with a full, packed dedup table (`OFFLINE_DEDUP_BYTES`).
+pub const OFFLINE_USER_TOTAL_BYTES: f64 = OFFLINE_USER_BYTES + OFFLINE_DEDUP_BYTES;
 
 /// `ringgate plan` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -262,7 +268,7 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     }
     let h = 1.0 + t.headroom;
     let bytes_per_conn = m.process_bytes_per_conn + m.kernel_bytes_per_conn;
-    let ram_bytes = (m.base_rss_bytes + t.connections as f64 * bytes_per_conn + t.offline_users as f64 * OFFLINE_USER_BYTES) * h;
+    let ram_bytes = (m.base_rss_bytes + t.connections as f64 * bytes_per_conn + t.offline_users as f64 * OFFLINE_USER_TOTAL_BYTES) * h;
     // The costliest measured per-message CPU: saturation amortises better
     // than light load, and planning must not assume the cheap case.
     let costliest = m.push.iter().max_by(|a, b| a.cpu_us_per_msg.total_cmp(&b.cpu_us_per_msg));
@@ -338,8 +344,8 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     let _ = writeln!(s, "| kernel memory per connection (server side) | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", m.kernel_bytes_per_conn, m.memory_source);
     let _ = writeln!(s, "| base process memory | {} | single-process idle run | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
     if t.offline_users > 0 {
-        let _ = writeln!(s, "| memory per offline user (100 retained messages, durable store) | {OFFLINE_USER_BYTES:.0} B | {OFFLINE_USER_SOURCE} | — |");
-        let _ = writeln!(s, "| (not in the sum) memory per offline device that used its whole dedup table | {OFFLINE_DEDUP_BYTES:.0} B | same test | — |");
+        let _ = writeln!(s, "| memory per offline user: inbox index (100 retained messages, durable store) | {OFFLINE_USER_BYTES:.0} B | {OFFLINE_USER_SOURCE} | — |");
+        let _ = writeln!(s, "| memory per offline user: one device's full dedup table (1,024 ids), packed | {OFFLINE_DEDUP_BYTES:.0} B | {OFFLINE_DEDUP_SOURCE} | — |");
     }
     let _ = writeln!(s, "| server CPU per full TLS handshake | {:.0} µs | handshake run | `handshake[target, full].server_cpu_us_per_handshake` |", m.cpu_us_per_handshake);
     let _ = writeln!(s, "| server CPU per reconnect (storm) | {:.0} µs | reconnect-storm run | `storm[target].server_cpu_us_per_reconnect` |", m.cpu_us_per_reconnect);
@@ -383,7 +389,7 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         );
     }
     let _ = writeln!(s, "\n## Result\n\n| resource | need | nodes |\n|---|---:|---:|");
-    let offline = if t.offline_users > 0 { format!(" + {} × {OFFLINE_USER_BYTES:.0} B", t.offline_users) } else { String::new() };
+    let offline = if t.offline_users > 0 { format!(" + {} × {OFFLINE_USER_TOTAL_BYTES:.0} B", t.offline_users) } else { String::new() };
     let _ = writeln!(s, "| RAM: ({} + {} × {:.0} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), t.connections, p.bytes_per_conn, 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
     let _ = writeln!(
         s,
@@ -749,9 +755,9 @@ mod tests {
         let base = compute(&measured(), &t).unwrap().ram_bytes;
         t.offline_users = 10_000_000;
         let p = compute(&measured(), &t).unwrap();
-        assert!((p.ram_bytes - base - 10e6 * OFFLINE_USER_BYTES * 1.3).abs() < 1.0);
+        assert!((p.ram_bytes - base - 10e6 * (OFFLINE_USER_BYTES + OFFLINE_DEDUP_BYTES) * 1.3).abs() < 1.0);
         let md = markdown(&measured(), &t, &p);
-        assert!(md.contains("+ 10000000 × 21000 B") && md.contains("tests/store_budget.rs"), "{md}");
+        assert!(md.contains("+ 10000000 × 34000 B") && md.contains("tests/store_budget.rs") && md.contains("tests/dedup_memory.rs"), "{md}");
     }
 
     #[test]

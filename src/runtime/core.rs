@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
+mod dedup;
 mod io;
 mod send;
 mod sessions;
@@ -134,6 +135,9 @@ pub struct Shared {
     pub groups: HashMap<String, Vec<Arc<str>>>,
     pub mesh: Mesh,
     pub dedup_per_device: usize,
+    /// `session.dedup_pack_after_ms`: a device's dedup table is packed this
+    /// long after its connection ended (`core/dedup.rs`).
+    pub dedup_pack_after_ms: u64,
     pub sockopts: SockOpts,
     pub clock: Clock,
     pub limits_cfg: LimitsConfig,
@@ -177,12 +181,7 @@ pub enum Outcome {
     Migrate(Box<Adopt>),
 }
 
-/// The last `dedup_per_device` accepted client_msg_ids of one device and their SENDACKs.
-#[derive(Default)]
-struct Dedup {
-    order: VecDeque<u64>,
-    map: HashMap<u64, Option<SendAck>>,
-}
+use dedup::Dedup;
 
 struct Device {
     id: Arc<str>,
@@ -277,6 +276,8 @@ pub struct Core {
     web_sids: HashMap<super::web::Sid, ConnKey>,
     /// Connections to write at the end of this turn (`flush.rs`).
     pub dirty: flush::Dirty,
+    /// Devices whose dedup table is to be packed (`core/dedup.rs`).
+    idle_dedup: dedup::PackQueue,
 }
 
 impl Core {
@@ -286,13 +287,7 @@ impl Core {
         let now = shared.clock.mono_ms();
         let mut users: HashMap<Arc<str>, User> = HashMap::new();
         for seed in dedup {
-            let mut d = Dedup::default();
-            for (cmid, msg_id, ts) in seed.acks {
-                let ack = SendAck { client_msg_id: cmid, status: sendack::STORED, msg_id, timestamp_ms: ts };
-                if d.map.insert(cmid, Some(ack)).is_none() {
-                    d.order.push_back(cmid);
-                }
-            }
+            let d = Dedup::recovered(seed.acks);
             users.entry(seed.user).or_default().devices.push(Device::new(seed.device, d));
         }
         Core {
@@ -326,6 +321,7 @@ impl Core {
             peer_log: Default::default(),
             web_sids: HashMap::new(),
             dirty: flush::Dirty::new(),
+            idle_dedup: Default::default(),
             shared,
         }
     }
@@ -492,6 +488,8 @@ impl Core {
                     if d.conn == Some(key) {
                         d.conn = None;
                         d.acked_seq = slot.conn.session.acked();
+                        let device = d.id.clone();
+                        self.dedup_went_idle(ident.user, device);
                     }
                 }
             }
@@ -714,6 +712,7 @@ impl Core {
             self.addrs.prune(now);
             self.last_prune_ms = now;
         }
+        self.pack_idle_dedup(now);
         self.store.tick(self.shared.clock.wall_ms());
         if now >= self.last_gauge_ms + 1_000 {
             self.last_gauge_ms = now;

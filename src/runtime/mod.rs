@@ -328,6 +328,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         groups,
         mesh: mesh.clone(),
         dedup_per_device: cfg.session.dedup_per_device,
+        dedup_pack_after_ms: cfg.session.dedup_pack_after_ms,
         sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
         clock: core::Clock::new(),
         limits_cfg: cfg.limits.clone(),

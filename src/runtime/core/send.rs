@@ -25,9 +25,8 @@ impl Core {
         // Dedup: a retried id gets its original answer, or none yet if the
         // original is still being appended (its SENDACK is on the way).
         if let Some(d) = self.device_mut(&user, &device) {
-            match d.dedup.map.get(&s.client_msg_id) {
+            match d.dedup.lookup(s.client_msg_id) {
                 Some(Some(ack)) => {
-                    let ack = *ack;
                     self.write_sendack(key, &ack);
                     return;
                 }
@@ -97,8 +96,7 @@ impl Core {
             payload: bytes::Bytes::copy_from_slice(&s.payload),
         };
         if let Some(d) = self.device_mut(&user, &device) {
-            d.dedup.map.insert(s.client_msg_id, None);
-            d.dedup.order.push_back(s.client_msg_id);
+            d.dedup.begin(s.client_msg_id);
         }
         let gen = self.next_gen_pending();
         let group = msg.group.is_some() && !targets.is_empty();
@@ -305,24 +303,23 @@ impl Core {
             self.store.fanout_done(&p.user, &p.device, ack.client_msg_id);
         }
         let limit = self.shared.dedup_per_device;
-        let target = match self.device_mut(&p.user, &p.device) {
+        let (target, idle) = match self.device_mut(&p.user, &p.device) {
             Some(d) => {
                 if p.failed {
                     // A failed SEND may be retried with the same id and must be tried again.
-                    d.dedup.map.remove(&ack.client_msg_id);
-                    d.dedup.order.retain(|id| *id != ack.client_msg_id);
+                    d.dedup.forget(ack.client_msg_id);
                 } else {
-                    d.dedup.map.insert(ack.client_msg_id, Some(ack));
-                    while d.dedup.order.len() > limit {
-                        if let Some(old) = d.dedup.order.pop_front() {
-                            d.dedup.map.remove(&old);
-                        }
-                    }
+                    d.dedup.finish(ack, limit);
                 }
-                d.conn
+                (d.conn, d.conn.is_none() && !d.dedup.has_pending())
             }
-            None => None,
+            None => (None, false),
         };
+        if idle {
+            // The last pending SEND completed after its device left: the
+            // table was not packed meanwhile (`core/dedup.rs`); it may be now.
+            self.dedup_went_idle(p.user.clone(), p.device.clone());
+        }
         // The answer goes to the device's current connection, which may be a
         // newer one than the connection that sent.
         if let Some(key) = target {

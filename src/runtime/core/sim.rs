@@ -111,6 +111,7 @@ impl Sim {
                 .collect(),
             mesh: mesh.clone(),
             dedup_per_device: cfg.session.dedup_per_device,
+            dedup_pack_after_ms: cfg.session.dedup_pack_after_ms,
             sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
             clock: Clock::virtual_from(clock.clone()),
             limits_cfg: cfg.limits.clone(),
