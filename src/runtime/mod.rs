@@ -841,7 +841,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
 async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
     // Set when a readiness op was dropped while still in flight (the core
     // woke the task first): on io_uring the op keeps a reference to the fd
-    // until its cancellation completes, so monoio cannot give the fd up.
+    // until its cancellation completes, and `into_raw_fd` would panic.
     let abandoned = Cell::new(false);
     let fut = async {
         if let Some(adopt) = drive(&core, &stream, key, &abandoned).await {
@@ -865,11 +865,11 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
             shared.mesh[home].post(CoreMsg::Adopt(adopt));
             return;
         }
-        if abandoned.get() {
-            drop(stream);
-        } else {
-            close_stream(stream);
-        }
+        // Dropped, not closed with close(2): on io_uring the drop costs a
+        // close op plus an async-cancel op (monoio drops the close op
+        // unfinished), but close(2) measured the same (handshake CPU
+        // -0.4 ± 1.4 µs over 12 alternating pairs), so monoio keeps it.
+        drop(stream);
     };
     if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
         let mut c = core.borrow_mut();
@@ -877,18 +877,6 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
         tracing::error!(worker = c.id, "a connection task panicked; closed that connection only");
     }
     core.borrow_mut().remove(key);
-}
-
-/// Closes a connection's socket with close(2) now. Dropping a monoio
-/// stream on io_uring submits a close op and drops it unfinished, which
-/// also queues an async-cancel op (two SQEs and two CQEs per connection);
-/// on the legacy driver both ways deregister and close alike. Only for a
-/// stream with no readiness op in flight (see `conn_task`).
-fn close_stream(stream: TcpStream) {
-    let fd = stream.into_raw_fd();
-    // SAFETY: `into_raw_fd` gave up monoio's ownership; we own `fd` and
-    // close it once.
-    unsafe { libc::close(fd) };
 }
 
 async fn drive(
