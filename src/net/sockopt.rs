@@ -100,12 +100,6 @@ pub fn inherited(fd: BorrowedFd<'_>, opts: &SockOpts) -> bool {
     s.nodelay().unwrap_or(false) && ka_ok && uto_ok
 }
 
-/// Makes an accepted stream non-blocking (what is left per connection once
-/// the listener's options are inherited).
-pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), SockOptError> {
-    SockRef::from(&fd).set_nonblocking(true).map_err(|source| SockOptError { option: "O_NONBLOCK", source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,7 +126,8 @@ pub enum TransportError {
     Io(#[from] io::Error),
 }
 
-/// Non-blocking socket I/O on a raw fd (the fd is O_NONBLOCK).
+/// Non-blocking socket I/O on a raw fd: every call passes MSG_DONTWAIT, so
+/// the fd itself need not be O_NONBLOCK (accepted sockets are not).
 struct Fd(Transport);
 
 impl Read for Fd {

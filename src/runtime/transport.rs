@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 /// connection task owns the socket and closes it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// A non-blocking socket (O_NONBLOCK) in the kernel's fd table.
+    /// A socket in the kernel's fd table, used only with MSG_DONTWAIT.
     Fd(RawFd),
     /// A pipe of this thread's simulated network.
     #[cfg(test)]
