@@ -1,4 +1,4 @@
-//! Dedup tables of devices (PROTOCOL.md rule 4): a live hash table while a device sends, a packed, exactly sized byte string once it has had no connection for a while.
+//! Dedup tables of devices (PROTOCOL.md rule 4): a live table while a device sends, a packed, exactly sized byte string once it has had no connection for a while.
 //!
 //! ## Why two forms
 //!
@@ -6,10 +6,11 @@
 //! client_msg_ids of every device *across reconnects*, with the original
 //! SENDACK. The entries cannot be dropped and cannot be rebuilt cheaply
 //! (the log is indexed by recipient, not by sender), so an offline device
-//! keeps its whole table. In the live form (`VecDeque` for the eviction
-//! order plus a `HashMap` of 48-byte slots at ≤ 7/8 load) a full table
-//! costs about 117 KB of heap; with millions of offline users that is most
-//! of the server's RAM.
+//! keeps its whole table. In the live form (a ring of 40-byte entries in
+//! id order, or a `VecDeque` for the eviction order plus a `HashMap` of
+//! 48-byte slots at ≤ 7/8 load for a device whose ids do not increase; see
+//! `Live`) a full table costs about 40–80 KB or 117 KB of heap; with
+//! millions of offline users that is most of the server's RAM.
 //!
 //! The packed form keeps the same entries in insertion order (oldest
 //! first) as varints of deltas (`Packed`): about 4–6 bytes per entry for
@@ -57,12 +58,126 @@ enum Form {
     Packed(Packed),
 }
 
+/// The live form. Clients number their SENDs with a counter, so a
+/// device's ids normally arrive in increasing order: then the entries are
+/// one ring in id order, binary-searched on lookup, and forgetting the
+/// oldest is a `pop_front` of memory next to what was just read. A hash
+/// table (`Ids::Hashed`) is built only when a device's ids stop
+/// increasing. Why it matters: in the hash table the oldest id's bucket
+/// was last touched a whole table of SENDs ago, so its eviction was a
+/// cache miss on every SEND (8 % of server CPU at saturation in
+/// `flamegraphs/push.svg`), and a full table took ~117 KB instead of ~40.
 #[derive(Default)]
 struct Live {
-    order: VecDeque<u64>,
-    map: HashMap<u64, Option<SendAck>>,
-    /// The `None` values in `map`.
+    ids: Ids,
+    /// Entries whose answer is not known yet (`None`).
     pending: usize,
+}
+
+enum Ids {
+    /// Oldest first, strictly increasing ids.
+    Sorted(VecDeque<(u64, Option<SendAck>)>),
+    /// Insertion order, and the answers by id.
+    Hashed { order: VecDeque<u64>, map: HashMap<u64, Option<SendAck>> },
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::Sorted(VecDeque::new())
+    }
+}
+
+impl Live {
+    /// Room for `n` entries, in the form that suits ids in this order.
+    fn with_capacity(n: usize, increasing: bool) -> Live {
+        let ids = if increasing {
+            Ids::Sorted(VecDeque::with_capacity(n))
+        } else {
+            Ids::Hashed { order: VecDeque::with_capacity(n), map: HashMap::with_capacity(n) }
+        };
+        Live { ids, pending: 0 }
+    }
+
+    fn get(&self, id: u64) -> Option<Option<SendAck>> {
+        match &self.ids {
+            Ids::Sorted(r) => r.binary_search_by_key(&id, |e| e.0).ok().map(|i| r[i].1),
+            Ids::Hashed { map, .. } => map.get(&id).copied(),
+        }
+    }
+
+    /// Sets the answer of `id`, adding it as the newest entry when absent;
+    /// returns the previous answer.
+    fn set(&mut self, id: u64, v: Option<SendAck>) -> Option<Option<SendAck>> {
+        if let Ids::Sorted(r) = &mut self.ids {
+            match r.binary_search_by_key(&id, |e| e.0) {
+                Ok(i) => return Some(std::mem::replace(&mut r[i].1, v)),
+                Err(i) if i == r.len() => {
+                    r.push_back((id, v));
+                    return None;
+                }
+                // Older than the newest and not remembered: the ids no
+                // longer increase; switch to the hash table for good.
+                Err(_) => self.hash(),
+            }
+        }
+        match &mut self.ids {
+            Ids::Hashed { order, map } => {
+                let old = map.insert(id, v);
+                if old.is_none() {
+                    order.push_back(id);
+                }
+                old
+            }
+            Ids::Sorted(_) => unreachable!("switched above"),
+        }
+    }
+
+    fn hash(&mut self) {
+        if let Ids::Sorted(r) = &mut self.ids {
+            let order: VecDeque<u64> = r.iter().map(|e| e.0).collect();
+            let map: HashMap<u64, Option<SendAck>> = r.drain(..).collect();
+            self.ids = Ids::Hashed { order, map };
+        }
+    }
+
+    fn pop_oldest(&mut self) -> Option<Option<SendAck>> {
+        match &mut self.ids {
+            Ids::Sorted(r) => r.pop_front().map(|e| e.1),
+            Ids::Hashed { order, map } => {
+                let old = order.pop_front()?;
+                map.remove(&old)
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Option<SendAck>> {
+        match &mut self.ids {
+            Ids::Sorted(r) => {
+                let i = r.binary_search_by_key(&id, |e| e.0).ok()?;
+                r.remove(i).map(|e| e.1)
+            }
+            Ids::Hashed { order, map } => {
+                let old = map.remove(&id)?;
+                order.retain(|x| *x != id);
+                Some(old)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.ids {
+            Ids::Sorted(r) => r.len(),
+            Ids::Hashed { order, .. } => order.len(),
+        }
+    }
+
+    /// Every entry, oldest first.
+    fn for_each(&self, mut f: impl FnMut(u64, Option<SendAck>)) {
+        match &self.ids {
+            Ids::Sorted(r) => r.iter().for_each(|e| f(e.0, e.1)),
+            Ids::Hashed { order, map } => order.iter().for_each(|id| f(*id, map.get(id).copied().flatten())),
+        }
+    }
 }
 
 impl Default for Dedup {
@@ -78,9 +193,7 @@ impl Dedup {
         let mut live = Live::default();
         for (cmid, msg_id, ts) in acks {
             let ack = SendAck { client_msg_id: cmid, status: sendack::STORED, msg_id, timestamp_ms: ts };
-            if live.map.insert(cmid, Some(ack)).is_none() {
-                live.order.push_back(cmid);
-            }
+            live.set(cmid, Some(ack));
         }
         let mut d = Dedup(Form::Live(Box::new(live)));
         d.pack();
@@ -92,7 +205,7 @@ impl Dedup {
     /// is scanned, not expanded.
     pub(super) fn lookup(&self, client_msg_id: u64) -> Option<Option<SendAck>> {
         match &self.0 {
-            Form::Live(l) => l.map.get(&client_msg_id).copied(),
+            Form::Live(l) => l.get(client_msg_id),
             Form::Packed(p) => p.iter().find(|a| a.client_msg_id == client_msg_id).map(Some),
         }
     }
@@ -100,10 +213,11 @@ impl Dedup {
     /// A SEND with a new id was accepted: remembered as pending.
     pub(super) fn begin(&mut self, client_msg_id: u64) {
         let l = self.live();
-        match l.map.insert(client_msg_id, None) {
-            None => l.order.push_back(client_msg_id),
+        match l.get(client_msg_id) {
             Some(None) => return,
-            Some(Some(_)) => {}
+            Some(Some(_)) | None => {
+                l.set(client_msg_id, None);
+            }
         }
         l.pending += 1;
     }
@@ -113,18 +227,13 @@ impl Dedup {
     pub(super) fn finish(&mut self, ack: SendAck, limit: usize) {
         let l = self.live();
         // Normally present (pending); absent only if it was evicted while
-        // pending, and then it goes in as the newest, so map and order
-        // always hold the same ids.
-        match l.map.insert(ack.client_msg_id, Some(ack)) {
-            None => l.order.push_back(ack.client_msg_id),
-            Some(None) => l.pending -= 1,
-            Some(Some(_)) => {}
+        // pending, and then it goes in as the newest.
+        if let Some(None) = l.set(ack.client_msg_id, Some(ack)) {
+            l.pending -= 1;
         }
-        while l.order.len() > limit {
-            if let Some(old) = l.order.pop_front() {
-                if let Some(None) = l.map.remove(&old) {
-                    l.pending -= 1;
-                }
+        while l.len() > limit {
+            if let Some(None) = l.pop_oldest() {
+                l.pending -= 1;
             }
         }
     }
@@ -140,10 +249,9 @@ impl Dedup {
             return;
         }
         let l = self.live();
-        if let Some(None) = l.map.remove(&client_msg_id) {
+        if let Some(None) = l.remove(client_msg_id) {
             l.pending -= 1;
         }
-        l.order.retain(|id| *id != client_msg_id);
     }
 
     /// Converts a live table without pending entries to the packed form;
@@ -154,9 +262,10 @@ impl Dedup {
         if l.pending > 0 {
             return false;
         }
-        debug_assert!(l.map.values().all(Option::is_some), "dedup pending count is off");
-        debug_assert_eq!(l.map.len(), l.order.len(), "dedup order and map disagree");
-        self.0 = Form::Packed(Packed::encode(l.order.iter().filter_map(|id| l.map.get(id).copied().flatten())));
+        let mut acks = Vec::with_capacity(l.len());
+        l.for_each(|_, a| acks.extend(a));
+        debug_assert_eq!(acks.len(), l.len(), "dedup pending count is off");
+        self.0 = Form::Packed(Packed::encode(acks.into_iter()));
         true
     }
 
@@ -167,31 +276,43 @@ impl Dedup {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         match &self.0 {
-            Form::Live(l) => l.order.len(),
+            Form::Live(l) => l.len(),
             Form::Packed(p) => p.iter().count(),
         }
     }
 
+    /// Whether the live table is the sorted ring (tests).
+    #[cfg(test)]
+    pub(super) fn is_sorted_ring(&self) -> bool {
+        matches!(&self.0, Form::Live(l) if matches!(l.ids, Ids::Sorted(_)))
+    }
+
     /// Heap bytes the table owns, from capacities: the boxed live part,
-    /// the order ring, and the hash table's slots plus one control byte
-    /// per bucket and a group's worth of trailing control bytes (hashbrown
-    /// keeps buckets a power of two, at most 7/8 full). An estimate of
-    /// std's layout, checked against RSS in `tests/store_budget.rs`.
+    /// the ring, or the order ring plus the hash table's slots with one
+    /// control byte per bucket and a group's worth of trailing control
+    /// bytes (hashbrown keeps buckets a power of two, at most 7/8 full).
+    /// An estimate of std's layout, checked against RSS in
+    /// `tests/store_budget.rs`.
     #[cfg(test)]
     pub(super) fn heap_bytes(&self) -> usize {
         match &self.0 {
             Form::Packed(p) => p.0.len(),
             Form::Live(l) => {
-                let cap = l.map.capacity();
-                let buckets = match cap {
-                    0 => 0,
-                    1..=3 => 4,
-                    4..=7 => 8,
-                    c => (c * 8 / 7).next_power_of_two(),
-                };
                 let slot = std::mem::size_of::<(u64, Option<SendAck>)>();
-                let table = if buckets == 0 { 0 } else { buckets * (slot + 1) + 16 };
-                std::mem::size_of::<Live>() + l.order.capacity() * std::mem::size_of::<u64>() + table
+                std::mem::size_of::<Live>()
+                    + match &l.ids {
+                        Ids::Sorted(r) => r.capacity() * slot,
+                        Ids::Hashed { order, map } => {
+                            let buckets = match map.capacity() {
+                                0 => 0,
+                                1..=3 => 4,
+                                4..=7 => 8,
+                                c => (c * 8 / 7).next_power_of_two(),
+                            };
+                            let table = if buckets == 0 { 0 } else { buckets * (slot + 1) + 16 };
+                            order.capacity() * std::mem::size_of::<u64>() + table
+                        }
+                    }
             }
         }
     }
@@ -201,11 +322,17 @@ impl Dedup {
         if let Form::Packed(p) = &self.0 {
             // Sized once for what it holds and the SEND that expands it (no
             // regrowth through every power of two on the core thread).
-            let n = p.iter().count() + 1;
-            let mut l = Live { order: VecDeque::with_capacity(n), map: HashMap::with_capacity(n), pending: 0 };
+            let mut n = 0;
+            let mut increasing = true;
+            let mut prev = None;
+            for a in p.iter() {
+                n += 1;
+                increasing &= prev.is_none_or(|x| a.client_msg_id > x);
+                prev = Some(a.client_msg_id);
+            }
+            let mut l = Live::with_capacity(n + 1, increasing);
             for ack in p.iter() {
-                l.order.push_back(ack.client_msg_id);
-                l.map.insert(ack.client_msg_id, Some(ack));
+                l.set(ack.client_msg_id, Some(ack));
             }
             self.0 = Form::Live(Box::new(l));
         }
@@ -536,7 +663,71 @@ mod tests {
         assert!(d.pack());
         let packed = d.heap_bytes();
         eprintln!("full dedup table (1,024 entries): live {live} B, packed {packed} B");
-        assert!(live > 100_000, "{live}");
+        assert!(d.lookup(1025).is_some());
+        assert!(live >= 1024 * 40, "{live}");
         assert!(packed * 10 < live && packed <= 6 * 1024, "{packed}");
+    }
+
+    #[test]
+    fn increasing_ids_stay_in_the_sorted_ring_and_evict_oldest_first() {
+        let mut d = Dedup::default();
+        let acks = realistic(40, 3);
+        for a in &acks {
+            d.begin(a.client_msg_id);
+            assert!(d.is_sorted_ring());
+            d.finish(*a, 32);
+        }
+        assert!(d.is_sorted_ring());
+        assert_eq!(d.len(), 32);
+        for a in &acks[..8] {
+            assert_eq!(d.lookup(a.client_msg_id), None, "evicted");
+        }
+        for a in &acks[8..] {
+            assert_eq!(d.lookup(a.client_msg_id), Some(Some(*a)));
+        }
+        // A failed SEND in the middle is forgotten; the rest stays.
+        d.forget(acks[20].client_msg_id);
+        assert_eq!(d.lookup(acks[20].client_msg_id), None);
+        assert_eq!(d.lookup(acks[21].client_msg_id), Some(Some(acks[21])));
+        assert!(d.is_sorted_ring());
+        // Packed and expanded again: still the ring, same answers.
+        assert!(d.pack());
+        d.begin(10_000);
+        assert!(d.is_sorted_ring());
+        assert_eq!(d.lookup(acks[39].client_msg_id), Some(Some(acks[39])));
+        assert_eq!(d.lookup(10_000), Some(None));
+    }
+
+    #[test]
+    fn an_id_out_of_order_switches_to_the_hash_table_and_keeps_every_answer_and_the_order() {
+        let mut d = Dedup::default();
+        for id in [10u64, 20, 30] {
+            d.begin(id);
+            d.finish(ack(id, sendack::STORED, id * 100, id), 4);
+        }
+        assert!(d.is_sorted_ring());
+        // A device that picks random ids: 15 is older than 30.
+        d.begin(15);
+        assert!(!d.is_sorted_ring());
+        assert_eq!(d.lookup(15), Some(None));
+        d.finish(ack(15, sendack::STORED, 1_500, 15), 4);
+        for id in [10u64, 20, 30, 15] {
+            assert_eq!(d.lookup(id).flatten().map(|a| a.msg_id), Some(id * 100), "{id}");
+        }
+        // Eviction follows acceptance order, not id order: 10 goes first, then 20.
+        d.begin(5);
+        d.finish(ack(5, sendack::STORED, 500, 5), 4);
+        assert_eq!(d.lookup(10), None);
+        assert_eq!(d.lookup(20).flatten().map(|a| a.msg_id), Some(2_000));
+        d.begin(7);
+        d.finish(ack(7, sendack::STORED, 700, 7), 4);
+        assert_eq!(d.lookup(20), None);
+        assert_eq!(d.len(), 4);
+        // Packed and expanded: out of order, so the hash table again.
+        assert!(d.pack());
+        assert_eq!(d.lookup(15).flatten().map(|a| a.msg_id), Some(1_500));
+        d.begin(99);
+        assert!(!d.is_sorted_ring());
+        assert_eq!(d.lookup(5).flatten().map(|a| a.msg_id), Some(500));
     }
 }
