@@ -583,13 +583,7 @@ impl Core {
         }
         // Move to the home core: take the connection out of this core
         // entirely; the task hands over the fd.
-        let slot = self.conns.remove(key.idx as usize);
-        if let Some((t, _)) = slot.conn.timer {
-            self.wheel.cancel(t);
-        }
-        let c = slot.conn;
-        self.stats.migrated_out += 1;
-        self.m().conns.set(self.conns.len() as u64);
+        let c = self.detach(key);
         Some(Box::new(Adopt {
             fd: c.fd,
             tls: c.tls,
@@ -604,6 +598,19 @@ impl Core {
             req,
             token_exp_wall_ms,
         }))
+    }
+
+    /// Takes connection `key` out of this core for a move to another one
+    /// (its timer cancelled, counted as migrated); the caller packs it
+    /// into an `Adopt` and the task hands over the fd.
+    fn detach(&mut self, key: ConnKey) -> Conn {
+        let slot = self.conns.remove(key.idx as usize);
+        if let Some((t, _)) = slot.conn.timer {
+            self.wheel.cancel(t);
+        }
+        self.stats.migrated_out += 1;
+        self.m().conns.set(self.conns.len() as u64);
+        slot.conn
     }
 
     /// A connection moved here from another core: register it and open its session.

@@ -886,20 +886,18 @@ async fn drive(
     key: ConnKey,
     abandoned: &Cell<bool>,
 ) -> Option<Box<mesh::Adopt>> {
-    // Read before the first wait: a socket accepted with TCP_DEFER_ACCEPT
-    // (the default, `server.defer_accept_s`) already holds the ClientHello,
-    // and a moved connection may hold the frames that followed its CONNECT,
-    // so a readiness wait first would only cost a PollAdd round trip (or a
-    // poll(2) plus an epoll wake-up on the legacy driver). When nothing is
-    // there, this costs one recv that says EAGAIN.
-    let mut first = true;
+    // Read before waiting (so the loop starts with `on_io`): a socket
+    // accepted with TCP_DEFER_ACCEPT (the default, `server.defer_accept_s`)
+    // already holds the ClientHello, and a moved connection may hold the
+    // frames that followed its CONNECT, so a readiness wait first would
+    // only cost a PollAdd round trip (or a poll(2) plus an epoll wake-up on
+    // the legacy driver). When nothing is there, this costs one recv that
+    // says EAGAIN.
     loop {
-        if std::mem::take(&mut first) {
-            match core.borrow_mut().on_io(key) {
-                Outcome::Continue => continue,
-                Outcome::Close => return None,
-                Outcome::Migrate(a) => return Some(a),
-            }
+        match core.borrow_mut().on_io(key) {
+            Outcome::Continue => {}
+            Outcome::Close => return None,
+            Outcome::Migrate(a) => return Some(a),
         }
         let write = core.borrow_mut().wants_write(key)?;
         let waited = if write {
@@ -914,12 +912,6 @@ async fn drive(
             // could keep the core to itself while its peer keeps sending.
             // Give the executor a turn.
             yield_now().await;
-        }
-        let outcome = core.borrow_mut().on_io(key);
-        match outcome {
-            Outcome::Continue => {}
-            Outcome::Close => return None,
-            Outcome::Migrate(a) => return Some(a),
         }
     }
 }

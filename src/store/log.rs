@@ -106,18 +106,25 @@ pub struct MessageRec<'a> {
     pub payload: &'a [u8],
 }
 
-/// Appends one MESSAGE record to `out`; returns the offset of the payload
-/// within what was appended (to read it back later without the rest).
-pub fn encode_message(out: &mut Vec<u8>, m: &MessageRec<'_>) -> usize {
+/// The part MESSAGE and MSGREF records share: the record header's room,
+/// the kind, the numbers and the names of `m`; returns where the record starts.
+fn put_message_head(out: &mut Vec<u8>, kind: u8, m: &MessageRec<'_>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER]);
-    out.push(KIND_MESSAGE);
+    out.push(kind);
     for v in [m.seq, m.msg_id, m.timestamp_ms, m.client_msg_id] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     for s in [m.user, m.from, m.device, m.group] {
         put_str(out, s);
     }
+    start
+}
+
+/// Appends one MESSAGE record to `out`; returns the offset of the payload
+/// within what was appended (to read it back later without the rest).
+pub fn encode_message(out: &mut Vec<u8>, m: &MessageRec<'_>) -> usize {
+    let start = put_message_head(out, KIND_MESSAGE, m);
     let payload_at = out.len() - start;
     out.extend_from_slice(m.payload);
     seal(out, start);
@@ -127,15 +134,7 @@ pub fn encode_message(out: &mut Vec<u8>, m: &MessageRec<'_>) -> usize {
 /// Appends one MSGREF record: `m` (its payload ignored) pointing at a
 /// payload already in the segment at `payload_off`.
 pub fn encode_message_ref(out: &mut Vec<u8>, m: &MessageRec<'_>, payload_off: u64, payload_len: u32) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER]);
-    out.push(KIND_MSGREF);
-    for v in [m.seq, m.msg_id, m.timestamp_ms, m.client_msg_id] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for s in [m.user, m.from, m.device, m.group] {
-        put_str(out, s);
-    }
+    let start = put_message_head(out, KIND_MSGREF, m);
     out.extend_from_slice(&payload_off.to_le_bytes());
     out.extend_from_slice(&payload_len.to_le_bytes());
     seal(out, start);

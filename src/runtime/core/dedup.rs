@@ -213,11 +213,9 @@ impl Dedup {
     /// A SEND with a new id was accepted: remembered as pending.
     pub(super) fn begin(&mut self, client_msg_id: u64) {
         let l = self.live();
-        match l.get(client_msg_id) {
-            Some(None) => return,
-            Some(Some(_)) | None => {
-                l.set(client_msg_id, None);
-            }
+        // One search: already pending stays pending (and counted once).
+        if let Some(None) = l.set(client_msg_id, None) {
+            return;
         }
         l.pending += 1;
     }

@@ -131,14 +131,8 @@ impl Core {
         }
         let preauth_ip = self.conns.get(key.idx as usize).and_then(|s| s.preauth).map(|(_, ip)| ip);
         self.leave_preauth(key);
-        let slot = self.conns.remove(key.idx as usize);
-        if let Some((t, _)) = slot.conn.timer {
-            self.wheel.cancel(t);
-        }
-        self.stats.migrated_out += 1;
-        self.m().conns.set(self.conns.len() as u64);
+        let mut c = self.detach(key);
         tracing::debug!(from = self.id, to = core, path = %req.path, "HTTP connection moved to the session's core");
-        let mut c = slot.conn;
         let http = c.http.take().unwrap_or_else(|| Box::new(gate_http::HttpState::new(0)));
         Handled::Migrate(Box::new(Adopt {
             fd: c.fd,
