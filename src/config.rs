@@ -130,11 +130,22 @@ pub struct TlsConfig {
     pub session_tickets: bool,
     /// Extra certificates chosen by SNI server name.
     pub certificates: Vec<SniCertificate>,
+    /// TLS 1.3 records sealed under one key before the server sends a
+    /// KeyUpdate and moves to the next key (RFC 8446 §4.6.3, §5.5).
+    /// Default 8323072 (2^23 - 2^16, under AES-GCM's limit); 1 to 8388608.
+    pub key_update_after_records: u64,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { enabled: true, cert_file: None, key_file: None, session_tickets: true, certificates: Vec::new() }
+        Self {
+            enabled: true,
+            cert_file: None,
+            key_file: None,
+            session_tickets: true,
+            certificates: Vec::new(),
+            key_update_after_records: crate::runtime::tls_record::DEFAULT_KEY_UPDATE_AFTER_RECORDS,
+        }
     }
 }
 
@@ -464,6 +475,13 @@ impl Config {
         if self.server.workers > 256 {
             errs.push(format!("server.workers = {} is more than 256", self.server.workers));
         }
+        if !(1..=crate::runtime::tls_record::MAX_RECORDS_PER_KEY).contains(&self.tls.key_update_after_records) {
+            errs.push(format!(
+                "tls.key_update_after_records = {} must be between 1 and {} (AES-GCM's safe record limit, RFC 8446 §5.5)",
+                self.tls.key_update_after_records,
+                crate::runtime::tls_record::MAX_RECORDS_PER_KEY
+            ));
+        }
         if self.server.backlog == 0 {
             errs.push("server.backlog must be at least 1".into());
         }
@@ -675,6 +693,8 @@ enabled = true
 # key_file = "/etc/ringgate/key.pem"
 # TLS 1.3 session tickets for resumption.
 session_tickets = true
+# TLS 1.3 records sealed under one key before the server's KeyUpdate (1 to 8388608).
+key_update_after_records = 8323072
 # More certificates, chosen by SNI:
 # [[tls.certificates]]
 # server_name = "im.example.com"
@@ -834,9 +854,11 @@ mod tests {
     }
 
     /// README's configuration table states every default; it must not drift.
+    /// Keys documented in a docs/ page's table (with their section there)
+    /// count too.
     #[test]
     fn readme_table_matches_defaults() {
-        let readme = include_str!("../README.md");
+        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md")].concat();
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut checked = 0;
         for line in readme.lines() {

@@ -146,17 +146,21 @@ fn check_server_output(out: &mut BytesMut, max_frame: u32) {
 /// input made this target ~40× slower than the others). Reusing keys is
 /// fine here: nothing sealed leaves the process.
 fn record_pair() -> (Record13, Record13) {
-    static KEYS: OnceLock<[RawDir; 4]> = OnceLock::new();
-    let k = KEYS.get_or_init(|| {
+    static KEYS: OnceLock<([RawDir; 4], crate::runtime::tls_record::TrafficSecrets)> = OnceLock::new();
+    let (k, traffic) = KEYS.get_or_init(|| {
+        crate::runtime::tls_record::take_captured();
         let (client, server) = handshake_in_memory();
+        // The server config's key log hook captured both traffic secrets.
+        let traffic = crate::runtime::tls_record::take_captured();
         let c = client.dangerous_extract_secrets().expect("client secrets");
         let s = server.dangerous_extract_secrets().expect("server secrets");
-        [RawDir::of(&c.tx), RawDir::of(&c.rx), RawDir::of(&s.tx), RawDir::of(&s.rx)]
+        ([RawDir::of(&c.tx), RawDir::of(&c.rx), RawDir::of(&s.tx), RawDir::of(&s.rx)], traffic)
     });
-    let build = |tx: &RawDir, rx: &RawDir| {
-        Record13::new(rustls::ExtractedSecrets { tx: tx.secrets(), rx: rx.secrets() }).expect("record layer")
+    let build = |tx: &RawDir, rx: &RawDir, client: bool| {
+        let secrets = rustls::ExtractedSecrets { tx: tx.secrets(), rx: rx.secrets() };
+        Record13::with_limit(secrets, traffic, crate::runtime::tls_record::DEFAULT_KEY_UPDATE_AFTER_RECORDS, client).expect("record layer")
     };
-    (build(&k[0], &k[1]), build(&k[2], &k[3]))
+    (build(&k[0], &k[1], true), build(&k[2], &k[3], false))
 }
 
 /// One direction's traffic secret as plain bytes (rustls' types are not `Clone`).

@@ -119,6 +119,9 @@ pub fn build_server_config(cfg: &TlsConfig, data_dir: &Path) -> Result<(Arc<rust
     // TLS 1.3 connections hand their traffic keys to our record layer once
     // the handshake is done (runtime::tls_record): ~8 KB less per connection.
     config.enable_secret_extraction = true;
+    // ... and their traffic secrets, which only the key log hook gives up:
+    // KeyUpdate derives the next keys from them (tls_record::SecretLog).
+    config.key_log = Arc::new(crate::runtime::tls_record::SecretLog);
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     if cfg.session_tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;

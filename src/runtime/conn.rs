@@ -28,7 +28,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::proto::ack_wheel::TimerKey;
 use crate::proto::session::Session;
-use crate::runtime::tls_record::{self, Opened, Record13, RecordError};
+use crate::runtime::tls_record::{self, Opened, Record13, RecordError, TrafficSecrets};
 use crate::runtime::transport::{self, Transport};
 
 /// Most bytes read from one socket per readiness event, so one busy
@@ -64,9 +64,29 @@ pub enum Tls {
     /// costs only its buffered bytes.
     Accepting(Arc<rustls::ServerConfig>),
     /// rustls owns the connection: during the handshake, and for life on TLS 1.2.
-    Rustls(Box<rustls::ServerConnection>),
+    Rustls(Box<RustlsConn>),
     /// TLS 1.3 after hand-off: our record layer with the extracted keys.
     Records(Box<Record13>),
+}
+
+/// A connection rustls owns, with the TLS 1.3 traffic secrets its key log
+/// hook gave up so far (`tls_record::SecretLog`), for the hand-off.
+pub struct RustlsConn {
+    pub conn: rustls::ServerConnection,
+    pub traffic: TrafficSecrets,
+}
+
+impl std::ops::Deref for RustlsConn {
+    type Target = rustls::ServerConnection;
+    fn deref(&self) -> &rustls::ServerConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for RustlsConn {
+    fn deref_mut(&mut self) -> &mut rustls::ServerConnection {
+        &mut self.conn
+    }
 }
 
 pub struct Conn {
@@ -345,10 +365,11 @@ impl Conn {
                     if self.tls_in.len() >= 2 && !((0x14..=0x17).contains(&self.tls_in[0]) && self.tls_in[1] == 3) {
                         return Err(RecordError::UnexpectedType(self.tls_in[0]).into());
                     }
-                    if tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT)?.is_none() {
+                    if handshake_record(&self.tls_in)?.is_none() {
                         return Ok(false);
                     }
-                    self.tls = Tls::Rustls(Box::new(rustls::ServerConnection::new(cfg.clone())?));
+                    let conn = rustls::ServerConnection::new(cfg.clone())?;
+                    self.tls = Tls::Rustls(Box::new(RustlsConn { conn, traffic: TrafficSecrets::default() }));
                 }
                 Tls::Records(r) => {
                     return Ok(r.open_all(&mut self.tls_in, &mut self.rbuf)? == Opened::CloseNotify);
@@ -362,8 +383,15 @@ impl Conn {
                     // look like a TLS record go to rustls at once, so garbage
                     // is refused now, not after the handshake timeout.
                     let looks_tls = self.tls_in.len() < 2 || ((0x14..=0x17).contains(&self.tls_in[0]) && self.tls_in[1] == 3);
+                    let complete = if tls.is_handshaking() {
+                        handshake_record(&self.tls_in)?
+                    } else {
+                        // TLS 1.2 for life: rustls reads and judges its
+                        // records (and picks its alerts) itself.
+                        tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT_TLS12)?
+                    };
                     let take = if looks_tls {
-                        match tls_record::complete_record(&self.tls_in, tls_record::MAX_CIPHERTEXT)? {
+                        match complete {
                             Some(n) => n,
                             None => return Ok(false),
                         }
@@ -378,7 +406,12 @@ impl Conn {
                     }
                     let fed = take - rec.len();
                     self.tls_in.advance(fed);
-                    let state = tls.process_new_packets()?;
+                    // What rustls' key log hook captures during this call
+                    // is this connection's (one thread, one call at a time).
+                    tls_record::take_captured();
+                    let state = tls.process_new_packets();
+                    tls.traffic.absorb(tls_record::take_captured());
+                    let state = state?;
                     take_plaintext(tls, &mut self.rbuf)?;
                     if state.peer_has_closed() {
                         return Ok(true);
@@ -408,8 +441,9 @@ impl Conn {
         }
         self.alpn_http = tls.alpn_protocol().map(|p| p == b"http/1.1");
         let Tls::Rustls(tls) = std::mem::replace(&mut self.tls, Tls::Off) else { unreachable!() };
-        let secrets = tls.dangerous_extract_secrets()?;
-        self.tls = Tls::Records(Box::new(Record13::new(secrets)?));
+        let RustlsConn { conn, traffic } = *tls;
+        let secrets = conn.dangerous_extract_secrets()?;
+        self.tls = Tls::Records(Box::new(Record13::new(secrets, &traffic)?));
         Ok(())
     }
 
@@ -504,10 +538,12 @@ impl Conn {
         match &mut self.tls {
             Tls::Rustls(tls) => tls.send_close_notify(),
             Tls::Records(r) => {
-                // Whatever `out` holds goes first, then the alert.
-                let sealed = r.seal_all(&mut self.out, &mut self.tls_out).and_then(|_| r.close_notify(&mut self.tls_out));
-                if sealed.is_err() {
+                // Whatever `out` holds goes first, then the alert (once: a
+                // second call after a blocked flush seals nothing more).
+                if r.seal_all(&mut self.out, &mut self.tls_out).is_err() {
                     self.dead = true;
+                } else {
+                    r.close_notify(&mut self.tls_out);
                 }
             }
             Tls::Off | Tls::Accepting(_) => {}
@@ -518,6 +554,38 @@ impl Conn {
         }
         self.shut_wr = true;
         self.fd.shutdown_write();
+    }
+
+    /// Before the connection closes on a record error: sends the alert it
+    /// calls for ([`RecordError::alert`]), best effort, at most once per
+    /// connection. After the hand-off it is sealed by our record layer
+    /// (after any bytes still owed). During a TLS 1.3 handshake whose
+    /// server flight is out, rustls already protects what it sends with the
+    /// server's first application key, so the alert is sealed under it;
+    /// before that (and during a TLS 1.2 handshake) it goes in plaintext.
+    /// A TLS 1.2 connection after its handshake gets none (rustls holds
+    /// those keys; its own errors come with its own alerts).
+    pub fn send_record_alert(&mut self, err: &RecordError) {
+        let Some(desc) = err.alert() else { return };
+        let alert = match &mut self.tls {
+            Tls::Records(r) => {
+                if !r.error_alert(err, &mut self.tls_out) {
+                    return;
+                }
+                None
+            }
+            Tls::Accepting(_) => Some(tls_record::plaintext_alert(desc).to_vec()),
+            Tls::Rustls(t) if t.is_handshaking() => {
+                let sealed = t.negotiated_cipher_suite().and_then(|s| t.traffic.handshake_alert(s.suite(), desc));
+                Some(sealed.unwrap_or_else(|| tls_record::plaintext_alert(desc).to_vec()))
+            }
+            Tls::Rustls(_) | Tls::Off => return,
+        };
+        if let Some(a) = alert {
+            self.tls_out.extend_from_slice(&a);
+        }
+        let _ = write_all(self.fd, &mut self.tls_out);
+        self.dead = true;
     }
 
     /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
@@ -568,6 +636,21 @@ fn write_all(fd: Transport, buf: &mut BytesMut) -> Result<bool, TransportError> 
         }
     }
     Ok(buf.is_empty())
+}
+
+/// Length of the complete record at the front of `buf` during the
+/// handshake, if it is all there. Records of the types that are plaintext
+/// while the handshake runs (handshake, alert, change_cipher_spec) are
+/// bounded by 2^14 bytes (RFC 8446 §5.1, RFC 5246 §6.2.1), which rustls
+/// does not check (it accepts up to 2^14 + 2047); protected ones by
+/// 2^14 + 256 (§5.2; rustls would answer bad_record_mac or decode_error
+/// instead of record_overflow). Both are `record_overflow` here.
+fn handshake_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+    let max = match buf.first() {
+        Some(0x14..=0x16) => tls_record::MAX_PLAINTEXT,
+        _ => tls_record::MAX_CIPHERTEXT,
+    };
+    tls_record::complete_record(buf, max)
 }
 
 fn take_plaintext(tls: &mut rustls::ServerConnection, rbuf: &mut BytesMut) -> Result<(), TransportError> {

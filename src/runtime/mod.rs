@@ -197,6 +197,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         );
     }
     let tls = if cfg.tls.enabled {
+        crate::runtime::tls_record::set_key_update_after(cfg.tls.key_update_after_records);
         let (server_cfg, certs) = crate::tls::build_server_config(&cfg.tls, &data_dir)?;
         for c in &certs {
             tracing::info!(

@@ -1,36 +1,56 @@
-//! TLS 1.3 record protection after the handshake, so an idle TLS connection keeps ~120 bytes of keys instead of rustls' whole state.
+//! TLS 1.3 record protection after the handshake, so an idle TLS connection keeps ~220 bytes of keys instead of rustls' whole state.
 //!
 //! rustls runs the handshake. Once it is complete and its last records (the
 //! server Finished and the session ticket) are on the wire, the connection
 //! extracts the traffic keys (`dangerous_extract_secrets`, the same hand-off
 //! kTLS uses) and drops the `ServerConnection` (≈8 KB measured per idle
-//! connection). From then on this module seals and opens application-data
-//! records itself, with aws-lc-rs AEADs (the provider rustls used). What
-//! stays resident per connection is two raw keys, two IVs, two sequence
-//! numbers and an id (~120 bytes). The expanded AEAD key schedules (the
-//! AES round keys and GHASH table, ~0.5 KB per direction) live in a small
-//! per-thread cache ([`KeyCache`]) keyed by that id: a connection active in
-//! the last few hundred flushes on this core finds its keys there, an idle
-//! one pays one key expansion (~0.5 µs) when it wakes up. Idle connections
-//! therefore cost no more memory than before, and busy ones stop paying
-//! the expansion on every flush (it was ~2 % of push CPU).
+//! connection). From then on this module seals and opens records itself,
+//! with aws-lc-rs AEADs (the provider rustls used). What stays resident per
+//! connection is two raw keys, two IVs, two sequence numbers, the two
+//! traffic secrets (for KeyUpdate) and an id (~220 bytes). The expanded AEAD
+//! key schedules (the AES round keys and GHASH table, ~0.5 KB per
+//! direction) live in a small per-thread cache ([`KeyCache`]) keyed by that
+//! id: a connection active in the last few hundred flushes on this core
+//! finds its keys there, an idle one pays one key expansion (~0.5 µs) when
+//! it wakes up.
 //!
-//! What this layer does not do, and how it fails safely:
-//! - TLS 1.2 connections are not handed off (they stay on rustls);
-//! - a client KeyUpdate cannot be followed (the traffic secret is gone):
-//!   the connection is closed and the client reconnects with fresh keys;
-//! - before a key reaches its confidentiality limit (2^23 records for
-//!   AES-GCM) the connection is closed for the same reason.
+//! The traffic secrets come from rustls' key log hook ([`SecretLog`], set
+//! on the server config): rustls hands out only keys and IVs at the
+//! hand-off, and the next generation of keys after a KeyUpdate is derived
+//! from the secret (RFC 8446 §7.2). rustls' `KernelConnection` would do
+//! that derivation for us, but it keeps ~1 KB of key schedule per
+//! connection for life; here it is two HKDF-Expand-Label calls with
+//! aws-lc-rs' HKDF, checked against rustls' own derivation in the tests.
 //!
-//! Every record is checked: outer type application_data, length within
-//! 2^14 + 256, AEAD tag, non-empty inner plaintext with a known type.
+//! What this layer does (RFC 8446 §5, §6, §4.6.3):
+//! - every record is checked: outer type application_data (a
+//!   change_cipher_spec or any plaintext record after the handshake is
+//!   `unexpected_message`), ciphertext ≤ 2^14 + 256 and inner plaintext
+//!   ≤ 2^14 + 1 bytes (`record_overflow`), the AEAD tag (`bad_record_mac`),
+//!   a non-zero inner content type (`unexpected_message`), well-formed
+//!   alerts (`decode_error`);
+//! - KeyUpdate from the peer: the receiving keys move on; when it asks for
+//!   one back, our KeyUpdate goes out before the next record we send and
+//!   the sending keys move on too; a bad request value is
+//!   `illegal_parameter`;
+//! - our own KeyUpdate after `tls.key_update_after_records` records under
+//!   one key, well before AES-GCM's confidentiality limit (§5.5);
+//! - exactly one alert per connection: the error alert of the first
+//!   [`RecordError`] (mapped to its alert in [`RecordError::alert`], the
+//!   one place), or close_notify, never both and never twice.
+//!
+//! What it does not do: TLS 1.2 (those connections stay on rustls), and
+//! handshake messages split across records after the handshake (only a
+//! KeyUpdate can legally come from a client then; one split over two
+//! records is refused with `unexpected_message`).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
 use bytes::{Buf, BytesMut};
-use rustls::ConnectionTrafficSecrets;
+use rustls::{AlertDescription, ConnectionTrafficSecrets};
 
 /// TLS record header length.
 pub const HEADER_LEN: usize = 5;
@@ -38,37 +58,117 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_CIPHERTEXT: usize = (1 << 14) + 256;
 /// Largest TLS 1.2 ciphertext (RFC 5246 §6.2.3), the bound while rustls reads.
 pub const MAX_CIPHERTEXT_TLS12: usize = (1 << 14) + 2048;
-/// Largest plaintext per record.
-const MAX_PLAINTEXT: usize = 1 << 14;
+/// Largest plaintext per record (content; in TLS 1.3 content plus padding).
+pub const MAX_PLAINTEXT: usize = 1 << 14;
 const TAG_LEN: usize = 16;
-/// Records per key before we close (AES-GCM's limit in rustls is 2^23; we stop short).
-const RECORD_LIMIT: u64 = (1 << 23) - 1024;
+/// Records one key may seal before we send a KeyUpdate: the largest value
+/// `tls.key_update_after_records` accepts. AES-GCM's confidentiality limit
+/// is 2^24.5 full records (RFC 8446 §5.5); rustls rotates at 2^23 and so do
+/// we at most, whatever the suite.
+pub const MAX_RECORDS_PER_KEY: u64 = 1 << 23;
+/// The default of `tls.key_update_after_records`.
+pub const DEFAULT_KEY_UPDATE_AFTER_RECORDS: u64 = MAX_RECORDS_PER_KEY - (1 << 16);
 
+const CT_CHANGE_CIPHER_SPEC: u8 = 0x14;
 const CT_ALERT: u8 = 0x15;
 const CT_HANDSHAKE: u8 = 0x16;
 const CT_APPDATA: u8 = 0x17;
+/// Handshake message type of KeyUpdate (RFC 8446 §4).
+const HS_KEY_UPDATE: u8 = 24;
+/// `KeyUpdateRequest` values (§4.6.3).
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
+/// Alert levels (§6).
+const LEVEL_WARNING: u8 = 1;
+const LEVEL_FATAL: u8 = 2;
 
-/// Why a record could not be handled. All but `Limit` are the peer's fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a record could not be handled. Each variant says whose fault it is
+/// and maps to the alert we send in one place, [`RecordError::alert`].
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
-    #[error("TLS record of type {0:#04x} after the handshake")]
-    UnexpectedType(u8),
+    /// Peer: a ciphertext longer than 2^14 + 256 bytes (§5.2), or during the
+    /// handshake a plaintext record longer than 2^14 bytes (§5.1).
     #[error("TLS record of {0} bytes exceeds the limit")]
     Overflow(usize),
+    /// Peer: inner plaintext (content, type, padding) over 2^14 + 1 bytes (§5.4).
+    #[error("TLS record decrypts to {0} bytes, more than 2^14 + 1")]
+    PlaintextOverflow(usize),
+    /// Peer: the AEAD tag did not verify (§5.2).
     #[error("TLS record failed authentication (bad_record_mac)")]
     BadMac,
+    /// Peer: a record of an outer type other than application_data after
+    /// the handshake (plaintext records are over once keys are in use).
+    #[error("TLS record of type {0:#04x} after the handshake")]
+    UnexpectedType(u8),
+    /// Peer: change_cipher_spec after the handshake (§5: only before Finished).
+    #[error("TLS change_cipher_spec after Finished")]
+    ChangeCipherSpec,
+    /// Peer: an inner plaintext of zeros only, no content type (§5.4).
     #[error("TLS record with no content type")]
-    Empty,
+    NoContentType,
+    /// Peer: an inner content type that cannot follow the handshake.
+    #[error("TLS record of inner type {0:#04x} after the handshake")]
+    UnexpectedInnerType(u8),
+    /// Peer: an alert record that is not exactly a level and a description.
+    #[error("malformed TLS alert record ({0} bytes)")]
+    BadAlert(usize),
+    /// The peer's own alert (not close_notify): answered with none.
     #[error("TLS alert {0} from the peer")]
     PeerAlert(u8),
-    #[error("TLS KeyUpdate from the peer is not supported after hand-off; reconnect")]
-    KeyUpdate,
+    /// Peer: a handshake message other than KeyUpdate after the handshake.
     #[error("TLS handshake message {0} after the handshake")]
     PostHandshake(u8),
-    #[error("TLS key used for too many records; reconnect")]
+    /// Peer: a malformed handshake message (an empty handshake record, a
+    /// KeyUpdate whose length is not 1).
+    #[error("malformed TLS handshake message after the handshake")]
+    BadHandshake,
+    /// Peer: a handshake message split across records, or data after a
+    /// KeyUpdate in its record (§5.1: a key change must align with a
+    /// record boundary).
+    #[error("TLS KeyUpdate not aligned with its record")]
+    Misaligned,
+    /// Peer: a KeyUpdate whose request_update is neither 0 nor 1 (§4.6.3).
+    #[error("TLS KeyUpdate with request_update {0}")]
+    KeyUpdateRequest(u8),
+    /// Local: a sequence number ran out (2^64 records; unreachable).
+    #[error("TLS sequence number exhausted")]
     Limit,
+    /// Local: the handshake agreed on something the hand-off cannot carry.
     #[error("unsupported cipher for record hand-off")]
     Cipher,
+    /// Local: rustls did not hand us the traffic secrets (the server
+    /// config lacks [`SecretLog`]).
+    #[error("TLS traffic secrets were not captured at the hand-off")]
+    NoTrafficSecrets,
+}
+
+impl RecordError {
+    /// The alert this error sends before the connection closes: the only
+    /// place where record errors meet the wire. `None` when the peer ended
+    /// it with an alert of its own (RFC 8446 §6.2: no answer to a fatal
+    /// alert).
+    pub fn alert(&self) -> Option<AlertDescription> {
+        use AlertDescription as A;
+        Some(match self {
+            RecordError::Overflow(_) | RecordError::PlaintextOverflow(_) => A::RecordOverflow,
+            RecordError::BadMac => A::BadRecordMac,
+            RecordError::UnexpectedType(_)
+            | RecordError::ChangeCipherSpec
+            | RecordError::NoContentType
+            | RecordError::UnexpectedInnerType(_)
+            | RecordError::PostHandshake(_)
+            | RecordError::Misaligned => A::UnexpectedMessage,
+            RecordError::BadAlert(_) | RecordError::BadHandshake => A::DecodeError,
+            RecordError::KeyUpdateRequest(_) => A::IllegalParameter,
+            RecordError::Limit | RecordError::Cipher | RecordError::NoTrafficSecrets => A::InternalError,
+            RecordError::PeerAlert(_) => return None,
+        })
+    }
+
+    /// True when the peer broke the protocol (or ended it), false for our own failures.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, RecordError::Limit | RecordError::Cipher | RecordError::NoTrafficSecrets)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +186,77 @@ impl Alg {
             Alg::Chacha20 => &aead::CHACHA20_POLY1305,
         }
     }
+
+    /// The suite's hash, which the traffic secrets are as long as: every
+    /// TLS 1.3 suite binds its AEAD to one hash.
+    fn hkdf(self) -> hkdf::Algorithm {
+        match self {
+            Alg::Aes256Gcm => hkdf::HKDF_SHA384,
+            Alg::Aes128Gcm | Alg::Chacha20 => hkdf::HKDF_SHA256,
+        }
+    }
+
+    fn hash_len(self) -> usize {
+        match self {
+            Alg::Aes256Gcm => 48,
+            Alg::Aes128Gcm | Alg::Chacha20 => 32,
+        }
+    }
+}
+
+/// A TLS 1.3 application traffic secret (as long as the suite's hash).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.len)
+    }
+}
+
+impl Secret {
+    fn new(s: &[u8]) -> Option<Self> {
+        let mut buf = [0; 48];
+        buf.get_mut(..s.len())?.copy_from_slice(s);
+        Some(Self { buf, len: s.len() as u8 })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// The next generation, `application_traffic_secret_N+1` (RFC 8446 §7.2).
+    fn next(&self, alg: Alg) -> Secret {
+        let mut buf = [0; 48];
+        let n = alg.hash_len();
+        expand_label(alg, self.bytes(), b"traffic upd", &mut buf[..n]);
+        Secret { buf, len: n as u8 }
+    }
+}
+
+/// The output length asked of aws-lc-rs' HKDF-Expand.
+struct OutLen(usize);
+
+impl hkdf::KeyType for OutLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label(secret, label, "", out.len()) of RFC 8446 §7.1: the
+/// HkdfLabel structure is encoded here, the HKDF itself is aws-lc-rs'.
+fn expand_label(alg: Alg, secret: &[u8], label: &[u8], out: &mut [u8]) {
+    let length = (out.len() as u16).to_be_bytes();
+    let label_len = [(b"tls13 ".len() + label.len()) as u8];
+    let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
+    let prk = hkdf::Prk::new_less_safe(alg.hkdf(), secret);
+    // Fails only for outputs over 255 hash blocks; ours are ≤ 48 bytes.
+    prk.expand(&info, OutLen(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .unwrap_or_else(|_| unreachable!("HKDF output of {} bytes", out.len()));
 }
 
 /// One direction's key material.
@@ -112,6 +283,14 @@ impl Dir {
         Ok((alg, d))
     }
 
+    /// The keys of a traffic secret (RFC 8446 §7.3), from sequence number 0.
+    fn from_traffic_secret(alg: Alg, secret: &Secret) -> Dir {
+        let mut d = Dir { key: [0; 32], iv: [0; 12], seq: 0 };
+        expand_label(alg, secret.bytes(), b"key", &mut d.key[..alg.aead().key_len()]);
+        expand_label(alg, secret.bytes(), b"iv", &mut d.iv);
+        d
+    }
+
     fn nonce(&self) -> Nonce {
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
@@ -135,8 +314,19 @@ pub const KEY_CACHE_SLOTS: usize = 512;
 
 /// Ids for [`Record13`]s, unique for the life of the process, so a cache
 /// entry can never be mistaken for another connection's keys (the id is
-/// never reused, and a connection's keys never change: KeyUpdate closes it).
+/// never reused; when a KeyUpdate changes a direction's key, that
+/// direction's cache entry is dropped at once).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `tls.key_update_after_records`, set once at start ([`set_key_update_after`]).
+static KEY_UPDATE_AFTER: AtomicU64 = AtomicU64::new(DEFAULT_KEY_UPDATE_AFTER_RECORDS);
+
+/// Sets how many records one sending key seals before our own KeyUpdate,
+/// for connections handed off from now on (`tls.key_update_after_records`,
+/// validated by the config to 1..=2^23).
+pub fn set_key_update_after(records: u64) {
+    KEY_UPDATE_AFTER.store(records.clamp(1, MAX_RECORDS_PER_KEY), Ordering::Relaxed);
+}
 
 /// Which direction's key a cache lookup wants.
 #[derive(Clone, Copy)]
@@ -187,6 +377,16 @@ impl KeyCache {
         k.get_or_insert_with(|| dir.bind(alg))
     }
 
+    /// Drops `id`'s expanded key of one direction (its raw key changed).
+    fn forget(&mut self, id: u64, way: Way) {
+        if let Some(s) = self.slots[(id as usize) & (KEY_CACHE_SLOTS - 1)].as_mut().filter(|s| s.id == id) {
+            match way {
+                Way::Tx => s.tx = None,
+                Way::Rx => s.rx = None,
+            }
+        }
+    }
+
     fn evict(&mut self, id: u64) {
         let slot = &mut self.slots[(id as usize) & (KEY_CACHE_SLOTS - 1)];
         if slot.as_ref().map(|s| s.id) == Some(id) {
@@ -205,15 +405,104 @@ impl KeyCache {
 
 thread_local! {
     static KEYS: RefCell<KeyCache> = RefCell::new(KeyCache::new());
+    /// Traffic secrets rustls logged on this thread since the last
+    /// [`take_captured`] (see [`SecretLog`]).
+    static CAPTURED: RefCell<TrafficSecrets> = RefCell::new(TrafficSecrets::default());
 }
 
-/// TLS 1.3 traffic keys of one connection after the handshake.
+/// The application traffic secrets of one handshake (RFC 8446 §7.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficSecrets {
+    pub client: Option<Secret>,
+    pub server: Option<Secret>,
+}
+
+impl TrafficSecrets {
+    /// Adds what was captured since the last call (a handshake logs its
+    /// secrets in one `process_new_packets`, but nothing relies on that).
+    pub fn absorb(&mut self, more: TrafficSecrets) {
+        if more.client.is_some() {
+            self.client = more.client;
+        }
+        if more.server.is_some() {
+            self.server = more.server;
+        }
+    }
+
+    /// A fatal alert sealed under the server's first application key
+    /// (sequence 0), for an error found while rustls still owns a TLS 1.3
+    /// connection but has already switched to those keys: its Finished is
+    /// out and, until the client's Finished, it sends nothing more. `None`
+    /// before that point (the alert then goes in plaintext) or for a suite
+    /// this layer does not carry.
+    pub fn handshake_alert(&self, suite: rustls::CipherSuite, desc: AlertDescription) -> Option<Vec<u8>> {
+        let alg = match suite {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => Alg::Aes128Gcm,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => Alg::Aes256Gcm,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => Alg::Chacha20,
+            _ => return None,
+        };
+        let secret = self.server.as_ref().filter(|s| s.len as usize == alg.hash_len())?;
+        let mut dir = Dir::from_traffic_secret(alg, secret);
+        let key = dir.bind(alg);
+        let mut wire = BytesMut::new();
+        seal_one(&mut dir, &key, &[LEVEL_FATAL, u8::from(desc)], CT_ALERT, &mut wire);
+        Some(wire.to_vec())
+    }
+}
+
+/// rustls' key log hook, set on the server config: it keeps the two
+/// application traffic secrets of each TLS 1.3 handshake for the hand-off
+/// (and nothing else: `will_log` refuses every other label, so rustls does
+/// not even format them). rustls calls it on the thread that runs the
+/// handshake, inside `process_new_packets`; the connection glue clears the
+/// capture before that call and takes it right after, so what it takes is
+/// its own connection's.
+#[derive(Debug)]
+pub struct SecretLog;
+
+const CLIENT_SECRET_LABEL: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_SECRET_LABEL: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for SecretLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let Some(s) = Secret::new(secret) else { return };
+        CAPTURED.with(|c| {
+            let mut c = c.borrow_mut();
+            match label {
+                CLIENT_SECRET_LABEL => c.client = Some(s),
+                SERVER_SECRET_LABEL => c.server = Some(s),
+                _ => {}
+            }
+        });
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_SECRET_LABEL || label == SERVER_SECRET_LABEL
+    }
+}
+
+/// What [`SecretLog`] captured on this thread since the last call (and
+/// clears it).
+pub fn take_captured() -> TrafficSecrets {
+    CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
+/// TLS 1.3 traffic keys and state of one connection after the handshake.
 pub struct Record13 {
     alg: Alg,
+    /// The peer asked for our KeyUpdate; it goes out before our next record.
+    update_requested: bool,
+    /// An alert (close_notify or an error) went out: none may follow.
+    alert_sent: bool,
     /// Key of this connection's expanded keys in the per-thread [`KeyCache`].
     id: u64,
+    /// Records one sending key seals before our own KeyUpdate.
+    update_after: u64,
     tx: Dir,
     rx: Dir,
+    tx_secret: Secret,
+    rx_secret: Secret,
 }
 
 impl Drop for Record13 {
@@ -238,95 +527,209 @@ pub enum Opened {
 }
 
 impl Record13 {
-    pub fn new(secrets: rustls::ExtractedSecrets) -> Result<Self, RecordError> {
+    /// The record layer of a server connection: `secrets` from rustls'
+    /// hand-off, `traffic` the secrets [`SecretLog`] captured for it.
+    pub fn new(secrets: rustls::ExtractedSecrets, traffic: &TrafficSecrets) -> Result<Self, RecordError> {
+        Self::with_limit(secrets, traffic, KEY_UPDATE_AFTER.load(Ordering::Relaxed), false)
+    }
+
+    /// As [`Record13::new`] with an explicit KeyUpdate interval, on either
+    /// side (`client`: the tx secret is the client's).
+    pub(crate) fn with_limit(secrets: rustls::ExtractedSecrets, traffic: &TrafficSecrets, update_after: u64, client: bool) -> Result<Self, RecordError> {
         let (alg, tx) = Dir::from_secrets(secrets.tx.0, &secrets.tx.1)?;
         let (alg_rx, rx) = Dir::from_secrets(secrets.rx.0, &secrets.rx.1)?;
         if alg != alg_rx {
             return Err(RecordError::Cipher);
         }
-        Ok(Self { alg, id: NEXT_ID.fetch_add(1, Ordering::Relaxed), tx, rx })
+        let (ours, theirs) = if client { (&traffic.client, &traffic.server) } else { (&traffic.server, &traffic.client) };
+        let (Some(tx_secret), Some(rx_secret)) = (ours.clone(), theirs.clone()) else {
+            return Err(RecordError::NoTrafficSecrets);
+        };
+        if tx_secret.len as usize != alg.hash_len() || rx_secret.len as usize != alg.hash_len() {
+            return Err(RecordError::Cipher);
+        }
+        Ok(Self {
+            alg,
+            update_requested: false,
+            alert_sent: false,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            update_after: update_after.clamp(1, MAX_RECORDS_PER_KEY),
+            tx,
+            rx,
+            tx_secret,
+            rx_secret,
+        })
     }
 
     /// Opens every complete record at the front of `input` (consuming it)
     /// and appends application data to `plain`. A partial record stays.
     pub fn open_all(&mut self, input: &mut BytesMut, plain: &mut BytesMut) -> Result<Opened, RecordError> {
         if complete_record(input, MAX_CIPHERTEXT)?.is_none() {
+            // Refuse a wrong type as soon as its header is in, not only
+            // once the whole (maybe never sent) body arrived.
+            if let Some(&ty) = input.first().filter(|_| input.len() >= HEADER_LEN) {
+                check_outer_type(ty)?;
+            }
             return Ok(Opened::More);
         }
         KEYS.with(|c| self.open_with(&mut c.borrow_mut(), input, plain))
     }
 
     fn open_with(&mut self, cache: &mut KeyCache, input: &mut BytesMut, plain: &mut BytesMut) -> Result<Opened, RecordError> {
-        let key = cache.get(self.id, self.alg, Way::Rx, &self.rx);
-        while let Some(len) = complete_record(input, MAX_CIPHERTEXT)? {
-            if input[0] != CT_APPDATA {
-                return Err(RecordError::UnexpectedType(input[0]));
-            }
-            if self.rx.seq >= RECORD_LIMIT {
-                return Err(RecordError::Limit);
-            }
-            let mut rec = input.split_to(len);
-            let (hdr, body) = rec.split_at_mut(HEADER_LEN);
-            let pt = key
-                .open_in_place(self.rx.nonce(), Aad::from(&hdr[..]), body)
-                .map_err(|_| RecordError::BadMac)?;
-            self.rx.seq += 1;
-            // Inner plaintext: content, content type, zero padding.
-            let end = pt.iter().rposition(|&b| b != 0).ok_or(RecordError::Empty)?;
-            let ty = pt[end];
-            let content = &pt[..end];
-            match ty {
-                CT_APPDATA => plain.extend_from_slice(content),
-                CT_ALERT => {
-                    if content.len() == 2 && content[1] == 0 {
-                        return Ok(Opened::CloseNotify);
+        // The expanded key is looked up once per batch, and again only after
+        // a KeyUpdate changed it.
+        'keys: loop {
+            let key = cache.get(self.id, self.alg, Way::Rx, &self.rx);
+            while let Some(len) = complete_record(input, MAX_CIPHERTEXT)? {
+                check_outer_type(input[0])?;
+                let mut rec = input.split_to(len);
+                let (hdr, body) = rec.split_at_mut(HEADER_LEN);
+                let pt = key
+                    .open_in_place(self.rx.nonce(), Aad::from(&hdr[..]), body)
+                    .map_err(|_| RecordError::BadMac)?;
+                self.rx.seq = self.rx.seq.checked_add(1).ok_or(RecordError::Limit)?;
+                // Inner plaintext: content, content type, zero padding (§5.4).
+                if pt.len() > MAX_PLAINTEXT + 1 {
+                    return Err(RecordError::PlaintextOverflow(pt.len()));
+                }
+                let end = pt.iter().rposition(|&b| b != 0).ok_or(RecordError::NoContentType)?;
+                let content = &pt[..end];
+                match pt[end] {
+                    CT_APPDATA => plain.extend_from_slice(content),
+                    CT_ALERT => match content {
+                        [LEVEL_WARNING | LEVEL_FATAL, 0] => return Ok(Opened::CloseNotify),
+                        // user_canceled is followed by close_notify (§6.1).
+                        [LEVEL_WARNING | LEVEL_FATAL, 90] => {}
+                        [LEVEL_WARNING | LEVEL_FATAL, d] => return Err(RecordError::PeerAlert(*d)),
+                        _ => return Err(RecordError::BadAlert(content.len())),
+                    },
+                    CT_HANDSHAKE => {
+                        self.on_key_update(content)?;
+                        cache.forget(self.id, Way::Rx);
+                        continue 'keys;
                     }
-                    return Err(RecordError::PeerAlert(content.get(1).copied().unwrap_or(255)));
+                    other => return Err(RecordError::UnexpectedInnerType(other)),
                 }
-                CT_HANDSHAKE => {
-                    // 24 = key_update; anything else (new tickets are ours
-                    // to send, not the client's) is out of place.
-                    let t = content.first().copied().unwrap_or(0);
-                    return Err(if t == 24 { RecordError::KeyUpdate } else { RecordError::PostHandshake(t) });
-                }
-                other => return Err(RecordError::UnexpectedType(other)),
             }
+            return Ok(Opened::More);
         }
-        Ok(Opened::More)
     }
 
-    /// Seals all of `plain` (consuming it) into records appended to `wire`.
+    /// A handshake record after the handshake: only a KeyUpdate filling it
+    /// is accepted; it moves the receiving keys on (§4.6.3).
+    fn on_key_update(&mut self, msg: &[u8]) -> Result<(), RecordError> {
+        let Some(&typ) = msg.first() else { return Err(RecordError::BadHandshake) };
+        if typ != HS_KEY_UPDATE {
+            return Err(RecordError::PostHandshake(typ));
+        }
+        let Some(len) = msg.get(1..4).map(|l| u32::from_be_bytes([0, l[0], l[1], l[2]]) as usize) else {
+            return Err(RecordError::Misaligned);
+        };
+        if len != 1 {
+            return Err(RecordError::BadHandshake);
+        }
+        // The new key starts with the next record: the message must end
+        // this one (§5.1), neither split nor followed by more.
+        let [_, _, _, _, request] = *msg else { return Err(RecordError::Misaligned) };
+        match request {
+            UPDATE_NOT_REQUESTED => {}
+            UPDATE_REQUESTED => self.update_requested = true,
+            other => return Err(RecordError::KeyUpdateRequest(other)),
+        }
+        self.rx_secret = self.rx_secret.next(self.alg);
+        self.rx = Dir::from_traffic_secret(self.alg, &self.rx_secret);
+        Ok(())
+    }
+
+    /// Seals all of `plain` (consuming it) into records appended to `wire`,
+    /// preceded by our KeyUpdate when the peer asked for one or the sending
+    /// key reached `update_after` records.
     pub fn seal_all(&mut self, plain: &mut BytesMut, wire: &mut BytesMut) -> Result<(), RecordError> {
-        if plain.is_empty() {
+        if plain.is_empty() && !self.update_requested {
             return Ok(());
         }
         KEYS.with(|c| {
             let mut c = c.borrow_mut();
-            let key = c.get(self.id, self.alg, Way::Tx, &self.tx);
-            while !plain.is_empty() {
-                let n = plain.len().min(MAX_PLAINTEXT);
-                seal_one(&mut self.tx, key, &plain[..n], CT_APPDATA, wire)?;
-                plain.advance(n);
+            'keys: loop {
+                if self.update_requested || self.tx.seq >= self.update_after {
+                    self.send_key_update(&mut c, wire);
+                }
+                let key = c.get(self.id, self.alg, Way::Tx, &self.tx);
+                while !plain.is_empty() {
+                    // The one compare per record that keeps a key under its limit.
+                    if self.tx.seq >= self.update_after {
+                        continue 'keys;
+                    }
+                    let n = plain.len().min(MAX_PLAINTEXT);
+                    seal_one(&mut self.tx, key, &plain[..n], CT_APPDATA, wire);
+                    plain.advance(n);
+                }
+                return Ok(());
             }
-            Ok(())
         })
     }
 
-    /// Appends an encrypted close_notify alert to `wire`.
-    pub fn close_notify(&mut self, wire: &mut BytesMut) -> Result<(), RecordError> {
+    /// Seals our KeyUpdate under the current key, then moves the sending
+    /// keys on (§4.6.3). Never asks the peer for one back: only our own
+    /// key's record count is ours to watch.
+    fn send_key_update(&mut self, cache: &mut KeyCache, wire: &mut BytesMut) {
+        let key = cache.get(self.id, self.alg, Way::Tx, &self.tx);
+        seal_one(&mut self.tx, key, &[HS_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED], CT_HANDSHAKE, wire);
+        cache.forget(self.id, Way::Tx);
+        self.tx_secret = self.tx_secret.next(self.alg);
+        self.tx = Dir::from_traffic_secret(self.alg, &self.tx_secret);
+        self.update_requested = false;
+    }
+
+    /// Appends an encrypted close_notify to `wire`, unless an alert already
+    /// went out. Returns whether it was sealed.
+    pub fn close_notify(&mut self, wire: &mut BytesMut) -> bool {
+        self.alert(LEVEL_WARNING, AlertDescription::CloseNotify, wire)
+    }
+
+    /// Appends the alert `err` calls for ([`RecordError::alert`]) to `wire`,
+    /// unless an alert already went out. Returns whether one was sealed.
+    pub fn error_alert(&mut self, err: &RecordError, wire: &mut BytesMut) -> bool {
+        match err.alert() {
+            Some(a) => self.alert(LEVEL_FATAL, a, wire),
+            None => false,
+        }
+    }
+
+    /// Whether an alert (close_notify or an error) was sealed.
+    pub fn alert_sent(&self) -> bool {
+        self.alert_sent
+    }
+
+    fn alert(&mut self, level: u8, desc: AlertDescription, wire: &mut BytesMut) -> bool {
+        if std::mem::replace(&mut self.alert_sent, true) {
+            return false;
+        }
         KEYS.with(|c| {
             let mut c = c.borrow_mut();
+            if self.update_requested || self.tx.seq >= self.update_after {
+                self.send_key_update(&mut c, wire);
+            }
             let key = c.get(self.id, self.alg, Way::Tx, &self.tx);
-            seal_one(&mut self.tx, key, &[1, 0], CT_ALERT, wire)
-        })
+            seal_one(&mut self.tx, key, &[level, u8::from(desc)], CT_ALERT, wire);
+        });
+        true
     }
 }
 
-/// Seals one record of `content` with inner type `ty` under `tx`'s next sequence number.
-fn seal_one(tx: &mut Dir, key: &LessSafeKey, content: &[u8], ty: u8, wire: &mut BytesMut) -> Result<(), RecordError> {
-    if tx.seq >= RECORD_LIMIT {
-        return Err(RecordError::Limit);
+/// Refuses, after the handshake, every outer type but application_data.
+fn check_outer_type(ty: u8) -> Result<(), RecordError> {
+    match ty {
+        CT_APPDATA => Ok(()),
+        CT_CHANGE_CIPHER_SPEC => Err(RecordError::ChangeCipherSpec),
+        other => Err(RecordError::UnexpectedType(other)),
     }
+}
+
+/// Seals one record of `content` with inner type `ty` under `tx`'s next
+/// sequence number. The caller keeps `tx.seq` below its KeyUpdate limit
+/// (≤ 2^23), so the sequence number cannot wrap.
+fn seal_one(tx: &mut Dir, key: &LessSafeKey, content: &[u8], ty: u8, wire: &mut BytesMut) {
     let ct_len = content.len() + 1 + TAG_LEN;
     let start = wire.len();
     wire.reserve(HEADER_LEN + ct_len);
@@ -335,12 +738,18 @@ fn seal_one(tx: &mut Dir, key: &LessSafeKey, content: &[u8], ty: u8, wire: &mut 
     wire.extend_from_slice(content);
     wire.extend_from_slice(&[ty]);
     let (hdr, body) = wire[start..].split_at_mut(HEADER_LEN);
+    // aws-lc-rs fails a seal only for inputs over the AEAD's maximum
+    // (gigabytes); ours are at most 2^14 + 1 bytes.
     let tag = key
         .seal_in_place_separate_tag(tx.nonce(), Aad::from(&hdr[..]), body)
-        .map_err(|_| RecordError::Limit)?;
+        .unwrap_or_else(|_| unreachable!("AEAD seal of {ct_len} bytes"));
     wire.extend_from_slice(tag.as_ref());
     tx.seq += 1;
-    Ok(())
+}
+
+/// A plaintext alert record (before any key is in use).
+pub fn plaintext_alert(desc: AlertDescription) -> [u8; 7] {
+    [CT_ALERT, 0x03, 0x03, 0, 2, LEVEL_FATAL, u8::from(desc)]
 }
 
 /// Length of the complete record at the front of `buf`, if it is all there.
@@ -359,20 +768,69 @@ pub fn complete_record(buf: &[u8], max: usize) -> Result<Option<usize>, RecordEr
 mod tests {
     use super::*;
 
-    fn pair(alg_secret: fn() -> ConnectionTrafficSecrets) -> (Record13, Record13) {
-        let a = Record13::new(rustls::ExtractedSecrets { tx: (0, alg_secret()), rx: (5, alg_secret()) }).unwrap();
-        // b's rx is a's tx and vice versa (same secret here, seqs crossed).
-        let b = Record13::new(rustls::ExtractedSecrets { tx: (5, alg_secret()), rx: (0, alg_secret()) }).unwrap();
-        (a, b)
+    /// A connected (server, client) pair on AES-128-GCM whose keys come from
+    /// two made-up traffic secrets, so KeyUpdates work as on a real connection.
+    fn pair_limit(seed: u8, update_after: u64) -> (Record13, Record13) {
+        let alg = Alg::Aes128Gcm;
+        let cs = Secret::new(&[seed; 32]).unwrap();
+        let ss = Secret::new(&[seed.wrapping_add(100); 32]).unwrap();
+        let keys = |s: &Secret| {
+            let d = Dir::from_traffic_secret(alg, s);
+            ConnectionTrafficSecrets::Aes128Gcm { key: rustls::crypto::cipher::AeadKey::from(d.key), iv: rustls::crypto::cipher::Iv::copy(&d.iv) }
+        };
+        let traffic = TrafficSecrets { client: Some(cs.clone()), server: Some(ss.clone()) };
+        let server = Record13::with_limit(rustls::ExtractedSecrets { tx: (0, keys(&ss)), rx: (0, keys(&cs)) }, &traffic, update_after, false).unwrap();
+        let client = Record13::with_limit(rustls::ExtractedSecrets { tx: (0, keys(&cs)), rx: (0, keys(&ss)) }, &traffic, update_after, true).unwrap();
+        (server, client)
     }
 
-    fn aes128() -> ConnectionTrafficSecrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key: rustls::crypto::cipher::AeadKey::from([7u8; 32]), iv: rustls::crypto::cipher::Iv::copy(&[9u8; 12]) }
+    fn pair_with(seed: u8) -> (Record13, Record13) {
+        pair_limit(seed, DEFAULT_KEY_UPDATE_AFTER_RECORDS)
+    }
+
+    fn seal_open(a: &mut Record13, b: &mut Record13, msg: &[u8]) {
+        let mut wire = BytesMut::new();
+        a.seal_all(&mut BytesMut::from(msg), &mut wire).unwrap();
+        let mut got = BytesMut::new();
+        assert_eq!(b.open_all(&mut wire, &mut got), Ok(Opened::More));
+        assert_eq!(&got[..], msg);
+    }
+
+    /// Seals an arbitrary inner plaintext (content, type, padding) as `r`'s
+    /// next record: what a peer that forges records would send.
+    fn seal_inner(r: &mut Record13, inner: &[u8]) -> BytesMut {
+        let key = r.tx.bind(r.alg);
+        let mut wire = BytesMut::new();
+        let ct_len = inner.len() + TAG_LEN;
+        wire.extend_from_slice(&[CT_APPDATA, 3, 3]);
+        wire.extend_from_slice(&(ct_len as u16).to_be_bytes());
+        wire.extend_from_slice(inner);
+        let (hdr, body) = wire.split_at_mut(HEADER_LEN);
+        let tag = key.seal_in_place_separate_tag(r.tx.nonce(), Aad::from(&hdr[..]), body).unwrap();
+        wire.extend_from_slice(tag.as_ref());
+        r.tx.seq += 1;
+        wire
+    }
+
+    fn open_err(r: &mut Record13, mut wire: BytesMut) -> RecordError {
+        r.open_all(&mut wire, &mut BytesMut::new()).unwrap_err()
+    }
+
+    /// Opens one record sealed by the peer and returns (inner type, content).
+    fn open_raw(r: &mut Record13, wire: &mut BytesMut) -> (u8, Vec<u8>) {
+        let len = complete_record(wire, MAX_CIPHERTEXT).unwrap().expect("a whole record");
+        let mut rec = wire.split_to(len);
+        let (hdr, body) = rec.split_at_mut(HEADER_LEN);
+        let key = r.rx.bind(r.alg);
+        let pt = key.open_in_place(r.rx.nonce(), Aad::from(&hdr[..]), body).expect("peer record authenticates");
+        r.rx.seq += 1;
+        let end = pt.iter().rposition(|&b| b != 0).unwrap();
+        (pt[end], pt[..end].to_vec())
     }
 
     #[test]
     fn round_trip_and_tamper() {
-        let (mut a, mut b) = pair(aes128);
+        let (mut a, mut b) = pair_with(1);
         let big = vec![0xabu8; 40_000];
         let mut plain = BytesMut::from(&big[..]);
         let mut wire = BytesMut::new();
@@ -387,28 +845,12 @@ mod tests {
         assert_eq!(b.open_all(&mut first, &mut got), Ok(Opened::More));
         assert!(first.is_empty());
         assert_eq!(&got[..], &big[..]);
-        // A flipped bit fails authentication.
-        let (_, mut c) = pair(aes128);
+        // A flipped bit fails authentication, and that is bad_record_mac.
+        let (_, mut c) = pair_with(1);
         wire2[10] ^= 1;
-        assert_eq!(c.open_all(&mut wire2, &mut got), Err(RecordError::BadMac));
-    }
-
-    fn aes128_with(k: u8) -> ConnectionTrafficSecrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key: rustls::crypto::cipher::AeadKey::from([k; 32]), iv: rustls::crypto::cipher::Iv::copy(&[k; 12]) }
-    }
-
-    fn pair_with(k: u8) -> (Record13, Record13) {
-        let a = Record13::new(rustls::ExtractedSecrets { tx: (0, aes128_with(k)), rx: (0, aes128_with(k)) }).unwrap();
-        let b = Record13::new(rustls::ExtractedSecrets { tx: (0, aes128_with(k)), rx: (0, aes128_with(k)) }).unwrap();
-        (a, b)
-    }
-
-    fn seal_open(a: &mut Record13, b: &mut Record13, msg: &[u8]) {
-        let mut wire = BytesMut::new();
-        a.seal_all(&mut BytesMut::from(msg), &mut wire).unwrap();
-        let mut got = BytesMut::new();
-        assert_eq!(b.open_all(&mut wire, &mut got), Ok(Opened::More));
-        assert_eq!(&got[..], msg);
+        let e = open_err(&mut c, wire2);
+        assert_eq!(e, RecordError::BadMac);
+        assert_eq!(e.alert(), Some(AlertDescription::BadRecordMac));
     }
 
     #[test]
@@ -449,25 +891,322 @@ mod tests {
         assert!(KEYS.with(|c| c.borrow().slots[slot].as_ref().map(|s| s.id)) == Some(id));
         drop(a);
         assert!(KEYS.with(|c| c.borrow().slots[slot].is_none()));
-        // What an idle connection keeps: raw keys, IVs, seqs, id (the issue's
-        // bound is 3 KiB per idle connection in all).
-        assert!(std::mem::size_of::<Record13>() <= 128, "{}", std::mem::size_of::<Record13>());
+        // What an idle connection keeps: raw keys, IVs, seqs, the two
+        // traffic secrets KeyUpdate needs, an id (the bound is 3 KiB per
+        // idle connection in all).
+        assert!(std::mem::size_of::<Record13>() <= 256, "{}", std::mem::size_of::<Record13>());
     }
 
     #[test]
-    fn close_notify_is_seen() {
-        let (mut a, mut b) = pair(aes128);
+    fn close_notify_is_seen_and_only_one_alert_is_ever_sealed() {
+        let (mut a, mut b) = pair_with(5);
         let mut wire = BytesMut::new();
-        a.close_notify(&mut wire).unwrap();
+        assert!(a.close_notify(&mut wire));
+        let len = wire.len();
+        // A second close_notify, or an error alert after it, adds nothing.
+        assert!(!a.close_notify(&mut wire));
+        assert!(!a.error_alert(&RecordError::BadMac, &mut wire));
+        assert_eq!(wire.len(), len);
         assert_eq!(b.open_all(&mut wire, &mut BytesMut::new()), Ok(Opened::CloseNotify));
+        // And the other order: the error alert first, then no close_notify.
+        let (mut a, mut b) = pair_with(6);
+        let mut wire = BytesMut::new();
+        assert!(a.error_alert(&RecordError::NoContentType, &mut wire));
+        assert!(!a.close_notify(&mut wire));
+        assert_eq!(open_raw(&mut b, &mut wire), (CT_ALERT, vec![LEVEL_FATAL, 10]));
+        assert!(wire.is_empty());
+        // The peer's own alert is answered with none.
+        assert!(!a.error_alert(&RecordError::PeerAlert(40), &mut wire) && wire.is_empty());
     }
 
     #[test]
-    fn oversized_and_plaintext_records_refused() {
-        let (_, mut b) = pair(aes128);
-        let mut rec = BytesMut::from(&[0x17, 3, 3, 0xff, 0xff][..]);
-        assert_eq!(b.open_all(&mut rec, &mut BytesMut::new()), Err(RecordError::Overflow(0xffff)));
-        let mut rec = BytesMut::from(&[0x16, 3, 3, 0, 1, 0][..]);
-        assert_eq!(b.open_all(&mut rec, &mut BytesMut::new()), Err(RecordError::UnexpectedType(0x16)));
+    fn oversized_plaintext_and_change_cipher_spec_records_refused() {
+        let (mut b, _) = pair_with(7);
+        let e = open_err(&mut b, BytesMut::from(&[0x17, 3, 3, 0xff, 0xff][..]));
+        assert_eq!((e.clone(), e.alert()), (RecordError::Overflow(0xffff), Some(AlertDescription::RecordOverflow)));
+        // One byte over 2^14 + 256 is refused, 2^14 + 256 itself is read (and fails its tag).
+        let mut rec = BytesMut::from(&[0x17, 3, 3][..]);
+        rec.extend_from_slice(&((MAX_CIPHERTEXT + 1) as u16).to_be_bytes());
+        assert_eq!(open_err(&mut b, rec), RecordError::Overflow(MAX_CIPHERTEXT + 1));
+        let mut rec = BytesMut::from(&[0x17, 3, 3][..]);
+        rec.extend_from_slice(&(MAX_CIPHERTEXT as u16).to_be_bytes());
+        rec.extend_from_slice(&vec![0; MAX_CIPHERTEXT]);
+        assert_eq!(open_err(&mut b, rec), RecordError::BadMac);
+        // Plaintext handshake after the handshake; CCS after Finished: seen
+        // from the header alone.
+        let e = open_err(&mut b, BytesMut::from(&[0x16, 3, 3, 0, 40][..]));
+        assert_eq!((e.clone(), e.alert()), (RecordError::UnexpectedType(0x16), Some(AlertDescription::UnexpectedMessage)));
+        let e = open_err(&mut b, BytesMut::from(&[0x14, 3, 3, 0, 1, 1][..]));
+        assert_eq!((e.clone(), e.alert()), (RecordError::ChangeCipherSpec, Some(AlertDescription::UnexpectedMessage)));
+    }
+
+    #[test]
+    fn inner_plaintext_over_two_to_the_fourteen_plus_one_is_record_overflow() {
+        let (mut server, mut client) = pair_with(8);
+        // Exactly 2^14 bytes of content and its type: the largest allowed.
+        let mut inner = vec![b'x'; MAX_PLAINTEXT];
+        inner.push(CT_APPDATA);
+        let mut wire = seal_inner(&mut client, &inner);
+        let mut got = BytesMut::new();
+        assert_eq!(server.open_all(&mut wire, &mut got), Ok(Opened::More));
+        assert_eq!(got.len(), MAX_PLAINTEXT);
+        // One content byte more.
+        let mut inner = vec![b'x'; MAX_PLAINTEXT + 1];
+        inner.push(CT_APPDATA);
+        let e = open_err(&mut server, seal_inner(&mut client, &inner));
+        assert_eq!((e.clone(), e.alert()), (RecordError::PlaintextOverflow(MAX_PLAINTEXT + 2), Some(AlertDescription::RecordOverflow)));
+        // Padding counts (§5.4): small content, too much padding.
+        let (mut server, mut client) = pair_with(9);
+        let mut inner = vec![b'y'; 100];
+        inner.push(CT_APPDATA);
+        inner.resize(MAX_PLAINTEXT + 2, 0);
+        assert_eq!(open_err(&mut server, seal_inner(&mut client, &inner)), RecordError::PlaintextOverflow(MAX_PLAINTEXT + 2));
+    }
+
+    #[test]
+    fn zero_content_type_bad_alerts_and_peer_alerts() {
+        let (mut server, mut client) = pair_with(10);
+        let e = open_err(&mut server, seal_inner(&mut client, &[0, 0, 0, 0]));
+        assert_eq!((e.clone(), e.alert()), (RecordError::NoContentType, Some(AlertDescription::UnexpectedMessage)));
+        for (inner, want) in [
+            (&[CT_ALERT][..], RecordError::BadAlert(0)),
+            (&[2, CT_ALERT][..], RecordError::BadAlert(1)),
+            (&[2, 40, 0, CT_ALERT][..], RecordError::BadAlert(3)),
+            (&[7, 40, CT_ALERT][..], RecordError::BadAlert(2)),
+            (&[2, 40, CT_ALERT][..], RecordError::PeerAlert(40)),
+            (&[b'h', 0x14][..], RecordError::UnexpectedInnerType(0x14)),
+            (&[b'h', 0x42][..], RecordError::UnexpectedInnerType(0x42)),
+        ] {
+            let (mut server, mut client) = pair_with(11);
+            let e = open_err(&mut server, seal_inner(&mut client, inner));
+            assert_eq!(e, want, "{inner:?}");
+            let alert = match want {
+                RecordError::BadAlert(_) => Some(AlertDescription::DecodeError),
+                RecordError::PeerAlert(_) => None,
+                _ => Some(AlertDescription::UnexpectedMessage),
+            };
+            assert_eq!(e.alert(), alert);
+        }
+        // user_canceled is not fatal: close_notify follows it.
+        let (mut server, mut client) = pair_with(12);
+        let mut wire = seal_inner(&mut client, &[1, 90, CT_ALERT]);
+        wire.extend_from_slice(&seal_inner(&mut client, &[1, 0, CT_ALERT]));
+        assert_eq!(server.open_all(&mut wire, &mut BytesMut::new()), Ok(Opened::CloseNotify));
+    }
+
+    #[test]
+    fn key_update_not_requested_moves_only_the_receiving_keys() {
+        let (mut server, mut client) = pair_with(13);
+        seal_open(&mut client, &mut server, b"before");
+        // The client's KeyUpdate (as its record layer sends one), then data
+        // under its new key, in one read.
+        let mut wire = BytesMut::new();
+        KEYS.with(|c| client.send_key_update(&mut c.borrow_mut(), &mut wire));
+        client.seal_all(&mut BytesMut::from(&b"after"[..]), &mut wire).unwrap();
+        let mut got = BytesMut::new();
+        assert_eq!(server.open_all(&mut wire, &mut got), Ok(Opened::More));
+        assert_eq!(&got[..], b"after");
+        assert_eq!(server.rx.seq, 1);
+        // Nothing is owed back: an empty flush writes nothing.
+        let mut out = BytesMut::new();
+        server.seal_all(&mut BytesMut::new(), &mut out).unwrap();
+        assert!(out.is_empty());
+        seal_open(&mut server, &mut client, b"reply under the old server key");
+    }
+
+    #[test]
+    fn key_update_requested_is_answered_before_the_next_record() {
+        let (mut server, mut client) = pair_with(14);
+        let mut wire = seal_inner(&mut client, &[HS_KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED, CT_HANDSHAKE]);
+        // (The client's sending key moves on after its KeyUpdate.)
+        client.tx_secret = client.tx_secret.next(client.alg);
+        client.tx = Dir::from_traffic_secret(client.alg, &client.tx_secret);
+        assert_eq!(server.open_all(&mut wire, &mut BytesMut::new()), Ok(Opened::More));
+        // Even with nothing to send, the flush carries our KeyUpdate.
+        let mut out = BytesMut::new();
+        server.seal_all(&mut BytesMut::new(), &mut out).unwrap();
+        assert_eq!(open_raw(&mut client, &mut out), (CT_HANDSHAKE, vec![HS_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]));
+        assert!(out.is_empty());
+        // The client follows (as its record layer does on that message).
+        client.on_key_update(&[HS_KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]).unwrap();
+        KEYS.with(|c| c.borrow_mut().forget(client.id, Way::Rx));
+        seal_open(&mut server, &mut client, b"under the server's new key");
+        seal_open(&mut client, &mut server, b"under the client's new key");
+        // Two requests before our next record are answered once.
+        let mut wire = seal_inner(&mut client, &[HS_KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED, CT_HANDSHAKE]);
+        client.tx_secret = client.tx_secret.next(client.alg);
+        client.tx = Dir::from_traffic_secret(client.alg, &client.tx_secret);
+        wire.extend_from_slice(&seal_inner(&mut client, &[HS_KEY_UPDATE, 0, 0, 1, UPDATE_REQUESTED, CT_HANDSHAKE]));
+        client.tx_secret = client.tx_secret.next(client.alg);
+        client.tx = Dir::from_traffic_secret(client.alg, &client.tx_secret);
+        assert_eq!(server.open_all(&mut wire, &mut BytesMut::new()), Ok(Opened::More));
+        let mut out = BytesMut::new();
+        server.seal_all(&mut BytesMut::from(&b"data"[..]), &mut out).unwrap();
+        let mut got = BytesMut::new();
+        assert_eq!(client.open_all(&mut out, &mut got), Ok(Opened::More));
+        assert_eq!(&got[..], b"data");
+        assert_eq!(client.rx.seq, 1, "one KeyUpdate, then the data under the new key");
+    }
+
+    #[test]
+    fn malformed_key_updates_and_other_handshake_messages() {
+        for (inner, want, alert) in [
+            (&[HS_KEY_UPDATE, 0, 0, 1, 2, CT_HANDSHAKE][..], RecordError::KeyUpdateRequest(2), AlertDescription::IllegalParameter),
+            (&[HS_KEY_UPDATE, 0, 0, 1, 0xff, CT_HANDSHAKE][..], RecordError::KeyUpdateRequest(0xff), AlertDescription::IllegalParameter),
+            (&[HS_KEY_UPDATE, 0, 0, 2, 0, 0, CT_HANDSHAKE][..], RecordError::BadHandshake, AlertDescription::DecodeError),
+            (&[CT_HANDSHAKE][..], RecordError::BadHandshake, AlertDescription::DecodeError),
+            (&[HS_KEY_UPDATE, 0, 0, 1, CT_HANDSHAKE][..], RecordError::Misaligned, AlertDescription::UnexpectedMessage),
+            (&[HS_KEY_UPDATE, 0, CT_HANDSHAKE][..], RecordError::Misaligned, AlertDescription::UnexpectedMessage),
+            (&[HS_KEY_UPDATE, 0, 0, 1, 0, HS_KEY_UPDATE, 0, 0, 1, 0, CT_HANDSHAKE][..], RecordError::Misaligned, AlertDescription::UnexpectedMessage),
+            (&[4, 0, 0, 1, 0, CT_HANDSHAKE][..], RecordError::PostHandshake(4), AlertDescription::UnexpectedMessage),
+        ] {
+            let (mut server, mut client) = pair_with(15);
+            let e = open_err(&mut server, seal_inner(&mut client, inner));
+            assert_eq!((e.clone(), e.alert()), (want, Some(alert)), "{inner:?}");
+        }
+    }
+
+    #[test]
+    fn our_key_update_goes_out_every_n_records_and_the_peer_follows() {
+        let (mut server, mut client) = pair_limit(16, 3);
+        let mut wire = BytesMut::new();
+        // 10 full records in one flush, then 5 one at a time.
+        server.seal_all(&mut BytesMut::from(&vec![7u8; 10 * MAX_PLAINTEXT][..]), &mut wire).unwrap();
+        for i in 0..5u8 {
+            server.seal_all(&mut BytesMut::from(&[i][..]), &mut wire).unwrap();
+        }
+        let mut updates = 0;
+        let mut data = 0;
+        while !wire.is_empty() {
+            match open_raw(&mut client, &mut wire) {
+                (CT_HANDSHAKE, m) => {
+                    client.on_key_update(&m).unwrap();
+                    updates += 1;
+                }
+                (CT_APPDATA, _) => {
+                    data += 1;
+                    assert!(client.rx.seq <= 3, "more than 3 records under one key");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((data, updates), (15, 4));
+        // The client's own record layer reads the same stream.
+        let (mut server, mut client) = pair_limit(17, 2);
+        let payload: Vec<u8> = (0..5 * MAX_PLAINTEXT + 7).map(|i| i as u8).collect();
+        let mut wire = BytesMut::new();
+        server.seal_all(&mut BytesMut::from(&payload[..]), &mut wire).unwrap();
+        let mut got = BytesMut::new();
+        assert_eq!(client.open_all(&mut wire, &mut got), Ok(Opened::More));
+        assert_eq!(&got[..], &payload[..]);
+        // An alert at the limit goes after a KeyUpdate too.
+        let mut wire = BytesMut::new();
+        assert!(server.close_notify(&mut wire));
+        assert_eq!(client.open_all(&mut wire, &mut BytesMut::new()), Ok(Opened::CloseNotify));
+    }
+
+    /// Our HKDF-Expand-Label against rustls' own key schedule, on every
+    /// suite: the hand-off keys equal ours derived from the captured
+    /// secrets, a rustls client's KeyUpdate (`refresh_traffic_keys`) is
+    /// followed by our receiving side, and ours (every 2 records) by its.
+    #[test]
+    fn key_updates_interoperate_with_rustls() {
+        use rustls::CipherSuite as C;
+        use std::io::{Read, Write};
+        for suite in [C::TLS13_AES_128_GCM_SHA256, C::TLS13_AES_256_GCM_SHA384, C::TLS13_CHACHA20_POLY1305_SHA256] {
+            let (mut client, server, traffic) = handshake(suite);
+            let mut r = Record13::with_limit(server.dangerous_extract_secrets().unwrap(), &traffic, 2, false).unwrap();
+            let tx0 = Dir::from_traffic_secret(r.alg, &r.tx_secret);
+            assert_eq!((tx0.key, tx0.iv), (r.tx.key, r.tx.iv), "{suite:?}");
+            let rx0 = Dir::from_traffic_secret(r.alg, &r.rx_secret);
+            assert_eq!((rx0.key, rx0.iv), (r.rx.key, r.rx.iv), "{suite:?}");
+            for round in 0..3u8 {
+                // Client → us, across a client KeyUpdate.
+                client.writer().write_all(&[round; 100]).unwrap();
+                client.refresh_traffic_keys().unwrap();
+                client.writer().write_all(&[round + 10; 200]).unwrap();
+                let mut wire = Vec::new();
+                while client.wants_write() {
+                    client.write_tls(&mut wire).unwrap();
+                }
+                let mut got = BytesMut::new();
+                assert_eq!(r.open_all(&mut BytesMut::from(&wire[..]), &mut got), Ok(Opened::More), "{suite:?}");
+                assert_eq!(got.len(), 300);
+                assert!(got[..100].iter().all(|&b| b == round) && got[100..].iter().all(|&b| b == round + 10));
+                // Us → client: 5 records, a KeyUpdate after every 2.
+                let payload: Vec<u8> = (0..4 * MAX_PLAINTEXT + 3).map(|i| (i as u8) ^ round).collect();
+                let mut wire = BytesMut::new();
+                r.seal_all(&mut BytesMut::from(&payload[..]), &mut wire).unwrap();
+                let mut rd = &wire[..];
+                let mut back = Vec::new();
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).unwrap();
+                    client.process_new_packets().unwrap();
+                    let mut chunk = vec![0; 2 * MAX_PLAINTEXT];
+                    while let Ok(n @ 1..) = client.reader().read(&mut chunk) {
+                        back.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                assert!(back == payload, "{suite:?}: payload differs after our KeyUpdates");
+            }
+        }
+    }
+
+    /// An in-memory rustls handshake on `suite` with a server config as
+    /// ours (key log hook, secret extraction); returns both ends and what
+    /// [`SecretLog`] captured.
+    fn handshake(suite: rustls::CipherSuite) -> (rustls::ClientConnection, rustls::ServerConnection, TrafficSecrets) {
+        use std::sync::Arc;
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = rustls::pki_types::CertificateDer::from(made.cert.der().to_vec());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        let provider = Arc::new(provider);
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.key_log = Arc::new(SecretLog);
+        server.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut traffic = TrafficSecrets::default();
+        take_captured();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            s.process_new_packets().unwrap();
+            traffic.absorb(take_captured());
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() && !c.wants_write() {
+                break;
+            }
+        }
+        assert!(traffic.client.is_some() && traffic.server.is_some(), "rustls logged no traffic secrets");
+        (c, s, traffic)
     }
 }

@@ -33,7 +33,8 @@ impl Core {
                 return Outcome::Close;
             }
             Err(TransportError::Record(e)) => {
-                tracing::debug!(error = %e, "TLS record failure");
+                tracing::debug!(error = %e, peer_fault = e.is_peer_fault(), alert = ?e.alert(), "TLS record failure");
+                conn.send_record_alert(&e);
                 let handshaking = conn.ident.is_none();
                 self.stats.tls_failures += 1;
                 if handshaking {
