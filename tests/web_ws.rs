@@ -476,3 +476,84 @@ fn handshake_timeout_runs_across_the_upgrade() {
     assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(5), "{took:?}");
     server.assert_no_panic();
 }
+
+/// A client close frame is checked before it is echoed (RFC 6455 §5.5.1,
+/// §7.4, §8.1): the code a real client receives, over real TLS, for each.
+#[test]
+fn client_close_frames_validated_before_the_echo() {
+    let server = Config::default().start();
+    let close = |body: &[u8]| masked(0x88, body);
+    let with_code = |code: u16, reason: &[u8]| {
+        let mut b = code.to_be_bytes().to_vec();
+        b.extend_from_slice(reason);
+        close(&b)
+    };
+    let mut cases = vec![
+        // Echoed as they came (no code: 1000).
+        ("no body", close(b""), 1000),
+        ("1000 with a reason", with_code(1000, "au revoir, très bien".as_bytes()), 1000),
+        ("1001", with_code(1001, b""), 1001),
+        // 1012-1014 are IANA-registered; tungstenite 0.24 knows 1012 and
+        // 1013 but refuses 1014 itself, so 1014 is covered by the unit test.
+        ("1012 (IANA: service restart)", with_code(1012, b""), 1012),
+        ("3000", with_code(3000, b""), 3000),
+        ("4999", with_code(4999, b"x"), 4999),
+        // Refused.
+        ("1-byte body", close(&[0x03]), 1002),
+        ("reason not UTF-8", with_code(1000, &[b'o', b'k', 0xc3, 0x28]), 1007),
+        ("reason with a UTF-16 surrogate", with_code(1001, &[0xed, 0xa0, 0x80]), 1007),
+    ];
+    for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        cases.push(("code that must not be on the wire", with_code(code, b""), 1002));
+    }
+    for (i, (what, raw, want)) in cases.into_iter().enumerate() {
+        let mut ws = ws_open(&server);
+        if i % 2 == 0 {
+            // Half of them inside an authenticated session.
+            ws_login(&mut ws, &format!("closer{i}"), "d", 0);
+        }
+        ws.get_mut().write_all(&raw).unwrap();
+        ws.get_mut().flush().unwrap();
+        assert_eq!(ws_close_code(&mut ws), Some(want), "{what}: {raw:?}");
+    }
+    server.assert_no_panic();
+}
+
+/// The test-only echo mode that the Autobahn run (`.ci/autobahn.sh`) uses:
+/// text and binary messages come back as sent, fragmented text is checked
+/// as UTF-8 fragment by fragment (1007), and the switch is refused on a
+/// listener that is not loopback.
+#[test]
+fn test_only_echo_mode() {
+    let mut cfg = Config::default().max_frame(1 << 20);
+    cfg.env.push(("RINGGATE_TEST_WS_ECHO".into(), "1".into()));
+    let server = cfg.start();
+    let mut ws = ws_open(&server);
+    ws.send(Message::Text("héllo".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("héllo".into()));
+    // Over 64 KiB, so the reply has a 64-bit length (max_frame here: 1 MiB).
+    let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    ws.send(Message::Binary(big.clone())).unwrap();
+    assert!(ws.read().unwrap() == Message::Binary(big), "70,000-byte binary echo");
+    // "€" split across fragments is fine; a lone continuation byte is not,
+    // and fails before the message ends.
+    let mut raw = masked(0x01, &[b'a', 0xe2]);
+    raw.extend(masked(0x00, &[0x82, 0xac]));
+    raw.extend(masked(0x80, b"!"));
+    ws.get_mut().write_all(&raw).unwrap();
+    ws.get_mut().flush().unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("a€!".into()));
+    let mut raw = masked(0x01, b"fine");
+    raw.extend(masked(0x00, &[0x80]));
+    ws.get_mut().write_all(&raw).unwrap();
+    ws.get_mut().flush().unwrap();
+    assert_eq!(ws_close_code(&mut ws), Some(1007));
+    server.assert_no_panic();
+
+    // Never on a listener that is not loopback: the start is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default().listen("0.0.0.0:0");
+    cfg.env.push(("RINGGATE_TEST_WS_ECHO".into(), "1".into()));
+    let err = Server::spawn(&cfg, dir.path()).err().expect("echo mode on 0.0.0.0 must be refused");
+    assert!(err.contains("RINGGATE_TEST_WS_ECHO") && err.contains("loopback"), "{err}");
+}

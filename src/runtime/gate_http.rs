@@ -45,6 +45,9 @@ pub struct Gate {
     pub max_body_bytes: u64,
     /// `web.poll_timeout_s` in ms.
     pub poll_timeout_ms: u64,
+    /// What `/v1/ws` does with messages: the gateway's frames, or the
+    /// test-only echo (`ws::Mode`); set by `serve` from the environment.
+    pub ws_mode: super::web::ws::Mode,
 }
 
 impl Gate {
@@ -56,6 +59,7 @@ impl Gate {
             keepalive_idle_ms: cfg.web.keepalive_idle_s.saturating_mul(1000),
             max_body_bytes: u64::from(cfg.session.max_frame).saturating_mul(64),
             poll_timeout_ms: cfg.web.poll_timeout_s.saturating_mul(1000),
+            ws_mode: super::web::ws::Mode::Gateway,
         }
     }
 }

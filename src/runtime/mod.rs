@@ -290,6 +290,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let addr: std::net::SocketAddr = cfg.server.listen.parse().map_err(|_| {
         crate::config::ConfigError::Invalid(format!("server.listen {:?} is not an address", cfg.server.listen))
     })?;
+    // Refused before anything binds: a test-only switch must never turn a
+    // public gateway into an echo server.
+    let ws_mode = web::ws::mode_from_env(std::env::var(web::ws::TEST_ECHO_ENV).ok().as_deref(), addr.ip())
+        .map_err(crate::config::ConfigError::Invalid)?;
+    if ws_mode == web::ws::Mode::Echo {
+        tracing::warn!("{}=1: /v1/ws is a WebSocket echo server (test only, for the Autobahn conformance run)", web::ws::TEST_ECHO_ENV);
+    }
     if !cfg.server.allow_shared_port && addr.port() != 0 {
         if let Some(holder) = crate::net::listener::port_holder(addr) {
             return Err(ServeError::PortInUse { addr, holder });
@@ -308,10 +315,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let listeners =
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
-    let gate = Arc::new(gate_http::Gate::new(
-        &cfg,
-        crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
-    ));
+    let gate = Arc::new(gate_http::Gate {
+        ws_mode,
+        ..gate_http::Gate::new(
+            &cfg,
+            crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
+        )
+    });
 
     let mesh: mesh::Mesh =
         (0..workers).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();

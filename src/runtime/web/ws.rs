@@ -34,6 +34,7 @@ const OP_PONG: u8 = 10;
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -55,12 +56,17 @@ pub fn key_valid(key: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WsError {
     /// Unmasked frame, RSV bits, unknown opcode, bad control frame, bad
-    /// continuation: close 1002.
+    /// continuation, a close frame with a 1-byte body or a code that must
+    /// not be sent: close 1002.
     #[error("WebSocket protocol violation: {0}")]
     Protocol(&'static str),
-    /// A text message: close 1003, no DISCONNECT before it.
+    /// A text message on the gateway: close 1003, no DISCONNECT before it.
     #[error("text message (only binary messages carry frames)")]
     Text,
+    /// A close reason, or (echo mode) a text message, that is not UTF-8:
+    /// close 1007 (RFC 6455 §8.1).
+    #[error("text that is not UTF-8")]
+    InvalidUtf8,
     /// A message above `max_frame + 4`: close 1009.
     #[error("message too large")]
     TooBig,
@@ -77,9 +83,56 @@ impl WsError {
         match self {
             WsError::Protocol(_) => Some(CLOSE_PROTOCOL),
             WsError::Text => Some(CLOSE_UNSUPPORTED),
+            WsError::InvalidUtf8 => Some(CLOSE_INVALID_DATA),
             WsError::TooBig => Some(CLOSE_TOO_BIG),
             WsError::NotOneFrame => None,
         }
+    }
+}
+
+/// Whether a peer may send `code` in a close frame (RFC 6455 §7.4.1 and the
+/// IANA registry it opens): 1000–1003, 1007–1014 and the 3000–4999 ranges
+/// for libraries and applications. 1004 is reserved, 1005, 1006 and 1015
+/// are for APIs only ("MUST NOT be set as a status code in a Close control
+/// frame"), everything else below 3000 is unassigned, and 5000+ undefined.
+pub fn close_code_on_wire(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The code we answer a client's close frame with (§5.5.1: echo its code;
+/// no code → 1000), or the violation to close on instead (§7.4, §8.1).
+fn close_reply(body: &[u8]) -> Result<u16, WsError> {
+    match body {
+        [] => Ok(CLOSE_NORMAL),
+        [_] => Err(WsError::Protocol("close frame with a 1-byte body")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_on_wire(code) {
+                return Err(WsError::Protocol("close code that must not be sent"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(WsError::InvalidUtf8);
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Checks the not yet checked part of a text message (`buf[*checked..]`):
+/// false on a sequence that cannot be UTF-8. A sequence cut at the end is
+/// fine while `complete` is false (the next fragment may finish it);
+/// `*checked` then stops before it. Each byte is looked at about once.
+fn utf8_prefix_ok(buf: &[u8], checked: &mut usize, complete: bool) -> bool {
+    match std::str::from_utf8(&buf[*checked..]) {
+        Ok(_) => {
+            *checked = buf.len();
+            true
+        }
+        Err(e) if e.error_len().is_none() && !complete => {
+            *checked += e.valid_up_to();
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -92,16 +145,56 @@ pub enum Input {
     Closed,
 }
 
+/// What a connection does with complete data messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// WEB.md: a binary message carries one protocol frame for the
+    /// session; a text message is refused with 1003.
+    #[default]
+    Gateway,
+    /// Test only (`RINGGATE_TEST_WS_ECHO=1`, refused unless the listener
+    /// is on loopback): every text and binary message is sent back as it
+    /// came, text checked as UTF-8 first (1007), and no protocol frame
+    /// reaches the session. It exists because the Autobahn|Testsuite's
+    /// fuzzing client needs an echo server to check messages, fragments
+    /// and UTF-8 through this very codec (`.ci/autobahn.sh`).
+    Echo,
+}
+
+/// The environment variable of the test-only echo mode ([`Mode::Echo`]).
+pub const TEST_ECHO_ENV: &str = "RINGGATE_TEST_WS_ECHO";
+
+/// The mode of `/v1/ws` for a server whose gateway listens on `listen`,
+/// given the value of [`TEST_ECHO_ENV`]. Echo is refused unless the
+/// listener is loopback, so that the switch, set by mistake on a real
+/// deployment, stops the start instead of turning a public gateway into an
+/// echo server; any value but unset, empty, `0` or `1` is refused too.
+pub fn mode_from_env(value: Option<&str>, listen: std::net::IpAddr) -> Result<Mode, String> {
+    match value {
+        None | Some("" | "0") => Ok(Mode::Gateway),
+        Some("1") if listen.is_loopback() => Ok(Mode::Echo),
+        Some("1") => Err(format!(
+            "{TEST_ECHO_ENV}=1 (the test-only WebSocket echo) is refused on server.listen {listen}: it needs a loopback address"
+        )),
+        Some(v) => Err(format!("{TEST_ECHO_ENV}={v:?}: only 0 or 1 (test-only WebSocket echo)")),
+    }
+}
+
 /// One WebSocket connection's transport state. Holds no allocation while
 /// idle: both buffers are released once empty.
 #[derive(Debug, Default)]
 pub struct WsState {
     /// Protocol frames decoded from binary messages, for the session.
     pub frames: BytesMut,
-    /// A fragmented binary message being reassembled.
+    /// A fragmented message being reassembled.
     partial: BytesMut,
     /// A fragmented message is in progress.
     in_message: bool,
+    /// Echo mode: the fragmented message in progress is text.
+    text: bool,
+    /// Echo mode: bytes at the front of `partial` known to be UTF-8.
+    utf8_checked: usize,
+    mode: Mode,
     /// Bytes at the front of `conn.out` already wrapped in message headers.
     pub framed_len: usize,
     /// Our close frame is written: nothing more goes out, input is discarded.
@@ -110,13 +203,15 @@ pub struct WsState {
 
 impl WsState {
     /// After the 101: `out_len` bytes of HTTP already wait in `out`.
-    pub fn new(out_len: usize) -> Self {
-        WsState { framed_len: out_len, ..WsState::default() }
+    pub fn new(out_len: usize, mode: Mode) -> Self {
+        WsState { framed_len: out_len, mode, ..WsState::default() }
     }
 
     /// Decodes every complete client frame in `rbuf`: binary messages are
-    /// appended to `frames`, pings answered into `out`, a close echoed.
-    /// `max_msg` bounds a message (`max_frame + 4`).
+    /// appended to `frames` (echo mode: data messages are echoed into
+    /// `out`), pings answered into `out`, a close echoed. `max_msg` bounds
+    /// a message (`max_frame + 4`). On an error, what was decoded before it
+    /// stays (echoes in `out` go out before the close).
     pub fn decode(&mut self, rbuf: &mut BytesMut, max_msg: usize, out: &mut BytesMut) -> Result<Input, WsError> {
         loop {
             if self.close_sent {
@@ -137,9 +232,11 @@ impl WsState {
             let control = op & 0x08 != 0;
             match op {
                 OP_CONT if !self.in_message => return Err(WsError::Protocol("continuation without a message")),
-                OP_TEXT => return Err(WsError::Text),
-                OP_BINARY if self.in_message => return Err(WsError::Protocol("new message inside a fragmented one")),
-                OP_CONT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+                // §5.4: a data frame other than a continuation inside a
+                // fragmented message is a protocol error, text or binary.
+                OP_TEXT | OP_BINARY if self.in_message => return Err(WsError::Protocol("new message inside a fragmented one")),
+                OP_TEXT if self.mode == Mode::Gateway => return Err(WsError::Text),
+                OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
                 _ => return Err(WsError::Protocol("unknown opcode")),
             }
             let (len, hlen) = match b1 & 0x7f {
@@ -169,6 +266,9 @@ impl WsState {
             let len = len as usize;
             let total = hlen + 4 + len;
             if rbuf.len() < total {
+                if self.mode == Mode::Echo && !control && (op == OP_TEXT || self.text) {
+                    self.check_partial_text(&rbuf[hlen..])?;
+                }
                 return Ok(Input::Open);
             }
             let mask = [rbuf[hlen], rbuf[hlen + 1], rbuf[hlen + 2], rbuf[hlen + 3]];
@@ -188,15 +288,13 @@ impl WsState {
                 }
                 OP_PONG => {}
                 OP_CLOSE => {
-                    // Echo the client's code (RFC 6455 §5.5.1).
-                    let code = match body.get(..2) {
-                        Some(c) => u16::from_be_bytes([c[0], c[1]]),
-                        None => CLOSE_NORMAL,
-                    };
+                    // Validated before it is echoed (§5.5.1, §7.4, §8.1).
+                    let code = close_reply(&body)?;
                     self.push_close(out, code);
                     rbuf.clear();
                     return Ok(Input::Closed);
                 }
+                _ if self.mode == Mode::Echo => self.echo(op, fin, body, out)?,
                 _ if !fin => {
                     self.in_message = true;
                     self.partial.extend_from_slice(&body);
@@ -216,6 +314,53 @@ impl WsState {
                     self.frames.extend_from_slice(&msg);
                 }
             }
+        }
+    }
+
+    /// Echo mode: one unmasked data frame; a whole message goes back into
+    /// `out` with the opcode it started with. Text is checked fragment by
+    /// fragment, so an invalid sequence fails at once (§8.1), not at the end.
+    fn echo(&mut self, op: u8, fin: bool, body: BytesMut, out: &mut BytesMut) -> Result<(), WsError> {
+        if !self.in_message && fin {
+            if op == OP_TEXT && std::str::from_utf8(&body).is_err() {
+                return Err(WsError::InvalidUtf8);
+            }
+            self.put_echo(out, op, &body);
+            return Ok(());
+        }
+        if !self.in_message {
+            (self.in_message, self.text, self.utf8_checked) = (true, op == OP_TEXT, 0);
+        }
+        self.partial.extend_from_slice(&body);
+        if self.text && !utf8_prefix_ok(&self.partial, &mut self.utf8_checked, fin) {
+            return Err(WsError::InvalidUtf8);
+        }
+        if fin {
+            let msg = std::mem::take(&mut self.partial);
+            self.put_echo(out, if self.text { OP_TEXT } else { OP_BINARY }, &msg);
+            (self.in_message, self.text) = (false, false);
+        }
+        Ok(())
+    }
+
+    fn put_echo(&mut self, out: &mut BytesMut, op: u8, body: &[u8]) {
+        self.wrap_out(out);
+        put_header(out, op, body.len());
+        out.extend_from_slice(body);
+        self.framed_len = out.len();
+    }
+
+    /// Echo mode, a text frame not complete yet: fails as soon as the bytes
+    /// that arrived cannot be UTF-8, without waiting for the rest of the
+    /// frame. `masked` is the frame from its mask key on. Only the test
+    /// echo pays for this copy; the gateway refuses text on the header.
+    fn check_partial_text(&self, masked: &[u8]) -> Result<(), WsError> {
+        let Some((mask, body)) = masked.split_first_chunk::<4>() else { return Ok(()) };
+        let mut text = self.partial[self.utf8_checked.min(self.partial.len())..].to_vec();
+        text.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        match std::str::from_utf8(&text) {
+            Err(e) if e.error_len().is_some() => Err(WsError::InvalidUtf8),
+            _ => Ok(()),
         }
     }
 
@@ -318,7 +463,7 @@ mod tests {
         rbuf.extend_from_slice(&client_frame(false, OP_BINARY, &f[..3]));
         rbuf.extend_from_slice(&client_frame(true, OP_PING, b"hi"));
         rbuf.extend_from_slice(&client_frame(true, OP_CONT, &f[3..]));
-        let (mut ws, mut out) = (WsState::new(0), BytesMut::new());
+        let (mut ws, mut out) = (WsState::new(0, Mode::Gateway), BytesMut::new());
         // Byte by byte: incomplete input is never an error.
         let all = rbuf.split();
         for b in all.iter() {
@@ -340,7 +485,7 @@ mod tests {
             (client_frame(true, OP_BINARY, &[0u8; 200]), WsError::TooBig),
         ];
         for (bytes, want) in cases {
-            let (mut ws, mut out) = (WsState::new(0), BytesMut::new());
+            let (mut ws, mut out) = (WsState::new(0, Mode::Gateway), BytesMut::new());
             let mut rbuf = BytesMut::from(&bytes[..]);
             assert_eq!(ws.decode(&mut rbuf, 100, &mut out), Err(want));
         }
@@ -348,13 +493,13 @@ mod tests {
         assert_eq!(WsError::Text.close_code(), Some(1003));
         // A huge 64-bit length is refused on the header alone.
         let mut rbuf = BytesMut::from(&[0x82u8, 0xff, 0, 0, 0, 1, 0, 0, 0, 0][..]);
-        assert_eq!(WsState::new(0).decode(&mut rbuf, 100, &mut BytesMut::new()), Err(WsError::TooBig));
+        assert_eq!(WsState::new(0, Mode::Gateway).decode(&mut rbuf, 100, &mut BytesMut::new()), Err(WsError::TooBig));
     }
 
     #[test]
     fn output_wrapped_once_and_nothing_after_close() {
         let mut out = BytesMut::from(&b"HTTP/1.1 101\r\n\r\n"[..]);
-        let mut ws = WsState::new(out.len());
+        let mut ws = WsState::new(out.len(), Mode::Gateway);
         out.extend_from_slice(&ping_frame());
         out.extend_from_slice(&ping_frame());
         ws.wrap_out(&mut out);
@@ -367,5 +512,106 @@ mod tests {
         out.extend_from_slice(&ping_frame());
         ws.wrap_out(&mut out);
         assert_eq!(out.len(), n);
+    }
+
+    fn decode_all(ws: &mut WsState, bytes: &[u8], out: &mut BytesMut) -> Result<Input, WsError> {
+        ws.decode(&mut BytesMut::from(bytes), 1 << 20, out)
+    }
+
+    #[test]
+    fn close_frames_validated_before_the_echo() {
+        let with_code = |code: u16, reason: &[u8]| {
+            let mut b = code.to_be_bytes().to_vec();
+            b.extend_from_slice(reason);
+            client_frame(true, OP_CLOSE, &b)
+        };
+        // Echoed: no body (1000), and every code a peer may send.
+        for (bytes, echoed) in [
+            (client_frame(true, OP_CLOSE, b""), 1000),
+            (with_code(1000, b"bye"), 1000),
+            (with_code(1001, "é".as_bytes()), 1001),
+            (with_code(1003, b""), 1003),
+            (with_code(1007, b""), 1007),
+            (with_code(1011, b""), 1011),
+            (with_code(1014, b""), 1014),
+            (with_code(3000, b""), 3000),
+            (with_code(4999, b""), 4999),
+        ] {
+            let (mut ws, mut out) = (WsState::new(0, Mode::Gateway), BytesMut::new());
+            assert_eq!(decode_all(&mut ws, &bytes, &mut out), Ok(Input::Closed), "{bytes:?}");
+            assert_eq!(&out[..], &[0x88, 2, (echoed >> 8) as u8, echoed as u8]);
+        }
+        // Refused: 1002 for the body and the codes, 1007 for the reason.
+        let mut refused = vec![(client_frame(true, OP_CLOSE, &[3]), CLOSE_PROTOCOL), (with_code(1000, &[0xff, 0xfe]), CLOSE_INVALID_DATA)];
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            refused.push((with_code(code, b""), CLOSE_PROTOCOL));
+        }
+        for (bytes, want) in refused {
+            for mode in [Mode::Gateway, Mode::Echo] {
+                let (mut ws, mut out) = (WsState::new(0, mode), BytesMut::new());
+                let err = decode_all(&mut ws, &bytes, &mut out).unwrap_err();
+                assert_eq!(err.close_code(), Some(want), "{bytes:?}: {err}");
+                assert!(out.is_empty() && !ws.close_sent, "no echo of a bad close");
+            }
+        }
+    }
+
+    #[test]
+    fn echo_mode_sends_messages_back_and_checks_text() {
+        let (mut ws, mut out) = (WsState::new(0, Mode::Echo), BytesMut::new());
+        let mut rbuf = BytesMut::new();
+        rbuf.extend_from_slice(&client_frame(true, OP_TEXT, "héllo".as_bytes()));
+        rbuf.extend_from_slice(&client_frame(true, OP_BINARY, &[0xff, 0]));
+        // "€" (e2 82 ac) cut between fragments, a ping inside the message.
+        rbuf.extend_from_slice(&client_frame(false, OP_TEXT, &[b'a', 0xe2]));
+        rbuf.extend_from_slice(&client_frame(true, OP_PING, b""));
+        rbuf.extend_from_slice(&client_frame(false, OP_CONT, &[0x82]));
+        rbuf.extend_from_slice(&client_frame(true, OP_CONT, &[0xac]));
+        assert_eq!(ws.decode(&mut rbuf, 100, &mut out), Ok(Input::Open));
+        let mut want = vec![0x81, 6];
+        want.extend_from_slice("héllo".as_bytes());
+        want.extend_from_slice(&[0x82, 2, 0xff, 0, 0x8a, 0, 0x81, 4, b'a', 0xe2, 0x82, 0xac]);
+        assert_eq!(&out[..], &want[..]);
+        assert!(ws.frames.is_empty(), "nothing reaches the session");
+
+        // Invalid UTF-8 fails on the fragment that has it, before the end.
+        let (mut ws, mut out) = (WsState::new(0, Mode::Echo), BytesMut::new());
+        let mut rbuf = BytesMut::from(&client_frame(false, OP_TEXT, b"ok")[..]);
+        rbuf.extend_from_slice(&client_frame(false, OP_CONT, &[0xed, 0xa0, 0x80]));
+        assert_eq!(ws.decode(&mut rbuf, 100, &mut out), Err(WsError::InvalidUtf8));
+        // A sequence still cut when the message ends is invalid too.
+        let mut ws = WsState::new(0, Mode::Echo);
+        assert_eq!(decode_all(&mut ws, &client_frame(true, OP_TEXT, &[b'a', 0xe2, 0x82]), &mut out), Err(WsError::InvalidUtf8));
+        let mut ws = WsState::new(0, Mode::Echo);
+        let mut two = client_frame(false, OP_TEXT, &[0xe2, 0x82]);
+        two.extend_from_slice(&client_frame(true, OP_CONT, b""));
+        assert_eq!(decode_all(&mut ws, &two, &mut out), Err(WsError::InvalidUtf8));
+        // Inside one frame not yet complete: refused on the bytes that came.
+        let mut ws = WsState::new(0, Mode::Echo);
+        let frame = client_frame(true, OP_TEXT, &[b'a', b'b', 0xe0, 0x80, b'c', b'd']);
+        assert_eq!(decode_all(&mut ws, &frame[..frame.len() - 3], &mut out), Ok(Input::Open), "valid so far");
+        assert_eq!(decode_all(&mut ws, &frame[..frame.len() - 2], &mut out), Err(WsError::InvalidUtf8));
+        // A new data frame inside a fragmented message: 1002, text or binary.
+        for op in [OP_TEXT, OP_BINARY] {
+            for mode in [Mode::Gateway, Mode::Echo] {
+                let mut ws = WsState::new(0, mode);
+                let mut b = client_frame(false, OP_BINARY, &[0, 0]);
+                b.extend_from_slice(&client_frame(true, op, b"x"));
+                assert_eq!(decode_all(&mut ws, &b, &mut out), Err(WsError::Protocol("new message inside a fragmented one")));
+            }
+        }
+    }
+
+    #[test]
+    fn echo_mode_only_from_the_env_on_loopback() {
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let any: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(mode_from_env(None, any), Ok(Mode::Gateway));
+        assert_eq!(mode_from_env(Some("0"), any), Ok(Mode::Gateway));
+        assert_eq!(mode_from_env(Some("1"), lo), Ok(Mode::Echo));
+        assert_eq!(mode_from_env(Some("1"), "::1".parse().unwrap()), Ok(Mode::Echo));
+        assert!(mode_from_env(Some("1"), any).unwrap_err().contains("loopback"));
+        assert!(mode_from_env(Some("1"), "10.0.0.1".parse().unwrap()).is_err());
+        assert!(mode_from_env(Some("yes"), lo).is_err());
     }
 }
