@@ -130,11 +130,26 @@ pub struct TlsConfig {
     pub session_tickets: bool,
     /// Extra certificates chosen by SNI server name.
     pub certificates: Vec<SniCertificate>,
+    /// Session ticket key file (64 hex digits, created with mode 0600 when
+    /// missing); nodes sharing it resume each other's sessions. Unset = a
+    /// random key per process. Default unset.
+    pub ticket_key_file: Option<PathBuf>,
+    /// After the ticket key file is replaced and reloaded, the previous key
+    /// still decrypts tickets this long. Default 86400.
+    pub ticket_key_overlap_s: u64,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { enabled: true, cert_file: None, key_file: None, session_tickets: true, certificates: Vec::new() }
+        Self {
+            enabled: true,
+            cert_file: None,
+            key_file: None,
+            session_tickets: true,
+            certificates: Vec::new(),
+            ticket_key_file: None,
+            ticket_key_overlap_s: 86_400,
+        }
     }
 }
 
@@ -163,11 +178,49 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// When set, a token's `aud` (string or array) must contain it. Default unset.
     pub audience: Option<String>,
+    /// `[[auth.keys]]`: keys chosen by a token's `kid` header. Default none.
+    pub keys: Vec<AuthKey>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt_secret: None, jwt_secret_file: None, leeway_s: 30, issuer: None, audience: None }
+        Self { jwt_secret: None, jwt_secret_file: None, leeway_s: 30, issuer: None, audience: None, keys: Vec::new() }
+    }
+}
+
+/// One `[[auth.keys]]` entry: a token whose header names `kid` is checked
+/// with this key and must say this `alg`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKey {
+    /// The key id tokens name in their `kid` header (1..=128 bytes).
+    pub kid: String,
+    /// `HS256`, `RS256`, `ES256` or `EdDSA` (Ed25519).
+    pub alg: String,
+    /// SPKI PEM public key (`-----BEGIN PUBLIC KEY-----`), for RS256, ES256 and EdDSA.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// File holding the shared secret (trailing newline ignored, at least 16 bytes), HS256 only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl AuthKey {
+    /// The problems of this entry `validate()` can see without reading files.
+    fn problems(&self, i: usize, errs: &mut Vec<String>) {
+        let at = format!("auth.keys[{i}] (kid {:?})", self.kid);
+        if self.kid.is_empty() || self.kid.len() > 128 {
+            errs.push(format!("{at}: kid must be 1..=128 bytes"));
+        }
+        match (self.alg.as_str(), &self.public_key_file, &self.secret_file) {
+            ("HS256", None, Some(_)) => {}
+            ("HS256", _, _) => errs.push(format!("{at}: alg HS256 takes secret_file (and no public_key_file)")),
+            ("RS256" | "ES256" | "EdDSA", Some(_), None) => {}
+            ("RS256" | "ES256" | "EdDSA", _, _) => {
+                errs.push(format!("{at}: alg {} takes public_key_file (and no secret_file)", self.alg))
+            }
+            (other, _, _) => errs.push(format!("{at}: alg {other:?} is not one of HS256, RS256, ES256, EdDSA")),
+        }
     }
 }
 
@@ -467,6 +520,16 @@ impl Config {
         if self.server.backlog == 0 {
             errs.push("server.backlog must be at least 1".into());
         }
+        let mut kids = std::collections::HashSet::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            k.problems(i, &mut errs);
+            if !kids.insert(k.kid.as_str()) {
+                errs.push(format!("auth.keys[{i}]: kid {:?} is used twice", k.kid));
+            }
+        }
+        if self.tls.ticket_key_file.is_some() && !self.tls.session_tickets {
+            errs.push("tls.ticket_key_file is set but tls.session_tickets = false: set one or the other".into());
+        }
         let s = &self.session;
         if s.heartbeat_s == 0 {
             errs.push("session.heartbeat_s must be at least 1".into());
@@ -680,6 +743,11 @@ session_tickets = true
 # server_name = "im.example.com"
 # cert_file = "/etc/ringgate/im.pem"
 # key_file = "/etc/ringgate/im.key"
+# Session ticket key shared by a fleet (64 hex digits; created 0600 when missing).
+# Unset = a random key per process (no resumption across nodes or restarts).
+# ticket_key_file = "/etc/ringgate/ticket.key"
+# After the file is replaced and reloaded, the old key still decrypts this long.
+ticket_key_overlap_s = 86400
 
 [auth]
 # HS256 secret for client JWTs (sub = user id, exp checked). Set one of:
@@ -691,6 +759,12 @@ leeway_s = 30
 # Required iss / aud claims, when set:
 # issuer = "https://auth.example.com"
 # audience = "ringgate"
+# Keys chosen by the token's kid header (a token without kid uses the secret above):
+# [[auth.keys]]
+# kid = "k1"
+# alg = "ES256"                               # HS256, RS256, ES256, EdDSA
+# public_key_file = "/etc/ringgate/k1.pem"    # SPKI PEM (RS256, ES256, EdDSA)
+# secret_file = "/etc/ringgate/k1.secret"     # HS256 only
 
 [session]
 # Heartbeat interval told to clients; a connection silent for 2.5x this is closed.
@@ -836,7 +910,8 @@ mod tests {
     /// README's configuration table states every default; it must not drift.
     #[test]
     fn readme_table_matches_defaults() {
-        let readme = include_str!("../README.md");
+        // The operations guide documents the keys of operations (rotation) in its own table.
+        let readme = format!("{}\n{}", include_str!("../README.md"), include_str!("../docs/operations.md"));
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut checked = 0;
         for line in readme.lines() {
