@@ -173,6 +173,9 @@ impl Reloader {
         if let Some(t) = &file_ticketer {
             tracing::info!(key_id = %t.key_id(), "TLS session tickets from tls.ticket_key_file");
         }
+        if !s.cfg.auth.keys.is_empty() {
+            tracing::info!(kids = ?live.jwt.kids(), "token keys ([[auth.keys]]); tokens without kid use the HS256 secret");
+        }
         r.file_ticketer = file_ticketer;
         r.current = Some(Arc::new(live));
         Ok(r)
