@@ -1,10 +1,16 @@
-//! Client authentication: HS256 JWTs (`sub` = user id, `exp` checked) and the secret they are signed with.
+//! Client authentication: JWTs (`sub` = user id, `exp` checked), the HS256 secret, and the `[[auth.keys]]` chosen by `kid`.
 //!
-//! Deliberately small: only HS256 is accepted, so `alg: none` and algorithm
-//! confusion are refused by construction. The MAC is checked (in constant
-//! time, by `hmac`) before the claims are parsed, so an unauthenticated peer
-//! never reaches the JSON parser with chosen input beyond the header.
+//! A token without `kid` is HS256 with `auth.jwt_secret` (as before key ids
+//! existed). A token with `kid` is checked with that key only, and its
+//! `alg` header must be the key's configured `alg`: the algorithm comes from
+//! our configuration, never from the token, so `alg: none` and algorithm
+//! confusion (an RS256 public key used as an HS256 secret) are refused by
+//! construction. Signatures are checked by `hmac` (HS256 without kid) and by
+//! `jsonwebtoken` (its `crypto` module over `ring`) before the claims are
+//! parsed, so an unauthenticated peer reaches the JSON parser with chosen
+//! input only in the header.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,6 +47,16 @@ pub enum AuthError {
     /// Operator fault: the secret could not be read or created.
     #[error("JWT secret {path}: {message}")]
     Secret { path: PathBuf, message: String },
+    /// Peer fault: the token names a `kid` this server has no key for
+    /// (never had, or removed by a reload).
+    #[error("token kid is not a configured key")]
+    UnknownKid,
+    /// Peer fault: the token's `alg` is not the one configured for its `kid`.
+    #[error("token alg {got:?} does not match the key's {want}")]
+    AlgMismatch { got: String, want: &'static str },
+    /// Operator fault: an `[[auth.keys]]` file could not be read or parsed.
+    #[error("auth.keys kid {kid:?}: {path}: {message}")]
+    KeyFile { kid: String, path: PathBuf, message: String },
 }
 
 /// The claims ringgate uses.
@@ -55,6 +71,8 @@ pub struct Claims {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +127,57 @@ fn numeric_date(v: Option<serde_json::Value>, name: &'static str) -> Result<Opti
     }
 }
 
+/// The three parts of a compact JWS.
+fn split(token: &str) -> Result<(&str, &str, &str), AuthError> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(c), Some(s), None) => Ok((h, c, s)),
+        _ => Err(AuthError::Malformed("not three dot-separated parts")),
+    }
+}
+
+fn header(h: &str) -> Result<Header, AuthError> {
+    let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| AuthError::Malformed("header is not base64url"))?;
+    serde_json::from_slice(&header).map_err(|_| AuthError::Malformed("header is not JSON"))
+}
+
+/// The claim checks, run once the signature verified.
+fn check_claims(c: &str, rules: &ClaimRules, now_s: u64) -> Result<Claims, AuthError> {
+    let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| AuthError::Malformed("claims are not base64url"))?;
+    let raw: RawClaims = serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed("claims are not JSON"))?;
+    let sub = raw.sub.ok_or(AuthError::Malformed("no sub claim"))?;
+    if crate::limits::check_name(&sub).is_err() {
+        return Err(AuthError::Malformed("sub must be 1..=255 bytes of UTF-8 without control characters"));
+    }
+    let exp = numeric_date(raw.exp, "exp")?.ok_or(AuthError::Malformed("no exp claim"))?;
+    let leeway = rules.leeway_s;
+    if exp.saturating_add(leeway) <= now_s {
+        return Err(AuthError::Expired { exp, now: now_s });
+    }
+    if let Some(nbf) = numeric_date(raw.nbf, "nbf")? {
+        if nbf > now_s.saturating_add(leeway) {
+            return Err(AuthError::NotYetValid { nbf, now: now_s });
+        }
+    }
+    if let Some(want) = &rules.issuer {
+        if !matches!(&raw.iss, Some(serde_json::Value::String(s)) if s == want) {
+            return Err(AuthError::WrongClaim("iss"));
+        }
+    }
+    if let Some(want) = &rules.audience {
+        let ok = match &raw.aud {
+            Some(serde_json::Value::String(s)) => s == want,
+            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want.as_str())),
+            _ => false,
+        };
+        if !ok {
+            return Err(AuthError::WrongClaim("aud"));
+        }
+    }
+    // With the leeway a token may be used up to `leeway` past its exp.
+    Ok(Claims { sub, exp: exp.saturating_add(leeway) })
+}
+
 impl JwtKey {
     /// A key that checks only signature and `exp` (no leeway): for minting
     /// and for tests.
@@ -124,11 +193,7 @@ impl JwtKey {
 
     /// Verifies signature and expiry; `now_s` is Unix seconds.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, AuthError> {
-        let mut parts = token.split('.');
-        let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(h), Some(c), Some(s), None) => (h, c, s),
-            _ => return Err(AuthError::Malformed("not three dot-separated parts")),
-        };
+        let (h, c, s) = split(token)?;
         let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac.clone();
         mac.update(h.as_bytes());
@@ -136,44 +201,11 @@ impl JwtKey {
         mac.update(c.as_bytes());
         mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
 
-        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: Header = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed("header is not JSON"))?;
+        let header = header(h)?;
         if header.alg != "HS256" {
             return Err(AuthError::Malformed("alg is not HS256"));
         }
-        let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| AuthError::Malformed("claims are not base64url"))?;
-        let raw: RawClaims = serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed("claims are not JSON"))?;
-        let sub = raw.sub.ok_or(AuthError::Malformed("no sub claim"))?;
-        if crate::limits::check_name(&sub).is_err() {
-            return Err(AuthError::Malformed("sub must be 1..=255 bytes of UTF-8 without control characters"));
-        }
-        let exp = numeric_date(raw.exp, "exp")?.ok_or(AuthError::Malformed("no exp claim"))?;
-        let leeway = self.rules.leeway_s;
-        if exp.saturating_add(leeway) <= now_s {
-            return Err(AuthError::Expired { exp, now: now_s });
-        }
-        if let Some(nbf) = numeric_date(raw.nbf, "nbf")? {
-            if nbf > now_s.saturating_add(leeway) {
-                return Err(AuthError::NotYetValid { nbf, now: now_s });
-            }
-        }
-        if let Some(want) = &self.rules.issuer {
-            if !matches!(&raw.iss, Some(serde_json::Value::String(s)) if s == want) {
-                return Err(AuthError::WrongClaim("iss"));
-            }
-        }
-        if let Some(want) = &self.rules.audience {
-            let ok = match &raw.aud {
-                Some(serde_json::Value::String(s)) => s == want,
-                Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(want.as_str())),
-                _ => false,
-            };
-            if !ok {
-                return Err(AuthError::WrongClaim("aud"));
-            }
-        }
-        // With the leeway a token may be used up to `leeway` past its exp.
-        Ok(Claims { sub, exp: exp.saturating_add(leeway) })
+        check_claims(c, &self.rules, now_s)
     }
 
     /// Signs a token for `user` valid for `ttl_s` seconds from `now_s`.
@@ -188,6 +220,165 @@ impl JwtKey {
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("{header}.{claims}.{sig}")
     }
+}
+
+/// The algorithms `[[auth.keys]]` may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAlg {
+    Hs256,
+    Rs256,
+    Es256,
+    EdDsa,
+}
+
+impl KeyAlg {
+    /// The `alg` header value (RFC 7518 / RFC 8037 spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlg::Hs256 => "HS256",
+            KeyAlg::Rs256 => "RS256",
+            KeyAlg::Es256 => "ES256",
+            KeyAlg::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [KeyAlg::Hs256, KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa].into_iter().find(|a| a.name() == s)
+    }
+
+    fn jws(self) -> jsonwebtoken::Algorithm {
+        match self {
+            KeyAlg::Hs256 => jsonwebtoken::Algorithm::HS256,
+            KeyAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+            KeyAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+            KeyAlg::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+/// One `[[auth.keys]]` key, parsed.
+#[derive(Clone)]
+struct KidKey {
+    alg: KeyAlg,
+    key: jsonwebtoken::DecodingKey,
+}
+
+/// Every token key of one configuration: the HS256 secret for tokens
+/// without `kid`, and the `[[auth.keys]]` by kid. Immutable; a reload
+/// builds a new one and the cores swap it whole.
+#[derive(Clone)]
+pub struct TokenKeys {
+    default: JwtKey,
+    by_kid: HashMap<String, KidKey>,
+    rules: ClaimRules,
+}
+
+impl TokenKeys {
+    /// Only the HS256 secret (no key ids).
+    pub fn from_secret(secret: &[u8], rules: ClaimRules) -> Self {
+        TokenKeys { default: JwtKey::with_rules(secret, rules.clone()), by_kid: HashMap::new(), rules }
+    }
+
+    /// The secret plus every `[[auth.keys]]` entry, each file read and
+    /// parsed now: a key that does not load is an error here (at start or
+    /// reload), never a CONNACK 2 for every client later.
+    pub fn load(secret: &[u8], cfg: &AuthConfig) -> Result<Self, AuthError> {
+        let mut keys = Self::from_secret(secret, ClaimRules::from_config(cfg));
+        for k in &cfg.keys {
+            keys.by_kid.insert(k.kid.clone(), load_kid_key(k)?);
+        }
+        Ok(keys)
+    }
+
+    /// The key ids configured, sorted (for logs).
+    pub fn kids(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.by_kid.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Verifies a token: by its `kid`'s key when it names one, else with
+    /// the HS256 secret. `now_s` is Unix seconds.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, AuthError> {
+        let (h, c, s) = split(token)?;
+        let hdr = header(h)?;
+        let Some(kid) = hdr.kid else { return self.default.verify(token, now_s) };
+        let key = self.by_kid.get(&kid).ok_or(AuthError::UnknownKid)?;
+        // The key's algorithm, not the token's: `none`, or HS256 signed
+        // with an RS256 key's public PEM as the secret, stop here.
+        if hdr.alg != key.alg.name() {
+            return Err(AuthError::AlgMismatch { got: hdr.alg.chars().take(16).collect(), want: key.alg.name() });
+        }
+        let signed = &token[..h.len() + 1 + c.len()];
+        match jsonwebtoken::crypto::verify(s, signed.as_bytes(), &key.key, key.alg.jws()) {
+            Ok(true) => check_claims(c, &self.rules, now_s),
+            // Err: the signature is not base64url or not the key's size.
+            Ok(false) | Err(_) => Err(AuthError::BadSignature),
+        }
+    }
+}
+
+fn load_kid_key(k: &crate::config::AuthKey) -> Result<KidKey, AuthError> {
+    let alg = KeyAlg::parse(&k.alg).ok_or_else(|| AuthError::KeyFile {
+        kid: k.kid.clone(),
+        path: PathBuf::new(),
+        message: format!("alg {:?} is not one of HS256, RS256, ES256, EdDSA", k.alg),
+    })?;
+    let path = match alg {
+        KeyAlg::Hs256 => k.secret_file.as_ref(),
+        _ => k.public_key_file.as_ref(),
+    };
+    let Some(path) = path else {
+        return Err(AuthError::KeyFile {
+            kid: k.kid.clone(),
+            path: PathBuf::new(),
+            message: format!("alg {} needs {}", alg.name(), if alg == KeyAlg::Hs256 { "secret_file" } else { "public_key_file" }),
+        });
+    };
+    let err = |message: String| AuthError::KeyFile { kid: k.kid.clone(), path: path.clone(), message };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let key = match alg {
+        KeyAlg::Hs256 => {
+            let s = trim_newline(&bytes);
+            if s.len() < 16 {
+                return Err(err("secret must be at least 16 bytes".into()));
+            }
+            jsonwebtoken::DecodingKey::from_secret(s)
+        }
+        KeyAlg::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(&bytes).map_err(|e| err(format!("not an RSA public key PEM: {e}")))?,
+        KeyAlg::Es256 => jsonwebtoken::DecodingKey::from_ec_pem(&bytes).map_err(|e| err(format!("not an EC public key PEM: {e}")))?,
+        KeyAlg::EdDsa => {
+            jsonwebtoken::DecodingKey::from_ed_pem(&bytes).map_err(|e| err(format!("not an Ed25519 public key PEM: {e}")))?
+        }
+    };
+    Ok(KidKey { alg, key })
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && matches!(b[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &b[..end]
+}
+
+/// Signs a token for `user` with a named key (`ringgate token --kid`):
+/// `key_file` is the HS256 secret file or the PKCS#8 PEM private key.
+pub fn mint_with_key(kid: &str, alg: KeyAlg, key_file: &Path, user: &str, now_s: u64, ttl_s: u64) -> Result<String, AuthError> {
+    let err = |message: String| AuthError::KeyFile { kid: kid.to_string(), path: key_file.to_path_buf(), message };
+    let bytes = std::fs::read(key_file).map_err(|e| err(e.to_string()))?;
+    let key = match alg {
+        KeyAlg::Hs256 => jsonwebtoken::EncodingKey::from_secret(trim_newline(&bytes)),
+        KeyAlg::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(&bytes).map_err(|e| err(format!("not an RSA private key PEM: {e}")))?,
+        KeyAlg::Es256 => jsonwebtoken::EncodingKey::from_ec_pem(&bytes).map_err(|e| err(format!("not a PKCS#8 EC private key PEM: {e}")))?,
+        KeyAlg::EdDsa => {
+            jsonwebtoken::EncodingKey::from_ed_pem(&bytes).map_err(|e| err(format!("not a PKCS#8 Ed25519 private key PEM: {e}")))?
+        }
+    };
+    let mut header = jsonwebtoken::Header::new(alg.jws());
+    header.kid = Some(kid.to_string());
+    let claims = serde_json::json!({ "sub": user, "iat": now_s, "exp": now_s.saturating_add(ttl_s) });
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| err(format!("cannot sign: {e}")))
 }
 
 /// Where the secret came from (the server prints a hint when it made one).

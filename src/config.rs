@@ -134,6 +134,13 @@ pub struct TlsConfig {
     /// KeyUpdate and moves to the next key (RFC 8446 §4.6.3, §5.5).
     /// Default 8323072 (2^23 - 2^16, under AES-GCM's limit); 1 to 8388608.
     pub key_update_after_records: u64,
+    /// Session ticket key file (64 hex digits, created with mode 0600 when
+    /// missing); nodes sharing it resume each other's sessions. Unset = a
+    /// random key per process. Default unset.
+    pub ticket_key_file: Option<PathBuf>,
+    /// After the ticket key file is replaced and reloaded, the previous key
+    /// still decrypts tickets this long. Default 86400.
+    pub ticket_key_overlap_s: u64,
 }
 
 impl Default for TlsConfig {
@@ -145,6 +152,8 @@ impl Default for TlsConfig {
             session_tickets: true,
             certificates: Vec::new(),
             key_update_after_records: crate::runtime::tls_record::DEFAULT_KEY_UPDATE_AFTER_RECORDS,
+            ticket_key_file: None,
+            ticket_key_overlap_s: 86_400,
         }
     }
 }
@@ -174,11 +183,49 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// When set, a token's `aud` (string or array) must contain it. Default unset.
     pub audience: Option<String>,
+    /// `[[auth.keys]]`: keys chosen by a token's `kid` header. Default none.
+    pub keys: Vec<AuthKey>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt_secret: None, jwt_secret_file: None, leeway_s: 30, issuer: None, audience: None }
+        Self { jwt_secret: None, jwt_secret_file: None, leeway_s: 30, issuer: None, audience: None, keys: Vec::new() }
+    }
+}
+
+/// One `[[auth.keys]]` entry: a token whose header names `kid` is checked
+/// with this key and must say this `alg`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKey {
+    /// The key id tokens name in their `kid` header (1..=128 bytes).
+    pub kid: String,
+    /// `HS256`, `RS256`, `ES256` or `EdDSA` (Ed25519).
+    pub alg: String,
+    /// SPKI PEM public key (`-----BEGIN PUBLIC KEY-----`), for RS256, ES256 and EdDSA.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// File holding the shared secret (trailing newline ignored, at least 16 bytes), HS256 only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl AuthKey {
+    /// The problems of this entry `validate()` can see without reading files.
+    fn problems(&self, i: usize, errs: &mut Vec<String>) {
+        let at = format!("auth.keys[{i}] (kid {:?})", self.kid);
+        if self.kid.is_empty() || self.kid.len() > 128 {
+            errs.push(format!("{at}: kid must be 1..=128 bytes"));
+        }
+        match (self.alg.as_str(), &self.public_key_file, &self.secret_file) {
+            ("HS256", None, Some(_)) => {}
+            ("HS256", _, _) => errs.push(format!("{at}: alg HS256 takes secret_file (and no public_key_file)")),
+            ("RS256" | "ES256" | "EdDSA", Some(_), None) => {}
+            ("RS256" | "ES256" | "EdDSA", _, _) => {
+                errs.push(format!("{at}: alg {} takes public_key_file (and no secret_file)", self.alg))
+            }
+            (other, _, _) => errs.push(format!("{at}: alg {other:?} is not one of HS256, RS256, ES256, EdDSA")),
+        }
     }
 }
 
@@ -485,6 +532,16 @@ impl Config {
         if self.server.backlog == 0 {
             errs.push("server.backlog must be at least 1".into());
         }
+        let mut kids = std::collections::HashSet::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            k.problems(i, &mut errs);
+            if !kids.insert(k.kid.as_str()) {
+                errs.push(format!("auth.keys[{i}]: kid {:?} is used twice", k.kid));
+            }
+        }
+        if self.tls.ticket_key_file.is_some() && !self.tls.session_tickets {
+            errs.push("tls.ticket_key_file is set but tls.session_tickets = false: set one or the other".into());
+        }
         let s = &self.session;
         if s.heartbeat_s == 0 {
             errs.push("session.heartbeat_s must be at least 1".into());
@@ -700,6 +757,11 @@ key_update_after_records = 8323072
 # server_name = "im.example.com"
 # cert_file = "/etc/ringgate/im.pem"
 # key_file = "/etc/ringgate/im.key"
+# Session ticket key shared by a fleet (64 hex digits; created 0600 when missing).
+# Unset = a random key per process (no resumption across nodes or restarts).
+# ticket_key_file = "/etc/ringgate/ticket.key"
+# After the file is replaced and reloaded, the old key still decrypts this long.
+ticket_key_overlap_s = 86400
 
 [auth]
 # HS256 secret for client JWTs (sub = user id, exp checked). Set one of:
@@ -711,6 +773,12 @@ leeway_s = 30
 # Required iss / aud claims, when set:
 # issuer = "https://auth.example.com"
 # audience = "ringgate"
+# Keys chosen by the token's kid header (a token without kid uses the secret above):
+# [[auth.keys]]
+# kid = "k1"
+# alg = "ES256"                               # HS256, RS256, ES256, EdDSA
+# public_key_file = "/etc/ringgate/k1.pem"    # SPKI PEM (RS256, ES256, EdDSA)
+# secret_file = "/etc/ringgate/k1.secret"     # HS256 only
 
 [session]
 # Heartbeat interval told to clients; a connection silent for 2.5x this is closed.
@@ -858,7 +926,7 @@ mod tests {
     /// count too.
     #[test]
     fn readme_table_matches_defaults() {
-        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md")].concat();
+        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md"), include_str!("../docs/operations.md")].join("\n");
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut checked = 0;
         for line in readme.lines() {

@@ -15,8 +15,9 @@
 //! - [`metrics`]: per-core lock-free counters, Prometheus text at scrape.
 //! - [`route`]: the route endpoint's signed payload, endpoint order and
 //!   failure feedback (`GET /v1/route`, served by `runtime::gate_http`).
-//! - [`auth`]: JWT HS256 tokens.
+//! - [`auth`]: JWTs: the HS256 secret and the `[[auth.keys]]` chosen by `kid`.
 //! - [`tls`]: rustls server configuration and the development certificate.
+//! - [`tls_tickets`]: session ticket keys from a file, shared by a fleet and rotated by reload.
 //! - [`net`]: listener and socket options, chosen on purpose.
 //! - [`limits`]: what one peer may make the server hold or do (rate limits,
 //!   admission by address, name rules), sans-IO.
@@ -42,3 +43,4 @@ pub mod route;
 pub mod runtime;
 pub mod store;
 pub mod tls;
+pub mod tls_tickets;

@@ -44,6 +44,17 @@ enum Cmd {
         /// a token signed with a secret no server uses would be refused).
         #[arg(long)]
         create_secret: bool,
+        /// Sign with the `[[auth.keys]]` entry of this kid instead of the secret (needs --key-file).
+        #[arg(long, requires = "key_file")]
+        kid: Option<String>,
+        /// With --kid: the signing key, a PKCS#8 PEM private key (RS256, ES256, EdDSA) or the secret file (HS256).
+        #[arg(long, requires = "kid")]
+        key_file: Option<PathBuf>,
+    },
+    /// Reload the configuration of the running server that uses this config's data directory (sends it SIGHUP).
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print what `GET /v1/route` would answer now (the signed JSON), for operators.
     Route {
@@ -160,6 +171,7 @@ fn main() -> ExitCode {
             if let Some(w) = workers {
                 cfg.server.workers = w;
             }
+            ringgate::runtime::set_cli_overrides(Some(cfg.server.driver).filter(|_| driver.is_some()), workers);
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?config, "ringgate starting");
             match ringgate::runtime::serve(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -171,7 +183,26 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Route { config, host, query } => route_cmd(config.as_ref(), host.as_deref(), &query),
-        Cmd::Token { config, user, ttl_s, create_secret } => {
+        Cmd::Reload { config } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match ringgate::runtime::reload::signal_running(&cfg.store.data_dir) {
+                Ok(pid) => {
+                    eprintln!("ringgate: sent SIGHUP to pid {pid}; its log says whether the reload was applied (ringgate_config_reloads_total)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Token { config, user, ttl_s, create_secret, kid, key_file } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -187,6 +218,9 @@ fn main() -> ExitCode {
             if ttl_s == 0 {
                 eprintln!("ringgate: --ttl-s must be at least 1 (a token with no lifetime is refused at once)");
                 return ExitCode::from(2);
+            }
+            if let (Some(kid), Some(key_file)) = (&kid, &key_file) {
+                return token_with_key(&cfg, kid, key_file, &user, ttl_s);
             }
             match ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, create_secret) {
                 Ok((secret, source)) => {
@@ -224,6 +258,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ringgate token --kid K --key-file F`: a token the `[[auth.keys]]` entry `K` verifies.
+fn token_with_key(cfg: &Config, kid: &str, key_file: &std::path::Path, user: &str, ttl_s: u64) -> ExitCode {
+    let Some(entry) = cfg.auth.keys.iter().find(|k| k.kid == kid) else {
+        let known: Vec<&str> = cfg.auth.keys.iter().map(|k| k.kid.as_str()).collect();
+        eprintln!("ringgate: --kid {kid:?} is not an [[auth.keys]] entry of this configuration (it has {known:?}); the server would refuse the token");
+        return ExitCode::from(2);
+    };
+    let Some(alg) = ringgate::auth::KeyAlg::parse(&entry.alg) else {
+        eprintln!("ringgate: auth.keys kid {kid:?}: alg {:?} is not one of HS256, RS256, ES256, EdDSA", entry.alg);
+        return ExitCode::from(2);
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    match ringgate::auth::mint_with_key(kid, alg, key_file, user, now, ttl_s) {
+        Ok(t) => {
+            eprintln!("ringgate: token signed with kid {kid} ({})", alg.name());
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `config check`: every problem at once, including certificate, key and
 /// secret files that are missing or do not parse.
 fn config_check(file: &std::path::Path) -> ExitCode {
@@ -239,6 +298,14 @@ fn config_check(file: &std::path::Path) -> ExitCode {
     if let Some(p) = &cfg.auth.jwt_secret_file {
         if let Err(e) = ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, false) {
             errs.push(format!("auth.jwt_secret_file {}: {e}", p.display()));
+        }
+    }
+    if let Err(e) = ringgate::auth::TokenKeys::load(b"0123456789abcdef", &cfg.auth) {
+        errs.push(e.to_string());
+    }
+    if let Some(p) = cfg.tls.ticket_key_file.as_ref().filter(|p| p.exists()) {
+        if let Err(e) = ringgate::tls_tickets::load_or_create(p) {
+            errs.push(e.to_string());
         }
     }
     if let Some(p) = &cfg.route.signing_key_file {

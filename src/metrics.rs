@@ -224,6 +224,10 @@ pub struct Metrics {
     /// Rejections decided by the admin API (oversized publish bodies...).
     pub admin_rejections: [AtomicU64; REJECTION_REASONS.len()],
     pub admin_requests: AtomicU64,
+    /// Configuration reloads: [ok, error] (the main thread writes them).
+    pub config_reloads: [AtomicU64; 2],
+    /// When the running configuration was loaded (start, then each good reload), Unix ms.
+    pub config_last_reload_ms: AtomicU64,
     pub health: Health,
     /// "tls" or "tcp": what the gateway port speaks.
     pub transport: &'static str,
@@ -248,6 +252,8 @@ impl Metrics {
             publishes: Default::default(),
             admin_rejections: Default::default(),
             admin_requests: AtomicU64::new(0),
+            config_reloads: Default::default(),
+            config_last_reload_ms: AtomicU64::new(0),
             health: Health::default(),
             transport,
             start: Instant::now(),
@@ -344,6 +350,11 @@ impl Metrics {
         w.sample("ringgate_ready", &[], if self.health.not_ready().is_none() { 1.0 } else { 0.0 });
         w.family("ringgate_workers", "gauge", "Worker cores.");
         w.sample("ringgate_workers", &[], cores.len() as f64);
+        w.counter_vec("ringgate_config_reloads", "Configuration reloads (SIGHUP) by result.", "result", &["ok", "error"], |i| {
+            self.config_reloads[i].load(Relaxed)
+        });
+        w.family("ringgate_config_last_reload_timestamp_seconds", "gauge", "When the running configuration was loaded (start or last good reload), Unix seconds.");
+        w.sample("ringgate_config_last_reload_timestamp_seconds", &[], self.config_last_reload_ms.load(Relaxed) as f64 / 1000.0);
         if openmetrics {
             w.out.push_str("# EOF\n");
         }

@@ -1,7 +1,8 @@
 //! TLS server configuration: certificates from config or a generated development certificate, SNI choice, ALPN, resumption.
 //!
-//! Built once at start and shared read-only (`Arc<ServerConfig>`) by every
-//! core. TLS 1.3 and 1.2 with aws-lc-rs (the fastest handshake provider
+//! Built at start, and again by each reload (`runtime::reload`), and shared
+//! read-only (`Arc<ServerConfig>`) by every core; a connection keeps the
+//! config it was accepted with. TLS 1.3 and 1.2 with aws-lc-rs (the fastest handshake provider
 //! measured on this machine kind, see shared/MEASUREMENTS.md). ALPN offers
 //! `ringgate/1` and `http/1.1` (the route endpoint); a client that offers no ALPN is served too, one that offers
 //! only other protocols is refused by rustls with `no_application_protocol`.
@@ -73,8 +74,39 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// What outlives one `ServerConfig`: a reload builds a new config (new
+/// certificates) around the same session cache and ticketer, so sessions
+/// resumed before the reload still resume after it.
+#[derive(Clone)]
+pub struct Resumption {
+    pub sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    /// Used when `tls.session_tickets` is on.
+    pub ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+impl Resumption {
+    /// A fresh session cache, and rustls' own per-process rotating
+    /// ticketer unless a `ticketer` (from `tls.ticket_key_file`) is given.
+    pub fn new(ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>) -> Result<Self, TlsError> {
+        let ticketer = match ticketer {
+            Some(t) => t,
+            None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        };
+        Ok(Resumption { sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES), ticketer })
+    }
+}
+
 /// Builds the shared rustls server config and reports the certificates used.
 pub fn build_server_config(cfg: &TlsConfig, data_dir: &Path) -> Result<(Arc<rustls::ServerConfig>, Vec<CertInfo>), TlsError> {
+    build_server_config_with(cfg, data_dir, &Resumption::new(None)?)
+}
+
+/// [`build_server_config`] around an existing session cache and ticketer.
+pub fn build_server_config_with(
+    cfg: &TlsConfig,
+    data_dir: &Path,
+    resumption: &Resumption,
+) -> Result<(Arc<rustls::ServerConfig>, Vec<CertInfo>), TlsError> {
     // AES-128-GCM-SHA256 first: as strong as needed for this traffic and
     // ~40 µs cheaper per handshake than the SHA-384 suite aws-lc-rs lists
     // first (the handshake flamegraph showed 16 % in SHA-512 code). The key
@@ -122,9 +154,9 @@ pub fn build_server_config(cfg: &TlsConfig, data_dir: &Path) -> Result<(Arc<rust
     // ... and their traffic secrets, which only the key log hook gives up:
     // KeyUpdate derives the next keys from them (tls_record::SecretLog).
     config.key_log = Arc::new(crate::runtime::tls_record::SecretLog);
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    config.session_storage = resumption.sessions.clone();
     if cfg.session_tickets {
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        config.ticketer = resumption.ticketer.clone();
         // One ticket is enough for an IM client that holds one connection.
         config.send_tls13_tickets = 1;
     } else {

@@ -242,6 +242,14 @@ impl AddrTable {
         }
     }
 
+    /// New per-address limits (a reload); addresses already tracked keep
+    /// their counts and buckets, which refill at the new rate from now on.
+    pub fn set_limits(&mut self, cfg: &LimitsConfig, workers: usize) {
+        let fresh = AddrTable::new(cfg, workers);
+        self.max_preauth = fresh.max_preauth;
+        self.rate = fresh.rate;
+    }
+
     /// A connection from `ip` was accepted: admit it (counted as pre-auth
     /// until `authenticated` or `closed_preauth`) or say why not.
     pub fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), AdmitError> {

@@ -44,8 +44,8 @@ use slab::Slab;
 
 use super::conn::{Conn, Identity, ReadStatus, Tls, TransportError};
 use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
-use crate::auth::JwtKey;
-use crate::limits::{AddrTable, AdmitError, LimitsConfig, TokenBucket};
+use super::reload::Live;
+use crate::limits::{AddrTable, AdmitError, TokenBucket};
 use crate::metrics::{
     REJ_ADDRESS_TABLE_FULL, REJ_BAD_TARGET, REJ_BUSY, REJ_CONNECT_RATE, REJ_CONNECT_RATE_IP, REJ_FULL, REJ_PREAUTH_LIMIT,
     REJ_RATE_LIMITED, REJ_SHED_PREAUTH, REJ_SLOW_CONSUMER, REJ_TOO_LARGE,
@@ -130,8 +130,9 @@ impl Default for Clock {
 /// Read-only state every core shares (built once, behind an `Arc`).
 pub struct Shared {
     pub limits: SessionLimits,
-    pub jwt: JwtKey,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What a reload may change, as at start; each core then keeps its own
+    /// `Core::live`, replaced by `CoreMsg::Reload` (`runtime/reload.rs`).
+    pub live: Arc<Live>,
     pub groups: HashMap<String, Vec<Arc<str>>>,
     pub mesh: Mesh,
     pub dedup_per_device: usize,
@@ -140,9 +141,6 @@ pub struct Shared {
     pub dedup_pack_after_ms: u64,
     pub sockopts: SockOpts,
     pub clock: Clock,
-    pub limits_cfg: LimitsConfig,
-    /// `limits.max_connections` resolved (0 there = from the fd limit).
-    pub max_connections: u64,
     /// Open connections in the process: written on accept and close only
     /// (never on the message path), read by every core's accept path.
     pub open_conns: AtomicU64,
@@ -151,8 +149,6 @@ pub struct Shared {
     pub ledger: super::ledger::LedgerLimits,
     /// Mutes at start (user → until, epoch ms); each core keeps those of its users.
     pub mutes: HashMap<Arc<str>, u64>,
-    /// HTTP on the gateway port (the route endpoint).
-    pub gate: Arc<super::gate_http::Gate>,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -243,6 +239,9 @@ pub enum AcceptError {
 pub struct Core {
     pub id: usize,
     pub shared: Arc<Shared>,
+    /// Token keys, TLS config, limits, origins and route of the last
+    /// reload this core took (read without a lock on every accept and CONNECT).
+    pub live: Arc<Live>,
     wheel: AckWheel<ConnKey>,
     conns: Slab<Slot>,
     next_gen: u32,
@@ -306,8 +305,9 @@ impl Core {
             expired: Vec::new(),
             preauth_order: BTreeMap::new(),
             preauth_seq: 0,
-            addrs: AddrTable::new(&shared.limits_cfg, shared.mesh.len()),
-            connect_bucket: TokenBucket::full(shared.limits_cfg.connect_rate, now),
+            addrs: AddrTable::new(&shared.live.limits_cfg, shared.mesh.len()),
+            connect_bucket: TokenBucket::full(shared.live.limits_cfg.connect_rate, now),
+            live: shared.live.clone(),
             last_prune_ms: now,
             groups: shared.groups.iter().map(|(k, v)| (Arc::from(k.as_str()), Arc::from(v.as_slice()))).collect(),
             mutes: shared
@@ -363,12 +363,12 @@ impl Core {
             });
             return Err(AcceptError::Admission(e));
         }
-        if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_connections && !self.shed_oldest_preauth() {
+        if self.shared.open_conns.load(Ordering::Relaxed) >= self.live.max_connections && !self.shed_oldest_preauth() {
             self.addrs.leave_preauth(peer);
             self.reject(REJ_FULL);
             return Err(AcceptError::Full);
         }
-        let tls = match &self.shared.tls {
+        let tls = match &self.live.tls {
             // rustls' state is created when the first record is complete.
             Some(cfg) => Tls::Accepting(cfg.clone()),
             None => Tls::Off,
@@ -533,7 +533,7 @@ impl Core {
         let Some(slot) = self.conns.get_mut(key.idx as usize) else { return };
         let mut want = slot.conn.next_deadline();
         if slot.conn.over_hw_since_ms != 0 {
-            let slow = slot.conn.over_hw_since_ms.saturating_add(self.shared.limits_cfg.slow_consumer_timeout_ms);
+            let slow = slot.conn.over_hw_since_ms.saturating_add(self.live.limits_cfg.slow_consumer_timeout_ms);
             want = Some(want.map_or(slow, |d| d.min(slow)));
         }
         match (slot.conn.timer, want) {
@@ -552,7 +552,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let wall = self.shared.clock.wall_ms();
         self.leave_preauth(key);
-        if !self.connect_bucket.take(self.shared.limits_cfg.connect_rate, now) {
+        if !self.connect_bucket.take(self.live.limits_cfg.connect_rate, now) {
             // A CONNECT storm (after a restart, say): tell clients to back
             // off rather than queueing token checks and replays.
             self.reject(REJ_CONNECT_RATE);
@@ -562,7 +562,7 @@ impl Core {
             }
             return None;
         }
-        let claims = match self.shared.jwt.verify(req.token.as_str(), wall / 1000) {
+        let claims = match self.live.jwt.verify(req.token.as_str(), wall / 1000) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "CONNECT refused: bad token");
@@ -662,7 +662,7 @@ impl Core {
         conn.session.fill(now, &shared.limits, store.peek(&user), &mut conn.out);
         store.fetch_cold(&user);
         conn.ident = Some(Box::new(Identity { user, device }));
-        conn.send_bucket = TokenBucket::full(self.shared.limits_cfg.send_rate_per_connection, now);
+        conn.send_bucket = TokenBucket::full(self.live.limits_cfg.send_rate_per_connection, now);
         self.rearm(key);
         let m = self.shared.metrics.core(self.id);
         m.handshakes[crate::metrics::HS_OK].inc();
@@ -708,6 +708,12 @@ impl Core {
             CoreMsg::StoreIo => self.on_store_io(),
             CoreMsg::Admin(cmd) => self.on_admin(*cmd),
             CoreMsg::Shutdown => self.begin_shutdown(),
+            CoreMsg::Reload(live) => {
+                // New connections and CONNECTs see it from here on;
+                // connections keep what they were set up with.
+                self.addrs.set_limits(&live.limits_cfg, self.shared.mesh.len());
+                self.live = live;
+            }
         }
         None
     }
@@ -736,7 +742,7 @@ impl Core {
             let conn = &mut slot.conn;
             conn.timer = None;
             if conn.over_hw_since_ms != 0
-                && now >= conn.over_hw_since_ms.saturating_add(self.shared.limits_cfg.slow_consumer_timeout_ms)
+                && now >= conn.over_hw_since_ms.saturating_add(self.live.limits_cfg.slow_consumer_timeout_ms)
             {
                 // The peer has not read what we owe it for the whole timeout.
                 // DISCONNECT 8 goes behind the backlog (it reaches the peer

@@ -65,6 +65,8 @@ pub enum CoreMsg {
     Shutdown,
     /// A request of the admin API; the answer goes back on its own channel.
     Admin(Box<crate::runtime::core::admin::AdminCmd>),
+    /// A reload's new snapshot (`runtime/reload.rs`): take it between two messages.
+    Reload(Arc<crate::runtime::reload::Live>),
 }
 
 /// One core's inbound queue.

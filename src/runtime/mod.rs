@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod gate_http;
 pub mod mesh;
 pub mod peer_log;
+pub mod reload;
 pub mod tls_record;
 pub mod transport;
 pub mod web;
@@ -95,6 +96,8 @@ pub enum ServeError {
     PortInUse { addr: std::net::SocketAddr, holder: String },
     #[error("route endpoint: {0}")]
     Route(#[from] crate::route::RouteError),
+    #[error("{0}")]
+    Reload(#[from] reload::ReloadError),
 }
 
 /// Takes an exclusive `flock` on `<data_dir>/LOCK` for the life of the
@@ -173,6 +176,11 @@ pub fn choose_driver(wanted: Driver) -> Result<DriverKind, ServeError> {
 /// Runs the gateway until SIGTERM/SIGINT. Returns after a graceful shutdown.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
     cfg.validate()?;
+    // SIGHUP (reload) is blocked before any thread starts, so every thread
+    // inherits the mask and only the main thread's `sigwait` takes it: its
+    // default action would end the process. SIGTERM and SIGINT are
+    // blocked later, so they still end a start-up (log recovery) at once.
+    block_hup();
     let workers = cfg.resolved_workers();
     let driver = choose_driver(cfg.server.driver)?;
 
@@ -196,30 +204,15 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             config_hint()
         );
     }
-    let tls = if cfg.tls.enabled {
+    if cfg.tls.enabled {
         crate::runtime::tls_record::set_key_update_after(cfg.tls.key_update_after_records);
-        let (server_cfg, certs) = crate::tls::build_server_config(&cfg.tls, &data_dir)?;
-        for c in &certs {
-            tracing::info!(
-                path = %c.path.display(),
-                sha256 = %c.sha256_fingerprint,
-                generated = c.generated,
-                server_name = c.server_name.as_deref().unwrap_or("*"),
-                "TLS certificate"
-            );
-            if c.generated {
-                eprintln!(
-                    "ringgate: self-signed development certificate at {} (SHA-256 {})",
-                    c.path.display(),
-                    c.sha256_fingerprint
-                );
-            }
-        }
-        Some(server_cfg)
+        // Fail fast on a bad certificate, before a long log recovery; the
+        // config the cores use is built by the reloader below (same code
+        // as every reload).
+        crate::tls::build_server_config(&cfg.tls, &data_dir)?;
     } else {
         tracing::warn!("TLS is disabled: serving plain TCP");
-        None
-    };
+    }
 
     let durable_mode = cfg.store.durability == crate::config::Durability::Durable;
     let _lock = if durable_mode { Some(lock_data_dir(&data_dir)?) } else { None };
@@ -315,35 +308,38 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let listeners =
         crate::net::listener::bind_group(addr, workers, cfg.server.backlog, cfg.server.defer_accept_s)?;
     let local = listeners[0].local_addr().map_err(|e| ServeError::Worker(0, e))?;
-    let gate = Arc::new(gate_http::Gate {
-        ws_mode,
-        ..gate_http::Gate::new(
-            &cfg,
-            crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
-        )
-    });
-
     let mesh: mesh::Mesh =
         (0..workers).map(|_| Mailbox::with_capacity(cfg.limits.mailbox_capacity as usize)).collect::<Vec<_>>().into();
+    // Keep a margin below the fd limit so the shedding starts before
+    // accept(2) fails with EMFILE (`limits.max_connections = 0`).
+    let fd_max_connections =
+        raised.saturating_sub(crate::net::listener::server_fd_reserve(workers as u64)).saturating_sub(32).max(1);
     let max_connections = match cfg.limits.max_connections {
-        // Keep a margin below the fd limit so the shedding starts before
-        // accept(2) fails with EMFILE.
-        0 => raised.saturating_sub(crate::net::listener::server_fd_reserve(workers as u64)).saturating_sub(32).max(1),
+        0 => fd_max_connections,
         n => n,
     };
     tracing::info!(max_connections, max_preauth_per_ip = cfg.limits.max_preauth_per_ip, "admission limits");
+    let mut reloader = reload::Reloader::start(reload::Start {
+        path: CONFIG_PATH.get().cloned(),
+        cfg: cfg.clone(),
+        overrides: cli_overrides(),
+        fd_max_connections,
+        listen: local,
+        secret,
+        route: crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
+        ws_mode,
+    })?;
+    let Some(live) = reloader.current() else { unreachable!("Reloader::start builds the first snapshot") };
+    metrics.config_last_reload_ms.store(core::Clock::new().wall_ms(), std::sync::atomic::Ordering::Relaxed);
     let shared = Arc::new(Shared {
         limits: session_limits(&cfg),
-        jwt: crate::auth::JwtKey::with_rules(&secret, crate::auth::ClaimRules::from_config(&cfg.auth)),
-        tls,
+        live,
         groups,
         mesh: mesh.clone(),
         dedup_per_device: cfg.session.dedup_per_device,
         dedup_pack_after_ms: cfg.session.dedup_pack_after_ms,
         sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
         clock: core::Clock::new(),
-        limits_cfg: cfg.limits.clone(),
-        max_connections,
         open_conns: std::sync::atomic::AtomicU64::new(0),
         metrics: metrics.clone(),
         ledger: ledger::LedgerLimits {
@@ -351,7 +347,6 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             max_entries: cfg.admin.ledger_max_entries,
         },
         mutes,
-        gate,
     });
     metrics.health.recovering.store(false, std::sync::atomic::Ordering::Relaxed);
 
@@ -406,15 +401,21 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     metrics.health.gateway_up.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(listen_addr = %local, "listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
 
-    // The main thread only waits for signals.
-    wait_for_signal();
+    // The main thread only waits for signals: SIGHUP reloads, SIGTERM and
+    // SIGINT shut down.
+    while wait_for_signal() == libc::SIGHUP {
+        tracing::info!("SIGHUP: reloading the configuration");
+        reloader.reload(&mesh, &metrics);
+    }
     metrics.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(grace_ms = cfg.server.shutdown_grace_ms, "shutting down: closing listeners, DISCONNECT(7) to every connection");
     for m in mesh.iter() {
         m.post(CoreMsg::Shutdown);
     }
     std::thread::spawn(|| {
-        wait_for_signal();
+        while wait_for_signal() == libc::SIGHUP {
+            tracing::info!("SIGHUP while shutting down: ignored");
+        }
         tracing::warn!("second signal: exiting now");
         std::process::exit(1);
     });
@@ -460,6 +461,28 @@ static CONFIG_PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLoc
 /// (`ringgate token --config ...`) name it.
 pub fn set_config_path(path: &std::path::Path) {
     let _ = CONFIG_PATH.set(path.to_path_buf());
+}
+
+static CLI_OVERRIDES: std::sync::OnceLock<(Option<Driver>, Option<usize>)> = std::sync::OnceLock::new();
+
+/// Tells `serve` which settings the command line overrode (`--driver`,
+/// `--workers`), so a reload applies them to the file it reads again
+/// instead of reporting them as changed.
+pub fn set_cli_overrides(driver: Option<Driver>, workers: Option<usize>) {
+    let _ = CLI_OVERRIDES.set((driver, workers));
+}
+
+fn cli_overrides() -> fn(&mut Config) {
+    |cfg| {
+        if let Some((driver, workers)) = CLI_OVERRIDES.get() {
+            if let Some(d) = driver {
+                cfg.server.driver = *d;
+            }
+            if let Some(w) = workers {
+                cfg.server.workers = *w;
+            }
+        }
+    }
 }
 
 fn config_hint() -> String {
@@ -508,11 +531,12 @@ fn sigset() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGTERM/SIGINT in this thread and (by inheritance) every worker,
+/// Blocks SIGTERM/SIGINT/SIGHUP in this thread and (by inheritance) every worker,
 /// so only `sigwait` in the main thread sees them.
 fn block_signals() {
     let set = sigset();
@@ -520,11 +544,24 @@ fn block_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-fn wait_for_signal() {
+fn block_hup() {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own; a null
+    // old-set pointer is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP and says which.
+fn wait_for_signal() -> libc::c_int {
     let set = sigset();
     let mut sig = 0;
     // SAFETY: valid set and out pointer; the signals are blocked in every thread.
     unsafe { libc::sigwait(&set, &mut sig) };
+    sig
 }
 
 fn run_worker(

@@ -1420,3 +1420,29 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+impl Client {
+    /// Connects with a caller's rustls configuration (a shared session
+    /// store, say, to test resumption) and completes the handshake.
+    pub fn connect_tls_with(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, server_name: &'static str) -> io::Result<Client> {
+        let mut sock = TcpStream::connect_timeout(&addr, WAIT)?;
+        sock.set_nodelay(true)?;
+        let handle = sock.try_clone()?;
+        let name = ServerName::try_from(server_name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut conn = rustls::ClientConnection::new(cfg, name).map_err(io::Error::other)?;
+        sock.set_read_timeout(Some(WAIT))?;
+        sock.set_write_timeout(Some(WAIT))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        Ok(Client {
+            io: Transport::Tls(Box::new(rustls::StreamOwned::new(conn, sock))),
+            sock: handle,
+            rbuf: Vec::new(),
+            pending: VecDeque::new(),
+            auto_pong: true,
+            log: None,
+            close_clean: None,
+        })
+    }
+}

@@ -6,7 +6,7 @@ impl Core {
     /// The connection's socket is ready (or the core woke its task): read,
     /// handle frames, write. Returns what the task must do next.
     pub fn on_io(&mut self, key: ConnKey) -> Outcome {
-        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.dead || conn.session.phase() == Phase::Finished {
             return Outcome::Close;
@@ -89,7 +89,7 @@ impl Core {
     /// An HTTP connection had I/O (see `gate_http::on_io`).
     pub(super) fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
-        let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
+        let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         match crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
             crate::runtime::gate_http::Step::Close => Outcome::Close,
@@ -107,7 +107,7 @@ impl Core {
         if let Some(o) = self.web_after_io(key) {
             return o;
         }
-        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let now = self.shared.clock.mono_ms();
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.flush().is_err() {

@@ -42,7 +42,7 @@ impl Core {
         // Limits, cheapest first. None of these answers enters the dedup
         // table: a retry with the same id after backing off is tried afresh.
         let now = self.shared.clock.mono_ms();
-        let lim = &self.shared.limits_cfg;
+        let lim = &self.live.limits_cfg;
         let (rate, max_in_flight, max_payload) = (lim.send_rate_per_connection, lim.max_sends_in_flight, lim.max_payload_bytes);
         let max_frame = self.shared.limits.max_frame;
         let Some(c) = self.conn(key) else { return };

@@ -71,7 +71,7 @@ impl Core {
                 Handled::Gone => return Outcome::Close,
             }
             let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
-            let (gate, tls) = (self.shared.gate.clone(), self.shared.tls.is_some());
+            let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
             let Some(conn) = self.conn(key) else { return Outcome::Close };
             match gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
                 Step::Session(r) => req = r,
@@ -118,7 +118,7 @@ impl Core {
     fn connect_core(&self, connect: &[u8]) -> usize {
         let mut b = BytesMut::from(connect);
         let Ok(Some(Frame::Connect(c))) = frame::decode(&mut b, MAX_PREAUTH_FRAME) else { return self.id };
-        match self.shared.jwt.verify(c.token.as_str(), self.shared.clock.wall_ms() / 1000) {
+        match self.live.jwt.verify(c.token.as_str(), self.shared.clock.wall_ms() / 1000) {
             Ok(claims) => home_core(&claims.sub, self.shared.mesh.len()),
             Err(_) => self.id,
         }
@@ -362,7 +362,7 @@ impl Core {
             Err(h) => return h,
         };
         let now = self.shared.clock.mono_ms();
-        let poll_timeout_ms = self.shared.gate.poll_timeout_ms;
+        let poll_timeout_ms = self.live.gate.poll_timeout_ms;
         // A newer poll ends the older one.
         let older = match self.conn(v).and_then(|c| c.web.as_deref_mut()) {
             Some(WebConn::Lp(l)) => l.poll.take(),
@@ -423,7 +423,7 @@ impl Core {
         if let Some(WebConn::Lp(l)) = c.web.as_deref_mut() {
             l.poll = Some((key, until));
         }
-        let keepalive = self.shared.gate.keepalive_idle_ms;
+        let keepalive = self.live.gate.keepalive_idle_ms;
         if let Some(h) = self.conn(key).and_then(|c| c.http.as_mut()) {
             h.parked = true;
             h.poll_cross = req.cross.take();
@@ -437,7 +437,7 @@ impl Core {
     /// False when `p` no longer waits (gone or not parked): nothing written.
     fn answer_poll(&mut self, p: ConnKey, body: Option<&[u8]>) -> bool {
         let now = self.shared.clock.mono_ms();
-        let keepalive = self.shared.gate.keepalive_idle_ms;
+        let keepalive = self.live.gate.keepalive_idle_ms;
         let Some(c) = self.conn(p) else { return false };
         let Some(h) = c.http.as_mut().filter(|h| h.parked) else { return false };
         h.parked = false;
@@ -479,8 +479,8 @@ impl Core {
     /// went out (or nobody came for them).
     fn lp_after_io(&mut self, v: ConnKey) -> Outcome {
         let now = self.shared.clock.mono_ms();
-        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
-        let slow_ms = self.shared.limits_cfg.slow_consumer_timeout_ms;
+        let hw = self.live.limits_cfg.output_high_water_bytes as usize;
+        let slow_ms = self.live.limits_cfg.slow_consumer_timeout_ms;
         let shutting = self.shutting_down;
         let mut slow = false;
         let Some(c) = self.conn(v) else { return Outcome::Close };

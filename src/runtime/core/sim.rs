@@ -103,8 +103,16 @@ impl Sim {
         metrics.set_cores(n);
         let shared = Arc::new(Shared {
             limits: crate::runtime::session_limits(&cfg),
-            jwt: JwtKey::with_rules(SECRET, ClaimRules::from_config(&cfg.auth)),
-            tls: None,
+            live: Arc::new(crate::runtime::reload::Live {
+                jwt: crate::auth::TokenKeys::from_secret(SECRET, ClaimRules::from_config(&cfg.auth)),
+                tls: None,
+                limits_cfg: cfg.limits.clone(),
+                max_connections: match cfg.limits.max_connections {
+                    0 => 10_000,
+                    m => m,
+                },
+                gate,
+            }),
             groups: groups
                 .iter()
                 .map(|(g, m)| (g.to_string(), m.iter().map(|u| Arc::from(*u)).collect::<Vec<Arc<str>>>()))
@@ -114,11 +122,6 @@ impl Sim {
             dedup_pack_after_ms: cfg.session.dedup_pack_after_ms,
             sockopts: crate::net::sockopt::SockOpts::from_config(&cfg.server),
             clock: Clock::virtual_from(clock.clone()),
-            limits_cfg: cfg.limits.clone(),
-            max_connections: match cfg.limits.max_connections {
-                0 => 10_000,
-                m => m,
-            },
             open_conns: AtomicU64::new(0),
             metrics,
             ledger: crate::runtime::ledger::LedgerLimits {
@@ -126,7 +129,6 @@ impl Sim {
                 max_entries: cfg.admin.ledger_max_entries,
             },
             mutes: HashMap::new(),
-            gate,
         });
         let disk = SimDisk::new(7);
         let settings = LogSettings {
