@@ -11,7 +11,7 @@ impl Core {
     /// WebSocket frames (anything pipelined behind the request is already
     /// in `rbuf`). The handshake deadline keeps running until CONNECT.
     pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
-        let mode = self.shared.gate.ws_mode;
+        let mode = self.live.gate.ws_mode;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         conn.http = None;
         conn.ws = Some(Box::new(WsState::new(conn.out.len(), mode)));
