@@ -40,47 +40,89 @@ pub(super) async fn hold(c: Rc<Ctx>, job: HoldJob) -> Res<Tally> {
         let token = c.token(&format!("{prefix}{i}"));
         async move { lean::establish(c.spec.target.addr, c.src(i), &tls, &token, ka, i as u32).await }
     };
-    let (mut held, t) = ramp(&c, &warm, 0.0, job.max_inflight, open).await;
+    let (warm_held, t) = ramp(&c, &warm, 0.0, job.max_inflight, open).await;
     c.report("warm", t);
+    let held = Rc::new(RefCell::new(warm_held));
+    let mut s = Scratch::default();
+    let mut beat = Beat::new(&job);
     c.wait_cmd(1).await?;
     let rate = job.rate_per_s / c.total as f64;
-    let (more, mut t) = ramp(&c, &main, rate, job.max_inflight, open).await;
-    held.extend(more);
-    held.shrink_to_fit();
+    // Heartbeats run during the ramp too: a connection opened early in a
+    // long ramp would otherwise be silent for the whole ramp and be closed
+    // by the server (2.5 × keepalive_s) before the hold began.
+    let done = Cell::new(false);
+    let (mut t, hb) = tokio::join!(
+        async {
+            let t = ramp_into(&c, &main, rate, job.max_inflight, open, held.clone()).await;
+            done.set(true);
+            t
+        },
+        beat.run(&held, &mut s, || Ok(done.get()))
+    );
+    hb?;
+    {
+        let mut h = held.borrow_mut();
+        h.shrink_to_fit();
+        t.add("held", h.len() as u64);
+    }
     // The handshakes' buffers are free now; give them back to the kernel
     // so the RSS sample shows what holding costs, not the ramp's peak.
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
-    t.add("held", held.len() as u64);
     c.report("ready", t);
-
-    let mut s = Scratch::default();
-    let mut hb = Tally::default();
-    heartbeat(&c, &job, &mut held, &mut s, &mut hb).await?;
+    beat.run(&held, &mut s, || c.cmd_reached(2)).await?;
+    let mut held = held.take();
     c.report("alive", check_alive(&c, &job, &mut held, &mut s).await?);
     let stride = c.wait_cmd(3).await?.max(1);
     c.report("sampled", expect_sample(&job, &mut held, &mut s, stride).await);
     c.wait_cmd(4).await?;
-    hb.add("closed", held.len() as u64);
+    let mut t = beat.t;
+    t.add("closed", held.len() as u64);
     drop(held);
-    Ok(hb)
+    Ok(t)
 }
 
-/// Until command 2: every tick, read the PONGs of the last PINGs and PING
-/// the next slice, so each connection PINGs once per 0.8 × `keepalive_s`
-/// (the server closes after 2.5 × without a frame).
-async fn heartbeat(c: &Ctx, job: &HoldJob, held: &mut [Held], s: &mut Scratch, t: &mut Tally) -> Res<()> {
-    let t0 = tokio::time::Instant::now();
-    let period_ticks = (job.keepalive_s as f64 * 0.8 / TICK.as_secs_f64()).max(1.0);
-    let per_tick = held.len() as f64 / period_ticks;
-    let (mut credit, mut cursor) = (0.0f64, 0usize);
-    let mut awaiting: Vec<u32> = Vec::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !c.cmd_reached(2)? {
-        tick.tick().await;
-        let now = ds_since(t0);
-        awaiting.retain(|&k| {
+/// The heartbeat: every tick, read the PONGs of the last PINGs and PING
+/// the next slice, so each connection PINGs about once per 0.8 ×
+/// `keepalive_s` (the server closes after 2.5 × without a frame).
+struct Beat {
+    t0: tokio::time::Instant,
+    period_ticks: f64,
+    credit: f64,
+    cursor: usize,
+    /// Positions in the held list with a PING outstanding (the list only grows while beating).
+    awaiting: Vec<u32>,
+    t: Tally,
+}
+
+impl Beat {
+    fn new(job: &HoldJob) -> Beat {
+        Beat {
+            t0: tokio::time::Instant::now(),
+            period_ticks: (job.keepalive_s as f64 * 0.8 / TICK.as_secs_f64()).max(1.0),
+            credit: 0.0,
+            cursor: 0,
+            awaiting: Vec::new(),
+            t: Tally::default(),
+        }
+    }
+
+    /// Beats until `stop()` says so.
+    async fn run(&mut self, held: &RefCell<Vec<Held>>, s: &mut Scratch, stop: impl Fn() -> Res<bool>) -> Res<()> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !stop()? {
+            tick.tick().await;
+            // No await while borrowed: the ramp's tasks push between ticks.
+            self.tick(&mut held.borrow_mut(), s);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, held: &mut [Held], s: &mut Scratch) {
+        let now = ds_since(self.t0);
+        let t = &mut self.t;
+        self.awaiting.retain(|&k| {
             let h = &mut held[k as usize];
             match h.poll(s) {
                 Ok(g) if g.pongs > 0 => {
@@ -100,12 +142,15 @@ async fn heartbeat(c: &Ctx, job: &HoldJob, held: &mut [Held], s: &mut Scratch, t
                 }
             }
         });
-        credit += per_tick;
-        let n = credit.floor() as usize;
-        credit -= n as f64;
+        if held.is_empty() {
+            return;
+        }
+        self.credit += held.len() as f64 / self.period_ticks;
+        let n = self.credit.floor() as usize;
+        self.credit -= n as f64;
         for _ in 0..n.min(held.len()) {
-            let k = cursor % held.len();
-            cursor += 1;
+            let k = self.cursor % held.len();
+            self.cursor = k + 1;
             let h = &mut held[k];
             if h.flags & (F_DEAD | F_AWAIT_PONG) != 0 {
                 continue;
@@ -114,14 +159,13 @@ async fn heartbeat(c: &Ctx, job: &HoldJob, held: &mut [Held], s: &mut Scratch, t
                 Ok(()) => {
                     h.flags |= F_AWAIT_PONG;
                     h.ping_at_ds = now;
-                    awaiting.push(k as u32);
+                    self.awaiting.push(k as u32);
                     t.add("heartbeat_pings", 1);
                 }
                 Err(e) => mark_dead(h, t, "hold", &e),
             }
         }
     }
-    Ok(())
 }
 
 /// Command 2: PING every connection (paced) and wait for every PONG.

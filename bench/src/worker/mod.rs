@@ -367,6 +367,18 @@ where
     Fut: std::future::Future<Output = Res<T>> + 'static,
 {
     let kept = Rc::new(RefCell::new(Vec::with_capacity(indexes.len())));
+    let t = ramp_into(ctx, indexes, rate, inflight, f, kept.clone()).await;
+    let v = std::mem::take(&mut *kept.borrow_mut());
+    (v, t)
+}
+
+/// [`ramp`], pushing each connection into `kept` as soon as it is up (so
+/// the caller can tend the ones already open while the ramp goes on).
+async fn ramp_into<T: 'static, F, Fut>(ctx: &Ctx, indexes: &[u64], rate: f64, inflight: u32, f: F, kept: Rc<RefCell<Vec<T>>>) -> Tally
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Res<T>> + 'static,
+{
     let tally = Rc::new(RefCell::new(Tally::default()));
     let sem = Arc::new(Semaphore::new(inflight.max(1) as usize));
     let start = tokio::time::Instant::now();
@@ -400,8 +412,7 @@ where
     let _all = sem.acquire_many(inflight.max(1)).await;
     let mut t = tally.take();
     t.max("ramp_ms", (mono_ns() - t0) / 1_000_000);
-    let v = std::mem::take(&mut *kept.borrow_mut());
-    (v, t)
+    t
 }
 
 // ---------------------------------------------------------------------------
