@@ -490,6 +490,16 @@ mod tests {
     }
 
     #[test]
+    fn sample_covers_at_least_the_asked_users() {
+        let (stride, users) = sample_plan(1_000_200, 10_000);
+        assert_eq!(stride, 100);
+        assert_eq!(users.len(), 10_002);
+        assert_eq!((users[0], users[1]), (0, 100));
+        let (stride, users) = sample_plan(50, 100);
+        assert_eq!((stride, users.len()), (1, 50));
+    }
+
+    #[test]
     fn table_marks_an_early_stop() {
         let r = IdleMultiResult {
             target: Some(TargetKind::RinggateUring),
