@@ -64,6 +64,9 @@ pub struct Fleet {
     progress: Vec<u64>,
     results: Vec<Option<Tally>>,
     pending_events: Vec<(usize, String, Tally)>,
+    /// Checked every 200 ms while waiting: `Some(why)` aborts the wait
+    /// (e.g. the machine is running out of memory).
+    guard: Option<Box<dyn FnMut() -> Option<String>>>,
 }
 
 /// Pins the calling (forked, not yet exec'd) process to `cpus`.
@@ -127,7 +130,33 @@ impl Fleet {
             stdins.push(stdin);
         }
         let n = children.len();
-        Ok(Fleet { children, stdins, rx, progress: vec![0; n], results: vec![None; n], pending_events: Vec::new() })
+        Ok(Fleet { children, stdins, rx, progress: vec![0; n], results: vec![None; n], pending_events: Vec::new(), guard: None })
+    }
+
+    /// Installs a check run while waiting (see the field).
+    pub fn set_guard(&mut self, g: impl FnMut() -> Option<String> + 'static) {
+        self.guard = Some(Box::new(g));
+    }
+
+    fn check_guard(&mut self) -> Result<()> {
+        if let Some(why) = self.guard.as_mut().and_then(|g| g()) {
+            bail!("{why}");
+        }
+        Ok(())
+    }
+
+    /// Handles whatever the workers said so far without waiting: fails on a
+    /// worker's FATAL or early exit, or when the guard trips.
+    pub fn poll(&mut self) -> Result<()> {
+        while let Ok((i, l)) = self.rx.try_recv() {
+            if let Some(ev) = self.handle(i, l)? {
+                self.pending_events.push(ev);
+            }
+        }
+        if let Some(i) = self.results.iter().position(|r| r.is_some()) {
+            bail!("worker {i} ended early: {:?}", self.results[i].as_ref().map(|r| &r.errors));
+        }
+        self.check_guard()
     }
 
     pub fn len(&self) -> usize {
@@ -201,6 +230,7 @@ impl Fleet {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("workers gone while waiting for {stage}"),
             }
+            self.check_guard()?;
             // A worker whose threads failed reports its result early; say why.
             if let Some((i, r)) = self.results.iter().enumerate().find_map(|(i, r)| r.as_ref().map(|r| (i, r))) {
                 if seen.get(i) == Some(&false) {
@@ -228,6 +258,7 @@ impl Fleet {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("workers gone before their results"),
             }
+            self.check_guard()?;
             if let Some(b) = bar {
                 b.set_position(self.total_progress());
             }

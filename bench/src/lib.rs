@@ -9,6 +9,7 @@
 //! - [`mqtt`]: the minimal MQTT 3.1.1 codec the Mosquitto peer needs.
 //! - [`rgclient`]: ringgate protocol v1 client helpers over any byte stream.
 //! - [`http1`]: the one GET request the nginx peer is measured with.
+//! - [`admin`]: a minimal blocking client of the admin API (publish, delivery ledger).
 //! - [`clientnet`]: TLS client configuration and bind-before-connect over
 //!   many loopback source addresses.
 //! - [`worker`]: the load-generating child process (one tokio
@@ -22,12 +23,15 @@
 //! - [`report`]: the JSON envelope (commit, kernel, sysctls) and the
 //!   Markdown table the suite writes into `bench/README.md`.
 //! - [`idle_multi`]: idle connections across several server processes sharing one port.
+//! - [`lean`]: the held connection of the lean idle client (TLS record hand-off after CONNACK).
 //! - [`flame`]: folds `perf script` output and renders it with inferno.
 
+pub mod admin;
 pub mod clientnet;
 pub mod fleet;
 pub mod http1;
 pub mod idle_multi;
+pub mod lean;
 pub mod flame;
 pub mod mqtt;
 pub mod procfs;

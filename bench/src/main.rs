@@ -74,6 +74,24 @@ enum Cmd {
         /// Bound on the ramp, seconds; what was reached by then is reported.
         #[arg(long, default_value_t = 240)]
         ramp_timeout_s: u64,
+        /// Seconds to hold every connection (heartbeats running) before proving them alive.
+        #[arg(long, default_value_t = 0)]
+        hold_s: u64,
+        /// Heartbeat interval the clients ask for in CONNECT; they PING every 0.8 × this.
+        #[arg(long, default_value_t = 600)]
+        keepalive_s: u16,
+        /// Users (at least) a message is published to after the hold; each must be delivered and acked.
+        #[arg(long, default_value_t = 1_000)]
+        sample: u64,
+        /// PINGs per second, all clients together, when every connection is checked after the hold.
+        #[arg(long, default_value_t = 50_000.0)]
+        check_rate: f64,
+        /// Bound on the check and on the sample delivery, seconds each.
+        #[arg(long, default_value_t = 120)]
+        check_timeout_s: u64,
+        /// Abort cleanly when MemAvailable drops below this many MiB.
+        #[arg(long, default_value_t = 2_048)]
+        min_available_mib: u64,
         #[command(flatten)]
         o: IdleArgs,
     },
@@ -384,7 +402,7 @@ fn main() -> Result<()> {
             r.wall_s = t0.elapsed().as_secs_f64();
             write_scenario(&common, &env, "idle", &r)?;
         }
-        Cmd::IdleMulti { target, servers, ramp_timeout_s, o } => {
+        Cmd::IdleMulti { target, servers, ramp_timeout_s, hold_s, keepalive_s, sample, check_rate, check_timeout_s, min_available_mib, o } => {
             let mut r = SuiteReport { envelope: envelope("idle-multi"), ..Default::default() };
             let io = o.opts(common.procs);
             let mo = IdleMultiOpts {
@@ -396,6 +414,12 @@ fn main() -> Result<()> {
                 procs: io.procs,
                 settle_s: io.settle_s,
                 ramp_timeout_s,
+                hold_s,
+                keepalive_s,
+                sample,
+                check_rate_per_s: check_rate,
+                check_timeout_s,
+                min_available_mib,
             };
             match idle_multi::idle_multi(&env, target, &mo) {
                 Ok(x) => r.idle_multi.push(x),
@@ -454,6 +478,12 @@ fn main() -> Result<()> {
                 procs: 0,
                 settle_s: io.settle_s,
                 ramp_timeout_s: 300,
+                hold_s: 0,
+                keepalive_s: 600,
+                sample: 1_000,
+                check_rate_per_s: 50_000.0,
+                check_timeout_s: 120,
+                min_available_mib: 2_048,
             });
             let o = SuiteOpts {
                 load_fractions,

@@ -76,8 +76,20 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     token: &str,
     last_seq: u64,
 ) -> io::Result<ConnAck> {
+    connect_keepalive(s, rbuf, device, token, last_seq, 0).await
+}
+
+/// [`connect`] asking for a heartbeat interval (`keepalive_s`, 0 = the server's).
+pub async fn connect_keepalive<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    rbuf: &mut BytesMut,
+    device: &str,
+    token: &str,
+    last_seq: u64,
+    keepalive_s: u16,
+) -> io::Result<ConnAck> {
     let mut out = BytesMut::with_capacity(64 + token.len());
-    encode_connect(&mut out, device, token, last_seq, 0);
+    encode_connect(&mut out, device, token, last_seq, keepalive_s);
     s.write_all(&out).await?;
     s.flush().await?;
     s.flush().await?;

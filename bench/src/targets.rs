@@ -291,6 +291,8 @@ pub struct Server {
     pub version: String,
     child: Child,
     perf: Option<Child>,
+    /// Where its config, log and data live.
+    pub dir: PathBuf,
 }
 
 fn wait_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
@@ -393,7 +395,7 @@ impl Server {
                     }
                 };
                 let version = command_version(&env.ringgate_bin.to_string_lossy(), &["--version"]);
-                let mut s = Server { kind, addr, config, version, child, perf: None };
+                let mut s = Server { kind, addr, config, version, child, perf: None, dir: dir.clone() };
                 s.start_perf(env)?;
                 Ok(s)
             }
@@ -407,7 +409,7 @@ impl Server {
                 pin_command(&mut cmd, env.server_cpus.clone());
                 let child = cmd.spawn().context("starting nginx (run bench/setup-peers.sh)")?;
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-                let mut s = Server { kind, addr, config, version: command_version("nginx", &["-v"]), child, perf: None };
+                let mut s = Server { kind, addr, config, version: command_version("nginx", &["-v"]), child, perf: None, dir: dir.clone() };
                 if let Err(e) = wait_port(addr, Duration::from_secs(10)) {
                     s.kill();
                     return Err(e);
@@ -430,7 +432,7 @@ impl Server {
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
                 let version = format!("node {} + ws {}", command_version("node", &["--version"]), ws_module_version().unwrap_or_default());
                 let config = format!("node {} {port} <cert> <key> <secret>\n", script.display());
-                let mut s = Server { kind, addr, config, version, child, perf: None };
+                let mut s = Server { kind, addr, config, version, child, perf: None, dir: dir.clone() };
                 if let Err(e) = wait_port(addr, Duration::from_secs(10)) {
                     s.kill();
                     return Err(e);
@@ -447,7 +449,7 @@ impl Server {
                 pin_command(&mut cmd, env.server_cpus.clone());
                 let child = cmd.spawn().context("starting mosquitto (run bench/setup-peers.sh)")?;
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-                let mut s = Server { kind, addr, config, version: command_version("mosquitto", &["-h"]), child, perf: None };
+                let mut s = Server { kind, addr, config, version: command_version("mosquitto", &["-h"]), child, perf: None, dir: dir.clone() };
                 if let Err(e) = wait_port(addr, Duration::from_secs(10)) {
                     s.kill();
                     return Err(e);
