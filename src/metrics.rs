@@ -183,6 +183,8 @@ pub struct Health {
     pub admin_up: AtomicBool,
     pub draining: AtomicBool,
     pub storage_failed: AtomicBool,
+    /// Fleet mode: the engine did not answer the last heartbeat.
+    pub engine_down: AtomicBool,
 }
 
 impl Default for Health {
@@ -193,6 +195,7 @@ impl Default for Health {
             admin_up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
+            engine_down: AtomicBool::new(false),
         }
     }
 }
@@ -204,6 +207,8 @@ impl Health {
         // store for good (store/durable.rs, "When the disk fails").
         if self.storage_failed.load(Relaxed) || crate::store::process_failure().is_some() {
             Some("storage failure")
+        } else if self.engine_down.load(Relaxed) {
+            Some("fleet engine unreachable")
         } else if self.draining.load(Relaxed) {
             Some("draining")
         } else if self.recovering.load(Relaxed) {
@@ -227,6 +232,8 @@ pub struct Metrics {
     pub health: Health,
     /// "tls" or "tcp": what the gateway port speaks.
     pub transport: &'static str,
+    /// Fleet mode's metrics (FLEET.md), rendered after the others.
+    pub fleet: OnceLock<Arc<crate::fleet::FleetMetrics>>,
     start: Instant,
     start_unix_s: f64,
 }
@@ -250,6 +257,7 @@ impl Metrics {
             admin_requests: AtomicU64::new(0),
             health: Health::default(),
             transport,
+            fleet: OnceLock::new(),
             start: Instant::now(),
             start_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         }
@@ -344,6 +352,9 @@ impl Metrics {
         w.sample("ringgate_ready", &[], if self.health.not_ready().is_none() { 1.0 } else { 0.0 });
         w.family("ringgate_workers", "gauge", "Worker cores.");
         w.sample("ringgate_workers", &[], cores.len() as f64);
+        if let Some(f) = self.fleet.get() {
+            f.render(&mut w.out, openmetrics);
+        }
         if openmetrics {
             w.out.push_str("# EOF\n");
         }

@@ -127,6 +127,7 @@ impl Sim {
             },
             mutes: HashMap::new(),
             gate,
+            fleet: None,
         });
         let disk = SimDisk::new(7);
         let settings = LogSettings {
