@@ -329,6 +329,18 @@ fn three_nodes_share_inboxes() {
     assert_eq!(v["seqs"]["bob"], 7, "{body}");
     let got = collect(&mut bob, 1, WAIT);
     assert_eq!(got.get(&7).map(|p| p.1.clone()), Some(b"hi".to_vec()));
+    // The dashboard's fleet panels query only what a fleet node exports.
+    let (a1, _) = admin(n1);
+    let (_, text) = http(a1, "GET", "/metrics", None, None);
+    let dash = include_str!("../deploy/grafana-dashboard.json");
+    let mut checked = 0;
+    for (at, _) in dash.match_indices("ringgate_fleet_") {
+        let tail = &dash[at..];
+        let name = &tail[..tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len())];
+        assert!(text.lines().any(|l| l.starts_with(name)), "the dashboard queries {name}, not exported by a fleet node");
+        checked += 1;
+    }
+    assert!(checked >= 4, "the dashboard has fleet panels");
     for s in &f.nodes {
         s.assert_no_panic();
     }
@@ -491,4 +503,206 @@ fn missed_notifications_are_repaired_from_the_inbox() {
     }
     let got = collect(&mut bob, sent as usize - 1, WAIT);
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), (2..=sent).collect::<Vec<_>>(), "every message, in order");
+}
+
+#[test]
+fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
+    let Some(bin) = redis_or_skip("group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    // The default test config has group "team" = alice, bob, carol.
+    let (mut bob, _) = f.nodes[1].login("bob", "b1", 0);
+    let (mut carol, _) = f.nodes[2].login("carol", "c1", 0);
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    alice.send_frame(&send_to_group(1, "team", b"hello team"));
+    let a = alice.expect_sendack(1);
+    assert_eq!(a.status, 0, "{a:?}");
+    for c in [&mut bob, &mut carol] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.get(&1).map(|p| p.0), Some(a.msg_id), "every member on every node");
+    }
+
+    // A group send whose node died after claiming it (the claim is its
+    // durable intent: members and payload) and before any copy: written
+    // here as that node would have, under a node id that heartbeats no more.
+    let msg_id = 4242u64;
+    let ts = unix_now_ms() - 10_000;
+    let targets = "bob\ncarol";
+    let rec = format!("p {msg_id} {ts} dead {} {targets}left behind", targets.len());
+    assert_eq!(redis.cmd(&["HSET", "rg:{alice}:d:a1", "77", &rec]).as_deref(), Some(":1"));
+    assert_eq!(redis.cmd(&["ZADD", "rg:{intents}:z", &ts.to_string(), "alice\na1\n77"]).as_deref(), Some(":1"));
+    // No client retries: a survivor completes it.
+    for c in [&mut bob, &mut carol] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.get(&2).map(|p| (p.0, p.1.clone())), Some((msg_id, b"left behind".to_vec())), "{got:?}");
+    }
+    // And a late retry of it by alice gets the original SENDACK, delivers nothing.
+    alice.send_frame(&send_to_group(77, "team", b"left behind"));
+    let a = alice.expect_sendack(77);
+    assert_eq!((a.status, a.msg_id), (0, msg_id));
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
+}
+
+// ---- measurement (not in the default run) --------------------------------
+
+/// utime + stime of a process, seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+struct Run {
+    rate: u64,
+    sent: u64,
+    delivered: u64,
+    msgs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_msg: f64,
+}
+
+/// `rate` SENDs per second for `secs` from `sender` (user "s") to the
+/// receiver ("r", on `receiver`); latency SEND written → PUSH read; CPU of
+/// `pids` over the run.
+fn paced(sender: &Server, receiver: &Server, pids: &[u32], rate: u64, secs: u64, tag: &str) -> Run {
+    let (mut rx, _) = receiver.login(&format!("r{tag}"), "r1", 0);
+    let (mut tx, _) = sender.login(&format!("s{tag}"), "s1", 0);
+    let mut raw = tx.raw_socket();
+    let start = Instant::now();
+    let total = rate * secs;
+    let to = format!("r{tag}");
+    let acks = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut ok = 0u64;
+        while n < total {
+            match tx.recv_frame(WAIT) {
+                Ok(Frame::SendAck(a)) => {
+                    n += 1;
+                    ok += (a.status == 0) as u64;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        ok
+    });
+    let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    let t0 = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let gap = Duration::from_secs_f64(1.0 / rate as f64);
+        for i in 0..total {
+            let due = t0 + gap * i as u32;
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+            let mut payload = (start.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+            payload.resize(64, b'x');
+            raw.write_all(&send_to_user(i + 1, &to, &payload).encode()).unwrap();
+        }
+    });
+    let mut lat = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(secs) + WAIT;
+    let mut last_seq = 0;
+    while (lat.len() as u64) < total && Instant::now() < deadline {
+        match rx.recv_frame(Duration::from_secs(2)) {
+            Ok(Frame::Push(p)) => {
+                let now = start.elapsed().as_nanos() as u64;
+                let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap());
+                lat.push(now.saturating_sub(sent) as f64 / 1e6);
+                if p.seq > last_seq + 16 || lat.len() as u64 == total {
+                    rx.send_frame(&Frame::PushAck { seq: p.seq });
+                    last_seq = p.seq;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    writer.join().unwrap();
+    let ok = acks.join().unwrap();
+    let cpu1: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |x: f64| lat.get(((lat.len() as f64 * x) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let delivered = lat.len() as u64;
+    Run {
+        rate,
+        sent: ok,
+        delivered,
+        msgs_per_s: delivered as f64 / elapsed,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        cpu_us_per_msg: (cpu1 - cpu0) * 1e6 / delivered.max(1) as f64,
+    }
+}
+
+fn used_memory(redis: &Redis) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `cargo test --release --test fleet -- --ignored fleet_measure --nocapture`:
+/// cross-node push on 3 nodes + Redis vs one node on its local log
+/// (fsync always) in the same run, and the engine's memory per message and
+/// per user.
+#[test]
+#[ignore]
+fn fleet_measure() {
+    let Some(bin) = redis_or_skip("fleet_measure") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    let single = Config::default().tls(false).workers(2).durable("always").start();
+    let rpid = redis.child.as_ref().unwrap().id();
+    let fleet_pids: Vec<u32> = f.nodes.iter().map(|s| s.pid()).chain([rpid]).collect();
+    let secs = std::env::var("FLEET_MEASURE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rates: Vec<u64> = std::env::var("FLEET_MEASURE_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![2000, 10000]);
+    eprintln!("| setup | rate msg/s | confirmed | delivered | msgs/s | p50 ms | p99 ms | CPU µs/msg (servers) |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for (i, rate) in rates.iter().enumerate() {
+        for (name, s, r, pids) in [
+            ("fleet cross-node (n1 -> n2, + Redis)", &f.nodes[0], &f.nodes[1], fleet_pids.clone()),
+            ("single node, local log fsync always", &single, &single, vec![single.pid()]),
+        ] {
+            let x = paced(s, r, &pids, *rate, secs, &format!("{i}{}", name.len()));
+            eprintln!(
+                "| {name} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                x.rate, x.sent, x.delivered, x.msgs_per_s, x.p50_ms, x.p99_ms, x.cpu_us_per_msg
+            );
+        }
+    }
+    // Engine memory: 20,000 messages of 64 bytes into 1,000 offline inboxes.
+    let m0 = used_memory(&redis);
+    let (mut tx, _) = f.nodes[0].login("memsender", "m1", 0);
+    let mut raw = tx.raw_socket();
+    let n_users = 1000u64;
+    let per = 20u64;
+    for i in 0..n_users * per {
+        raw.write_all(&send_to_user(i + 1, &format!("off{}", i % n_users), &[b'x'; 64]).encode()).unwrap();
+        if i % 500 == 499 {
+            for j in i - 498..=i + 1 {
+                tx.expect_sendack(j);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m1 = used_memory(&redis);
+    let total = n_users * per;
+    eprintln!(
+        "engine memory: {} bytes for {total} messages (64 B payload) in {n_users} inboxes = {:.0} B/message (incl. the sender's dedup record), {:.0} B/user at {per} messages",
+        m1 - m0,
+        (m1 - m0) as f64 / total as f64,
+        (m1 - m0) as f64 / n_users as f64
+    );
 }

@@ -312,8 +312,26 @@ impl Eng {
                     .arg(group_payload),
             )
             .await?;
+        let intent = format!("{sender}\n{device}\n{}", msg.client_msg_id);
         let (msg_id, ts, targets) = match claim {
-            None => (msg.msg_id, msg.timestamp_ms, targets),
+            None => {
+                if msg.group.is_some() {
+                    // The durable intent of a group send: a survivor
+                    // completes it if this node dies before it is done.
+                    let mut c = self.conn()?;
+                    let r: Result<redis::RedisResult<i64>, _> = tokio::time::timeout(
+                        self.timeout,
+                        redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
+                        Err(_) => return Err(FleetError::Timeout),
+                    }
+                }
+                (msg.msg_id, msg.timestamp_ms, targets)
+            }
             Some(rec) => {
                 let r = Claim::parse(&rec).ok_or_else(|| FleetError::Engine("unreadable dedup record".into()))?;
                 if r.done {
@@ -331,7 +349,69 @@ impl Eng {
         }
         let rec = format!("d {msg_id} {ts} {} 0 ", self.fleet.node_id);
         let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(msg.client_msg_id).arg(rec)).await?;
+        if msg.group.is_some() {
+            self.forget_intent(&intent).await;
+        }
         Ok(Stored { msg_id, timestamp_ms: ts, seqs })
+    }
+
+    async fn forget_intent(&self, intent: &str) {
+        if let Ok(mut c) = self.conn() {
+            let _ = tokio::time::timeout(self.timeout, redis::cmd("ZREM").arg(INTENTS).arg(intent).query_async::<i64>(&mut c)).await;
+        }
+    }
+
+    /// Completes group sends whose claim is older than `age_ms` and still
+    /// pending: the node that claimed them died (or its request failed)
+    /// before every copy was appended. Appends are idempotent by msg_id,
+    /// so a completion racing a client's retry still stores one copy per
+    /// member. Returns how many were completed.
+    async fn sweep_intents(&self, age_ms: u64) -> Result<usize, FleetError> {
+        let mut c = self.conn()?;
+        let cutoff = wall_ms().saturating_sub(age_ms);
+        let stale: Vec<String> = match tokio::time::timeout(
+            self.timeout,
+            redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32).query_async(&mut c),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
+            Err(_) => return Err(FleetError::Timeout),
+        };
+        let mut done = 0;
+        for intent in stale {
+            let mut it = intent.splitn(3, '\n');
+            let (Some(sender), Some(device), Some(cmid)) = (it.next(), it.next(), it.next()) else {
+                self.forget_intent(&intent).await;
+                continue;
+            };
+            let dkey = format!("rg:{{{sender}}}:d:{device}");
+            let rec: Option<Vec<u8>> = match tokio::time::timeout(self.timeout, redis::cmd("HGET").arg(&dkey).arg(cmid).query_async(&mut c)).await {
+                Ok(Ok(v)) => v,
+                _ => continue,
+            };
+            let Some(r) = rec.as_deref().and_then(Claim::parse) else {
+                self.forget_intent(&intent).await;
+                continue;
+            };
+            if !r.done {
+                let (max, cutoff) = self.retention_args();
+                let from: Arc<str> = Arc::from(sender);
+                let payload = Bytes::from(r.payload);
+                let targets: Vec<Arc<str>> = r.targets.into_iter().map(Arc::from).collect();
+                let appends = targets.iter().map(|t| self.append(t, r.msg_id, r.ts, &from, &payload, max, cutoff));
+                if futures_util::future::join_all(appends).await.iter().any(|x| x.is_err()) {
+                    continue;
+                }
+                let rec = format!("d {} {} {} 0 ", r.msg_id, r.ts, self.fleet.node_id);
+                let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(cmid).arg(rec)).await?;
+                tracing::info!(sender, device, client_msg_id = cmid, msg_id = r.msg_id, members = targets.len(), "completed a group send a node left unfinished");
+                done += 1;
+            }
+            self.forget_intent(&intent).await;
+        }
+        Ok(done)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -427,12 +507,17 @@ impl Eng {
     }
 }
 
+/// Pending group sends: `sender\ndevice\ncmid` by claim time (wall ms).
+const INTENTS: &str = "rg:{intents}:z";
+
 /// A dedup record: `p|d msg_id ts node len(targets) targets payload`.
 struct Claim {
     done: bool,
     msg_id: u64,
     ts: u64,
     targets: Vec<String>,
+    /// Group sends only (empty otherwise and once done).
+    payload: Vec<u8>,
 }
 
 impl Claim {
@@ -445,7 +530,7 @@ impl Claim {
         let n = p.num()? as usize;
         let t = p.take(n)?;
         let targets = std::str::from_utf8(t).ok()?.split('\n').filter(|s| !s.is_empty()).map(String::from).collect();
-        Some(Claim { done: status == b"d", msg_id, ts, targets })
+        Some(Claim { done: status == b"d", msg_id, ts, targets, payload: p.rest().to_vec() })
     }
 }
 
@@ -551,6 +636,11 @@ async fn heartbeat(eng: Arc<Eng>) {
                 eng.health.health.engine_down.store(false, Relaxed);
                 if !durability_checked {
                     durability_checked = check_durability(&eng).await;
+                }
+                // Unfinished group sends older than a dead node's heartbeat
+                // window plus a request's longest life.
+                if let Err(e) = eng.sweep_intents(ttl + eng.fleet.cfg.engine_timeout_ms).await {
+                    tracing::debug!(error = %e, "group intent sweep");
                 }
             }
             Err(e) => {
