@@ -35,6 +35,12 @@ pub struct Config {
     pub admin: AdminConfig,
     pub route: RouteConfig,
     pub web: WebConfig,
+    /// `[fleet]`: several nodes sharing every inbox through Redis
+    /// (`crate::fleet`). Absent, or with no `redis` URL = one node on the
+    /// local log (the default). Not serialized when absent, so the default
+    /// configuration has no fleet keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
     /// Initial groups: name → member user ids. A SEND to a group fans out to
     /// every member but the sender (the sender must be a member). Seeds an
     /// empty data directory only: afterwards the groups saved by the admin
@@ -452,6 +458,80 @@ fn default_endpoint_weight() -> u32 {
     100
 }
 
+/// `[fleet]` (FLEET.md "Configuration").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Redis/Valkey URLs: one = a single instance, several = Redis Cluster
+    /// seed nodes. Empty = single node on the local log.
+    pub redis: Vec<String>,
+    /// Unique in the fleet; unset = hostname + listen port.
+    pub node_id: Option<String>,
+    /// What the route lists for this node; unset = `route.public_host`, else the listen IP.
+    pub advertise_host: Option<String>,
+    /// A node is live while its heartbeat key lives (3 x this). Default 1000.
+    pub heartbeat_ms: u64,
+    /// An engine call slower than this: SENDACK 5 / admin 503. Default 2000.
+    pub engine_timeout_ms: u64,
+    /// Engine requests queued per node; beyond: SENDACK 5. Default 65536.
+    pub max_engine_inflight: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            redis: Vec::new(),
+            node_id: None,
+            advertise_host: None,
+            heartbeat_ms: 1000,
+            engine_timeout_ms: 2000,
+            max_engine_inflight: 65536,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// True when this node is part of a fleet (at least one engine URL).
+    pub fn enabled(&self) -> bool {
+        !self.redis.is_empty()
+    }
+
+    /// Every problem with the section (FLEET.md: `config check` reports all).
+    pub fn problems(&self, errs: &mut Vec<String>) {
+        for u in &self.redis {
+            match u.split_once("://") {
+                Some(("redis" | "rediss", rest)) if !rest.is_empty() => {
+                    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u.as_str()) {
+                        errs.push(format!("fleet.redis: {u:?} is not a valid Redis URL: {e}"));
+                    }
+                }
+                _ => errs.push(format!("fleet.redis: {u:?} is not a redis:// or rediss:// URL")),
+            }
+        }
+        if let Some(id) = &self.node_id {
+            if id.trim().is_empty() {
+                errs.push("fleet.node_id must not be empty".into());
+            } else if id.len() > 64 || id.contains([',', ' ', ':', '{', '}']) {
+                errs.push(format!("fleet.node_id = {id:?}: at most 64 bytes, no spaces, commas, colons or braces"));
+            }
+        }
+        if let Some(h) = &self.advertise_host {
+            if h.trim().is_empty() {
+                errs.push("fleet.advertise_host must not be empty when set".into());
+            }
+        }
+        if !(50..=60_000).contains(&self.heartbeat_ms) {
+            errs.push(format!("fleet.heartbeat_ms = {} is outside 50..=60000", self.heartbeat_ms));
+        }
+        if !(10..=600_000).contains(&self.engine_timeout_ms) {
+            errs.push(format!("fleet.engine_timeout_ms = {} is outside 10..=600000", self.engine_timeout_ms));
+        }
+        if !(1..=16_777_216).contains(&self.max_engine_inflight) {
+            errs.push(format!("fleet.max_engine_inflight = {} is outside 1..=16777216", self.max_engine_inflight));
+        }
+    }
+}
+
 /// `[web]`: HTTP on the gateway port (the route endpoint and WebSocket).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -646,7 +726,24 @@ impl Config {
         if self.web.deflate {
             errs.push("web.deflate = true: permessage-deflate is not implemented; set it to false".into());
         }
+        if let Some(f) = &self.fleet {
+            f.problems(&mut errs);
+            // Every node must sign routes with the same key, or a client
+            // holding one node's route rejects the others' (FLEET.md).
+            if f.enabled() && self.route.signing_key_file.is_none() {
+                errs.push(
+                    "[fleet] needs route.signing_key_file: every node of a fleet signs routes with the same key, \
+                     so a per-node <data_dir>/route-key.pem cannot be used"
+                        .into(),
+                );
+            }
+        }
         errs
+    }
+
+    /// The fleet section when this node is part of a fleet.
+    pub fn fleet(&self) -> Option<&FleetConfig> {
+        self.fleet.as_ref().filter(|f| f.enabled())
     }
 
     fn route_problems(&self, errs: &mut Vec<String>) {
@@ -904,6 +1001,16 @@ keepalive_idle_s = 60
 poll_timeout_s = 25
 # permessage-deflate: not implemented; true is refused at startup.
 deflate = false
+
+# [fleet]
+# Several nodes sharing every inbox through Redis 7 / Valkey (docs/fleet.md).
+# Unset or empty redis = one node on the local log (the default).
+# redis = ["redis://127.0.0.1:6379"]   # several URLs = Redis Cluster seed nodes
+# node_id = "n1"                        # default: hostname + listen port
+# advertise_host = "10.0.0.5"           # default: route.public_host, else the listen IP
+# heartbeat_ms = 1000                   # a node is live while its heartbeat lives (3 x this)
+# engine_timeout_ms = 2000              # slower engine calls: SENDACK 5 / admin 503
+# max_engine_inflight = 65536           # engine requests queued per node; beyond: SENDACK 5
 
 [groups]
 # Initial groups (seed an empty data directory; then the admin API's saved groups win).

@@ -31,6 +31,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod doctor;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;

@@ -183,6 +183,8 @@ pub struct Health {
     pub admin_up: AtomicBool,
     pub draining: AtomicBool,
     pub storage_failed: AtomicBool,
+    /// Fleet mode: the engine did not answer the last heartbeat.
+    pub engine_down: AtomicBool,
 }
 
 impl Default for Health {
@@ -193,6 +195,7 @@ impl Default for Health {
             admin_up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
+            engine_down: AtomicBool::new(false),
         }
     }
 }
@@ -204,6 +207,8 @@ impl Health {
         // store for good (store/durable.rs, "When the disk fails").
         if self.storage_failed.load(Relaxed) || crate::store::process_failure().is_some() {
             Some("storage failure")
+        } else if self.engine_down.load(Relaxed) {
+            Some("fleet engine unreachable")
         } else if self.draining.load(Relaxed) {
             Some("draining")
         } else if self.recovering.load(Relaxed) {
@@ -231,6 +236,8 @@ pub struct Metrics {
     pub health: Health,
     /// "tls" or "tcp": what the gateway port speaks.
     pub transport: &'static str,
+    /// Fleet mode's metrics (FLEET.md), rendered after the others.
+    pub fleet: OnceLock<Arc<crate::fleet::FleetMetrics>>,
     start: Instant,
     start_unix_s: f64,
 }
@@ -256,6 +263,7 @@ impl Metrics {
             config_last_reload_ms: AtomicU64::new(0),
             health: Health::default(),
             transport,
+            fleet: OnceLock::new(),
             start: Instant::now(),
             start_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         }
@@ -355,6 +363,9 @@ impl Metrics {
         });
         w.family("ringgate_config_last_reload_timestamp_seconds", "gauge", "When the running configuration was loaded (start or last good reload), Unix seconds.");
         w.sample("ringgate_config_last_reload_timestamp_seconds", &[], self.config_last_reload_ms.load(Relaxed) as f64 / 1000.0);
+        if let Some(f) = self.fleet.get() {
+            f.render(&mut w.out, openmetrics);
+        }
         if openmetrics {
             w.out.push_str("# EOF\n");
         }

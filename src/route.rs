@@ -291,13 +291,49 @@ pub struct RouteService {
     listen: SocketAddr,
     tls: bool,
     feedback: Mutex<Feedback>,
+    /// Fleet mode: the live nodes are the endpoints (FLEET.md rule 8).
+    fleet: Option<std::sync::Arc<crate::fleet::Fleet>>,
 }
 
 impl RouteService {
     pub fn new(cfg: RouteConfig, key: RouteKey, listen: SocketAddr, tls: bool, now_ms: u64) -> Self {
         let n = cfg.endpoints.len().max(1);
         let window = cfg.feedback_window_s.saturating_mul(1000);
-        RouteService { feedback: Mutex::new(Feedback::new(n, window, now_ms)), cfg, key, listen, tls }
+        RouteService { feedback: Mutex::new(Feedback::new(n, window, now_ms)), cfg, key, listen, tls, fleet: None }
+    }
+
+    /// Fleet mode: unless endpoints are configured, list the live nodes.
+    pub fn with_fleet(mut self, fleet: std::sync::Arc<crate::fleet::Fleet>) -> Self {
+        if self.cfg.endpoints.is_empty() {
+            // One feedback slot per possible node; ids beyond are not demoted.
+            let window = self.cfg.feedback_window_s.saturating_mul(1000);
+            self.feedback = Mutex::new(Feedback::new(256, window, 0));
+            self.fleet = Some(fleet);
+        }
+        self
+    }
+
+    /// The live nodes as endpoints: by node id, or with `user` in the
+    /// user's rendezvous order (one user's devices meet on one node).
+    fn fleet_endpoints(&self, f: &crate::fleet::Fleet, user: Option<&str>) -> Vec<RouteEndpoint> {
+        let live = f.live_nodes();
+        let order: Vec<&crate::fleet::Node> = match user {
+            Some(u) => crate::fleet::rendezvous(u, &live),
+            None => live.iter().collect(),
+        };
+        order
+            .into_iter()
+            .map(|n| RouteEndpoint {
+                id: n.id.clone(),
+                transport: n.transport.clone(),
+                host: Some(n.host.clone()),
+                addr: Some(n.host.clone()),
+                port: n.port,
+                sni: Some(n.host.clone()),
+                priority: 0,
+                weight: 100,
+            })
+            .collect()
     }
 
     pub fn key(&self) -> &RouteKey {
@@ -332,9 +368,14 @@ impl RouteService {
 
     /// The whole `200` body for one request (and the request counted as feedback).
     pub fn answer(&self, query: &RouteQuery, host_header: Option<&str>, mono_ms: u64, wall_ms: u64) -> String {
-        let eps = self.endpoints(host_header);
+        let eps = match &self.fleet {
+            Some(f) => self.fleet_endpoints(f, query.user.as_deref()),
+            None => self.endpoints(host_header),
+        };
         let mut demoted = vec![false; eps.len()];
-        if let Ok(mut fb) = self.feedback.lock() {
+        // Feedback slots are by position; in fleet mode positions change
+        // with the live set and the user's order, so no demotion there.
+        if let (Ok(mut fb), None) = (self.feedback.lock(), &self.fleet) {
             let failed: Vec<bool> = eps.iter().map(|e| query.failed.contains(&e.id)).collect();
             fb.observe(mono_ms, &failed);
             for (i, d) in demoted.iter_mut().enumerate() {

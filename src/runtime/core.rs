@@ -30,6 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod admin;
 mod dedup;
+mod fleet;
 mod io;
 mod send;
 mod sessions;
@@ -149,6 +150,8 @@ pub struct Shared {
     pub ledger: super::ledger::LedgerLimits,
     /// Mutes at start (user → until, epoch ms); each core keeps those of its users.
     pub mutes: HashMap<Arc<str>, u64>,
+    /// Fleet mode: the engine handle (`crate::fleet`); None on the local log.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// A connection's slab slot plus a generation, so stale keys never alias a new connection.
@@ -277,6 +280,8 @@ pub struct Core {
     pub dirty: flush::Dirty,
     /// Devices whose dedup table is to be packed (`core/dedup.rs`).
     idle_dedup: dedup::PackQueue,
+    /// Fleet mode (`core/fleet.rs`); None on the local log.
+    fleet: Option<Box<fleet::CoreFleet>>,
 }
 
 impl Core {
@@ -322,6 +327,7 @@ impl Core {
             web_sids: HashMap::new(),
             dirty: flush::Dirty::new(),
             idle_dedup: Default::default(),
+            fleet: shared.fleet.clone().map(fleet::CoreFleet::new),
             shared,
         }
     }
@@ -489,6 +495,9 @@ impl Core {
                         d.conn = None;
                         d.acked_seq = slot.conn.session.acked();
                         let device = d.id.clone();
+                        if self.fleet.is_some() {
+                            self.fleet_offline(ident.user.clone(), device.clone(), slot.conn.session.acked());
+                        }
                         self.dedup_went_idle(ident.user, device);
                     }
                 }
@@ -632,8 +641,18 @@ impl Core {
         key
     }
 
-    /// Accepts the CONNECT on the user's home core: replacement, CONNACK, replay.
+    /// Accepts the CONNECT on the user's home core: replacement, CONNACK,
+    /// replay (in fleet mode once the engine has answered).
     fn open(&mut self, key: ConnKey, user: Arc<str>, req: ConnectRequest, token_exp_wall_ms: u64) {
+        if self.fleet.is_some() && self.fleet_defer_open(key, &user, &req, token_exp_wall_ms) {
+            return;
+        }
+        self.open_with(key, user, req, token_exp_wall_ms, None);
+    }
+
+    /// `bounds`: the inbox's (oldest, head) when the store's view is not
+    /// the whole inbox (fleet mode: the engine's).
+    fn open_with(&mut self, key: ConnKey, user: Arc<str>, req: ConnectRequest, token_exp_wall_ms: u64, bounds: Option<(u64, u64)>) {
         let now = self.shared.clock.mono_ms();
         let wall = self.shared.clock.wall_ms();
         let device: Arc<str> = Arc::from(req.device_id.as_str());
@@ -656,7 +675,7 @@ impl Core {
         let Core { conns, store, shared, .. } = self;
         let Some(slot) = conns.get_mut(key.idx as usize) else { return };
         let conn = &mut slot.conn;
-        let bounds = store.inbox(&user, wall).bounds();
+        let bounds = bounds.unwrap_or_else(|| store.inbox(&user, wall).bounds());
         conn.session.accept(now, wall, &shared.limits, &user, &req, bounds, token_exp_ms, &mut conn.out);
         let cursor = conn.session.acked();
         conn.session.fill(now, &shared.limits, store.peek(&user), &mut conn.out);
@@ -707,6 +726,7 @@ impl Core {
             CoreMsg::Synced(result) => self.on_synced(result),
             CoreMsg::StoreIo => self.on_store_io(),
             CoreMsg::Admin(cmd) => self.on_admin(*cmd),
+            CoreMsg::Fleet(ev) => self.on_fleet(*ev),
             CoreMsg::Shutdown => self.begin_shutdown(),
             CoreMsg::Reload(live) => {
                 // New connections and CONNECTs see it from here on;
@@ -726,6 +746,9 @@ impl Core {
             self.last_prune_ms = now;
         }
         self.pack_idle_dedup(now);
+        if self.fleet.is_some() {
+            self.fleet_tick(now);
+        }
         self.store.tick(self.shared.clock.wall_ms());
         if now >= self.last_gauge_ms + 1_000 {
             self.last_gauge_ms = now;

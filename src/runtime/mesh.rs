@@ -63,6 +63,8 @@ pub enum CoreMsg {
     StoreIo,
     /// Graceful shutdown: stop accepting, DISCONNECT(7) everyone, finish.
     Shutdown,
+    /// Fleet mode: an engine answer or notification (`crate::fleet`).
+    Fleet(Box<crate::fleet::Event>),
     /// A request of the admin API; the answer goes back on its own channel.
     Admin(Box<crate::runtime::core::admin::AdminCmd>),
     /// A reload's new snapshot (`runtime/reload.rs`): take it between two messages.

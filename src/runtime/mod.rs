@@ -247,8 +247,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
 
     // Inboxes: the durable log (recovered now, before any gateway listener
     // opens) or memory.
+    let fleet_cfg = cfg.fleet().cloned();
     let mut durable = None;
-    if durable_mode {
+    if durable_mode && fleet_cfg.is_none() {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let rec = crate::store::recovery::recover(&crate::store::recovery::RecoverOpts {
             data_dir: &data_dir,
@@ -314,6 +315,10 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     // accept(2) fails with EMFILE (`limits.max_connections = 0`).
     let fd_max_connections =
         raised.saturating_sub(crate::net::listener::server_fd_reserve(workers as u64)).saturating_sub(32).max(1);
+    let fleet = match &fleet_cfg {
+        Some(f) => Some(start_fleet(&cfg, f, local, mesh.clone(), &metrics)?),
+        None => None,
+    };
     let max_connections = match cfg.limits.max_connections {
         0 => fd_max_connections,
         n => n,
@@ -326,8 +331,16 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         fd_max_connections,
         listen: local,
         secret,
-        route: crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms()),
+        route: {
+            let route =
+                crate::route::RouteService::new(cfg.route.clone(), route_key, local, cfg.tls.enabled, core::Clock::new().mono_ms());
+            match &fleet {
+                Some(f) => route.with_fleet(f.clone()),
+                None => route,
+            }
+        },
         ws_mode,
+        fleet: fleet.clone(),
     })?;
     let Some(live) = reloader.current() else { unreachable!("Reloader::start builds the first snapshot") };
     metrics.config_last_reload_ms.store(core::Clock::new().wall_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -347,6 +360,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             max_entries: cfg.admin.ledger_max_entries,
         },
         mutes,
+        fleet: fleet.clone(),
     });
     metrics.health.recovering.store(false, std::sync::atomic::Ordering::Relaxed);
 
@@ -355,6 +369,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut handles = Vec::new();
     let (stores, seeds): (Vec<Box<dyn InboxStore + Send>>, Vec<Vec<DedupSeed>>) = match durable {
+        // Fleet mode: the engine holds the inboxes; each core mirrors its online users'.
+        _ if fleet.is_some() => (
+            (0..workers)
+                .map(|_| Box::new(crate::fleet::mirror::FleetStore::new(cfg.store.inbox_max_messages)) as Box<dyn InboxStore + Send>)
+                .collect(),
+            (0..workers).map(|_| Vec::new()).collect(),
+        ),
         Some(rec) => {
             let mut stores: Vec<Box<dyn InboxStore + Send>> = Vec::new();
             let budget = memory_budget(&cfg);
@@ -427,6 +448,36 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts this node's fleet engine thread (FLEET.md).
+fn start_fleet(
+    cfg: &Config,
+    f: &crate::config::FleetConfig,
+    local: std::net::SocketAddr,
+    mesh: mesh::Mesh,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Arc<crate::fleet::Fleet>, ServeError> {
+    let node_id = f.node_id.clone().unwrap_or_else(|| crate::fleet::default_node_id(local.port()));
+    let host = f
+        .advertise_host
+        .clone()
+        .or_else(|| cfg.route.public_host.clone())
+        .unwrap_or_else(|| local.ip().to_string());
+    let me = crate::fleet::Node {
+        id: node_id.clone(),
+        host,
+        port: local.port(),
+        transport: if cfg.tls.enabled { "tls" } else { "tcp" }.into(),
+    };
+    if cfg.tls.enabled && cfg.tls.cert_file.is_none() {
+        tracing::warn!("fleet mode with a per-node development certificate: clients that pin it will not accept the other nodes; give every node the same certificate");
+    }
+    tracing::info!(node_id = %node_id, engine = ?f.redis, heartbeat_ms = f.heartbeat_ms, "fleet mode: inboxes live in the engine (store.durability and fsync do not apply)");
+    let fleet = crate::fleet::start(f.clone(), node_id, me, mesh, retention(cfg), cfg.session.dedup_per_device.max(1024) * 2, metrics.clone())
+        .map_err(|e| ServeError::Worker(0, e))?;
+    let _ = metrics.fleet.set(fleet.metrics.clone());
+    Ok(fleet)
 }
 
 /// A core's durable log failed (an fsync error): remember it for the exit

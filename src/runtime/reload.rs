@@ -120,6 +120,8 @@ pub struct Reloader {
     listen: std::net::SocketAddr,
     /// `/v1/ws` mode chosen at start from the environment (test-only echo).
     ws_mode: super::web::ws::Mode,
+    /// Fleet mode: the route lists the fleet's live nodes (kept across reloads).
+    fleet: Option<Arc<crate::fleet::Fleet>>,
     clock: super::core::Clock,
     /// The snapshot the cores run (set once `start` built the first).
     current: Option<Arc<Live>>,
@@ -135,6 +137,7 @@ pub struct Start {
     pub secret: Vec<u8>,
     pub route: crate::route::RouteService,
     pub ws_mode: super::web::ws::Mode,
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Reloader {
@@ -151,6 +154,7 @@ impl Reloader {
             fd_max_connections: s.fd_max_connections,
             listen: s.listen,
             ws_mode: s.ws_mode,
+            fleet: s.fleet.clone(),
             clock: super::core::Clock::new(),
             current: None,
             running: s.cfg.clone(),
@@ -268,7 +272,10 @@ impl Reloader {
         // `signing_key_file` needs a restart); its failure-report window
         // starts over.
         let key = crate::route::read_key(&crate::route::key_path(&applied.route, &self.data_dir).0)?;
-        let route = crate::route::RouteService::new(applied.route.clone(), key, self.listen, applied.tls.enabled, self.clock.mono_ms());
+        let mut route = crate::route::RouteService::new(applied.route.clone(), key, self.listen, applied.tls.enabled, self.clock.mono_ms());
+        if let Some(f) = &self.fleet {
+            route = route.with_fleet(f.clone());
+        }
         let gate = Arc::new(Gate { ws_mode: self.ws_mode, ..Gate::new(&applied, route) });
         let (live, file_ticketer, certs) = self.build(&applied, None, gate)?;
 

@@ -106,6 +106,11 @@ pub trait InboxStore {
     fn peek(&self, user: &str) -> &dyn InboxRead;
     /// Number of inboxes and retained messages (for logs and metrics).
     fn stats(&self) -> (usize, u64);
+    /// Fleet mode: the core's mirror of the engine's inboxes (`crate::fleet`);
+    /// None for the local stores.
+    fn fleet_mirror(&mut self) -> Option<&mut crate::fleet::mirror::FleetStore> {
+        None
+    }
     /// Simulation: runs the syncs queued in deferred mode (see
     /// `DurableStore::defer_io`) and returns their result *without*
     /// applying it; the caller delivers it to the core as the syncer thread

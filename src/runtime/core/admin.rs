@@ -265,6 +265,11 @@ impl Core {
             self.complete(idx);
             return;
         }
+        let req = ((gen as u64) << 32) | idx as u64;
+        if self.fleet.is_some() {
+            self.fleet_publish(req, msg, p.targets);
+            return;
+        }
         if !self.reserve_mailboxes(&p.targets) {
             // A target core is behind: the same answer as a client SEND's
             // SENDACK 5 (503 here), nothing stored.
@@ -274,7 +279,6 @@ impl Core {
             self.complete(idx);
             return;
         }
-        let req = ((gen as u64) << 32) | idx as u64;
         let cores = self.shared.mesh.len();
         let mut local = Vec::new();
         // As for a SEND: a large fan-out's own appends go through the mailbox.

@@ -76,6 +76,9 @@ impl Core {
             },
             _ => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
         };
+        if self.fleet.is_some() {
+            return self.fleet_send(key, user, device, &s, targets.into_vec(), received, wall);
+        }
         if !self.reserve_mailboxes(&targets) {
             self.reject(REJ_BUSY);
             return self.answer_send(key, &reply(sendack::RETRY), received);

@@ -129,6 +129,7 @@ impl Sim {
                 max_entries: cfg.admin.ledger_max_entries,
             },
             mutes: HashMap::new(),
+            fleet: None,
         });
         let disk = SimDisk::new(7);
         let settings = LogSettings {

@@ -1,0 +1,343 @@
+//! Fleet mode: several nodes share every inbox through Redis 7 / Valkey (the "engine").
+//!
+//! ## Shape
+//!
+//! The cores stay as they are: thread-per-core, no lock, no await on the
+//! message path. What changes in fleet mode is where an inbox lives: in the
+//! engine, which assigns every seq (one Lua script per append, atomic in
+//! the engine, all keys of a user in one hash slot; `scripts.rs`). A core
+//! keeps a mirror of the inboxes of its online users (`mirror.rs`) and
+//! reads it exactly like the local store.
+//!
+//! One **engine thread** per node runs a small tokio runtime with the
+//! `redis` crate: a `ConnectionManager` (one multiplexed connection that
+//! pipelines whatever is in flight and reconnects by itself) or, with
+//! several URLs, a Redis Cluster connection (slot map, MOVED/ASK). Cores
+//! submit [`Request`]s through an unbounded channel guarded by a counter
+//! (`max_engine_inflight`: beyond it the core answers SENDACK 5 at once);
+//! every answer comes back to the core's mailbox as `CoreMsg::Fleet`, the
+//! same way the local log's fsync completions arrive. Every request runs
+//! under `engine_timeout_ms`: past it the core gets a typed error (SENDACK
+//! 5), never a hang.
+//!
+//! Why the `redis` crate: it is the most used Rust Redis client, speaks
+//! RESP2/3, pipelines concurrent requests on one connection (so the
+//! requests of one loop turn of every core share a write), reconnects
+//! (`ConnectionManager`), and handles Cluster slots and redirects, so none
+//! of that is hand-written here. Its cost is a tokio runtime on one extra
+//! thread, which the cores never touch.
+//!
+//! ## Delivery across nodes
+//!
+//! The append script publishes the new entry (payload included) on one
+//! channel, `rg:n`; every node's subscriber (a second, RESP3 connection
+//! that resubscribes after a reconnect) hands it to the user's home core,
+//! which adds it to the mirror if a device of the user is online there
+//! and pushes. PUB/SUB rather than streams: a notification is only a
+//! shortcut (the inbox in the engine is the truth), so losing one is
+//! harmless: every heartbeat each core compares its mirrors' heads with
+//! the engine's and fetches what is missing (`ringgate_fleet_gap_repairs_total`).
+//! Streams would add a per-node consumer cursor to keep and trim for no
+//! gain in what the devices get. One channel for all nodes costs every
+//! node every notification; with `?user=` routing (rendezvous hash) a
+//! user's devices meet on one node, and a fleet of a few nodes pays little.
+//!
+//! ## Dedup across nodes (PROTOCOL.md rule 4)
+//!
+//! Before appending, a SEND claims `(device, client_msg_id)` in the
+//! sender's slot with the msg_id it will use and its recipients. A retry
+//! on any node finds the claim: `done` → the original SENDACK; `pending`
+//! (the first node died, or is still at it) → it re-runs the appends with
+//! the claimed msg_id, which the append script makes idempotent (a per-
+//! inbox msg_id → seq map returns the first seq), then marks it done. A
+//! group send's claim is also its durable intent: pending group claims
+//! of nodes that stopped heartbeating are completed by a survivor.
+
+pub mod mirror;
+pub mod scripts;
+mod engine;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::config::FleetConfig;
+use crate::runtime::core::ConnKey;
+use crate::store::{NewMessage, Retention};
+
+pub use engine::start;
+pub use mirror::Entry;
+
+/// Why an engine request failed; all of them mean "retry later" to a
+/// device (SENDACK 5, admin 503) and are the engine's or the network's
+/// fault, never the client's.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FleetError {
+    #[error("engine did not answer within engine_timeout_ms")]
+    Timeout,
+    #[error("engine error: {0}")]
+    Engine(String),
+    #[error("max_engine_inflight requests already queued")]
+    Busy,
+}
+
+/// Work for the engine thread, from a core.
+pub enum Request {
+    /// A client SEND (or a retry): claim, append to every target, mark
+    /// done. `device` None: an admin publish (no claim: the admin API's
+    /// idempotency keys dedup those).
+    Send { core: usize, req: u64, device: Option<Arc<str>>, msg: NewMessage, targets: Vec<Arc<str>> },
+    /// A CONNECT on this node: retention, floor, presence, replacement
+    /// notice, and the entries above `last_seq`.
+    Connect { core: usize, key: ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64 },
+    /// Entries of `user` above `after` (a gap in a mirror).
+    Fetch { core: usize, user: Arc<str>, after: u64 },
+    /// The heartbeat's gap check: mirrored users and their heads.
+    Repair { core: usize, users: Vec<(Arc<str>, u64)> },
+    /// A device's connection ended here: presence shows it offline.
+    Offline { user: Arc<str>, device: Arc<str>, acked: u64 },
+}
+
+/// Where a SEND is stored: its msg_id and timestamp (the original ones
+/// when it was a retry of a stored SEND) and each recipient's seq (empty
+/// for such a retry).
+#[derive(Debug)]
+pub struct Stored {
+    pub msg_id: u64,
+    pub timestamp_ms: u64,
+    pub seqs: Vec<(Arc<str>, u64)>,
+}
+
+/// What a CONNECT found in the engine.
+#[derive(Debug)]
+pub struct Loaded {
+    pub oldest: u64,
+    pub head: u64,
+    /// The head was raised past the device's `last_seq` (the engine had lost data).
+    pub raised: bool,
+    pub entries: Vec<Entry>,
+}
+
+/// An engine answer or notification, delivered to a core's mailbox.
+pub enum Event {
+    /// A SEND's outcome: the msg_id and timestamp it is stored under (the
+    /// original ones when it was a retry of a stored SEND).
+    Sent { req: u64, result: Result<Stored, FleetError> },
+    Connected { key: ConnKey, user: Arc<str>, result: Result<Loaded, FleetError> },
+    /// Entries of `user` (a notification, a fetch or a repair) with the
+    /// engine's bounds when known (0, 0 for a notification).
+    Entries { user: Arc<str>, oldest: u64, head: u64, entries: Vec<Entry>, fetched: bool, repaired: bool },
+    /// A device of `user` connected on another node: close it here (rule 8).
+    Kick { user: Arc<str>, device: Arc<str> },
+}
+
+/// One live node, as the route lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub transport: String,
+}
+
+/// Fleet metrics (FLEET.md "Metrics"). Written by the engine thread, and
+/// by cores for gap repairs (rare): plain atomics.
+#[derive(Default)]
+pub struct FleetMetrics {
+    /// [op][result]: result 0 ok, 1 error, 2 timeout.
+    pub requests: [[AtomicU64; 3]; OPS.len()],
+    /// Per op: count, sum in µs, and bucket counts.
+    pub seconds: [Hist; OPS.len()],
+    pub nodes: AtomicU64,
+    pub durable: AtomicU64,
+    pub gap_repairs: AtomicU64,
+    pub seq_floor_raises: AtomicU64,
+}
+
+/// Engine operations by label.
+pub const OPS: [&str; 7] = ["claim", "append", "done", "connect", "fetch", "heartbeat", "presence"];
+pub const OP_CLAIM: usize = 0;
+pub const OP_APPEND: usize = 1;
+pub const OP_DONE: usize = 2;
+pub const OP_CONNECT: usize = 3;
+pub const OP_FETCH: usize = 4;
+pub const OP_HEARTBEAT: usize = 5;
+pub const OP_PRESENCE: usize = 6;
+
+/// Histogram bucket bounds, seconds.
+pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
+
+#[derive(Default)]
+pub struct Hist {
+    pub count: AtomicU64,
+    pub sum_us: AtomicU64,
+    pub buckets: [AtomicU64; BUCKETS.len()],
+}
+
+impl FleetMetrics {
+    pub fn record(&self, op: usize, result: usize, d: std::time::Duration) {
+        self.requests[op][result.min(2)].fetch_add(1, Relaxed);
+        let h = &self.seconds[op];
+        h.count.fetch_add(1, Relaxed);
+        h.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            h.buckets[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The fleet families in Prometheus text (OpenMetrics counters are named without `_total` in HELP/TYPE).
+    pub fn render(&self, out: &mut String, openmetrics: bool) {
+        use std::fmt::Write;
+        let fam = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let n = if openmetrics && kind == "counter" { name.trim_end_matches("_total") } else { name };
+            let _ = writeln!(out, "# HELP {n} {help}\n# TYPE {n} {kind}");
+        };
+        fam(out, "ringgate_fleet_engine_requests_total", "counter", "Engine requests by operation and result.");
+        for (i, op) in OPS.iter().enumerate() {
+            for (j, r) in ["ok", "error", "timeout"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ringgate_fleet_engine_requests_total{{op=\"{op}\",result=\"{r}\"}} {}",
+                    self.requests[i][j].load(Relaxed)
+                );
+            }
+        }
+        fam(out, "ringgate_fleet_engine_seconds", "histogram", "Engine request duration by operation.");
+        for (i, op) in OPS.iter().enumerate() {
+            let h = &self.seconds[i];
+            let mut cum = 0;
+            for (k, b) in BUCKETS.iter().enumerate() {
+                cum += h.buckets[k].load(Relaxed);
+                let _ = writeln!(out, "ringgate_fleet_engine_seconds_bucket{{op=\"{op}\",le=\"{b}\"}} {cum}");
+            }
+            let n = h.count.load(Relaxed);
+            let _ = writeln!(out, "ringgate_fleet_engine_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {n}");
+            let _ = writeln!(out, "ringgate_fleet_engine_seconds_sum{{op=\"{op}\"}} {}", h.sum_us.load(Relaxed) as f64 / 1e6);
+            let _ = writeln!(out, "ringgate_fleet_engine_seconds_count{{op=\"{op}\"}} {n}");
+        }
+        fam(out, "ringgate_fleet_nodes", "gauge", "Live nodes this node sees, itself included.");
+        let _ = writeln!(out, "ringgate_fleet_nodes {}", self.nodes.load(Relaxed));
+        fam(out, "ringgate_fleet_engine_durable", "gauge", "1 when the engine's settings lose nothing confirmed.");
+        let _ = writeln!(out, "ringgate_fleet_engine_durable {}", self.durable.load(Relaxed));
+        fam(out, "ringgate_fleet_gap_repairs_total", "counter", "Live notifications missed and repaired from the inbox.");
+        let _ = writeln!(out, "ringgate_fleet_gap_repairs_total {}", self.gap_repairs.load(Relaxed));
+        fam(out, "ringgate_fleet_seq_floor_raises_total", "counter", "Inbox heads raised past a device's last_seq the engine did not know.");
+        let _ = writeln!(out, "ringgate_fleet_seq_floor_raises_total {}", self.seq_floor_raises.load(Relaxed));
+    }
+}
+
+/// The node's handle on the fleet, shared by every core, the route and the admin API.
+pub struct Fleet {
+    pub node_id: Arc<str>,
+    pub cfg: FleetConfig,
+    pub metrics: Arc<FleetMetrics>,
+    /// Live nodes (refreshed by every heartbeat), ordered by id.
+    live: Mutex<Arc<Vec<Node>>>,
+    /// The engine answered the last heartbeat (readiness).
+    pub engine_ok: AtomicBool,
+    inflight: AtomicUsize,
+    tx: tokio::sync::mpsc::UnboundedSender<Request>,
+    pub retention: Retention,
+    /// Dedup ids remembered per device in the engine.
+    pub dedup_keep: usize,
+}
+
+impl Fleet {
+    /// Queues `r` for the engine thread; `Busy` when `max_engine_inflight`
+    /// requests are already queued or running.
+    pub fn submit(&self, r: Request) -> Result<(), FleetError> {
+        if self.inflight.fetch_add(1, Relaxed) >= self.cfg.max_engine_inflight {
+            self.inflight.fetch_sub(1, Relaxed);
+            return Err(FleetError::Busy);
+        }
+        if self.tx.send(r).is_err() {
+            self.inflight.fetch_sub(1, Relaxed);
+            return Err(FleetError::Engine("engine thread stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn done(&self) {
+        self.inflight.fetch_sub(1, Relaxed);
+    }
+
+    /// Requests queued or running.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Relaxed)
+    }
+
+    /// Live nodes, ordered by node id.
+    pub fn live_nodes(&self) -> Arc<Vec<Node>> {
+        self.live.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn set_live(&self, mut nodes: Vec<Node>) {
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        self.metrics.nodes.store(nodes.len() as u64, Relaxed);
+        if let Ok(mut l) = self.live.lock() {
+            *l = Arc::new(nodes);
+        }
+    }
+}
+
+/// Rendezvous (highest random weight) order of `nodes` for `user`: every
+/// node computes the same order, so one user's devices meet on one node.
+pub fn rendezvous<'a>(user: &str, nodes: &'a [Node]) -> Vec<&'a Node> {
+    let mut v: Vec<(u64, &Node)> = nodes.iter().map(|n| (hrw(user, &n.id), n)).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    v.into_iter().map(|(_, n)| n).collect()
+}
+
+fn hrw(user: &str, node: &str) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0]);
+    h.update(node.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The node id when `fleet.node_id` is unset: hostname + listen port.
+pub fn default_node_id(port: u16) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates within it on success.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0 {
+        let n = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..n]).replace([' ', ',', ':', '{', '}'], "-")
+    } else {
+        "node".into()
+    };
+    format!("{host}-{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(id: &str) -> Node {
+        Node { id: id.into(), host: "h".into(), port: 1, transport: "tcp".into() }
+    }
+
+    #[test]
+    fn rendezvous_is_stable_and_moves_only_the_dead_nodes_users() {
+        let all = vec![n("a"), n("b"), n("c")];
+        let mut first = std::collections::HashMap::new();
+        for i in 0..300 {
+            let u = format!("u{i}");
+            let o = rendezvous(&u, &all);
+            assert_eq!(o.len(), 3);
+            first.insert(u, o[0].id.clone());
+        }
+        let per: Vec<usize> = ["a", "b", "c"].iter().map(|x| first.values().filter(|v| v == x).count()).collect();
+        assert!(per.iter().all(|c| *c > 60), "{per:?}");
+        // b dies: only b's users move.
+        let two = vec![n("a"), n("c")];
+        for (u, f) in &first {
+            let now = &rendezvous(u, &two)[0].id;
+            if f != "b" {
+                assert_eq!(now, f, "{u} moved although its node lives");
+            }
+        }
+    }
+}

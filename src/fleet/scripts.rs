@@ -1,0 +1,152 @@
+//! The engine-side Lua scripts: every change to one user's keys is one script, so it is atomic in the engine.
+//!
+//! Key layout (all keys of one user share the hash slot of `{user}`, so a
+//! script over them runs on one Redis Cluster shard):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `rg:{u}:h` | string | inbox head seq (INCR; raised, never lowered) |
+//! | `rg:{u}:e` | zset | entries, score = seq, member = `msg_id ts len(from) from payload` |
+//! | `rg:{u}:i` | zset | msg_id → seq (score): an append retried with the same msg_id returns its first seq |
+//! | `rg:{u}:p` | hash | presence: device → `node connected_at_ms acked_seq online` |
+//! | `rg:{u}:d:{device}` | hash | dedup: client_msg_id → `p|d msg_id ts node targets...` |
+//! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound) |
+//! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
+//! | `rg:{nodes}:i` | hash | node id → `host port transport` |
+//! | `rg:intents` | zset | pending group sends (`user\ndevice\ncmid`) by claim time |
+//!
+//! Notifications go out on the channel `rg:n` from inside the append
+//! script (so an append and its notification are one engine operation):
+//! `A <node> <seq> <len(user)> <user><entry>` for an append, `K <node>
+//! <len(user)> <user><device>` for a replacement.
+
+/// Removes entries older than the cutoff (ARGV given by the caller), then
+/// returns the oldest retained seq (head + 1 when empty). Shared prelude.
+const TRIM: &str = r#"
+local function trim(e, i, h, max, cutoff)
+  local n = redis.call('ZCARD', e)
+  if n > max then redis.call('ZREMRANGEBYRANK', e, 0, n - max - 1) end
+  for _ = 1, 256 do
+    local f = redis.call('ZRANGE', e, 0, 0)
+    if #f == 0 then break end
+    local a = string.find(f[1], ' ', 1, true)
+    local b = string.find(f[1], ' ', a + 1, true)
+    if tonumber(string.sub(f[1], a + 1, b - 1)) >= cutoff then break end
+    redis.call('ZREMRANGEBYRANK', e, 0, 0)
+  end
+  local head = tonumber(redis.call('GET', h) or '0')
+  local oldest = head + 1
+  local f = redis.call('ZRANGE', e, 0, 0, 'WITHSCORES')
+  if #f > 0 then oldest = tonumber(f[2]) end
+  redis.call('ZREMRANGEBYSCORE', i, '-inf', '(' .. oldest)
+  return oldest, head
+end
+"#;
+
+/// KEYS: h, e, i. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
+/// node, user. Returns `{seq, new}`: the entry's seq, and 0 when this
+/// msg_id was already appended (its first seq; nothing written).
+pub fn append() -> String {
+    format!(
+        "{TRIM}{}",
+        r#"
+local s = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if s then return {tonumber(s), 0} end
+local seq = redis.call('INCR', KEYS[1])
+local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. ARGV[4]
+redis.call('ZADD', KEYS[2], seq, entry)
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry)
+return {seq, 1}
+"#
+    )
+}
+
+/// KEYS: h, e, i, p. ARGV: last_seq, device, node, now_ms, max_messages,
+/// cutoff_ms, limit, user. Applies retention, raises the head past a
+/// `last_seq` the engine does not know (it lost data: seqs are never
+/// reused; what is below the raised head is dropped so no device waits for
+/// a seq that will never exist), records presence, announces the
+/// replacement and returns `{oldest, head, raised, entries...}` with the
+/// entries above `last_seq` (at most `limit`, as member, score pairs).
+pub fn connect() -> String {
+    format!(
+        "{TRIM}{}",
+        r#"
+local last = tonumber(ARGV[1])
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local raised = 0
+if last > head then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+  raised = 1
+end
+local oldest, h = trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1] .. ' 1')
+redis.call('PUBLISH', 'rg:n', 'K ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[2])
+local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[7]))
+return {oldest, h, raised, e}
+"#
+    )
+}
+
+/// KEYS: h, e. ARGV: after_seq, limit. Returns `{oldest, head, entries}`
+/// (entries above `after_seq`, member/score pairs).
+pub const FETCH: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local oldest = head + 1
+local f = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #f > 0 then oldest = tonumber(f[2]) end
+local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+return {oldest, head, e}
+"#;
+
+/// KEYS: d, q. ARGV: cmid, msg_id, ts, node, keep, targets (joined by
+/// '\n'), payload (group sends only: a survivor completes them without
+/// the client). Claims the client_msg_id of a sending device: returns nil
+/// when claimed now, else the existing record
+/// `p|d msg_id ts node len(targets) targets payload`.
+pub const CLAIM: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then return v end
+redis.call('HSET', KEYS[1], ARGV[1], 'p ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. #ARGV[6] .. ' ' .. ARGV[6] .. ARGV[7])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[5]) then
+  local old = redis.call('LPOP', KEYS[2])
+  redis.call('HDEL', KEYS[1], old)
+end
+return false
+"#;
+
+/// KEYS: d. ARGV: cmid, record. Marks a claimed send done (every copy
+/// appended): the record becomes `d msg_id ts node 0 ` (targets and
+/// payload are no longer needed).
+pub const DONE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"#;
+
+/// KEYS: rg:{nodes}:z, rg:{nodes}:i. ARGV: node, info, ttl_ms. Heartbeat on the
+/// engine's clock (no skew between nodes): records this node, forgets
+/// nodes silent for longer than ttl, returns the live ones as
+/// `{node, info, ...}`.
+pub const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[3])))
+for _, n in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('HDEL', KEYS[2], n)
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for _, n in ipairs(live) do
+  out[#out + 1] = n
+  out[#out + 1] = redis.call('HGET', KEYS[2], n) or ''
+end
+return out
+"#;

@@ -1,0 +1,253 @@
+//! The core's seam to fleet mode (`crate::fleet`): CONNECT waits for the engine's view of the inbox, SENDs and publishes append in the engine, engine answers and notifications arrive as `CoreMsg::Fleet`.
+//!
+//! On the local log none of this runs: `Core::fleet` is `None` and the
+//! only cost is one branch per CONNECT, SEND and tick.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::fleet::{Event, Fleet, FleetError, Request, Stored};
+
+/// A core's fleet state.
+pub struct CoreFleet {
+    pub fleet: Arc<Fleet>,
+    /// CONNECTs waiting for the engine: the user, request and token expiry.
+    connecting: HashMap<ConnKey, (Arc<str>, ConnectRequest, u64)>,
+    last_repair_ms: u64,
+}
+
+impl CoreFleet {
+    pub fn new(fleet: Arc<Fleet>) -> Box<Self> {
+        Box::new(CoreFleet { fleet, connecting: HashMap::new(), last_repair_ms: 0 })
+    }
+}
+
+impl Core {
+    /// Fleet mode: asks the engine for the inbox before the CONNACK (its
+    /// bounds are fleet-wide). True when the open is deferred (or refused).
+    pub(super) fn fleet_defer_open(&mut self, key: ConnKey, user: &Arc<str>, req: &ConnectRequest, exp: u64) -> bool {
+        let Some(f) = self.fleet.as_mut() else { return false };
+        let device: Arc<str> = Arc::from(req.device_id.as_str());
+        let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq };
+        match f.fleet.submit(r) {
+            Ok(()) => {
+                f.connecting.insert(key, (user.clone(), req.clone(), exp));
+            }
+            Err(e) => self.fleet_refuse_connect(key, &e),
+        }
+        true
+    }
+
+    fn fleet_refuse_connect(&mut self, key: ConnKey, e: &FleetError) {
+        tracing::debug!(error = %e, "CONNECT refused: fleet engine");
+        self.reject(REJ_BUSY);
+        let now = self.shared.clock.mono_ms();
+        let lim = self.shared.limits.clone();
+        if let Some(c) = self.conn(key) {
+            c.session.refuse(now, &lim, connack::SERVER_BUSY, &mut c.out);
+        }
+        self.kick(key);
+    }
+
+    /// Fleet mode: the SEND (dedup-checked, limits passed, targets resolved)
+    /// goes to the engine; its SENDACK waits for the engine's answer.
+    pub(super) fn fleet_send(
+        &mut self,
+        key: ConnKey,
+        user: Arc<str>,
+        device: Arc<str>,
+        s: &frame::Send,
+        targets: Vec<Arc<str>>,
+        received: Instant,
+        wall: u64,
+    ) {
+        let msg_id = self.next_msg_id(wall);
+        let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
+        let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
+        let msg = NewMessage {
+            msg_id,
+            timestamp_ms: wall,
+            from: user.clone(),
+            device: device.clone(),
+            client_msg_id: s.client_msg_id,
+            group,
+            payload: bytes::Bytes::copy_from_slice(&s.payload),
+        };
+        if let Some(d) = self.device_mut(&user, &device) {
+            d.dedup.begin(s.client_msg_id);
+        }
+        let gen = self.next_gen_pending();
+        let idx = self.pending.insert((
+            gen,
+            PendingSend {
+                origin: Some(key),
+                user,
+                device: device.clone(),
+                ack,
+                remaining: 1,
+                failed: false,
+                received,
+                admin: None,
+                group: false,
+            },
+        ));
+        if let Some(c) = self.conn(key) {
+            c.sends_in_flight += 1;
+        }
+        let req = ((gen as u64) << 32) | idx as u64;
+        // A group whose only member is the sender still goes through the
+        // engine: its claim makes a retry on another node answer the same.
+        let r = Request::Send { core: self.id, req, device: Some(device), msg, targets };
+        if let Err(e) = self.fleet.as_ref().map_or(Err(FleetError::Busy), |f| f.fleet.submit(r)) {
+            self.on_fleet_sent(req, Err(e));
+        }
+    }
+
+    /// Fleet mode: an admin publish appends in the engine. False on the local log.
+    pub(super) fn fleet_publish(&mut self, req: u64, msg: NewMessage, targets: Vec<Arc<str>>) -> bool {
+        let Some(f) = self.fleet.as_ref() else { return false };
+        let r = Request::Send { core: self.id, req, device: None, msg, targets };
+        if let Err(e) = f.fleet.submit(r) {
+            self.on_fleet_sent(req, Err(e));
+        }
+        true
+    }
+
+    fn on_fleet_sent(&mut self, req: u64, result: Result<Stored, FleetError>) {
+        let idx = (req & 0xffff_ffff) as usize;
+        let gen = (req >> 32) as u32;
+        match self.pending.get_mut(idx) {
+            Some((g, p)) if *g == gen => {
+                match result {
+                    Ok(st) => {
+                        p.ack.msg_id = st.msg_id;
+                        p.ack.timestamp_ms = st.timestamp_ms;
+                        if let Some(w) = p.admin.as_mut() {
+                            w.seqs.extend(st.seqs);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "SEND not stored: fleet engine");
+                        p.failed = true;
+                    }
+                }
+                p.remaining = 0;
+            }
+            _ => return,
+        }
+        self.complete(idx);
+    }
+
+    /// An engine answer or notification.
+    pub(super) fn on_fleet(&mut self, ev: Event) {
+        match ev {
+            Event::Sent { req, result } => self.on_fleet_sent(req, result),
+            Event::Connected { key, user, result } => {
+                let Some((_, req, exp)) = self.fleet.as_mut().and_then(|f| f.connecting.remove(&key)) else { return };
+                if self.conn(key).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(l) => {
+                        let behind = match self.store.fleet_mirror() {
+                            Some(st) => {
+                                let m = st.mirror(&user);
+                                m.load(req.last_seq, l.oldest, l.head, l.entries);
+                                m.behind()
+                            }
+                            None => false,
+                        };
+                        self.open_with(key, user.clone(), req, exp, Some((l.oldest, l.head)));
+                        // Frames pipelined behind the CONNECT waited in the
+                        // read buffer while the engine answered.
+                        let _ = self.process_frames(key);
+                        self.kick(key);
+                        if behind {
+                            self.fleet_fetch(&user);
+                        }
+                    }
+                    Err(e) => self.fleet_refuse_connect(key, &e),
+                }
+            }
+            Event::Entries { user, oldest, head, entries, fetched, repaired } => {
+                let Some(st) = self.store.fleet_mirror() else { return };
+                let Some(m) = st.get_mut(&user) else { return };
+                if fetched {
+                    m.fetching = false;
+                }
+                if head > 0 {
+                    m.set_bounds(oldest, head);
+                }
+                let grew = m.insert(entries);
+                let fetch = m.behind() && !m.fetching;
+                if repaired && grew {
+                    if let Some(f) = &self.fleet {
+                        f.fleet.metrics.gap_repairs.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if fetch {
+                    self.fleet_fetch(&user);
+                }
+                if grew {
+                    let now = self.shared.clock.mono_ms();
+                    self.push_to_online(&user, now);
+                }
+            }
+            Event::Kick { user, device } => {
+                if let Some(k) = self.device_mut(&user, &device).and_then(|d| d.conn) {
+                    self.close_conn(k, DisconnectReason::Replaced, "replaced by a newer connection of this device on another node");
+                }
+            }
+        }
+    }
+
+    fn fleet_fetch(&mut self, user: &Arc<str>) {
+        let Some(f) = self.fleet.as_ref() else { return };
+        let Some(m) = self.store.fleet_mirror().and_then(|st| st.get_mut(user)) else { return };
+        if m.fetching {
+            return;
+        }
+        let after = m.head();
+        if f.fleet.submit(Request::Fetch { core: self.id, user: user.clone(), after }).is_ok() {
+            m.fetching = true;
+        }
+    }
+
+    /// Every `heartbeat_ms`: forget mirrors no device here needs, and ask
+    /// the engine for the heads of the others (gap repair).
+    pub(super) fn fleet_tick(&mut self, now: u64) {
+        let Some(f) = self.fleet.as_mut() else { return };
+        if now < f.last_repair_ms + f.fleet.cfg.heartbeat_ms {
+            return;
+        }
+        f.last_repair_ms = now;
+        let fleet = f.fleet.clone();
+        let connecting: Vec<Arc<str>> = f.connecting.values().map(|(u, _, _)| u.clone()).collect();
+        let users = &self.users;
+        let Some(st) = self.store.fleet_mirror() else { return };
+        let mut gone = Vec::new();
+        let mut check = Vec::new();
+        for (u, head) in st.heads() {
+            let online = users.get(u).is_some_and(|x| x.devices.iter().any(|d| d.conn.is_some()));
+            if online {
+                check.push((Arc::from(u), head));
+            } else if !connecting.iter().any(|c| &**c == u) {
+                gone.push(u.to_string());
+            }
+        }
+        for u in gone {
+            st.drop_user(&u);
+        }
+        if !check.is_empty() {
+            let _ = fleet.submit(Request::Repair { core: self.id, users: check });
+        }
+    }
+
+    /// Fleet mode: presence shows the device offline, with its cursor.
+    pub(super) fn fleet_offline(&mut self, user: Arc<str>, device: Arc<str>, acked: u64) {
+        if let Some(f) = &self.fleet {
+            let _ = f.fleet.submit(Request::Offline { user, device, acked });
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! Fleet mode (FLEET.md) against real `redis-server` processes started here
+//! on free ports in temp dirs (`appendonly yes`, `appendfsync always`), and
+//! real ringgate nodes: cross-node delivery, replay from another node,
+//! dedup across nodes, replacement, admin publish, route, gap repair, and
+//! the engine or a node killed with SIGKILL.
+//!
+//! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`).
+//! Without it the tests are skipped with a message, except when
+//! `RINGGATE_REQUIRE_REDIS=1` (set by `.ci/run`): then they fail.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+// ---- redis-server --------------------------------------------------------
+
+fn redis_server_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("RINGGATE_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("redis-server")).find(|p| p.exists())
+}
+
+/// The binary, or None (with a message) when absent and not required.
+fn redis_or_skip(test: &str) -> Option<PathBuf> {
+    match redis_server_path() {
+        Some(p) => Some(p),
+        None if std::env::var("RINGGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("RINGGATE_REQUIRE_REDIS=1 but no redis-server on PATH (nor RINGGATE_REDIS_SERVER)")
+        }
+        None => {
+            eprintln!("{test}: no redis-server installed (apt-get install redis-server): fleet test SKIPPED");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` child on a fixed port and data directory (so a restart
+/// reads its AOF back); killed on drop.
+struct Redis {
+    bin: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(bin: PathBuf) -> Redis {
+        let mut r = Redis { bin, child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP;
+        while self.cmd(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not answer PING on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The AOF is loaded before PING answers +PONG (it answers -LOADING before).
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// One command over RESP; the first reply line (None when unreachable).
+    fn cmd(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        Some(text.lines().next().unwrap_or("").to_string())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---- nodes ---------------------------------------------------------------
+
+/// The fleet's shared route signing key (every node must use the same).
+fn shared_key(dir: &Path) -> PathBuf {
+    let cfg = ringgate::config::RouteConfig::default();
+    let key = ringgate::route::load_or_create_key(&cfg, dir).expect("route key");
+    key.path.clone()
+}
+
+struct Fleet {
+    _redis_keep: (),
+    key_dir: tempfile::TempDir,
+    nodes: Vec<Server>,
+}
+
+fn node_config(redis: &[String], id: &str, key: &Path, extra_fleet: &str) -> Config {
+    let urls: Vec<String> = redis.iter().map(|u| format!("\"{u}\"")).collect();
+    Config::default().tls(false).workers(2).set("route", format!("signing_key_file = \"{}\"", key.display())).extra(&format!(
+        "[fleet]\nredis = [{}]\nnode_id = \"{id}\"\nadvertise_host = \"127.0.0.1\"\nheartbeat_ms = 200\nengine_timeout_ms = 700\n{extra_fleet}",
+        urls.join(", ")
+    ))
+}
+
+impl Fleet {
+    fn start(redis: &Redis, n: usize) -> Fleet {
+        let key_dir = tempfile::tempdir().unwrap();
+        let key = shared_key(key_dir.path());
+        let nodes = (1..=n).map(|i| node_config(&[redis.url()], &format!("n{i}"), &key, "").start()).collect();
+        let f = Fleet { _redis_keep: (), key_dir, nodes };
+        for s in &f.nodes {
+            wait_ready(s, true);
+        }
+        f
+    }
+}
+
+// ---- HTTP ----------------------------------------------------------------
+
+fn parse_admin_addr(log: &str) -> Option<SocketAddr> {
+    let at = log.rfind("admin_addr=")? + "admin_addr=".len();
+    let rest = &log[at..];
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':')).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn admin(s: &Server) -> (SocketAddr, String) {
+    let addr = parse_admin_addr(&s.stderr_tail()).unwrap_or_else(|| panic!("no admin_addr:\n{}", s.stderr_tail()));
+    let token = std::fs::read_to_string(s.data_dir().join("admin-token")).expect("admin-token").trim().to_string();
+    (addr, token)
+}
+
+fn readyz(s: &Server) -> u16 {
+    let (a, _) = admin(s);
+    http(a, "GET", "/readyz", None, None).0
+}
+
+fn wait_ready(s: &Server, ready: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = readyz(s);
+        if (st == 200) == ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {st} (wanted ready={ready})\n{}", s.stderr_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (a, _) = admin(s);
+    let (_, text) = http(a, "GET", "/metrics", None, None);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn route_ids(s: &Server, query: &str) -> Vec<String> {
+    let (st, body) = http(s.addr(), "GET", &format!("/v1/route{query}"), None, None);
+    assert_eq!(st, 200, "{body}");
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let payload: serde_json::Value = serde_json::from_str(env["payload"].as_str().unwrap()).unwrap();
+    payload["endpoints"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Reads PUSHes (acking each) until `n` distinct seqs are in, or the wait
+/// ends; returns seq → (msg_id, payload).
+fn collect(c: &mut Client, n: usize, wait: Duration) -> BTreeMap<u64, (u64, Vec<u8>)> {
+    let mut got = BTreeMap::new();
+    let deadline = Instant::now() + wait;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match c.recv_frame(left) {
+            Ok(Frame::Push(p)) => {
+                c.send_frame(&Frame::PushAck { seq: p.seq });
+                got.insert(p.seq, (p.msg_id, p.payload.clone()));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+// ---- tests ---------------------------------------------------------------
+
+#[test]
+fn config_refuses_a_fleet_without_a_shared_route_key() {
+    let cfg = ringgate::config::Config::from_toml_str("[fleet]\nredis = [\"redis://127.0.0.1:1\"]\n").unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("route.signing_key_file"), "{e}");
+    let cfg = ringgate::config::Config::from_toml_str(
+        "[fleet]\nredis = [\"http://x\", \"redis://\"]\nnode_id = \" \"\nheartbeat_ms = 1\nengine_timeout_ms = 0\nmax_engine_inflight = 0\n",
+    )
+    .unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    for k in ["http://x", "\"redis://\"", "node_id", "heartbeat_ms", "engine_timeout_ms", "max_engine_inflight", "signing_key_file"] {
+        assert!(e.contains(k), "{k} not reported in: {e}");
+    }
+    // Unset or empty: single node, nothing to refuse.
+    ringgate::config::Config::from_toml_str("[fleet]\nredis = []\n").unwrap().validate().unwrap();
+}
+
+#[test]
+fn three_nodes_share_inboxes() {
+    let Some(bin) = redis_or_skip("three_nodes_share_inboxes") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    let (n1, n2, n3) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+
+    // Every node sees the three (heartbeats), and the route lists them.
+    let deadline = Instant::now() + WAIT;
+    while f.nodes.iter().any(|s| metric(s, "ringgate_fleet_nodes") != 3.0) {
+        assert!(Instant::now() < deadline, "nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(route_ids(n1, ""), vec!["n1", "n2", "n3"]);
+    let bob_order = route_ids(n1, "?user=bob");
+    assert_eq!(route_ids(n2, "?user=bob"), bob_order, "every node gives a user the same order");
+    assert_eq!(bob_order.len(), 3);
+    assert_eq!(metric(n1, "ringgate_fleet_engine_durable"), 1.0, "appendonly yes + appendfsync always");
+
+    // Cross-node delivery: alice on n1, bob on n2.
+    let (mut bob, ack) = n2.login("bob", "b1", 0);
+    assert_eq!((ack.oldest_seq, ack.head_seq), (1, 0));
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let mut ids = Vec::new();
+    for i in 1..=5u64 {
+        ids.push(alice.send_ok(i, "bob", format!("m{i}").as_bytes()).msg_id);
+    }
+    let got = collect(&mut bob, 5, WAIT);
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "dense seqs, live on another node");
+    assert_eq!(got.values().map(|v| v.0).collect::<Vec<_>>(), ids);
+
+    // Replay from a third node: a second device of bob's, from 0.
+    let (mut bob2, ack) = n3.login("bob", "b2", 0);
+    assert_eq!((ack.oldest_seq, ack.head_seq), (1, 5), "CONNACK bounds are fleet-wide");
+    let got2 = collect(&mut bob2, 5, WAIT);
+    assert_eq!(got2, got, "replay on n3 = what n2 delivered");
+
+    // Dedup across nodes: alice's SEND 100 on n1, then a retry on n2 after
+    // she moved there (replacement closes her n1 connection with DISCONNECT 6).
+    let first = alice.send_ok(100, "bob", b"once");
+    let (mut alice2, _) = n2.login("alice", "a1", 0);
+    let deadline = Instant::now() + WAIT;
+    let mut replaced = false;
+    while Instant::now() < deadline && !replaced {
+        match alice.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Frame::Disconnect { reason, message }) => {
+                assert_eq!(reason, 6, "{message}");
+                replaced = true;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("alice's n1 connection: {e} before DISCONNECT 6"),
+        }
+    }
+    let retry = alice2.send_ok(100, "bob", b"once");
+    assert_eq!(retry.msg_id, first.msg_id, "the retry on another node gets the original SENDACK");
+    let got = collect(&mut bob, 2, Duration::from_secs(2));
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![6], "delivered once: {got:?}");
+
+    // Admin publish on n3 reaches bob on n2.
+    let (a3, tok3) = admin(n3);
+    let (st, body) = http(a3, "POST", "/v1/messages", Some(&tok3), Some(r#"{"to_users":["bob"],"payload":"hi"}"#));
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["seqs"]["bob"], 7, "{body}");
+    let got = collect(&mut bob, 1, WAIT);
+    assert_eq!(got.get(&7).map(|p| p.1.clone()), Some(b"hi".to_vec()));
+    // The dashboard's fleet panels query only what a fleet node exports.
+    let (a1, _) = admin(n1);
+    let (_, text) = http(a1, "GET", "/metrics", None, None);
+    let dash = include_str!("../deploy/grafana-dashboard.json");
+    let mut checked = 0;
+    for (at, _) in dash.match_indices("ringgate_fleet_") {
+        let tail = &dash[at..];
+        let name = &tail[..tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len())];
+        assert!(text.lines().any(|l| l.starts_with(name)), "the dashboard queries {name}, not exported by a fleet node");
+        checked += 1;
+    }
+    assert!(checked >= 4, "the dashboard has fleet panels");
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+    drop(f.key_dir);
+}
+
+#[test]
+fn engine_down_is_sendack_5_and_503_then_recovers() {
+    let Some(bin) = redis_or_skip("engine_down_is_sendack_5_and_503_then_recovers") else { return };
+    let mut redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let (n1, n2) = (&f.nodes[0], &f.nodes[1]);
+    let (mut bob, _) = n2.login("bob", "b1", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let before = alice.send_ok(1, "bob", b"before").msg_id;
+    assert_eq!(collect(&mut bob, 1, WAIT).get(&1).map(|p| p.0), Some(before));
+
+    redis.kill9();
+    let t0 = Instant::now();
+    let a = alice.send_and_ack(2, "bob", b"during");
+    assert_eq!(a.status, 5, "engine down: SENDACK 5, got {a:?}");
+    assert!(t0.elapsed() < Duration::from_millis(700 + 2000), "SENDACK 5 took {:?}", t0.elapsed());
+    wait_ready(n1, false);
+
+    redis.restart();
+    let t1 = Instant::now();
+    wait_ready(n1, true);
+    wait_ready(n2, true);
+    let back = t1.elapsed();
+    // 2 x heartbeat_ms + engine_timeout_ms, plus the machine's slack.
+    assert!(back < Duration::from_secs(5), "ready again after {back:?}");
+    // The retry of the refused SEND is stored now and reaches bob live.
+    let deadline = Instant::now() + WAIT;
+    let retried = loop {
+        let a = alice.send_and_ack(2, "bob", b"during");
+        if a.status == 0 {
+            break a.msg_id;
+        }
+        assert!(Instant::now() < deadline, "never stored after recovery: {a:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let got = collect(&mut bob, 1, WAIT);
+    assert_eq!(got.get(&2).map(|p| p.0), Some(retried), "the engine kept seq 1 through kill -9: the next is 2");
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
+#[test]
+fn engine_kill9_mid_burst_loses_nothing_confirmed() {
+    let Some(bin) = redis_or_skip("engine_kill9_mid_burst_loses_nothing_confirmed") else { return };
+    let mut redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 1);
+    let n1 = &f.nodes[0];
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    // A burst of SENDs without waiting; the engine dies in the middle.
+    let total = 400u64;
+    let mut confirmed = HashMap::new();
+    for i in 1..=total {
+        alice.send_msg(i, "bob", format!("p{i}").as_bytes());
+        if i == total / 2 {
+            // Some are confirmed, the rest are in flight: now the engine dies.
+            for j in 1..=20 {
+                let a = alice.expect_sendack(j);
+                assert_eq!(a.status, 0, "{a:?}");
+                confirmed.insert(a.msg_id, j);
+            }
+            redis.kill9();
+        }
+    }
+    for i in 21..=total {
+        let a = alice.expect_sendack(i);
+        if a.status == 0 {
+            confirmed.insert(a.msg_id, i);
+        } else {
+            assert_eq!(a.status, 5, "{a:?}");
+        }
+    }
+    assert!(!confirmed.is_empty(), "some SENDs were confirmed before the kill");
+    redis.restart();
+    wait_ready(n1, true);
+    let (mut bob, ack) = n1.login("bob", "b1", 0);
+    let got = collect(&mut bob, ack.head_seq as usize, WAIT);
+    let ids: HashSet<u64> = got.values().map(|v| v.0).collect();
+    for (m, i) in &confirmed {
+        assert!(ids.contains(m), "confirmed SEND {i} (msg_id {m}) lost with the engine's kill -9");
+    }
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), (1..=ack.head_seq).collect::<Vec<_>>(), "dense seqs after restart");
+    eprintln!("engine kill -9: {} of {total} confirmed, all {} there after restart", confirmed.len(), confirmed.len());
+}
+
+#[test]
+fn node_kill9_mid_burst_retry_elsewhere_delivers_once() {
+    let Some(bin) = redis_or_skip("node_kill9_mid_burst_retry_elsewhere_delivers_once") else { return };
+    let redis = Redis::start(bin);
+    let mut f = Fleet::start(&redis, 3);
+    let (mut bob, _) = f.nodes[2].login("bob", "b1", 0);
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    let total = 300u64;
+    let mut confirmed = HashMap::new();
+    for i in 1..=total {
+        alice.send_msg(i, "bob", format!("p{i}").as_bytes());
+        if i == total / 2 {
+            // Some answers are in, some SENDs are being stored right now.
+            for j in 1..=20 {
+                let a = alice.expect_sendack(j);
+                assert_eq!(a.status, 0);
+                confirmed.insert(j, a.msg_id);
+            }
+            f.nodes[0].kill9();
+            break;
+        }
+    }
+    // Alice retries everything unanswered on n2, same ids (the ladder's job).
+    let (mut alice2, _) = f.nodes[1].login("alice", "a1", 0);
+    for i in 1..=total {
+        if confirmed.contains_key(&i) {
+            continue;
+        }
+        alice2.send_msg(i, "bob", format!("p{i}").as_bytes());
+    }
+    for i in 1..=total {
+        if confirmed.contains_key(&i) {
+            continue;
+        }
+        let a = alice2.expect_sendack(i);
+        assert_eq!(a.status, 0, "retry of {i}: {a:?}");
+        confirmed.insert(i, a.msg_id);
+    }
+    let got = collect(&mut bob, total as usize, WAIT * 2);
+    let mut seen = HashMap::new();
+    for (seq, (m, _)) in &got {
+        assert!(seen.insert(*m, *seq).is_none(), "msg_id {m} delivered twice (seq {seq})");
+    }
+    for (i, m) in &confirmed {
+        assert!(seen.contains_key(m), "confirmed SEND {i} (msg_id {m}) never delivered");
+    }
+    assert_eq!(got.len(), total as usize, "one inbox entry per SEND");
+}
+
+#[test]
+fn missed_notifications_are_repaired_from_the_inbox() {
+    let Some(bin) = redis_or_skip("missed_notifications_are_repaired_from_the_inbox") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let (mut bob, _) = f.nodes[1].login("bob", "b1", 0);
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    alice.send_ok(1, "bob", b"x");
+    assert_eq!(collect(&mut bob, 1, WAIT).len(), 1);
+    // Cut every subscriber off: notifications published now are lost.
+    let before = metric(&f.nodes[1], "ringgate_fleet_gap_repairs_total");
+    let mut sent = 1;
+    let t0 = Instant::now();
+    while metric(&f.nodes[1], "ringgate_fleet_gap_repairs_total") == before {
+        assert!(t0.elapsed() < WAIT, "no gap repair counted");
+        redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        sent += 1;
+        alice.send_ok(sent, "bob", b"y");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = collect(&mut bob, sent as usize - 1, WAIT);
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), (2..=sent).collect::<Vec<_>>(), "every message, in order");
+}
+
+#[test]
+fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
+    let Some(bin) = redis_or_skip("group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    // The default test config has group "team" = alice, bob, carol.
+    let (mut bob, _) = f.nodes[1].login("bob", "b1", 0);
+    let (mut carol, _) = f.nodes[2].login("carol", "c1", 0);
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    alice.send_frame(&send_to_group(1, "team", b"hello team"));
+    let a = alice.expect_sendack(1);
+    assert_eq!(a.status, 0, "{a:?}");
+    for c in [&mut bob, &mut carol] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.get(&1).map(|p| p.0), Some(a.msg_id), "every member on every node");
+    }
+
+    // A group send whose node died after claiming it (the claim is its
+    // durable intent: members and payload) and before any copy: written
+    // here as that node would have, under a node id that heartbeats no more.
+    let msg_id = 4242u64;
+    let ts = unix_now_ms() - 10_000;
+    let targets = "bob\ncarol";
+    let rec = format!("p {msg_id} {ts} dead {} {targets}left behind", targets.len());
+    assert_eq!(redis.cmd(&["HSET", "rg:{alice}:d:a1", "77", &rec]).as_deref(), Some(":1"));
+    assert_eq!(redis.cmd(&["ZADD", "rg:{intents}:z", &ts.to_string(), "alice\na1\n77"]).as_deref(), Some(":1"));
+    // No client retries: a survivor completes it.
+    for c in [&mut bob, &mut carol] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.get(&2).map(|p| (p.0, p.1.clone())), Some((msg_id, b"left behind".to_vec())), "{got:?}");
+    }
+    // And a late retry of it by alice gets the original SENDACK, delivers nothing.
+    alice.send_frame(&send_to_group(77, "team", b"left behind"));
+    let a = alice.expect_sendack(77);
+    assert_eq!((a.status, a.msg_id), (0, msg_id));
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
+}
+
+// ---- measurement (not in the default run) --------------------------------
+
+/// utime + stime of a process, seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+struct Run {
+    rate: u64,
+    sent: u64,
+    delivered: u64,
+    msgs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_msg: f64,
+}
+
+/// `rate` SENDs per second for `secs` from `sender` (user "s") to the
+/// receiver ("r", on `receiver`); latency SEND written → PUSH read; CPU of
+/// `pids` over the run.
+fn paced(sender: &Server, receiver: &Server, pids: &[u32], rate: u64, secs: u64, tag: &str) -> Run {
+    let (mut rx, _) = receiver.login(&format!("r{tag}"), "r1", 0);
+    let (mut tx, _) = sender.login(&format!("s{tag}"), "s1", 0);
+    let mut raw = tx.raw_socket();
+    let start = Instant::now();
+    let total = rate * secs;
+    let to = format!("r{tag}");
+    let acks = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut ok = 0u64;
+        while n < total {
+            match tx.recv_frame(WAIT) {
+                Ok(Frame::SendAck(a)) => {
+                    n += 1;
+                    ok += (a.status == 0) as u64;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        ok
+    });
+    let cpu0: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    let t0 = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let gap = Duration::from_secs_f64(1.0 / rate as f64);
+        for i in 0..total {
+            let due = t0 + gap * i as u32;
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+            let mut payload = (start.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+            payload.resize(64, b'x');
+            raw.write_all(&send_to_user(i + 1, &to, &payload).encode()).unwrap();
+        }
+    });
+    let mut lat = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(secs) + WAIT;
+    let mut last_seq = 0;
+    while (lat.len() as u64) < total && Instant::now() < deadline {
+        match rx.recv_frame(Duration::from_secs(2)) {
+            Ok(Frame::Push(p)) => {
+                let now = start.elapsed().as_nanos() as u64;
+                let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap());
+                lat.push(now.saturating_sub(sent) as f64 / 1e6);
+                if p.seq > last_seq + 16 || lat.len() as u64 == total {
+                    rx.send_frame(&Frame::PushAck { seq: p.seq });
+                    last_seq = p.seq;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    writer.join().unwrap();
+    let ok = acks.join().unwrap();
+    let cpu1: f64 = pids.iter().map(|p| cpu_s(*p)).sum();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |x: f64| lat.get(((lat.len() as f64 * x) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let delivered = lat.len() as u64;
+    Run {
+        rate,
+        sent: ok,
+        delivered,
+        msgs_per_s: delivered as f64 / elapsed,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        cpu_us_per_msg: (cpu1 - cpu0) * 1e6 / delivered.max(1) as f64,
+    }
+}
+
+fn used_memory(redis: &Redis) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `cargo test --release --test fleet -- --ignored fleet_measure --nocapture`:
+/// cross-node push on 3 nodes + Redis vs one node on its local log
+/// (fsync always) in the same run, and the engine's memory per message and
+/// per user.
+#[test]
+#[ignore]
+fn fleet_measure() {
+    let Some(bin) = redis_or_skip("fleet_measure") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    let single = Config::default().tls(false).workers(2).durable("always").start();
+    let rpid = redis.child.as_ref().unwrap().id();
+    let fleet_pids: Vec<u32> = f.nodes.iter().map(|s| s.pid()).chain([rpid]).collect();
+    let secs = std::env::var("FLEET_MEASURE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rates: Vec<u64> = std::env::var("FLEET_MEASURE_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![2000, 10000]);
+    eprintln!("| setup | rate msg/s | confirmed | delivered | msgs/s | p50 ms | p99 ms | CPU µs/msg (servers) |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for (i, rate) in rates.iter().enumerate() {
+        for (name, s, r, pids) in [
+            ("fleet cross-node (n1 -> n2, + Redis)", &f.nodes[0], &f.nodes[1], fleet_pids.clone()),
+            ("single node, local log fsync always", &single, &single, vec![single.pid()]),
+        ] {
+            let x = paced(s, r, &pids, *rate, secs, &format!("{i}{}", name.len()));
+            eprintln!(
+                "| {name} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                x.rate, x.sent, x.delivered, x.msgs_per_s, x.p50_ms, x.p99_ms, x.cpu_us_per_msg
+            );
+        }
+    }
+    // Engine memory: 20,000 messages of 64 bytes into 1,000 offline inboxes.
+    let m0 = used_memory(&redis);
+    let (mut tx, _) = f.nodes[0].login("memsender", "m1", 0);
+    let mut raw = tx.raw_socket();
+    let n_users = 1000u64;
+    let per = 20u64;
+    for i in 0..n_users * per {
+        raw.write_all(&send_to_user(i + 1, &format!("off{}", i % n_users), &[b'x'; 64]).encode()).unwrap();
+        if i % 500 == 499 {
+            for j in i - 498..=i + 1 {
+                tx.expect_sendack(j);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m1 = used_memory(&redis);
+    let total = n_users * per;
+    eprintln!(
+        "engine memory: {} bytes for {total} messages (64 B payload) in {n_users} inboxes = {:.0} B/message (incl. the sender's dedup record), {:.0} B/user at {per} messages",
+        m1 - m0,
+        (m1 - m0) as f64 / total as f64,
+        (m1 - m0) as f64 / n_users as f64
+    );
+}
