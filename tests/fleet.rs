@@ -544,6 +544,83 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
 }
 
+#[test]
+fn redis_cluster_of_three_masters() {
+    let Some(bin) = redis_or_skip("redis_cluster_of_three_masters") else { return };
+    let cli = bin.with_file_name("redis-cli");
+    assert!(cli.exists(), "redis-cli next to redis-server (Debian: redis-tools, a dependency of redis-server)");
+    // Three masters, no replicas, slots spread by redis-cli.
+    let mut shards: Vec<Redis> = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { bin: bin.clone(), child: Some(child), port, dir };
+        let deadline = Instant::now() + STARTUP;
+        while r.cmd(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "cluster shard did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shards.push(r);
+    }
+    let addrs: Vec<String> = shards.iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
+    let out = Command::new(&cli).arg("--cluster").arg("create").args(&addrs).args(["--cluster-replicas", "0", "--cluster-yes"]).output().unwrap();
+    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ok = shards.iter().all(|r| {
+            let mut s = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+            s.write_all(b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nINFO\r\n").unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).contains("cluster_state:ok")
+        });
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster never reached cluster_state:ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let urls: Vec<String> = shards.iter().map(|r| r.url()).collect();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = shared_key(key_dir.path());
+    let n1 = node_config(&urls, "n1", &key, "").start();
+    let n2 = node_config(&urls, "n2", &key, "").start();
+    wait_ready(&n1, true);
+    wait_ready(&n2, true);
+    // Users spread over the three shards' slots.
+    let users: Vec<String> = (0..6).map(|i| format!("user{i}")).collect();
+    let mut conns: Vec<Client> = users.iter().map(|u| n2.login(u, "d1", 0).0).collect();
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let mut id = 0;
+    for u in &users {
+        for _ in 0..3 {
+            id += 1;
+            alice.send_ok(id, u, b"c");
+        }
+    }
+    for (u, c) in users.iter().zip(conns.iter_mut()) {
+        let got = collect(c, 3, WAIT);
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "{u} on n2");
+    }
+    // Dedup and replay through the cluster from the other node.
+    let first = alice.send_ok(1000, "user0", b"once");
+    let (mut alice2, _) = n2.login("alice", "a1", 0);
+    assert_eq!(alice2.send_ok(1000, "user0", b"once").msg_id, first.msg_id);
+    let (mut late, ack) = n1.login("user0", "d2", 0);
+    assert_eq!((ack.oldest_seq, ack.head_seq), (1, 4));
+    assert_eq!(collect(&mut late, 4, WAIT).len(), 4);
+    n1.assert_no_panic();
+    n2.assert_no_panic();
+}
+
 // ---- measurement (not in the default run) --------------------------------
 
 /// utime + stime of a process, seconds.

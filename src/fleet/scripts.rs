@@ -13,7 +13,7 @@
 //! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound) |
 //! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
 //! | `rg:{nodes}:i` | hash | node id → `host port transport` |
-//! | `rg:intents` | zset | pending group sends (`user\ndevice\ncmid`) by claim time |
+//! | `rg:{intents}:z` | zset | pending group sends (`user\ndevice\ncmid`) by claim time |
 //!
 //! Notifications go out on the channel `rg:n` from inside the append
 //! script (so an append and its notification are one engine operation):
