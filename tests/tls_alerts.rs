@@ -395,6 +395,19 @@ fn empty_and_malformed_alerts_are_decode_error() {
     });
 }
 
+/// The client's close_notify is answered with the server's (RFC 8446
+/// §6.1), once, and then the connection closes.
+#[test]
+fn close_notify_is_answered_with_close_notify() {
+    with_server(|s| {
+        let mut f = Forger::connect(s, "alice");
+        f.ping_pong(1);
+        f.send_inner(&[1, 0, CT_ALERT]);
+        assert_eq!(f.record(), Rec::Sealed(CT_ALERT, vec![1, 0]), "the server's close_notify");
+        assert_eq!(f.record(), Rec::Closed, "nothing may follow close_notify");
+    });
+}
+
 #[test]
 fn key_update_with_each_request_value() {
     with_server(|s| {

@@ -588,6 +588,31 @@ impl Conn {
         self.dead = true;
     }
 
+    /// The peer closed (its close_notify, or EOF) and the connection goes:
+    /// our own close_notify first, best effort (RFC 8446 §6.1: each side
+    /// sends one before closing its write side), unless an alert already
+    /// went out. Frames still owed are sealed ahead of it, never after.
+    pub fn close_notify_now(&mut self) {
+        match &mut self.tls {
+            Tls::Records(r) => {
+                if r.seal_all(&mut self.out, &mut self.tls_out).is_ok() {
+                    r.close_notify(&mut self.tls_out);
+                }
+                let _ = write_all(self.fd, &mut self.tls_out);
+            }
+            Tls::Rustls(t) if !t.is_handshaking() => {
+                // rustls sends it at most once, and never after its own alert.
+                t.send_close_notify();
+                while t.wants_write() {
+                    if t.write_tls(&mut Fd(self.fd)).is_err() {
+                        break;
+                    }
+                }
+            }
+            Tls::Rustls(_) | Tls::Off | Tls::Accepting(_) => {}
+        }
+    }
+
     /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
     pub fn send_alert(&mut self) {
         if let Tls::Rustls(tls) = &mut self.tls {

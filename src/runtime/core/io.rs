@@ -80,6 +80,7 @@ impl Core {
             if let Some(c) = self.conn(key) {
                 // The device vanished; its messages stay in the inbox.
                 c.session.abort();
+                c.close_notify_now();
             }
             return Outcome::Close;
         }
