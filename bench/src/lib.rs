@@ -22,6 +22,7 @@
 //! - [`report`]: the JSON envelope (commit, kernel, sysctls) and the
 //!   Markdown table the suite writes into `bench/README.md`.
 //! - [`idle_multi`]: idle connections across several server processes sharing one port.
+//! - [`reload_push`]: a configuration reload under the push load (p99 around it, connections lost).
 //! - [`flame`]: folds `perf script` output and renders it with inferno.
 
 pub mod clientnet;
@@ -31,6 +32,7 @@ pub mod idle_multi;
 pub mod flame;
 pub mod mqtt;
 pub mod procfs;
+pub mod reload_push;
 pub mod report;
 pub mod rgclient;
 pub mod scenarios;
