@@ -24,6 +24,7 @@
 //!   Markdown table the suite writes into `bench/README.md`.
 //! - [`idle_multi`]: idle connections across several server processes sharing one port.
 //! - [`lean`]: the held connection of the lean idle client (TLS record hand-off after CONNACK).
+//! - [`reload_push`]: a configuration reload under the push load (p99 around it, connections lost).
 //! - [`flame`]: folds `perf script` output and renders it with inferno.
 
 pub mod admin;
@@ -35,6 +36,7 @@ pub mod lean;
 pub mod flame;
 pub mod mqtt;
 pub mod procfs;
+pub mod reload_push;
 pub mod report;
 pub mod rgclient;
 pub mod scenarios;

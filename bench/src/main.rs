@@ -175,6 +175,23 @@ enum Cmd {
         #[arg(long, default_value_t = 25)]
         top: usize,
     },
+    /// A configuration reload (new certificate, changed limit) under push load: p99 in the second around it vs the quiet seconds, connections lost.
+    ReloadPush {
+        #[arg(long, default_value = "ringgate-uring")]
+        target: TargetKind,
+        #[arg(long, default_value_t = 32)]
+        pairs: u32,
+        #[arg(long, default_value_t = 16)]
+        window: u32,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 2.0)]
+        warmup_s: f64,
+        #[arg(long, default_value_t = 12.0)]
+        duration_s: f64,
+        #[arg(long, default_value_t = 7.0)]
+        reload_at_s: f64,
+    },
     /// Internal: one load-generating worker process (spawned by the scenarios).
     #[command(hide = true)]
     Worker,
@@ -506,6 +523,13 @@ fn main() -> Result<()> {
                 eprintln!("table written into {}", path.display());
             }
             eprintln!("results in {}", common.out.display());
+        }
+        Cmd::ReloadPush { target, pairs, window, payload, warmup_s, duration_s, reload_at_s } => {
+            let o = ringgate_bench::reload_push::ReloadPushOpts { pairs, window, payload_bytes: payload.max(ringgate_bench::rgclient::MIN_PAYLOAD), warmup_s, duration_s, reload_at_s };
+            let r = ringgate_bench::reload_push::run(&env, target, &o)?;
+            println!("{}", ringgate_bench::reload_push::markdown(&r));
+            let p = report::write_json(&common.out, &format!("reload-push-{}.json", envelope("reload-push").map(|e| e.date_utc.replace(':', "")).unwrap_or_default()), &r)?;
+            eprintln!("wrote {}", p.display());
         }
         Cmd::Worker | Cmd::Flamegraph { .. } | Cmd::Render { .. } => unreachable!("handled above"),
     }
