@@ -25,6 +25,7 @@
 //! - [`doctor`]: the live machine's limits against a sysctl profile, and the
 //!   connection ceiling they allow.
 //! - `fuzzing`: the entry points of the fuzz targets in `fuzz/` (hidden).
+//! - [`measured`]: the measured per-connection figures (one committed run, named) that doctor, plan and the README quote.
 //! - [`plan`]: capacity planning from the benchmark suite's JSON.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod limits;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod measured;
 pub mod plan;
 pub mod proto;
 pub mod route;

@@ -64,7 +64,7 @@ impl PushPoint {
     }
 
     fn label(&self) -> String {
-        self.offered_per_s.map_or(format!("saturation ({:.0} msg/s delivered)", self.delivered_per_s), |o| format!("{o:.0} msg/s offered"))
+        self.offered_per_s.map_or(format!("saturation ({} msg/s delivered)", th(self.delivered_per_s)), |o| format!("{} msg/s offered", th(o)))
     }
 }
 
@@ -183,6 +183,19 @@ pub fn read_measured(path: &Path, json: &Value, target: &str) -> Result<Measured
             memory.push(MemPoint { conns, process_bytes_per_conn: rss, kernel_bytes_per_conn: slab / 2.0, processes, json: format!("{section}[{i}]") });
         }
     }
+    // The newest committed multi-process run (the one `ringgate doctor`
+    // sizes with) is a point of every plan's curve, so the curve reaches
+    // the largest run ever made and both tools quote the same figure.
+    let m = crate::measured::idle_cost();
+    if !memory.iter().any(|p| p.conns as u64 == m.connections && (p.process_bytes_per_conn - m.process_bytes_per_conn).abs() < 0.5) {
+        memory.push(MemPoint {
+            conns: m.connections as f64,
+            process_bytes_per_conn: m.process_bytes_per_conn,
+            kernel_bytes_per_conn: m.kernel_bytes_per_conn,
+            processes: m.servers,
+            json: format!("{}: idle_multi[0]", m.source),
+        });
+    }
     memory.sort_by(|a, b| a.conns.total_cmp(&b.conns));
     // The plan uses the point with the most connections: fixed costs are
     // amortised there as they will be on a node, and it is the measured
@@ -249,7 +262,13 @@ pub struct Plan {
     pub conns_per_process: u64,
     pub nodes_for_ram: u64,
     pub nodes_for_cpu: u64,
+    /// Nodes the load needs: the larger of the two above.
+    pub nodes_for_load: u64,
+    /// Nodes to buy: N+1, so the others hold everything while one is down.
     pub nodes: u64,
+    /// Share of the load nodes' RAM and cores the plan uses (the binding one is the larger).
+    pub ram_share: f64,
+    pub cpu_share: f64,
     pub processes_per_node: u64,
     pub binding: String,
     pub profile: &'static str,
@@ -285,17 +304,33 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     let ram_per_node = t.ram_per_node_gib * (1u64 << 30) as f64;
     let nodes_for_ram = (ram_bytes / ram_per_node).ceil().max(1.0) as u64;
     let nodes_for_cpu = (cores / t.cores_per_node as f64).ceil().max(1.0) as u64;
-    let nodes = nodes_for_ram.max(nodes_for_cpu);
-    let conns_per_node = (t.connections as f64 / nodes as f64).ceil() as u64;
+    let nodes_for_load = nodes_for_ram.max(nodes_for_cpu);
+    // N+1: one spare, so a node can fail (or be upgraded) and the other N
+    // still hold every connection; per-node figures are for that case.
+    let nodes = nodes_for_load + 1;
+    let conns_per_node = (t.connections as f64 / nodes_for_load as f64).ceil() as u64;
+    let ram_share = ram_bytes / (nodes_for_load as f64 * ram_per_node);
+    let cpu_share = cores / (nodes_for_load as f64 * t.cores_per_node as f64);
     let processes_per_node = conns_per_node.div_ceil(conns_per_process).max(1);
-    let binding = if nodes_for_ram >= nodes_for_cpu {
-        format!("memory: {:.1} GiB for {} connections at {:.0} B each (+{:.0} % headroom)", ram_bytes / (1u64 << 30) as f64, t.connections, bytes_per_conn, t.headroom * 100.0)
+    let shares = format!(
+        "{:.0} % of the RAM and {:.0} % of the cores of {nodes_for_load} node(s)",
+        ram_share * 100.0,
+        cpu_share * 100.0
+    );
+    let binding = if ram_share >= cpu_share {
+        format!(
+            "memory, {shares}: {:.1} GiB for {} connections at {} B each (+{:.0} % headroom)",
+            ram_bytes / (1u64 << 30) as f64,
+            th(t.connections as f64),
+            th(bytes_per_conn),
+            t.headroom * 100.0
+        )
     } else if msg_cores >= storm_cores {
-        format!("CPU for messages: {:.0} msg/s × {:.2} µs", t.messages_per_s, cpu_us_per_msg)
+        format!("CPU for messages, {shares}: {} msg/s × {:.2} µs", th(t.messages_per_s), cpu_us_per_msg)
     } else {
-        format!("CPU for reconnect storms: {:.0} reconnects in {:.0} s × {:.0} µs", reconnects, t.reconnect_window_s, m.cpu_us_per_reconnect)
+        format!("CPU for reconnect storms, {shares}: {} reconnects in {:.0} s × {:.0} µs", th(reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect)
     };
-    let per_core_load = t.messages_per_s / nodes as f64 / t.cores_per_node as f64;
+    let per_core_load = t.messages_per_s / nodes_for_load as f64 / t.cores_per_node as f64;
     let p99_ms = m
         .push
         .iter()
@@ -317,7 +352,10 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
         conns_per_process,
         nodes_for_ram,
         nodes_for_cpu,
+        nodes_for_load,
         nodes,
+        ram_share,
+        cpu_share,
         processes_per_node,
         binding,
         profile,
@@ -325,6 +363,15 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
         cpu_source,
         per_core_load,
     })
+}
+
+/// A count with thousands separators ("1,000,000"), rounded.
+fn th(v: f64) -> String {
+    if v.is_finite() && v >= 0.0 {
+        crate::doctor::thousands(v.round() as u64)
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 fn gib(b: f64) -> String {
@@ -335,13 +382,17 @@ fn gib(b: f64) -> String {
 pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# ringgate capacity plan\n");
-    let _ = writeln!(s, "**Nodes: {}** ({} cores, {:.0} GiB each) — binding constraint: {}.\n", p.nodes, t.cores_per_node, t.ram_per_node_gib, p.binding);
-    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {:.0} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", t.connections, t.messages_per_s, t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
+    let _ = writeln!(
+        s,
+        "**Nodes: {}** ({} for the load + 1 spare; {} cores, {:.0} GiB each) — binding constraint: {}.\n",
+        p.nodes, p.nodes_for_load, t.cores_per_node, t.ram_per_node_gib, p.binding
+    );
+    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", th(t.connections as f64), th(t.messages_per_s), t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
     let _ = writeln!(s, "Measured figures, from `{}` (target `{}`, run {} on {}, commit `{}`):\n", m.source, m.target, m.date, m.machine, m.commit);
     let mem_at = m.memory.iter().find(|p| p.json == m.memory_source).map_or(0.0, |p| p.conns);
     let _ = writeln!(s, "| figure | value | from (curve, point) | JSON |\n|---|---:|---|---|");
-    let _ = writeln!(s, "| process memory per idle TLS connection | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.rss_bytes_per_conn` |", m.process_bytes_per_conn, m.memory_source);
-    let _ = writeln!(s, "| kernel memory per connection (server side) | {:.0} B | memory curve, point at {mem_at:.0} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", m.kernel_bytes_per_conn, m.memory_source);
+    let _ = writeln!(s, "| process memory per idle TLS connection | {} B | memory curve, point at {} connections | `{}.rss_bytes_per_conn` |", th(m.process_bytes_per_conn), th(mem_at), m.memory_source);
+    let _ = writeln!(s, "| kernel memory per connection (server side) | {} B | memory curve, point at {} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", th(m.kernel_bytes_per_conn), th(mem_at), m.memory_source);
     let _ = writeln!(s, "| base process memory | {} | single-process idle run | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
     if t.offline_users > 0 {
         let _ = writeln!(s, "| memory per offline user: inbox index (100 retained messages, durable store) | {OFFLINE_USER_BYTES:.0} B | {OFFLINE_USER_SOURCE} | — |");
@@ -364,9 +415,9 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         }
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | `{}` |",
-            c.offered_per_s.map_or("saturation".into(), |o| format!("{o:.0}")),
-            c.delivered_per_s,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | `{}` |",
+            c.offered_per_s.map_or("saturation".into(), th),
+            th(c.delivered_per_s),
             c.p50_ms,
             c.p99_ms,
             c.cpu_us_per_msg,
@@ -379,22 +430,22 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     for c in &m.memory {
         let _ = writeln!(
             s,
-            "| {:.0} | {} | {:.0} | {:.0} | {} | `{}` |",
-            c.conns,
+            "| {} | {} | {} | {} | {} | `{}` |",
+            th(c.conns),
             c.processes,
-            c.process_bytes_per_conn,
-            c.kernel_bytes_per_conn,
+            th(c.process_bytes_per_conn),
+            th(c.kernel_bytes_per_conn),
             if c.json == m.memory_source { "memory per connection" } else { "–" },
             c.json
         );
     }
     let _ = writeln!(s, "\n## Result\n\n| resource | need | nodes |\n|---|---:|---:|");
-    let offline = if t.offline_users > 0 { format!(" + {} × {OFFLINE_USER_TOTAL_BYTES:.0} B", t.offline_users) } else { String::new() };
-    let _ = writeln!(s, "| RAM: ({} + {} × {:.0} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), t.connections, p.bytes_per_conn, 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
+    let offline = if t.offline_users > 0 { format!(" + {} × {} B", th(t.offline_users as f64), th(OFFLINE_USER_TOTAL_BYTES)) } else { String::new() };
+    let _ = writeln!(s, "| RAM: ({} + {} × {} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), th(t.connections as f64), th(p.bytes_per_conn), 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
     let _ = writeln!(
         s,
-        "| cores: messages {:.0}/s × {:.2} µs × {:.2} = {:.2}; storm {:.0} / {:.0} s × {:.0} µs × {:.2} = {:.2} | {:.2} cores | {} |",
-        t.messages_per_s, p.cpu_us_per_msg, 1.0 + t.headroom, p.msg_cores, p.reconnects, t.reconnect_window_s, m.cpu_us_per_reconnect, 1.0 + t.headroom, p.storm_cores, p.cores, p.nodes_for_cpu
+        "| cores: messages {}/s × {:.2} µs × {:.2} = {:.2}; storm {} / {:.0} s × {:.0} µs × {:.2} = {:.2} | {:.2} cores | {} |",
+        th(t.messages_per_s), p.cpu_us_per_msg, 1.0 + t.headroom, p.msg_cores, th(p.reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect, 1.0 + t.headroom, p.storm_cores, p.cores, p.nodes_for_cpu
     );
     let _ = writeln!(
         s,
@@ -405,10 +456,17 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         p.processes_per_node,
         if p.processes_per_node > 1 { " (each with its own port or SO_REUSEPORT group and its own data directory)" } else { "" }
     );
-    let _ = writeln!(s, "\nsysctl profile: **`sysctl/{}.conf`** (check a node with `ringgate doctor --profile {} --target-connections {}`).", p.profile, p.profile, (t.connections as f64 / p.nodes as f64).ceil());
+    let _ = writeln!(
+        s,
+        "\nN+1: {} nodes carry the load; the spare means any one can fail and the other {} still hold every connection, so each node is sized for {} connections.",
+        p.nodes,
+        p.nodes_for_load,
+        th((t.connections as f64 / p.nodes_for_load as f64).ceil())
+    );
+    let _ = writeln!(s, "\nsysctl profile: **`sysctl/{}.conf`** (check a node with `ringgate doctor --profile {} --target-connections {}`).", p.profile, p.profile, (t.connections as f64 / p.nodes_for_load as f64).ceil());
     match &p.p99_ms {
         Some((load, p99, json)) => {
-            let _ = writeln!(s, "\nLatency: per-core load {:.0} msg/s; the nearest measured load at or above it ({:.0} msg/s per core, load curve point `{json}`) had p99 {:.2} ms.", p.per_core_load, load, p99);
+            let _ = writeln!(s, "\nLatency: per-core load {} msg/s (one node down); the nearest measured load at or above it ({} msg/s per core, load curve point `{json}`) had p99 {:.2} ms.", th(p.per_core_load), th(*load), p99);
         }
         None => {
             let _ = writeln!(s, "\nLatency: the planned per-core load is above every measured open-loop load; no p99 can be quoted from this run.");
@@ -453,23 +511,23 @@ pub fn html(m: &Measured, t: &Targets, p: &Plan, md: &str) -> String {
     }
     let lat = Chart {
         title: format!("Latency vs offered load (measured, {} points, push runs of `{}`)", m.push.len(), m.target),
-        xlabel: "offered load on the benchmark server, msg/s (saturation: delivered)".into(),
+        xlabel: "offered load on the benchmark server, msg/s (saturation: delivered; log scale)".into(),
         ylabel: "ms".into(),
         series: vec![series("p50", "#1f6feb", &|c| c.p50_ms), series("p99", "#d1242f", &|c| c.p99_ms)],
         marks: marks.clone(),
-        logx: false,
+        logx: true,
     }
     .svg();
     let cpu = Chart {
         title: "Server CPU per message vs offered load (measured)".into(),
-        xlabel: "offered load on the benchmark server, msg/s".into(),
+        xlabel: "offered load on the benchmark server, msg/s (log scale)".into(),
         ylabel: "µs per message".into(),
         series: vec![series("CPU µs/msg", "#8250df", &|c| c.cpu_us_per_msg)],
         marks,
-        logx: false,
+        logx: true,
     }
     .svg();
-    let conns_per_process = (t.connections as f64 / p.nodes as f64 / p.processes_per_node as f64).ceil();
+    let conns_per_process = (t.connections as f64 / p.nodes_for_load as f64 / p.processes_per_node as f64).ceil();
     let mem = Chart {
         title: format!("Memory per connection vs connections held (measured, {} points)", m.memory.len()),
         xlabel: "connections held (log scale)".into(),
@@ -757,7 +815,7 @@ mod tests {
         let p = compute(&measured(), &t).unwrap();
         assert!((p.ram_bytes - base - 10e6 * (OFFLINE_USER_BYTES + OFFLINE_DEDUP_BYTES) * 1.3).abs() < 1.0);
         let md = markdown(&measured(), &t, &p);
-        assert!(md.contains("+ 10000000 × 34000 B") && md.contains("tests/store_budget.rs") && md.contains("tests/dedup_memory.rs"), "{md}");
+        assert!(md.contains("+ 10,000,000 × 34,000 B") && md.contains("tests/store_budget.rs") && md.contains("tests/dedup_memory.rs"), "{md}");
     }
 
     #[test]
@@ -766,7 +824,7 @@ mod tests {
         // (20 MB + 50M × 6800 B) × 1.3 = 442 GB → 7 nodes of 64 GiB.
         assert!((p.ram_bytes - (20e6 + 50e6 * 6800.0) * 1.3).abs() < 1.0);
         assert_eq!(p.nodes_for_ram, 7);
-        assert_eq!(p.nodes, 7);
+        assert_eq!((p.nodes_for_load, p.nodes), (7, 8));
         assert!(p.binding.starts_with("memory"), "{}", p.binding);
         assert_eq!(p.profile, "c1m");
     }
@@ -801,10 +859,10 @@ mod tests {
         let t = targets(1_000_000, 50_000.0);
         let p = compute(&m, &t).unwrap();
         let md = markdown(&m, &t, &p);
-        assert!(md.contains("| 3000 B | memory curve, point at 10000 connections | `idle[1].rss_bytes_per_conn` |"), "{md}");
+        assert!(md.contains("| 3,000 B | memory curve, point at 10,000 connections | `idle[1].rss_bytes_per_conn` |"), "{md}");
         assert!(md.contains("250 µs"));
         // The costliest load-curve point is the CPU figure, and says so.
-        assert!(md.contains("| 38.00 µs | load curve, point at 16000 msg/s offered | `push[1].server_cpu_us_per_msg` |"), "{md}");
+        assert!(md.contains("| 38.00 µs | load curve, point at 16,000 msg/s offered | `push[1].server_cpu_us_per_msg` |"), "{md}");
         assert_eq!(p.cpu_source, "push[1]");
         let h = html(&m, &t, &p, &md);
         assert_eq!(h.matches("<svg").count(), 4);

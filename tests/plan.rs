@@ -29,10 +29,17 @@ fn report_figures_trace_back_to_the_benchmark_json() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     let idle = target(&v, "idle", |_| true);
-    let rss = idle["rss_bytes_per_conn"].as_f64().unwrap();
-    let kernel = idle["kernel_slab_bytes_per_conn"].as_f64().unwrap() / 2.0;
-    assert!(md.contains(&format!("| {rss:.0} B | memory curve, point at 10000 connections | `idle[0].rss_bytes_per_conn` |")), "{md}");
-    assert!(md.contains(&format!("| {kernel:.0} B |")), "{md}");
+    // Memory per connection: the largest point of the curve, which is the
+    // committed multi-process run doctor also sizes with (ringgate::measured).
+    let m = ringgate::measured::idle_cost();
+    let (rss, kernel) = (m.process_bytes_per_conn, m.kernel_bytes_per_conn);
+    let th = |v: f64| ringgate::doctor::thousands(v.round() as u64);
+    let row = format!("| {} B | memory curve, point at {} connections | `{}: idle_multi[0].rss_bytes_per_conn` |", th(rss), th(m.connections as f64), m.source);
+    assert!(md.contains(&row), "{row} not in\n{md}");
+    assert!(md.contains(&format!("| {} B |", th(kernel))), "{md}");
+    // The suite's own point is on the curve too.
+    let own = idle["rss_bytes_per_conn"].as_f64().unwrap();
+    assert!(md.contains(&format!("| 10,000 | 1 | {} |", th(own))), "{md}");
     let hs = target(&v, "handshake", |e| e["mode"] == "full")["server_cpu_us_per_handshake"].as_f64().unwrap();
     assert!(md.contains(&format!("| {hs:.0} µs |")), "{md}");
     // RAM = (base + N × (rss + kernel)) × 1.3, printed in GiB.
@@ -98,10 +105,13 @@ fn html_report_plots_the_measured_curves_and_names_their_points() {
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     let n_push = v["push"].as_array().unwrap().iter().filter(|e| e["target"] == "ringgate-uring").count();
     assert_eq!(n_push, 7, "saturation + 6 open-loop loads");
-    // Memory per connection comes from the point with the most connections:
-    // the multi-process run, and the report says so.
-    assert!(md.contains("| 2100 B | memory curve, point at 200000 connections | `idle_multi[0].rss_bytes_per_conn` |"), "{md}");
-    assert!(md.contains("| 200000 | 13 | 2100 | 3200 | memory per connection | `idle_multi[0]` |"), "{md}");
+    // The suite's multi-process point is on the curve; memory per connection
+    // comes from the point with the most connections, the committed run
+    // doctor sizes with, and the report says so.
+    assert!(md.contains("| 200,000 | 13 | 2,100 | 3,200 | – | `idle_multi[0]` |"), "{md}");
+    let m = ringgate::measured::idle_cost();
+    assert!(m.connections > 200_000, "the committed run is the largest point");
+    assert!(md.contains(&format!("| memory per connection | `{}: idle_multi[0]` |", m.source)), "{md}");
     // The costliest CPU point of the load curve is the one used, and named.
     let sat_cpu = target(&v, "push", |e| e["offered_per_s"].is_null())["server_cpu_us_per_msg"].as_f64().unwrap();
     let costliest = v["push"]
@@ -112,15 +122,17 @@ fn html_report_plots_the_measured_curves_and_names_their_points() {
         .map(|e| e["server_cpu_us_per_msg"].as_f64().unwrap())
         .fold(sat_cpu, f64::max);
     assert!(md.contains(&format!("| {costliest:.2} µs | load curve, point at")), "{md}");
-    // Every measured point is drawn: 7 loads × (p50, p99, CPU) + 4 memory points × 2 series.
+    // Every measured point is drawn: 7 loads × (p50, p99, CPU) + 5 memory points × 2 series.
     // (A data point is a circle of radius 3.5, a legend one 4; the storm chart, a model, comes last.)
     let measured_charts = html.split("<h3>Reconnect-storm").next().unwrap();
-    assert_eq!(measured_charts.matches("r=\"3.5\"").count(), 7 * 3 + 4 * 2);
+    assert_eq!(measured_charts.matches("r=\"3.5\"").count(), 7 * 3 + 5 * 2);
     assert!(html.contains("operating point"));
     assert!(html.contains("+30 % headroom"));
     assert!(html.contains("Latency vs offered load (measured, 7 points"));
-    assert!(html.contains("Memory per connection vs connections held (measured, 4 points)"));
-    assert!(html.contains("<td class=\"num\">200000</td>"), "memory table rendered as an HTML table");
+    assert!(html.contains("Memory per connection vs connections held (measured, 5 points)"));
+    assert!(html.contains("<td class=\"num\">200,000</td>"), "memory table rendered as an HTML table");
+    assert!(html.contains("msg/s (log scale)"), "the load axis is logarithmic");
+    assert!(md.contains("for the load + 1 spare"), "{md}");
 }
 
 #[test]
