@@ -3,7 +3,7 @@
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use ringgate::runtime::tls_record::{Record13, KEY_CACHE_SLOTS};
+use ringgate::runtime::tls_record::{Record13, Secret, TrafficSecrets, KEY_CACHE_SLOTS};
 use rustls::crypto::cipher::{AeadKey, Iv};
 use rustls::ConnectionTrafficSecrets;
 
@@ -15,7 +15,8 @@ fn secrets(k: u8) -> ConnectionTrafficSecrets {
 }
 
 fn record(k: u8) -> Record13 {
-    Record13::new(rustls::ExtractedSecrets { tx: (0, secrets(k)), rx: (0, secrets(k)) }).unwrap()
+    let traffic = TrafficSecrets { client: Secret::new(&[k; 32]), server: Secret::new(&[k; 32]) };
+    Record13::new(rustls::ExtractedSecrets { tx: (0, secrets(k)), rx: (0, secrets(k)) }, &traffic).unwrap()
 }
 
 fn seal(c: &mut Criterion) {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use ringgate::proto::frame::{self, Frame};
-use ringgate::runtime::tls_record::{Opened, Record13};
+use ringgate::runtime::tls_record::{ConnSecretLog, Opened, Record13};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -47,6 +47,12 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 pub async fn establish(dst: SocketAddr, src: Ipv4Addr, tls: &TlsConnector, token: &str, keepalive_s: u16, idx: u32) -> io::Result<Held> {
     let tcp = clientnet::connect_from(dst, src).await?;
     let name = ServerName::try_from("localhost").unwrap_or_else(|_| unreachable!("valid DNS name"));
+    // The traffic secrets come from a key log of this connection's own:
+    // handshakes interleave on this thread (see `ConnSecretLog`).
+    let log = Arc::new(ConnSecretLog::default());
+    let mut cfg = (**tls.config()).clone();
+    cfg.key_log = log.clone();
+    let tls = TlsConnector::from(Arc::new(cfg));
     let mut conn = Conn::Tls(Box::new(tls.connect(name, tcp).await?));
     let mut rbuf = BytesMut::with_capacity(256);
     rgclient::connect_keepalive(&mut conn, &mut rbuf, "d", token, 0, keepalive_s).await?;
@@ -60,7 +66,7 @@ pub async fn establish(dst: SocketAddr, src: Ipv4Addr, tls: &TlsConnector, token
     // The session ticket came before CONNACK (the server sends it with its
     // Finished), so rustls has consumed every handshake record by now.
     let secrets = client.dangerous_extract_secrets().map_err(other)?;
-    let rec = Record13::new(secrets).map_err(other)?;
+    let rec = Record13::new_client(secrets, &log.take()).map_err(other)?;
     let fd: OwnedFd = tcp.into_std()?.into();
     Ok(Held { fd, rec, idx, flags: 0, ping_at_ds: 0, carry: None })
 }

@@ -218,7 +218,8 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    fn new(s: &[u8]) -> Option<Self> {
+    /// A traffic secret of at most 48 bytes (SHA-384's length).
+    pub fn new(s: &[u8]) -> Option<Self> {
         let mut buf = [0; 48];
         buf.get_mut(..s.len())?.copy_from_slice(s);
         Some(Self { buf, len: s.len() as u8 })
@@ -464,21 +465,53 @@ pub struct SecretLog;
 const CLIENT_SECRET_LABEL: &str = "CLIENT_TRAFFIC_SECRET_0";
 const SERVER_SECRET_LABEL: &str = "SERVER_TRAFFIC_SECRET_0";
 
+impl TrafficSecrets {
+    /// Keeps `secret` if `label` is one of the two application traffic secrets.
+    fn capture(&mut self, label: &str, secret: &[u8]) {
+        let Some(s) = Secret::new(secret) else { return };
+        match label {
+            CLIENT_SECRET_LABEL => self.client = Some(s),
+            SERVER_SECRET_LABEL => self.server = Some(s),
+            _ => {}
+        }
+    }
+}
+
+fn is_traffic_label(label: &str) -> bool {
+    label == CLIENT_SECRET_LABEL || label == SERVER_SECRET_LABEL
+}
+
 impl rustls::KeyLog for SecretLog {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
-        let Some(s) = Secret::new(secret) else { return };
-        CAPTURED.with(|c| {
-            let mut c = c.borrow_mut();
-            match label {
-                CLIENT_SECRET_LABEL => c.client = Some(s),
-                SERVER_SECRET_LABEL => c.server = Some(s),
-                _ => {}
-            }
-        });
+        CAPTURED.with(|c| c.borrow_mut().capture(label, secret));
     }
 
     fn will_log(&self, label: &str) -> bool {
-        label == CLIENT_SECRET_LABEL || label == SERVER_SECRET_LABEL
+        is_traffic_label(label)
+    }
+}
+
+/// The key log of ONE connection, for clients that run many handshakes
+/// interleaved on one thread (an async load generator): there the
+/// thread-local capture of [`SecretLog`] cannot tell connections apart, so
+/// each connection gets a config carrying its own log.
+#[derive(Debug, Default)]
+pub struct ConnSecretLog(std::sync::Mutex<TrafficSecrets>);
+
+impl ConnSecretLog {
+    /// What was captured so far (and clears it).
+    pub fn take(&self) -> TrafficSecrets {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl rustls::KeyLog for ConnSecretLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).capture(label, secret);
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        is_traffic_label(label)
     }
 }
 
@@ -531,6 +564,12 @@ impl Record13 {
     /// hand-off, `traffic` the secrets [`SecretLog`] captured for it.
     pub fn new(secrets: rustls::ExtractedSecrets, traffic: &TrafficSecrets) -> Result<Self, RecordError> {
         Self::with_limit(secrets, traffic, KEY_UPDATE_AFTER.load(Ordering::Relaxed), false)
+    }
+
+    /// The record layer of a CLIENT connection (the load generator's lean
+    /// hand-off): the tx secret is the client's.
+    pub fn new_client(secrets: rustls::ExtractedSecrets, traffic: &TrafficSecrets) -> Result<Self, RecordError> {
+        Self::with_limit(secrets, traffic, KEY_UPDATE_AFTER.load(Ordering::Relaxed), true)
     }
 
     /// As [`Record13::new`] with an explicit KeyUpdate interval, on either
