@@ -218,8 +218,13 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// A traffic secret of at most 48 bytes (SHA-384's length).
-    pub fn new(s: &[u8]) -> Option<Self> {
+    /// A secret of these bytes (32 or 48 of them for the TLS 1.3 suites);
+    /// `None` when longer than any suite's hash.
+    pub fn from_bytes(s: &[u8]) -> Option<Self> {
+        Self::new(s)
+    }
+
+    fn new(s: &[u8]) -> Option<Self> {
         let mut buf = [0; 48];
         buf.get_mut(..s.len())?.copy_from_slice(s);
         Some(Self { buf, len: s.len() as u8 })
