@@ -434,6 +434,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
         431 => "Request Header Fields Too Large",
         505 => "HTTP Version Not Supported",
