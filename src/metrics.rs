@@ -211,8 +211,9 @@ impl Health {
     /// Why the process is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<&'static str> {
         // Any failed fsync (data file, new segment, directory) fails the
-        // store for good (store/durable.rs, "When the disk fails").
-        if self.storage_failed.load(Relaxed) || crate::store::process_failure().is_some() {
+        // store for good (store/durable.rs, "When the disk fails"); the
+        // runtime sets the flag from the store's failure hook.
+        if self.storage_failed.load(Relaxed) {
             Some("storage failure")
         } else if self.draining.load(Relaxed) {
             Some("draining")

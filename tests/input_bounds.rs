@@ -256,3 +256,51 @@ fn slowloris_from_one_address_does_not_lock_out_fresh_logins() {
     assert!(shed[..10].iter().all(|c| *c) && !shed[10..].iter().any(|c| *c), "oldest first: {shed:?}");
     server.assert_no_panic();
 }
+
+/// Sends `raw` on a fresh plain connection to the gateway port; the status
+/// of the answer and whether the server then closed the connection.
+fn raw_status(server: &Server, raw: &[u8]) -> (u16, bool) {
+    let mut h = Http::open(server, false);
+    h.send_raw(raw);
+    let r = h.response_within(Duration::from_secs(5));
+    (r.status, r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")))
+}
+
+/// The gateway port parses with the one HTTP/1.1 parser (`src/http`): a
+/// chunk size that overflows is `400` at once (it used to wrap and hang),
+/// Content-Length with Transfer-Encoding is `400` (RFC 9112 request
+/// smuggling rule), HTTP/1.0 is `505`, `Expect: 100-continue` gets its
+/// interim answer, a 204 carries no Content-Length.
+#[test]
+fn gateway_http_uses_the_one_parser() {
+    let server = Config::default().tls(false).workers(1).set("web", "poll_timeout_s = 1").start();
+    let head = "POST /v1/lp?sid=AAAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for chunks in ["1\r\na\r\n1ffffffffffffffff\r\n", "fffffffffffffffff\r\n", "1\r\na\r\nzz\r\n"] {
+        let t = Instant::now();
+        let (status, close) = raw_status(&server, format!("{head}{chunks}").as_bytes());
+        assert_eq!((status, close), (400, true), "{chunks:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{chunks:?} took {:?}", t.elapsed());
+    }
+    // A chunk whose size fits u64 but not the body limit: 413 before its bytes.
+    let (status, _) = raw_status(&server, format!("{head}1\r\na\r\nffffffffffffffff\r\n").as_bytes());
+    assert_eq!(status, 413);
+    let both = b"POST /v1/lp/connect HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_status(&server, both), (400, true));
+    assert_eq!(raw_status(&server, b"GET /v1/route HTTP/1.0\r\nHost: x\r\n\r\n").0, 505);
+    // Expect: 100-continue: the interim answer, then the real one.
+    let connect = connect_frame("exp", "web", 0);
+    let mut h = Http::open(&server, false);
+    h.send_raw(format!("POST /v1/lp/connect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", connect.len()).as_bytes());
+    assert_eq!(h.response_within(Duration::from_secs(5)).status, 100);
+    h.send_raw(&connect);
+    let r = h.response_within(Duration::from_secs(5));
+    assert_eq!(r.status, 200, "{r:?}");
+    // A 204 carries no Content-Length (RFC 9110), a keep-alive answer no close.
+    let mut h = Http::open(&server, false);
+    let sid = r.header("x-ringgate-session").unwrap().to_string();
+    h.send_raw(format!("POST /v1/lp?sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    let r = h.response_within(Duration::from_secs(5));
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(r.header("content-length").is_none() && r.header("connection").is_none(), "{r:?}");
+    server.assert_no_panic();
+}
