@@ -929,7 +929,7 @@ send_rate_per_connection = 2000
 max_sends_in_flight = 1024
 # Largest SEND payload; beyond it, or a PUSH that would exceed max_frame: SENDACK 4.
 max_payload_bytes = 61440
-# Connections per source address that have not completed CONNECT; beyond: closed at once.
+# Connections per source address that have not completed CONNECT; beyond: the oldest is closed.
 max_preauth_per_ip = 256
 # New connections per second per source address (burst = rate); beyond: closed at once.
 connect_rate_per_ip = 200
@@ -940,6 +940,9 @@ max_connections = 0
 connect_rate = 10000
 # Cross-core messages queued per core for new work; when full a SEND gets SENDACK 5.
 mailbox_capacity = 65536
+# Devices remembered per user; a new one beyond evicts the least recently seen
+# offline device; if every device is online: CONNACK 3.
+max_devices_per_user = 64
 
 [admin]
 # Bearer token for /v1/... Set one of (or neither: a random token is created
@@ -1033,7 +1036,7 @@ mod tests {
     /// count too.
     #[test]
     fn readme_table_matches_defaults() {
-        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md"), include_str!("../docs/operations.md")].join("\n");
+        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md"), include_str!("../docs/operations.md"), include_str!("../docs/limits.md")].join("\n");
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut checked = 0;
         for line in readme.lines() {

@@ -10,8 +10,10 @@
 //!   log with group-committed fsync and start-up recovery.
 //! - [`admin`]: the admin API (HTTP/1.1 on its own threads): publish,
 //!   delivery ledger, presence, kick, mute, durable groups, health, metrics.
-//! - [`http`]: sans-IO HTTP/1.1 requests and responses (admin API, later
-//!   the web transports).
+//! - [`http`]: sans-IO HTTP/1.1 requests and responses, the one parser of
+//!   the admin API and the gateway port's web transports.
+//! - [`placement`]: which core owns a user (used by the runtime and the
+//!   store's recovery alike).
 //! - [`metrics`]: per-core lock-free counters, Prometheus text at scrape.
 //! - [`route`]: the route endpoint's signed payload, endpoint order and
 //!   failure feedback (`GET /v1/route`, served by `runtime::gate_http`).
@@ -40,6 +42,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod measured;
+pub mod placement;
 pub mod plan;
 pub mod proto;
 pub mod route;

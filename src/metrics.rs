@@ -115,7 +115,7 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
 
 /// `ringgate_rejections_total{reason}` label values.
 /// What each means: README's limits table.
-pub const REJECTION_REASONS: [&str; 12] = [
+pub const REJECTION_REASONS: [&str; 14] = [
     "rate_limited",
     "busy",
     "too_large",
@@ -128,6 +128,8 @@ pub const REJECTION_REASONS: [&str; 12] = [
     "connect_rate",
     "slow_consumer",
     "bad_target",
+    "post_over_high_water",
+    "too_many_devices",
 ];
 /// SENDACK 3: over `limits.send_rate_per_connection`.
 pub const REJ_RATE_LIMITED: usize = 0;
@@ -135,7 +137,9 @@ pub const REJ_RATE_LIMITED: usize = 0;
 pub const REJ_BUSY: usize = 1;
 /// SENDACK 4 (413 for publishes): payload over the limit or a PUSH over `max_frame`.
 pub const REJ_TOO_LARGE: usize = 2;
-/// Closed at accept: the address has `max_preauth_per_ip` pre-auth connections.
+/// No longer counted (kept so the label set stays stable): at
+/// `max_preauth_per_ip` the address's oldest pre-auth connection is now
+/// shed instead (`shed_preauth`).
 pub const REJ_PREAUTH_LIMIT: usize = 3;
 /// accept(2) failed for lack of file descriptors.
 pub const REJ_FD_LIMIT: usize = 4;
@@ -153,6 +157,12 @@ pub const REJ_CONNECT_RATE: usize = 9;
 pub const REJ_SLOW_CONSUMER: usize = 10;
 /// SENDACK 1 for a target that is not a valid name.
 pub const REJ_BAD_TARGET: usize = 11;
+/// `429`: frames POSTed for an SSE or long-poll session whose output is
+/// above `limits.output_high_water_bytes` (nothing processed).
+pub const REJ_POST_OVER_HIGH_WATER: usize = 12;
+/// CONNACK 3: a new device of a user at `limits.max_devices_per_user`
+/// whose devices are all online (none to evict).
+pub const REJ_TOO_MANY_DEVICES: usize = 13;
 
 /// One core's metrics; only that core (and, for `fsync`, its syncer thread) writes them.
 #[derive(Default, Debug)]
@@ -204,8 +214,9 @@ impl Health {
     /// Why the process is not ready, or `None` when it is.
     pub fn not_ready(&self) -> Option<&'static str> {
         // Any failed fsync (data file, new segment, directory) fails the
-        // store for good (store/durable.rs, "When the disk fails").
-        if self.storage_failed.load(Relaxed) || crate::store::process_failure().is_some() {
+        // store for good (store/durable.rs, "When the disk fails"); the
+        // runtime sets the flag from the store's failure hook.
+        if self.storage_failed.load(Relaxed) {
             Some("storage failure")
         } else if self.engine_down.load(Relaxed) {
             Some("fleet engine unreachable")

@@ -25,25 +25,44 @@ impl Response {
     /// Writes the response. `keep_alive = false` adds `Connection: close`;
     /// `head_only` leaves the body out (a HEAD request) but keeps its length.
     pub fn encode(&self, keep_alive: bool, head_only: bool, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes());
+        self.encode_into(keep_alive, head_only, out);
+    }
+
+    /// `encode` into any buffer (the gateway port writes into the
+    /// connection's `BytesMut`). No `Content-Length` on 1xx and 204 (RFC
+    /// 9110 forbids it there).
+    pub fn encode_into(&self, keep_alive: bool, head_only: bool, out: &mut impl bytes::BufMut) {
+        self.encode_head(keep_alive, !matches!(self.status, 100..=199 | 204), out);
+        if !head_only {
+            out.put_slice(&self.body);
+        }
+    }
+
+    /// The head of a response whose body is streamed after it (SSE:
+    /// the caller set `Transfer-Encoding: chunked`): no `Content-Length`.
+    pub fn encode_stream_head(&self, keep_alive: bool, out: &mut impl bytes::BufMut) {
+        self.encode_head(keep_alive, false, out);
+    }
+
+    fn encode_head(&self, keep_alive: bool, with_length: bool, out: &mut impl bytes::BufMut) {
+        out.put_slice(format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes());
         for (n, v) in &self.headers {
             // A header value with CR/LF would split the response; drop it.
             if n.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
                 continue;
             }
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            out.put_slice(n.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(v.as_bytes());
+            out.put_slice(b"\r\n");
         }
-        out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        if with_length {
+            out.put_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        }
         if !keep_alive {
-            out.extend_from_slice(b"Connection: close\r\n");
+            out.put_slice(b"Connection: close\r\n");
         }
-        out.extend_from_slice(b"\r\n");
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
+        out.put_slice(b"\r\n");
     }
 }
 

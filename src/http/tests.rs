@@ -122,6 +122,15 @@ fn response_encoding() {
     let s = String::from_utf8(out).unwrap();
     assert!(!s.contains("Set-Cookie"));
     assert!(s.ends_with("Content-Length: 1\r\n\r\n"));
+    // No Content-Length on 204 and 101 (RFC 9110), nor on a streamed head.
+    for status in [101, 204] {
+        let mut out = Vec::new();
+        Response { status, headers: Vec::new(), body: Vec::new() }.encode(true, false, &mut out);
+        assert!(!String::from_utf8(out).unwrap().contains("Content-Length"), "{status}");
+    }
+    let mut out = bytes::BytesMut::new();
+    Response::new(200, "text/event-stream", Vec::new()).header("Transfer-Encoding", "chunked").encode_stream_head(true, &mut out);
+    assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
     let mut out = Vec::new();
     encode_chunk(b"hello", &mut out);
     encode_chunk(b"", &mut out);

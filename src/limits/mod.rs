@@ -8,7 +8,7 @@
 //! connections on each core (SO_REUSEPORT spreads one address's
 //! connections over the cores by port, so the total stays near the limit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,8 @@ pub struct LimitsConfig {
     /// fit `session.max_frame`) → SENDACK 4. Default 61440.
     pub max_payload_bytes: u32,
     /// Connections that have not completed CONNECT, per source address;
-    /// beyond it a new connection is closed at once. Default 256.
+    /// beyond it the address's oldest such connection is closed to make
+    /// room for the new one. Default 256.
     pub max_preauth_per_ip: u32,
     /// New connections per second per source address (burst = rate); beyond
     /// it a new connection is closed at once. Default 200.
@@ -51,6 +52,10 @@ pub struct LimitsConfig {
     /// Messages queued in one core's mailbox for new work (appends from
     /// other cores); when full, the SEND gets SENDACK 5. Default 65536.
     pub mailbox_capacity: u32,
+    /// Devices remembered per user (each holds a cursor and a dedup
+    /// table). A new device beyond it evicts the least recently seen
+    /// offline device; if every device is online → CONNACK 3. Default 64.
+    pub max_devices_per_user: u32,
 }
 
 impl Default for LimitsConfig {
@@ -66,6 +71,7 @@ impl Default for LimitsConfig {
             max_connections: 0,
             connect_rate: 10_000,
             mailbox_capacity: 65_536,
+            max_devices_per_user: 64,
         }
     }
 }
@@ -87,6 +93,7 @@ impl LimitsConfig {
             ("connect_rate_per_ip", self.connect_rate_per_ip),
             ("connect_rate", self.connect_rate),
             ("mailbox_capacity", self.mailbox_capacity),
+            ("max_devices_per_user", self.max_devices_per_user),
         ] {
             if v == 0 {
                 return Err(format!("limits.{name} must be at least 1"));
@@ -192,9 +199,6 @@ impl TokenBucket {
 /// Why a new connection from an address is refused before any byte is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmitError {
-    /// The address has `max_preauth_per_ip` connections that have not
-    /// completed CONNECT (on this core).
-    PreauthLimit,
     /// The address opened connections faster than `connect_rate_per_ip`.
     ConnectRate,
     /// The table of tracked addresses is full (a spoofing-scale flood).
@@ -205,7 +209,6 @@ impl AdmitError {
     /// The `reason` label of the rejection counter.
     pub fn label(self) -> &'static str {
         match self {
-            AdmitError::PreauthLimit => "preauth_limit",
             AdmitError::ConnectRate => "connect_rate_ip",
             AdmitError::TableFull => "address_table_full",
         }
@@ -214,7 +217,9 @@ impl AdmitError {
 
 #[derive(Debug)]
 struct AddrState {
-    preauth: u32,
+    /// The caller's ids of this address's pre-auth connections, oldest
+    /// first; at most `max_preauth` (the bound is the admission rule).
+    preauth: VecDeque<u64>,
     bucket: TokenBucket,
 }
 
@@ -223,6 +228,14 @@ struct AddrState {
 /// Bounded: an address leaves the table once it has no pre-auth connection
 /// and its bucket is full again (pruned by `prune`), and the table never
 /// holds more than `max_addrs` addresses.
+///
+/// At an address's pre-auth limit a newcomer is admitted and the address's
+/// *oldest* pre-auth connection is shed, rather than the newcomer refused:
+/// the limit bounds what one address holds either way, but refusing
+/// newcomers let a slowloris holding the slots lock out every fresh login
+/// from the same address (users behind one NAT), while shedding the oldest
+/// lets a client that completes its handshake in milliseconds win over
+/// connections trickling bytes.
 pub struct AddrTable {
     map: HashMap<IpAddr, AddrState>,
     max_preauth: u32,
@@ -250,9 +263,12 @@ impl AddrTable {
         self.rate = fresh.rate;
     }
 
-    /// A connection from `ip` was accepted: admit it (counted as pre-auth
-    /// until `authenticated` or `closed_preauth`) or say why not.
-    pub fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), AdmitError> {
+    /// A connection from `ip`, known to the caller as `id` (ids grow with
+    /// time), was accepted: admit it (counted as pre-auth until
+    /// `leave_preauth`) or say why not. `Ok(Some(old))`: admitted, and the
+    /// address's oldest pre-auth connection `old` no longer counts here:
+    /// the caller closes it.
+    pub fn admit(&mut self, ip: IpAddr, id: u64, now_ms: u64) -> Result<Option<u64>, AdmitError> {
         if !self.map.contains_key(&ip) && self.map.len() >= self.max_addrs {
             self.prune(now_ms);
             if self.map.len() >= self.max_addrs {
@@ -260,21 +276,27 @@ impl AddrTable {
             }
         }
         let rate = self.rate;
-        let st = self.map.entry(ip).or_insert_with(|| AddrState { preauth: 0, bucket: TokenBucket::full(rate, now_ms) });
-        if st.preauth >= self.max_preauth {
-            return Err(AdmitError::PreauthLimit);
-        }
+        let st = self.map.entry(ip).or_insert_with(|| AddrState { preauth: VecDeque::new(), bucket: TokenBucket::full(rate, now_ms) });
+        // The rate first: a refused newcomer must not cost anyone a slot.
         if !st.bucket.take(rate, now_ms) {
             return Err(AdmitError::ConnectRate);
         }
-        st.preauth += 1;
-        Ok(())
+        let shed = if st.preauth.len() >= self.max_preauth as usize { st.preauth.pop_front() } else { None };
+        st.preauth.push_back(id);
+        Ok(shed)
     }
 
-    /// A pre-auth connection from `ip` completed CONNECT or closed.
-    pub fn leave_preauth(&mut self, ip: IpAddr) {
+    /// Pre-auth connection `id` from `ip` completed CONNECT or closed.
+    /// O(pre-auth connections of the address), at most `max_preauth`.
+    pub fn leave_preauth(&mut self, ip: IpAddr, id: u64) {
         if let Some(st) = self.map.get_mut(&ip) {
-            st.preauth = st.preauth.saturating_sub(1);
+            if let Some(i) = st.preauth.iter().position(|x| *x == id) {
+                st.preauth.remove(i);
+            }
+            if st.preauth.is_empty() && st.preauth.capacity() > 4 {
+                // A burst from this address is over: give the room back.
+                st.preauth = VecDeque::new();
+            }
         }
     }
 
@@ -282,7 +304,7 @@ impl AddrTable {
     /// once a second.
     pub fn prune(&mut self, now_ms: u64) {
         let rate = self.rate;
-        self.map.retain(|_, st| st.preauth > 0 || !st.bucket.is_full(rate, now_ms));
+        self.map.retain(|_, st| !st.preauth.is_empty() || !st.bucket.is_full(rate, now_ms));
     }
 
     pub fn len(&self) -> usize {
@@ -348,31 +370,35 @@ mod tests {
     }
 
     #[test]
-    fn addr_table_limits_preauth_and_rate_and_prunes() {
-        let cfg = LimitsConfig { max_preauth_per_ip: 3, connect_rate_per_ip: 5, ..LimitsConfig::default() };
+    fn addr_table_sheds_oldest_preauth_and_limits_rate_and_prunes() {
+        let cfg = LimitsConfig { max_preauth_per_ip: 3, connect_rate_per_ip: 7, ..LimitsConfig::default() };
         let mut t = AddrTable::new(&cfg, 1);
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        for _ in 0..3 {
-            t.admit(a, 0).unwrap();
+        for id in 1..=3 {
+            assert_eq!(t.admit(a, id, 0), Ok(None));
         }
-        assert_eq!(t.admit(a, 0), Err(AdmitError::PreauthLimit));
+        // At the limit the newcomer is admitted and the oldest is shed.
+        assert_eq!(t.admit(a, 4, 0), Ok(Some(1)));
         // Another address is unaffected.
-        t.admit(b, 0).unwrap();
-        // Completing CONNECT frees the slot; the rate (5/s, 3 spent) still allows 2.
-        t.leave_preauth(a);
-        t.admit(a, 0).unwrap();
-        t.leave_preauth(a);
-        t.admit(a, 0).unwrap();
-        t.leave_preauth(a);
-        assert_eq!(t.admit(a, 0), Err(AdmitError::ConnectRate));
+        assert_eq!(t.admit(b, 5, 0), Ok(None));
+        // Completing CONNECT frees a slot (2 leaves): the next sheds nobody,
+        // the one after sheds the oldest left (3).
+        t.leave_preauth(a, 2);
+        assert_eq!(t.admit(a, 6, 0), Ok(None));
+        assert_eq!(t.admit(a, 7, 0), Ok(Some(3)));
+        // The 7th connection in the second spends the last token; the 8th
+        // is refused by the rate, and sheds nobody.
+        assert_eq!(t.admit(a, 8, 0), Ok(Some(4)));
+        assert_eq!(t.admit(a, 9, 0), Err(AdmitError::ConnectRate));
+        t.leave_preauth(a, 9);
         // Prune keeps addresses that still hold something.
         t.prune(0);
         assert_eq!(t.len(), 2);
-        for _ in 0..2 {
-            t.leave_preauth(a);
+        for id in [6, 7, 8] {
+            t.leave_preauth(a, id);
         }
-        t.leave_preauth(b);
+        t.leave_preauth(b, 5);
         t.prune(10_000);
         assert!(t.is_empty());
     }
@@ -382,9 +408,9 @@ mod tests {
         let cfg = LimitsConfig { max_preauth_per_ip: 5, ..LimitsConfig::default() };
         let mut t = AddrTable::new(&cfg, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        for _ in 0..3 {
-            t.admit(a, 0).unwrap();
+        for id in 0..3 {
+            assert_eq!(t.admit(a, id, 0), Ok(None));
         }
-        assert_eq!(t.admit(a, 0), Err(AdmitError::PreauthLimit));
+        assert_eq!(t.admit(a, 3, 0), Ok(Some(0)));
     }
 }

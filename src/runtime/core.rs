@@ -48,8 +48,8 @@ use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
 use super::reload::Live;
 use crate::limits::{AddrTable, AdmitError, TokenBucket};
 use crate::metrics::{
-    REJ_ADDRESS_TABLE_FULL, REJ_BAD_TARGET, REJ_BUSY, REJ_CONNECT_RATE, REJ_CONNECT_RATE_IP, REJ_FULL, REJ_PREAUTH_LIMIT,
-    REJ_RATE_LIMITED, REJ_SHED_PREAUTH, REJ_SLOW_CONSUMER, REJ_TOO_LARGE,
+    REJ_ADDRESS_TABLE_FULL, REJ_BAD_TARGET, REJ_BUSY, REJ_CONNECT_RATE, REJ_CONNECT_RATE_IP, REJ_FULL,
+    REJ_RATE_LIMITED, REJ_SHED_PREAUTH, REJ_SLOW_CONSUMER, REJ_TOO_LARGE, REJ_TOO_MANY_DEVICES,
 };
 use crate::net::sockopt::SockOpts;
 use crate::proto::ack_wheel::AckWheel;
@@ -190,17 +190,80 @@ struct Device {
     acked_seq: u64,
     /// Wall ms of its last CONNECT since start; 0 = not seen since start.
     connected_at_ms: u64,
+    /// Monotonic ms of its last CONNECT or disconnect (0 = recovered, not
+    /// seen since start): the least recently seen offline device is the
+    /// one evicted for a new one at `limits.max_devices_per_user`.
+    seen_ms: u64,
 }
 
 impl Device {
     fn new(id: Arc<str>, dedup: Dedup) -> Self {
-        Device { id, conn: None, dedup, acked_seq: 0, connected_at_ms: 0 }
+        Device { id, conn: None, dedup, acked_seq: 0, connected_at_ms: 0, seen_ms: 0 }
     }
 }
+
+/// Devices kept in a plain list up to this many; beyond, an index by id
+/// is kept beside the list. Most users have one to three devices, where a
+/// scan beats hashing the id on every SEND; the index makes the lookup
+/// O(1) for a user with many (up to `limits.max_devices_per_user`).
+const DEVICE_INDEX_FROM: usize = 8;
 
 #[derive(Default)]
 struct User {
     devices: Vec<Device>,
+    /// Device id → position in `devices`; Some while there are more than
+    /// `DEVICE_INDEX_FROM` devices.
+    index: Option<HashMap<Arc<str>, usize>>,
+}
+
+impl User {
+    fn find(&self, id: &str) -> Option<usize> {
+        match &self.index {
+            Some(ix) => ix.get(id).copied(),
+            None => self.devices.iter().position(|d| &*d.id == id),
+        }
+    }
+
+    fn find_mut(&mut self, id: &str) -> Option<&mut Device> {
+        let i = self.find(id)?;
+        self.devices.get_mut(i)
+    }
+
+    fn push(&mut self, d: Device) -> usize {
+        let i = self.devices.len();
+        if let Some(ix) = self.index.as_mut() {
+            ix.insert(d.id.clone(), i);
+        }
+        self.devices.push(d);
+        if self.index.is_none() && self.devices.len() > DEVICE_INDEX_FROM {
+            self.index = Some(self.devices.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect());
+        }
+        i
+    }
+
+    /// Makes room for one more device under `cap` by forgetting the least
+    /// recently seen offline devices (their dedup tables and cursors go
+    /// with them: a device that comes back is a new device, and a SEND it
+    /// retries from before may be stored twice). False when every device
+    /// is online: nothing may be evicted.
+    fn make_room(&mut self, cap: usize) -> bool {
+        while self.devices.len() >= cap.max(1) {
+            let Some(i) = self.devices.iter().enumerate().filter(|(_, d)| d.conn.is_none()).min_by_key(|(_, d)| d.seen_ms).map(|(i, _)| i) else {
+                return false;
+            };
+            let gone = self.devices.swap_remove(i);
+            if let Some(ix) = self.index.as_mut() {
+                ix.remove(&gone.id);
+                if let Some(moved) = self.devices.get(i) {
+                    ix.insert(moved.id.clone(), i);
+                }
+            }
+        }
+        if self.devices.len() <= DEVICE_INDEX_FROM {
+            self.index = None;
+        }
+        true
+    }
 }
 
 /// A SEND waiting for remote appends.
@@ -292,7 +355,7 @@ impl Core {
         let mut users: HashMap<Arc<str>, User> = HashMap::new();
         for seed in dedup {
             let d = Dedup::recovered(seed.acks);
-            users.entry(seed.user).or_default().devices.push(Device::new(seed.device, d));
+            users.entry(seed.user).or_default().push(Device::new(seed.device, d));
         }
         Core {
             id,
@@ -361,16 +424,21 @@ impl Core {
     /// anonymous connections hold the process near its fd limit.
     pub fn accept(&mut self, fd: impl Into<super::transport::Transport>, peer: IpAddr) -> Result<ConnKey, AcceptError> {
         let now = self.shared.clock.mono_ms();
-        if let Err(e) = self.addrs.admit(peer, now) {
-            self.reject(match e {
-                AdmitError::PreauthLimit => REJ_PREAUTH_LIMIT,
-                AdmitError::ConnectRate => REJ_CONNECT_RATE_IP,
-                AdmitError::TableFull => REJ_ADDRESS_TABLE_FULL,
-            });
-            return Err(AcceptError::Admission(e));
+        self.preauth_seq += 1;
+        let seq = self.preauth_seq;
+        match self.addrs.admit(peer, seq, now) {
+            Err(e) => {
+                self.reject(match e {
+                    AdmitError::ConnectRate => REJ_CONNECT_RATE_IP,
+                    AdmitError::TableFull => REJ_ADDRESS_TABLE_FULL,
+                });
+                return Err(AcceptError::Admission(e));
+            }
+            Ok(Some(oldest)) => self.shed_preauth(oldest),
+            Ok(None) => {}
         }
         if self.shared.open_conns.load(Ordering::Relaxed) >= self.live.max_connections && !self.shed_oldest_preauth() {
-            self.addrs.leave_preauth(peer);
+            self.addrs.leave_preauth(peer, seq);
             self.reject(REJ_FULL);
             return Err(AcceptError::Full);
         }
@@ -383,10 +451,9 @@ impl Core {
         self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(now, &self.shared.limits);
         let key = self.insert(Conn::new(fd, tls, session));
-        self.preauth_seq += 1;
-        self.preauth_order.insert(self.preauth_seq, key);
+        self.preauth_order.insert(seq, key);
         if let Some(slot) = self.conns.get_mut(key.idx as usize) {
-            slot.preauth = Some((self.preauth_seq, peer));
+            slot.preauth = Some((seq, peer));
         }
         Ok(key)
     }
@@ -447,8 +514,8 @@ impl Core {
     pub fn shed_oldest_preauth(&mut self) -> bool {
         while let Some((_, key)) = self.preauth_order.pop_first() {
             let Some(slot) = self.conns.get_mut(key.idx as usize).filter(|s| s.gen == key.gen) else { continue };
-            if let Some((_, ip)) = slot.preauth.take() {
-                self.addrs.leave_preauth(ip);
+            if let Some((seq, ip)) = slot.preauth.take() {
+                self.addrs.leave_preauth(ip, seq);
             }
             // No DISCONNECT: it may not even have finished TLS, and it has
             // not earned an answer; its task closes the socket.
@@ -460,13 +527,24 @@ impl Core {
         false
     }
 
+    /// Closes pre-auth connection `seq`, which its address's admission
+    /// already stopped counting (a newcomer from the address took its slot).
+    fn shed_preauth(&mut self, seq: u64) {
+        let Some(key) = self.preauth_order.remove(&seq) else { return };
+        let Some(slot) = self.conns.get_mut(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
+        slot.preauth = None;
+        slot.conn.dead = true;
+        self.reject(REJ_SHED_PREAUTH);
+        self.wake(key);
+    }
+
     /// The connection completed CONNECT (or is going away): it no longer
     /// counts against its address's pre-auth limit.
     fn leave_preauth(&mut self, key: ConnKey) {
         let Some(slot) = self.conns.get_mut(key.idx as usize).filter(|s| s.gen == key.gen) else { return };
         if let Some((seq, ip)) = slot.preauth.take() {
             self.preauth_order.remove(&seq);
-            self.addrs.leave_preauth(ip);
+            self.addrs.leave_preauth(ip, seq);
         }
     }
 
@@ -490,9 +568,10 @@ impl Core {
             let m = &self.shared.metrics.core(self.id).conns_open;
             m.set(m.get().saturating_sub(1));
             if let Some(u) = self.users.get_mut(&ident.user) {
-                if let Some(d) = u.devices.iter_mut().find(|d| d.id == ident.device) {
+                if let Some(d) = u.find_mut(&ident.device) {
                     if d.conn == Some(key) {
                         d.conn = None;
+                        d.seen_ms = self.shared.clock.mono_ms();
                         d.acked_seq = slot.conn.session.acked();
                         let device = d.id.clone();
                         if self.fleet.is_some() {
@@ -656,15 +735,26 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let wall = self.shared.clock.wall_ms();
         let device: Arc<str> = Arc::from(req.device_id.as_str());
+        let cap = self.shared.limits_cfg.max_devices_per_user as usize;
         let u = self.users.entry(user.clone()).or_default();
-        let d = match u.devices.iter().position(|d| d.id == device) {
-            Some(i) => &mut u.devices[i],
+        let i = match u.find(&device) {
+            Some(i) => i,
+            None if u.make_room(cap) => u.push(Device::new(device.clone(), Dedup::default())),
             None => {
-                u.devices.push(Device::new(device.clone(), Dedup::default()));
-                u.devices.last_mut().expect("invariant: just pushed")
+                // Every device of the user is online: a new one would have
+                // to close one of them, which no rule allows. CONNACK 3: the
+                // client backs off and retries.
+                self.reject(REJ_TOO_MANY_DEVICES);
+                let lim = self.shared.limits.clone();
+                if let Some(c) = self.conn(key) {
+                    c.session.refuse(now, &lim, connack::SERVER_BUSY, &mut c.out);
+                }
+                return;
             }
         };
+        let d = &mut u.devices[i];
         d.connected_at_ms = wall;
+        d.seen_ms = now;
         let prev_acked = d.acked_seq;
         let older = d.conn.replace(key);
         if let Some(old) = older.filter(|o| *o != key) {

@@ -2,9 +2,10 @@
 //!
 //! Sans-IO like the rest of the connection path: [`serve`] turns buffered
 //! plaintext into buffered responses, and the core flushes them through the
-//! connection's TLS. Kept self-contained on purpose: WebSocket, SSE and
-//! long-poll (WEB.md) will share the gateway port later and this file is
-//! meant to fold into the general HTTP module then; only [`on_io`],
+//! connection's TLS. Requests are parsed and answered by `crate::http` (the
+//! one HTTP/1.1 parser, chunk decoder and response type, shared with the
+//! admin listener); this file holds what is particular to the gateway port:
+//! detection, routing, the Origin policy, pipelining bounds. Only [`on_io`],
 //! [`is_http`] and [`HttpState`] are used from outside (core.rs), plus
 //! [`SessionReq`] and [`write_answer`] for the session requests
 //! (`core/sessions.rs`), which need the core's state and are answered there.
@@ -12,6 +13,7 @@
 use bytes::BytesMut;
 
 use crate::config::WebConfig;
+use crate::http::{HttpError, Parsed, Response};
 use crate::route::{RouteQuery, RouteService};
 
 /// Largest request head accepted (WEB.md): `431` beyond.
@@ -80,11 +82,13 @@ pub struct HttpState {
     pub parked: bool,
     /// The open poll's allowed foreign origin (its answer carries CORS).
     pub poll_cross: Option<String>,
+    /// `100 Continue` was written for the request being read.
+    pub continued: bool,
 }
 
 impl HttpState {
     pub fn new(deadline_ms: u64) -> Self {
-        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false, parked: false, poll_cross: None }
+        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false, parked: false, poll_cross: None, continued: false }
     }
 }
 
@@ -195,54 +199,36 @@ pub fn serve(
             }
             return false;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(rbuf) {
-            Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => n,
-            Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
-                return fail(out, st, 431, "request head too large");
-            }
-            Ok(httparse::Status::Partial) if rbuf.len() > MAX_HEAD_BYTES => return fail(out, st, 431, "request head too large"),
-            Ok(httparse::Status::Partial) => return false,
-            Err(httparse::Error::Version) => return fail(out, st, 505, "only HTTP/1.1 is served"),
-            Err(_) => return fail(out, st, 400, "malformed request"),
+        // The one HTTP/1.1 parser (`crate::http`): the same head limits,
+        // Content-Length and chunked rules (RFC 9112: both → 400, a chunk
+        // size that overflows → 400) as the admin listener.
+        let lim = crate::http::Limits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_headers: MAX_HEADERS,
+            max_body_bytes: usize::try_from(gate.max_body_bytes).unwrap_or(usize::MAX),
         };
-        if req.version != Some(1) {
+        let (req, consumed) = match crate::http::parse_request(rbuf, &lim) {
+            Ok(Parsed::Complete { request, consumed }) => (request, consumed),
+            Ok(Parsed::Incomplete { expect_continue }) => {
+                if expect_continue && !st.continued {
+                    // The head asked before sending its body (curl does).
+                    st.continued = true;
+                    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                return false;
+            }
+            Err(HttpError::Version) => return fail(out, st, 505, "only HTTP/1.1 is served"),
+            Err(e) => return fail(out, st, e.status(), &e.to_string()),
+        };
+        st.continued = false;
+        if req.minor_version != 1 {
             return fail(out, st, 505, "only HTTP/1.1 is served");
         }
-        let header = |name: &str| {
-            req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-        };
-        // Bodies: none is needed by the route endpoint, but a request that
-        // has one must be skipped whole to keep the connection in step.
-        let chunked = header("transfer-encoding").is_some();
-        let body_len: u64 = match header("content-length").map(|v| v.parse::<u64>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => return fail(out, st, 400, "bad Content-Length"),
-        };
-        if body_len > gate.max_body_bytes {
-            return fail(out, st, 413, "request body too large");
-        }
-        let path_only = req.path.unwrap_or("").split('?').next().unwrap_or("");
-        let for_session = is_session_path(path_only) && req.method != Some("OPTIONS");
-        // A session request's chunked body is decoded; elsewhere it is
-        // not read (answer, then close).
-        let (total, chunked_body) = if chunked && for_session {
-            match dechunk(&rbuf[head_len..], gate.max_body_bytes) {
-                Err(status) => return fail(out, st, status, "bad chunked body"),
-                Ok(None) => return false,
-                Ok(Some((body, used))) => ((head_len + used) as u64, Some(body)),
-            }
-        } else {
-            (head_len as u64 + body_len, None)
-        };
-        if (rbuf.len() as u64) < total {
-            return false;
-        }
+        let header = |name: &str| req.header(name).map(|v| String::from_utf8_lossy(v).trim().to_string());
+        let chunked = req.header("transfer-encoding").is_some();
+        let path_only = req.path();
+        let for_session = is_session_path(path_only) && req.method != "OPTIONS";
         let close_asked = header("connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-        let method = req.method.unwrap_or("").to_string();
-        let path = req.path.unwrap_or("").to_string();
         let host = header("host");
         let origin = header("origin");
         let last_event_id = header("last-event-id");
@@ -256,13 +242,14 @@ pub fn serve(
             protocols: req
                 .headers
                 .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
-                .flat_map(|h| String::from_utf8_lossy(h.value).split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>())
+                .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+                .flat_map(|(_, v)| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>())
                 .filter(|t| !t.is_empty())
                 .collect(),
-            body_len,
+            body_len: if chunked { req.body.len().max(1) as u64 } else { req.body.len() as u64 },
         };
-        let mut whole = rbuf.split_to(total as usize);
+        let crate::http::Request { method, target: path, body: req_body, .. } = req;
+        let _ = rbuf.split_to(consumed);
         st.requests += 1;
         st.deadline_ms = mono_ms + gate.keepalive_idle_ms;
         if for_session {
@@ -275,16 +262,14 @@ pub fn serve(
                     OriginVerdict::SameOrigin => None,
                     OriginVerdict::Allowed => Some(o.to_string()),
                     OriginVerdict::Forbidden => {
-                        write_response(out, &Response::text(403, "origin not allowed"), st.closing);
+                        write_response(out, &text(403, "origin not allowed"), st.closing);
                         continue;
                     }
                 },
             };
             let (p, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
-            let body = match chunked_body {
-                Some(b) => b,
-                None => whole.split_off(head_len),
-            };
+            // The parser's Vec becomes the body without a copy.
+            let body = bytes::Bytes::from(req_body).try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
             *session = Some(Box::new(SessionReq {
                 method,
                 path: p.to_string(),
@@ -295,9 +280,7 @@ pub fn serve(
             }));
             return false;
         }
-        drop(whole);
-        // A chunked body is not parsed here: answer, then close.
-        if close_asked || chunked {
+        if close_asked {
             st.closing = true;
         }
         let r = respond(gate, tls, &method, &path, host.as_deref(), origin.as_deref(), &upgrade, mono_ms, wall_ms);
@@ -327,48 +310,36 @@ struct Upgrade {
 fn websocket(u: &Upgrade) -> Response {
     use super::web::ws;
     if !u.websocket || !u.connection_upgrade {
-        let mut r = Response::text(426, "WebSocket upgrade required");
-        r.extra.push(("Upgrade", "websocket".into()));
-        return r;
+        return text(426, "WebSocket upgrade required").header("Upgrade", "websocket");
     }
     if u.version.as_deref() != Some("13") {
-        let mut r = Response::text(426, "WebSocket version 13 required");
-        r.extra.push(("Sec-WebSocket-Version", "13".into()));
-        return r;
+        return text(426, "WebSocket version 13 required").header("Sec-WebSocket-Version", "13");
     }
     let Some(key) = u.key.as_deref().filter(|k| ws::key_valid(k)) else {
-        return Response::text(400, "bad Sec-WebSocket-Key");
+        return text(400, "bad Sec-WebSocket-Key");
     };
     if u.body_len != 0 {
-        return Response::text(400, "a WebSocket upgrade has no body");
+        return text(400, "a WebSocket upgrade has no body");
     }
     let offered = !u.protocols.is_empty();
     if offered && !u.protocols.iter().any(|p| p == ws::SUBPROTOCOL) {
-        return Response::text(400, "subprotocol ringgate.v1 required");
+        return text(400, "subprotocol ringgate.v1 required");
     }
-    let mut r = Response::text(101, "");
-    r.body.clear();
-    r.extra.push(("Upgrade", "websocket".into()));
-    r.extra.push(("Connection", "Upgrade".into()));
-    r.extra.push(("Sec-WebSocket-Accept", ws::accept_key(key)));
+    let mut r = empty(101).header("Upgrade", "websocket").header("Connection", "Upgrade").header("Sec-WebSocket-Accept", &ws::accept_key(key));
     if offered {
-        r.extra.push(("Sec-WebSocket-Protocol", ws::SUBPROTOCOL.into()));
+        r = r.header("Sec-WebSocket-Protocol", ws::SUBPROTOCOL);
     }
     r
 }
 
-/// A response before serialisation.
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-    extra: Vec<(&'static str, String)>,
+/// A text answer (`crate::http::Response`, the one response type).
+fn text(status: u16, body: &str) -> Response {
+    Response::new(status, "text/plain; charset=utf-8", format!("{body}\n").into_bytes())
 }
 
-impl Response {
-    fn text(status: u16, body: &str) -> Response {
-        Response { status, content_type: "text/plain; charset=utf-8", body: format!("{body}\n"), extra: Vec::new() }
-    }
+/// An answer with no body and no Content-Type (101, 204).
+fn empty(status: u16) -> Response {
+    Response { status, headers: Vec::new(), body: Vec::new() }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -389,78 +360,38 @@ fn respond(
         Some(o) => match gate.origins.check(o, host, tls) {
             OriginVerdict::SameOrigin => None,
             OriginVerdict::Allowed => Some(o.to_string()),
-            OriginVerdict::Forbidden => return Response::text(403, "origin not allowed"),
+            OriginVerdict::Forbidden => return text(403, "origin not allowed"),
         },
     };
     let (p, query) = path.split_once('?').unwrap_or((path, ""));
     let mut r = if method == "OPTIONS" && cross.is_some() {
-        let mut r = Response::text(204, "");
-        r.body.clear();
-        r.extra.push(("Access-Control-Allow-Methods", "GET, POST".into()));
-        r.extra.push(("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID".into()));
-        r.extra.push(("Access-Control-Max-Age", "600".into()));
-        r
+        empty(204)
+            .header("Access-Control-Allow-Methods", "GET, POST")
+            .header("Access-Control-Allow-Headers", "Content-Type, Last-Event-ID")
+            .header("Access-Control-Max-Age", "600")
     } else if p == "/v1/ws" {
         if method == "GET" {
             websocket(upgrade)
         } else {
-            let mut r = Response::text(405, "method not allowed");
-            r.extra.push(("Allow", "GET".into()));
-            r
+            text(405, "method not allowed").header("Allow", "GET")
         }
     } else if p != "/v1/route" {
-        Response::text(404, "not found")
+        text(404, "not found")
     } else if method != "GET" {
-        let mut r = Response::text(405, "method not allowed");
-        r.extra.push(("Allow", "GET".into()));
-        r
+        text(405, "method not allowed").header("Allow", "GET")
     } else {
         let q = RouteQuery::parse(query);
         let body = gate.route.answer(&q, host, mono_ms, wall_ms);
-        Response { status: 200, content_type: "application/json", body, extra: vec![("Cache-Control", "no-store".into())] }
+        Response::new(200, "application/json", body.into_bytes()).header("Cache-Control", "no-store")
     };
-    if let Some(o) = cross {
-        r.extra.push(("Access-Control-Allow-Origin", o));
-        r.extra.push(("Vary", "Origin".into()));
-        r.extra.push(("Access-Control-Expose-Headers", "X-Ringgate-Session".into()));
+    for (k, v) in cors(cross.as_deref()) {
+        r.headers.push((k.into(), v));
     }
     r
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        503 => "Service Unavailable",
-        431 => "Request Header Fields Too Large",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
 fn write_response(out: &mut BytesMut, r: &Response, close: bool) {
-    use std::fmt::Write;
-    let mut head = String::with_capacity(256);
-    let _ = write!(head, "HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
-    if r.status != 204 && r.status != 101 {
-        let _ = write!(head, "Content-Type: {}\r\nContent-Length: {}\r\n", r.content_type, r.body.len());
-    }
-    for (k, v) in &r.extra {
-        let _ = write!(head, "{k}: {v}\r\n");
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(r.body.as_bytes());
+    r.encode_into(!close, false, out);
 }
 
 /// Writes the answer to a session request (`core/sessions.rs`): `status`,
@@ -474,22 +405,17 @@ pub fn write_answer(
     cross: Option<&str>,
     close: bool,
 ) {
-    use std::fmt::Write;
-    let mut head = String::with_capacity(256);
-    let _ = write!(head, "HTTP/1.1 {} {}\r\n", status, reason(status));
-    if let Some((ty, b)) = body {
-        let _ = write!(head, "Content-Type: {ty}\r\nContent-Length: {}\r\n", b.len());
+    let mut r = match body {
+        Some((ty, b)) => Response::new(status, ty, b.to_vec()),
+        None => empty(status),
+    };
+    for (k, v) in extra.into_iter().chain(cors(cross)) {
+        r.headers.push((k.into(), v));
     }
-    for (k, v) in extra.iter().chain(cors(cross).iter()) {
-        let _ = write!(head, "{k}: {v}\r\n");
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    out.extend_from_slice(head.as_bytes());
-    if let Some((_, b)) = body {
-        out.extend_from_slice(b);
+    match body {
+        Some(_) => r.encode_into(!close, false, out),
+        // 204, or the head of a stream (SSE) whose body follows in chunks.
+        None => r.encode_stream_head(!close, out),
     }
 }
 
@@ -505,57 +431,10 @@ fn cors(cross: Option<&str>) -> Vec<(&'static str, String)> {
     }
 }
 
-/// Decodes a chunked body at the start of `buf`: `Ok(None)` until it is
-/// complete; `Ok(Some((body, bytes used)))`; `Err(status)` when malformed
-/// (`400`) or above `max` (`413`). Trailers are skipped.
-fn dechunk(buf: &[u8], max: u64) -> Result<Option<(BytesMut, usize)>, u16> {
-    let mut body = BytesMut::new();
-    let mut pos = 0;
-    let line = |from: usize| -> Option<(usize, usize)> {
-        let rel = buf.get(from..)?.windows(2).position(|w| w == b"\r\n")?;
-        Some((from + rel, from + rel + 2))
-    };
-    loop {
-        let Some((end, next)) = line(pos) else {
-            // A size line is a few bytes; one that never ends is garbage.
-            return if buf.len() - pos > 1024 { Err(400) } else { Ok(None) };
-        };
-        let size_txt = std::str::from_utf8(&buf[pos..end]).map_err(|_| 400u16)?;
-        let size_txt = size_txt.split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size_txt, 16).map_err(|_| 400u16)?;
-        if body.len() as u64 + size > max {
-            return Err(413);
-        }
-        pos = next;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                let Some((end, next)) = line(pos) else {
-                    return if buf.len() - pos > MAX_HEAD_BYTES { Err(400) } else { Ok(None) };
-                };
-                let empty = end == pos;
-                pos = next;
-                if empty {
-                    return Ok(Some((body, pos)));
-                }
-            }
-        }
-        let size = size as usize;
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        if &buf[pos + size..pos + size + 2] != b"\r\n" {
-            return Err(400);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        pos += size + 2;
-    }
-}
-
 /// Answers a bad request and marks the connection closing.
 fn fail(out: &mut BytesMut, st: &mut HttpState, status: u16, why: &str) -> bool {
     st.closing = true;
-    write_response(out, &Response::text(status, why), true);
+    write_response(out, &text(status, why), true);
     true
 }
 

@@ -386,7 +386,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
                 let nudge = mesh.clone();
                 st.start_reader(Box::new(move || nudge[id].post(CoreMsg::StoreIo)));
                 st.start_syncer(Box::new(move |r| mesh[id].post(CoreMsg::Synced(r))));
-                st.on_failure(Box::new(on_store_failure));
+                // Readiness learns of the failure from the health flag the
+                // runtime sets (metrics does not reach into the store).
+                let m = metrics.clone();
+                st.on_failure(Box::new(move |why| {
+                    m.health.storage_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    on_store_failure(why)
+                }));
                 stores.push(Box::new(st));
             }
             (stores, rec.dedup)
@@ -440,8 +446,16 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         tracing::warn!("second signal: exiting now");
         std::process::exit(1);
     });
-    for h in handles {
-        let _ = h.join();
+    for (id, h) in handles.into_iter().enumerate() {
+        // A worker's panic outside a connection task already ended the
+        // process (`WORKER_PANIC_EXIT`); what is left to see here is said.
+        match h.join() {
+            Ok(()) => tracing::debug!(worker = id, "worker stopped"),
+            Err(p) => {
+                let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                tracing::error!(worker = id, panic = why.as_deref().unwrap_or("(no message)"), "worker thread panicked");
+            }
+        }
     }
     if let Some(why) = crate::store::process_failure() {
         return Err(ServeError::StoreFailed(why.to_string()));
@@ -811,8 +825,19 @@ fn handle_batch(core: &Rc<RefCell<Core>>, batch: &mut Vec<CoreMsg>, stop: &Rc<Fl
     core.borrow().shutting_down
 }
 
+/// A moved connection counts in `open_conns` from the moment it was
+/// accepted until some core's `remove` gives it back; when the move fails
+/// before a core registers it, it is given back here (it used to leak,
+/// leaving the process short of `max_connections` for good).
+fn lost_in_move(core: &Rc<RefCell<Core>>) {
+    core.borrow().shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
-    let Some(fd) = a.fd.raw_fd() else { return };
+    let Some(fd) = a.fd.raw_fd() else {
+        lost_in_move(core);
+        return;
+    };
     // SAFETY: the fd was released by the sending core (`into_raw_fd`) and
     // travelled here in the Adopt message; we are its only owner now.
     let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
@@ -820,6 +845,7 @@ fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "could not register a moved connection");
+            lost_in_move(core);
             return;
         }
     };
@@ -955,6 +981,7 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
                 drop(stream);
                 if fd < 0 {
                     tracing::warn!(error = %std::io::Error::last_os_error(), "could not move a connection");
+                    lost_in_move(&core);
                     return;
                 }
                 fd.into()

@@ -980,7 +980,17 @@ impl InboxStore for DurableStore {
 
     fn poll_io(&mut self, woken: &mut Vec<Arc<str>>) -> bool {
         let Some(reader) = &self.reader else { return false };
-        let Ok(done) = reader.rx.try_recv() else { return false };
+        let done = match reader.rx.try_recv() {
+            Ok(d) => d,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                // The reader thread is gone (it panicked, or never started):
+                // a store failure, handled like a failed fsync.
+                self.reader = None;
+                self.fail("the reader thread ended".into());
+                return false;
+            }
+        };
         let bytes: u64 = done.items.iter().map(|(_, r)| r.as_ref().map_or(0, |b| b.len() as u64 + super::cache::ENTRY_OVERHEAD)).sum();
         let Ok(mut cache) = self.files.cache.lock() else { return true };
         // Room first: the batch's own payloads must still be there when the

@@ -17,7 +17,7 @@ use super::disk::DiskRef;
 use super::durable::{seg_id, DEntry, DInbox, DurableStore, FileRef, LogSettings, SegId, Segment};
 use super::log::{self, LogError, Record};
 use super::{InboxStore, NewMessage};
-use crate::runtime::mesh::home_core;
+use crate::placement::home_core;
 
 /// Remembered SENDACKs, oldest first: (client_msg_id, msg_id, timestamp_ms).
 pub type Acks = Vec<(u64, u64, u64)>;

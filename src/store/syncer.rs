@@ -75,7 +75,36 @@ impl Syncer {
     /// `done(ticket)` is called on the syncer thread after each batch.
     pub(super) fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let _ = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
+            // Supervised: a panic here is a store failure, reported the way
+            // a failed fsync is (the core fails the log and the process
+            // drains). Unnoticed, SENDs under `fsync = always` would wait
+            // for their sync forever.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sync_loop(core, &*disk, &rx, &*done)));
+            if let Err(p) = run {
+                let why = format!("the syncer thread panicked: {}", panic_text(&p));
+                tracing::error!(core, "{why}");
+                done(Err(why));
+            }
+        });
+        if let Err(e) = spawned {
+            // No thread: every sync would wait forever. Nothing is confirmed
+            // with the failure reported from the first sync request's side.
+            tracing::error!(core, error = %e, "cannot start the syncer thread");
+        }
+        Syncer { tx }
+    }
+}
+
+/// What a panic carried, as text.
+pub(super) fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+}
+
+/// The syncer thread's loop, until the store drops its sender.
+fn sync_loop(core: usize, disk: &dyn super::disk::Disk, rx: &std::sync::mpsc::Receiver<Job>, done: &(dyn Fn(Result<u64, String>) + Send)) {
+    {
+        {
             let mut batch: Vec<SyncJob> = Vec::new();
             while let Ok(first) = rx.recv() {
                 let mut jobs = vec![first];
@@ -95,7 +124,7 @@ impl Syncer {
                                 done(timed_batch(core, &batch));
                                 batch.clear();
                             }
-                            let made = create_segment(&*disk, &path, &dir)
+                            let made = create_segment(disk, &path, &dir)
                                 .map(|f| (path.clone(), f))
                                 .map_err(|e| format!("creating segment {}: {e}", path.display()));
                             if let Ok(mut s) = slot.lock() {
@@ -109,8 +138,7 @@ impl Syncer {
                     batch.clear();
                 }
             }
-        });
-        Syncer { tx }
+        }
     }
 }
 
@@ -154,7 +182,31 @@ impl Reader {
         // the queue is bounded by the sessions waiting for payloads.
         let (tx, jobs) = std::sync::mpsc::channel::<ReadJob>();
         let (done_tx, rx) = std::sync::mpsc::channel::<ReadDone>();
-        let _ = std::thread::Builder::new().name(format!("ringgate-read{core}")).spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("ringgate-read{core}")).spawn(move || {
+            // Supervised: when the loop panics, the result channel closes
+            // and the nudge makes the core look: the store sees the reader
+            // gone and fails like on an fsync error (sessions waiting for
+            // cold payloads would otherwise wait forever).
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_loop(&jobs, &done_tx, &*nudge)));
+            if let Err(p) = run {
+                tracing::error!(core, "the reader thread panicked: {}", panic_text(&p));
+                drop(done_tx);
+                nudge();
+            }
+        });
+        if let Err(e) = spawned {
+            // Dropping the closure dropped the result sender: the store
+            // finds the reader gone at its first poll.
+            tracing::error!(core, error = %e, "cannot start the reader thread");
+        }
+        Reader { tx, rx }
+    }
+}
+
+/// The reader thread's loop, until the store drops its sender.
+fn read_loop(jobs: &std::sync::mpsc::Receiver<ReadJob>, done_tx: &std::sync::mpsc::Sender<ReadDone>, nudge: &(dyn Fn() + Send)) {
+    {
+        {
             while let Ok(job) = jobs.recv() {
                 let items = job
                     .items
@@ -170,7 +222,63 @@ impl Reader {
                 }
                 nudge();
             }
-        });
-        Reader { tx, rx }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::disk::DiskFile;
+
+    /// A simulated file whose sync and read panic (a bug in a disk backend,
+    /// or in our code below the syncer loop).
+    struct PanickingFile;
+
+    impl DiskFile for PanickingFile {
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+            panic!("injected read panic")
+        }
+        fn sync(&self) -> io::Result<()> {
+            panic!("injected sync panic")
+        }
+        fn set_len(&self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    /// A syncer thread that panics reports it as a failed sync (the store
+    /// then fails and the process drains, as on an fsync error) instead of
+    /// leaving every SEND waiting for its sync.
+    #[test]
+    fn syncer_panic_is_reported_as_a_failed_sync() {
+        let (tx, rx) = mpsc::channel();
+        let disk: DiskRef = Arc::new(crate::store::sim_disk::SimDisk::new(1));
+        let s = Syncer::spawn(0, disk, Box::new(move |r| tx.send(r).unwrap()));
+        s.tx.send(Job::Sync((Arc::new(PanickingFile), 1))).unwrap();
+        let r = rx.recv_timeout(Duration::from_secs(10)).expect("no result from the syncer");
+        assert!(matches!(&r, Err(e) if e.contains("panicked") && e.contains("injected sync panic")), "{r:?}");
+    }
+
+    /// A reader thread that panics closes its result channel and nudges the
+    /// core, which finds it gone (`DurableStore::poll_io` fails the store).
+    #[test]
+    fn reader_panic_closes_its_channel_and_nudges() {
+        let (ntx, nrx) = mpsc::channel();
+        let r = Reader::spawn(0, Box::new(move || ntx.send(()).unwrap()));
+        r.tx.send(ReadJob { items: vec![((1, 0), Arc::new(PanickingFile), 4)] }).unwrap();
+        nrx.recv_timeout(Duration::from_secs(10)).expect("no nudge after the panic");
+        assert!(matches!(r.rx.recv_timeout(Duration::from_secs(10)), Err(mpsc::RecvTimeoutError::Disconnected)));
     }
 }

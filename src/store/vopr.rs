@@ -33,7 +33,7 @@ use super::recovery::{recover_on, Recovered, RecoverOpts};
 use super::sim_disk::{Rng, SimDisk};
 use super::{InboxStore, NewMessage, Retention};
 use crate::config::Fsync;
-use crate::runtime::mesh::home_core;
+use crate::placement::home_core;
 
 const USERS: usize = 6;
 

@@ -515,7 +515,8 @@ impl Core {
     /// A device's table: (packed, entries, heap bytes); tests and measurement.
     #[cfg(test)]
     pub(super) fn dedup_of(&self, user: &str, device: &str) -> Option<(bool, usize, usize)> {
-        let d = self.users.get(user)?.devices.iter().find(|d| &*d.id == device)?;
+        let u = self.users.get(user)?;
+        let d = &u.devices[u.find(device)?];
         Some((d.dedup.is_packed(), d.dedup.len(), d.dedup.heap_bytes()))
     }
 }

@@ -257,7 +257,7 @@ impl Core {
     }
 
     pub(super) fn device_mut(&mut self, user: &str, device: &str) -> Option<&mut Device> {
-        self.users.get_mut(user)?.devices.iter_mut().find(|d| &*d.id == device)
+        self.users.get_mut(user)?.find_mut(device)
     }
 
     /// Appends to a user homed here; pushes to their online devices when the

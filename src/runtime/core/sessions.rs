@@ -35,6 +35,10 @@ use crate::runtime::web::{self, Sid, WebConn, WebMove};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
+/// `Retry-After` of a POST refused because its session's output is above
+/// the high-water mark, or of a session refused at `max_connections`.
+const RETRY_AFTER_S: &str = "1";
+
 /// What answering one session request left to do.
 enum Handled {
     /// Answered into the connection's `out`; serve the next request.
@@ -106,6 +110,24 @@ impl Core {
         gate_http::write_answer(&mut c.out, status, body, extra, req.cross.as_deref(), close);
     }
 
+    /// `429`/`503` with `Retry-After`: the request was not processed at all.
+    fn answer_later(&mut self, key: ConnKey, req: &SessionReq, status: u16, why: &str) -> Handled {
+        let body = format!("{why}\n");
+        self.answer(key, req, status, Some((TEXT, body.as_bytes())), vec![("Retry-After", RETRY_AFTER_S.into())]);
+        Handled::Answered
+    }
+
+    /// Whether session `s` owes its client more than the output high-water
+    /// mark. POSTed frames are input that makes output (a PONG per PING, a
+    /// SENDACK per SEND) on a connection the poster need not read: without
+    /// this bound one session never read and fed by POSTs grew the server
+    /// without limit. The bound is the same one a native connection's reads
+    /// stop at, so the queue has one bound whichever connection feeds it.
+    fn over_high_water(&mut self, s: ConnKey) -> bool {
+        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        self.conn(s).is_some_and(|c| c.unsent_bytes() > hw)
+    }
+
     fn answer_text(&mut self, key: ConnKey, req: &SessionReq, status: u16, why: &str) -> Handled {
         let body = format!("{why}\n");
         self.answer(key, req, status, Some((TEXT, body.as_bytes())), Vec::new());
@@ -163,18 +185,23 @@ impl Core {
             // Still anonymous: the pre-auth limits of its address apply
             // here too (a sid naming another core is no way around them).
             let now = self.shared.clock.mono_ms();
-            if self.addrs.admit(ip, now).is_err() {
-                self.reject(crate::metrics::REJ_PREAUTH_LIMIT);
-                if let Some(c) = self.conn(key) {
-                    c.dead = true;
-                }
-                self.wake(key);
-                return key;
-            }
             self.preauth_seq += 1;
-            self.preauth_order.insert(self.preauth_seq, key);
+            let seq = self.preauth_seq;
+            match self.addrs.admit(ip, seq, now) {
+                Err(_) => {
+                    self.reject(crate::metrics::REJ_CONNECT_RATE_IP);
+                    if let Some(c) = self.conn(key) {
+                        c.dead = true;
+                    }
+                    self.wake(key);
+                    return key;
+                }
+                Ok(Some(oldest)) => self.shed_preauth(oldest),
+                Ok(None) => {}
+            }
+            self.preauth_order.insert(seq, key);
             if let Some(slot) = self.conns.get_mut(key.idx as usize) {
-                slot.preauth = Some((self.preauth_seq, ip));
+                slot.preauth = Some((seq, ip));
             }
         }
         match self.on_session_req(key, w.req, false) {
@@ -300,6 +327,11 @@ impl Core {
         if self.conn(s).is_none_or(|c| c.session.phase() != Phase::Open) {
             return self.answer_text(key, &req, 404, "session ended");
         }
+        if !req.body.is_empty() && self.over_high_water(s) {
+            // Nothing is processed: the client retries once its stream drained.
+            self.reject(crate::metrics::REJ_POST_OVER_HIGH_WATER);
+            return self.answer_later(key, &req, 429, "the session's stream is not being read: retry later");
+        }
         if let Err(e) = web::check_client_frames(&req.body, self.shared.limits.max_frame) {
             self.close_conn(s, DisconnectReason::ProtocolError, &e.to_string());
             return self.answer_text(key, &req, 400, &e.to_string());
@@ -320,6 +352,15 @@ impl Core {
         let core = self.connect_core(&connect);
         if core != self.id {
             return self.migrate_http(key, req, core);
+        }
+        // A long-poll session holds what a connection holds (a session, a
+        // queue, a device): it counts against `max_connections` like one.
+        // No pre-auth connection is shed for it: the HTTP connection asking
+        // is one of them itself (it never sends CONNECT), and shedding
+        // another anonymous poster to make room would only move the refusal.
+        if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_connections {
+            self.reject(crate::metrics::REJ_FULL);
+            return self.answer_later(key, &req, 503, "the server is at its connection limit");
         }
         let now = self.shared.clock.mono_ms();
         let sid = Sid::new(self.id);
@@ -372,6 +413,13 @@ impl Core {
             self.answer_poll(p, None);
         }
         let open = self.conn(v).is_some_and(|c| c.session.phase() == Phase::Open);
+        if open && !req.body.is_empty() && self.over_high_water(v) {
+            // The queue already holds more than the high-water mark: the
+            // body is not processed (its answers would grow the queue
+            // further). An empty poll drains the queue; then resend.
+            self.reject(crate::metrics::REJ_POST_OVER_HIGH_WATER);
+            return self.answer_later(key, &req, 429, "the session's queue is above the high-water mark: poll it empty, then resend");
+        }
         let mut bad = None;
         if open {
             match web::check_client_frames(&req.body, self.shared.limits.max_frame) {
