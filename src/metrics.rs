@@ -114,8 +114,8 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
 ];
 
 /// `ringgate_rejections_total{reason}` label values.
-/// What each means: README's limits table.
-pub const REJECTION_REASONS: [&str; 12] = [
+/// What each means: the table in docs/limits.md.
+pub const REJECTION_REASONS: [&str; 14] = [
     "rate_limited",
     "busy",
     "too_large",
@@ -128,6 +128,8 @@ pub const REJECTION_REASONS: [&str; 12] = [
     "connect_rate",
     "slow_consumer",
     "bad_target",
+    "origin",
+    "muted",
 ];
 /// SENDACK 3: over `limits.send_rate_per_connection`.
 pub const REJ_RATE_LIMITED: usize = 0;
@@ -153,6 +155,10 @@ pub const REJ_CONNECT_RATE: usize = 9;
 pub const REJ_SLOW_CONSUMER: usize = 10;
 /// SENDACK 1 for a target that is not a valid name.
 pub const REJ_BAD_TARGET: usize = 11;
+/// `403`: an HTTP request (WebSocket, SSE, long-poll) from an `Origin` not in `web.allowed_origins`.
+pub const REJ_ORIGIN: usize = 12;
+/// SENDACK 2: the sender is muted by an operator (`PUT /v1/users/NAME/mute`).
+pub const REJ_MUTED: usize = 13;
 
 /// One core's metrics; only that core (and, for `fsync`, its syncer thread) writes them.
 #[derive(Default, Debug)]
