@@ -30,6 +30,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod config_schema;
+pub mod numfmt;
 pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -16,6 +16,7 @@
 //!   absorbed within `reconnect_window_s` by the cores the plan buys;
 //! - each of those gets `headroom` on top (default 30 %).
 
+use crate::numfmt::{thousands, thousands_f};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +111,7 @@ pub struct Targets {
     #[arg(long, default_value_t = 1_048_576)]
     pub nofile_per_process: u64,
     /// Users with retained messages and no connection, fleet-wide (durable
-    /// store; each costs `OFFLINE_USER_TOTAL_BYTES`).
+    /// store; each costs 34,000 B: its inbox's index and one device's packed dedup table).
     #[arg(long, default_value_t = 0)]
     pub offline_users: u64,
 }
@@ -289,9 +290,9 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     let conns_per_node = (t.connections as f64 / nodes as f64).ceil() as u64;
     let processes_per_node = conns_per_node.div_ceil(conns_per_process).max(1);
     let binding = if nodes_for_ram >= nodes_for_cpu {
-        format!("memory: {:.1} GiB for {} connections at {:.0} B each (+{:.0} % headroom)", ram_bytes / (1u64 << 30) as f64, t.connections, bytes_per_conn, t.headroom * 100.0)
+        format!("memory: {:.1} GiB for {} connections at {} B each (+{:.0} % headroom)", ram_bytes / (1u64 << 30) as f64, thousands(t.connections), thousands_f(bytes_per_conn), t.headroom * 100.0)
     } else if msg_cores >= storm_cores {
-        format!("CPU for messages: {:.0} msg/s × {:.2} µs", t.messages_per_s, cpu_us_per_msg)
+        format!("CPU for messages: {} msg/s × {:.2} µs", thousands_f(t.messages_per_s), cpu_us_per_msg)
     } else {
         format!("CPU for reconnect storms: {:.0} reconnects in {:.0} s × {:.0} µs", reconnects, t.reconnect_window_s, m.cpu_us_per_reconnect)
     };
@@ -336,7 +337,7 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# ringgate capacity plan\n");
     let _ = writeln!(s, "**Nodes: {}** ({} cores, {:.0} GiB each) — binding constraint: {}.\n", p.nodes, t.cores_per_node, t.ram_per_node_gib, p.binding);
-    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {:.0} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", t.connections, t.messages_per_s, t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
+    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", thousands(t.connections), thousands_f(t.messages_per_s), t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
     let _ = writeln!(s, "Measured figures, from `{}` (target `{}`, run {} on {}, commit `{}`):\n", m.source, m.target, m.date, m.machine, m.commit);
     let mem_at = m.memory.iter().find(|p| p.json == m.memory_source).map_or(0.0, |p| p.conns);
     let _ = writeln!(s, "| figure | value | from (curve, point) | JSON |\n|---|---:|---|---|");

@@ -302,8 +302,10 @@ fn checkout_like() -> tempfile::TempDir {
 /// Runs a line that ends in `&` (the gateway) as written, records its pid,
 /// and waits until the gateway's log says it listens.
 fn start_background(ns: &Netns, line: &str, cwd: &Path) -> u32 {
-    let o = ns.bash(&format!("{line}\necho $! > .bg.pid"), cwd);
-    assert!(o.status.success(), "{line}: {}", stderr(&o));
+    // Not `output()`: the background process keeps the shell's stdout
+    // open, so reading it to the end would wait for the gateway to exit.
+    let st = ns.cmd(&format!("{line}\necho $! > .bg.pid"), cwd).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success(), "{line}: {st:?}");
     let pid: u32 = std::fs::read_to_string(cwd.join(".bg.pid")).unwrap().trim().parse().unwrap();
     let deadline = std::time::Instant::now() + STARTUP;
     loop {
@@ -386,7 +388,7 @@ fn quick_start_runs_verbatim() {
             let out = lines_of(child.stdout.take().unwrap());
             let err = lines_of(child.stderr.take().unwrap());
             // Connected (printed without -v): the next terminal may start.
-            expect_line(&err, "connected to 127.0.0.1:7443", c);
+            expect_line(&err, "(tls://127.0.0.1:7443)", c);
             chats.push((child, out, err));
             if chats.len() == 2 {
                 // bob's terminal first, then alice's (as the README orders them).
@@ -416,7 +418,7 @@ fn quick_start_runs_verbatim() {
     let seen = expect_line(&chats[0].2, "closed by operator", "bob's chat shows the kick");
     assert!(seen.contains("disconnected"), "{seen}");
     expect_line(&chats[0].2, "reconnecting", "bob's chat says it reconnects");
-    expect_line(&chats[0].2, "connected to 127.0.0.1:7443", "bob's chat is back");
+    expect_line(&chats[0].2, "(tls://127.0.0.1:7443)", "bob's chat is back");
 
     for (mut child, _, _) in chats {
         drop(child.stdin.take()); // end of input: chat exits 0
@@ -489,4 +491,103 @@ curl -s http://127.0.0.1:7080/metrics | grep 'ringgate_rejections_total{reason="
     assert!(out.contains("ringgate_rejections_total{reason=\"muted\"} 1"), "{out}");
     // SAFETY: kill(2) on a pid this test started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+}
+
+/// `config check` reports unknown keys, values of the wrong type and enum
+/// values not accepted together with the semantic problems, each with its
+/// path and what is accepted; a syntax error names its line with a hint.
+#[test]
+fn config_check_reports_unknown_keys_and_bad_values_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "[server]\nlistne = \"0.0.0.0:7443\"\ndriver = \"epoll\"\nbacklog = 0\n[store]\nfsync = \"sometimes\"\n[sesion]\nheartbeat_s = 5\n").unwrap();
+    let o = ringgate(&["config", "check", f.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for want in [
+        "5 problems",
+        "unknown key server.listne (did you mean listen?)",
+        "server.driver = \"epoll\" is not accepted; one of: \"auto\", \"uring\", \"legacy\"",
+        "store.fsync = \"sometimes\" is not accepted; one of: \"always\", \"interval\", \"never\"",
+        "unknown key sesion (did you mean session?)",
+        "server.backlog must be at least 1",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    // `serve` refuses the same file, naming every problem on one line.
+    let o = ringgate(&["serve", "--config", f.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("server.listne") && e.contains("store.fsync") && e.contains("sesion"), "{e}");
+    // A syntax error: its line, the line itself, and a hint.
+    std::fs::write(&f, "[server]\nworkers = 2\nlisten = 0.0.0.0:7443\n").unwrap();
+    let o = ringgate(&["config", "check", f.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("line 3") && e.contains("hint: strings need double quotes: listen = \"0.0.0.0:7443\""), "{e}");
+}
+
+/// A port held by another program (not ringgate): the error names the
+/// holder (this test process) and how to stop it, does not suggest
+/// `allow_shared_port` (which would not help), and is printed once.
+#[test]
+fn port_conflicts_name_the_holder_and_only_the_advice_that_applies() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let me = std::process::id();
+    for (key, other) in [("listen", "admin_listen"), ("admin_listen", "listen")] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            format!("[server]\n{key} = \"127.0.0.1:{port}\"\n{other} = \"127.0.0.1:0\"\nworkers = 1\n[store]\ndurability = \"memory\"\ndata_dir = {:?}\n", dir.path().join("d").to_str().unwrap()),
+        )
+        .unwrap();
+        let o = ringgate(&["serve", "--config", f.to_str().unwrap()], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        let lines: Vec<&str> = e.lines().filter(|l| l.contains("already served by")).collect();
+        assert_eq!(lines.len(), 1, "the error is printed once:\n{e}");
+        let l = lines[0];
+        assert!(l.contains(&format!("pid {me}")) && l.contains(&format!("kill {me}")), "{l}");
+        assert!(l.contains(&format!("server.{key}")), "{l}");
+        assert!(!l.contains("allow_shared_port"), "not ringgate: sharing cannot help: {l}");
+    }
+    drop(held);
+}
+
+/// A request from an origin the gateway does not allow: 403, counted in
+/// `ringgate_rejections_total{reason="origin"}`, and logged once (naming
+/// the origin and the line to add) however many requests come.
+#[test]
+fn refused_origins_are_counted_and_logged_once() {
+    use std::io::{Read, Write};
+    let s = Config::default().tls(false).workers(1).start();
+    for _ in 0..5 {
+        let mut c = std::net::TcpStream::connect(s.addr()).unwrap();
+        write!(c, "GET /v1/route HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n", s.addr()).unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    let log = s.stderr_tail();
+    let at = log.rfind("admin_addr=").expect("admin address in the log") + "admin_addr=".len();
+    let admin: std::net::SocketAddr = log[at..].split_whitespace().next().unwrap().parse().unwrap();
+    // The core counts a refusal right after writing its 403: poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut c = std::net::TcpStream::connect(admin).unwrap();
+        write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut metrics = String::new();
+        c.read_to_string(&mut metrics).unwrap();
+        if metrics.contains("ringgate_rejections_total{reason=\"origin\"} 5") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = s.stderr_tail();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused an HTTP request from origin")).collect();
+    assert_eq!(refusals.len(), 1, "rate-limited to one line:\n{log}");
+    assert!(refusals[0].contains("http://evil.example") && refusals[0].contains("allowed_origins = [\"http://evil.example\"]"), "{}", refusals[0]);
 }

@@ -140,11 +140,6 @@ fn demo(cli: &Cli, listen: &str, gateway: &str, to: &str) -> ExitCode {
 
 fn config(cli: &Cli, default_device: &str) -> Result<(ClientConfig, String), Error> {
     let token = token_of(cli)?;
-    // A token that is not a JWT at all would only earn a CONNACK 2 that
-    // cannot say so: tell it before dialling.
-    if let ringgate_client::token_check::TokenShape::Malformed(why) = ringgate_client::token_check::inspect(&token, unix_now()) {
-        return Err(Error::Config(format!("the token is malformed ({why}); mint one with `ringgate token --user NAME`")));
-    }
     let device = cli.device.clone().unwrap_or_else(|| default_device.to_string());
     let mut cfg = ClientConfig::new(device, TokenSource::Static(token.clone()));
     cfg.trust = if cli.insecure {
@@ -168,6 +163,11 @@ fn config(cli: &Cli, default_device: &str) -> Result<(ClientConfig, String), Err
         return Err(Error::Config(
             "no TLS trust: give --ca FILE (a fresh `ringgate serve` writes ringgate-data/dev-cert.pem) or --insecure".into(),
         ));
+    }
+    // A token that is not a JWT at all would only earn a CONNACK 2 that
+    // cannot say so: tell it before dialling.
+    if let ringgate_client::token_check::TokenShape::Malformed(why) = ringgate_client::token_check::inspect(&token, unix_now()) {
+        return Err(Error::Config(format!("the token is malformed ({why}); mint one with `ringgate token --user NAME`")));
     }
     // `chat` is interactive: its user must see the link come and go (a
     // kick, a gateway restart) without -v; -v adds the ladder's detail.

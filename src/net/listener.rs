@@ -101,9 +101,17 @@ impl PortHolder {
     pub fn of_port(port: u16) -> PortHolder {
         let mut inodes = Vec::new();
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else { continue };
-            for line in text.lines().skip(1) {
+            use std::io::BufRead;
+            let Ok(file) = std::fs::File::open(table) else { continue };
+            // Streamed, and only the head of it: the kernel lists every
+            // listening socket before any other, and with a million
+            // connections the whole table is ~150 MB (reading it all made
+            // this check take minutes).
+            for line in std::io::BufReader::new(file).lines().map_while(Result::ok).skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() > 3 && f[3] != "0A" {
+                    break;
+                }
                 // local_address is HEXIP:HEXPORT, st 0A = LISTEN, inode is field 9.
                 if f.len() > 9 && f[3] == "0A" {
                     if let Some((_, p)) = f[1].rsplit_once(':') {
