@@ -14,7 +14,8 @@ const c = new RinggateClient({
   onState: (s, x) => {
     if (s === "failed") {
       console.log(`failed ${x.reason}`);
-      process.exit(0);
+      // Pending sends are rejected right after this call: let them print.
+      setTimeout(() => process.exit(0), 50);
     }
     if (s === "down") console.log("down");
   },
