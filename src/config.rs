@@ -565,9 +565,42 @@ impl Config {
         })
     }
 
-    /// Parses TOML text; unknown keys are errors naming the key.
+    /// Parses TOML text; unknown keys are errors naming the key. Every
+    /// problem found is in the message (see [`Config::parse_all`]).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string().trim_end().to_string()))
+        match Self::parse_all(text) {
+            (Some(c), errs) if errs.is_empty() => Ok(c),
+            (_, errs) => Err(ConfigError::Invalid(errs.join("; "))),
+        }
+    }
+
+    /// Parses TOML text and reports every problem a parse can find at once:
+    /// a syntax error (with its line and a hint), else every unknown key,
+    /// value of the wrong type and enum value not accepted, each with its
+    /// dotted path and what is accepted there (`config_schema.rs`). The
+    /// config is what is left with the bad entries taken out (`None` only
+    /// for a syntax error), so `problems()` can still be run on it.
+    pub fn parse_all(text: &str) -> (Option<Self>, Vec<String>) {
+        let mut value: toml::Value = match toml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return (None, vec![crate::config_schema::syntax_error(text, &e)]),
+        };
+        let mut errs = Vec::new();
+        match crate::config_schema::trace::<Config>() {
+            Ok(schema) => {
+                crate::config_schema::walk(&mut value, &schema, "", &mut errs);
+            }
+            // Only a config type that cannot be traced (a test guards it):
+            // the plain deserialize below still reports the first problem.
+            Err(e) => tracing::debug!("config schema not traced: {e}"),
+        }
+        match Config::deserialize(value) {
+            Ok(c) => (Some(c), errs),
+            Err(e) => {
+                errs.push(e.to_string().trim_end().to_string());
+                (None, errs)
+            }
+        }
     }
 
     /// Worker count with 0 resolved to the number of cores.
@@ -1031,12 +1064,18 @@ mod tests {
         parsed.validate().unwrap();
     }
 
-    /// README's configuration table states every default; it must not drift.
-    /// Keys documented in a docs/ page's table (with their section there)
-    /// count too.
+    /// The configuration table (docs/configuration.md) states every
+    /// default; it must not drift. A new key gets a row there (the pages of
+    /// TLS records, operations and limits keep the rows of their own keys).
     #[test]
     fn readme_table_matches_defaults() {
-        let readme = [include_str!("../README.md"), include_str!("../docs/tls-record-layer.md"), include_str!("../docs/operations.md"), include_str!("../docs/limits.md")].join("\n");
+        let readme = [
+            include_str!("../docs/configuration.md"),
+            include_str!("../docs/tls-record-layer.md"),
+            include_str!("../docs/operations.md"),
+            include_str!("../docs/limits.md"),
+        ]
+        .join("\n");
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let mut checked = 0;
         for line in readme.lines() {
@@ -1056,17 +1095,17 @@ mod tests {
             let got = defaults.get(section).and_then(|t| t.get(field));
             match (want, got) {
                 ("unset", None) => {}
-                (w, Some(v)) => assert_eq!(w.trim_matches('`'), v.to_string(), "README default of {key}"),
-                (w, None) => panic!("README lists {key} = {w} but the config has no default value for it"),
+                (w, Some(v)) => assert_eq!(w.trim_matches('`'), v.to_string(), "docs/configuration.md default of {key}"),
+                (w, None) => panic!("docs/configuration.md lists {key} = {w} but the config has no default value for it"),
             }
             checked += 1;
         }
-        assert!(checked >= 30, "only {checked} README rows checked");
+        assert!(checked >= 30, "only {checked} docs/configuration.md rows checked");
         // And the other way: every key is documented.
         for (section, table) in defaults.as_table().unwrap() {
             for field in table.as_table().into_iter().flat_map(|t| t.keys()) {
                 let key = format!("{section}.{field}");
-                assert!(readme.contains(&format!("`{key}`")) || readme.contains(&format!("[[{key}]]")), "{key} missing from README's table");
+                assert!(readme.contains(&format!("`{key}`")) || readme.contains(&format!("[[{key}]]")), "{key} missing from the table in docs/configuration.md");
             }
         }
     }

@@ -33,6 +33,8 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod config_schema;
+pub mod numfmt;
 pub mod doctor;
 pub mod fleet;
 #[doc(hidden)]

@@ -176,8 +176,8 @@ fn main() -> ExitCode {
             match ringgate::runtime::serve(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Once: the log is stderr too (the line used to be printed twice).
                     tracing::error!("{e}");
-                    eprintln!("ringgate: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -286,14 +286,20 @@ fn token_with_key(cfg: &Config, kid: &str, key_file: &std::path::Path, user: &st
 /// `config check`: every problem at once, including certificate, key and
 /// secret files that are missing or do not parse.
 fn config_check(file: &std::path::Path) -> ExitCode {
-    let cfg = match Config::load(file) {
-        Ok(c) => c,
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("ringgate: {e}");
+            eprintln!("ringgate: cannot read config file {}: {e}", file.display());
             return ExitCode::from(2);
         }
     };
-    let mut errs = cfg.problems();
+    // Parse problems (syntax, unknown keys, types, enum values) first, then
+    // what validation finds in the rest: all of it in one run.
+    let (cfg, mut errs) = Config::parse_all(&text);
+    let Some(cfg) = cfg else {
+        return report_problems(file, &errs);
+    };
+    errs.extend(cfg.problems());
     errs.extend(ringgate::tls::check_files(&cfg.tls));
     if let Some(p) = &cfg.auth.jwt_secret_file {
         if let Err(e) = ringgate::auth::load_secret(&cfg.auth, &cfg.store.data_dir, false) {
@@ -317,9 +323,14 @@ fn config_check(file: &std::path::Path) -> ExitCode {
         println!("{}: ok", file.display());
         return ExitCode::SUCCESS;
     }
+    report_problems(file, &errs)
+}
+
+fn report_problems(file: &std::path::Path, errs: &[String]) -> ExitCode {
     eprintln!("ringgate: {}: {} problem{}:", file.display(), errs.len(), if errs.len() == 1 { "" } else { "s" });
-    for e in &errs {
-        eprintln!("  - {e}");
+    for e in errs {
+        // A syntax error spans lines (the parser quotes the line): indent them under the item.
+        eprintln!("  - {}", e.replace('\n', "\n    "));
     }
     ExitCode::from(2)
 }

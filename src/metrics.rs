@@ -114,8 +114,8 @@ pub const DISCONNECT_REASONS: [&str; 10] = [
 ];
 
 /// `ringgate_rejections_total{reason}` label values.
-/// What each means: README's limits table.
-pub const REJECTION_REASONS: [&str; 14] = [
+/// What each means: the table in docs/limits.md.
+pub const REJECTION_REASONS: [&str; 16] = [
     "rate_limited",
     "busy",
     "too_large",
@@ -130,6 +130,8 @@ pub const REJECTION_REASONS: [&str; 14] = [
     "bad_target",
     "post_over_high_water",
     "too_many_devices",
+    "origin",
+    "muted",
 ];
 /// SENDACK 3: over `limits.send_rate_per_connection`.
 pub const REJ_RATE_LIMITED: usize = 0;
@@ -163,6 +165,10 @@ pub const REJ_POST_OVER_HIGH_WATER: usize = 12;
 /// CONNACK 3: a new device of a user at `limits.max_devices_per_user`
 /// whose devices are all online (none to evict).
 pub const REJ_TOO_MANY_DEVICES: usize = 13;
+/// `403`: an HTTP request (WebSocket, SSE, long-poll) from an `Origin` not in `web.allowed_origins`.
+pub const REJ_ORIGIN: usize = 14;
+/// SENDACK 2: the sender is muted by an operator (`PUT /v1/users/NAME/mute`).
+pub const REJ_MUTED: usize = 15;
 
 /// One core's metrics; only that core (and, for `fsync`, its syncer thread) writes them.
 #[derive(Default, Debug)]

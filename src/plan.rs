@@ -16,6 +16,7 @@
 //!   absorbed within `reconnect_window_s` by the cores the plan buys;
 //! - each of those gets `headroom` on top (default 30 %).
 
+use crate::numfmt::{thousands, thousands_f};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +65,7 @@ impl PushPoint {
     }
 
     fn label(&self) -> String {
-        self.offered_per_s.map_or(format!("saturation ({} msg/s delivered)", th(self.delivered_per_s)), |o| format!("{} msg/s offered", th(o)))
+        self.offered_per_s.map_or(format!("saturation ({} msg/s delivered)", thousands_f(self.delivered_per_s)), |o| format!("{} msg/s offered", thousands_f(o)))
     }
 }
 
@@ -110,7 +111,7 @@ pub struct Targets {
     #[arg(long, default_value_t = 1_048_576)]
     pub nofile_per_process: u64,
     /// Users with retained messages and no connection, fleet-wide (durable
-    /// store; each costs `OFFLINE_USER_TOTAL_BYTES`).
+    /// store; each costs 34,000 B: its inbox's index and one device's packed dedup table).
     #[arg(long, default_value_t = 0)]
     pub offline_users: u64,
 }
@@ -321,14 +322,14 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
         format!(
             "memory, {shares}: {:.1} GiB for {} connections at {} B each (+{:.0} % headroom)",
             ram_bytes / (1u64 << 30) as f64,
-            th(t.connections as f64),
-            th(bytes_per_conn),
+            thousands_f(t.connections as f64),
+            thousands_f(bytes_per_conn),
             t.headroom * 100.0
         )
     } else if msg_cores >= storm_cores {
-        format!("CPU for messages, {shares}: {} msg/s × {:.2} µs", th(t.messages_per_s), cpu_us_per_msg)
+        format!("CPU for messages, {shares}: {} msg/s × {:.2} µs", thousands_f(t.messages_per_s), cpu_us_per_msg)
     } else {
-        format!("CPU for reconnect storms, {shares}: {} reconnects in {:.0} s × {:.0} µs", th(reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect)
+        format!("CPU for reconnect storms, {shares}: {} reconnects in {:.0} s × {:.0} µs", thousands_f(reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect)
     };
     let per_core_load = t.messages_per_s / nodes_for_load as f64 / t.cores_per_node as f64;
     let p99_ms = m
@@ -365,15 +366,6 @@ pub fn compute(m: &Measured, t: &Targets) -> Result<Plan, PlanError> {
     })
 }
 
-/// A count with thousands separators ("1,000,000"), rounded.
-fn th(v: f64) -> String {
-    if v.is_finite() && v >= 0.0 {
-        crate::doctor::thousands(v.round() as u64)
-    } else {
-        format!("{v:.0}")
-    }
-}
-
 fn gib(b: f64) -> String {
     format!("{:.2} GiB", b / (1u64 << 30) as f64)
 }
@@ -387,12 +379,12 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         "**Nodes: {}** ({} for the load + 1 spare; {} cores, {:.0} GiB each) — binding constraint: {}.\n",
         p.nodes, p.nodes_for_load, t.cores_per_node, t.ram_per_node_gib, p.binding
     );
-    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", th(t.connections as f64), th(t.messages_per_s), t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
+    let _ = writeln!(s, "## Inputs\n\nTargets: {} connections, {} messages/s, {:.0} % reconnecting within {:.0} s, headroom {:.0} %.\n", thousands_f(t.connections as f64), thousands_f(t.messages_per_s), t.reconnect_fraction * 100.0, t.reconnect_window_s, t.headroom * 100.0);
     let _ = writeln!(s, "Measured figures, from `{}` (target `{}`, run {} on {}, commit `{}`):\n", m.source, m.target, m.date, m.machine, m.commit);
     let mem_at = m.memory.iter().find(|p| p.json == m.memory_source).map_or(0.0, |p| p.conns);
     let _ = writeln!(s, "| figure | value | from (curve, point) | JSON |\n|---|---:|---|---|");
-    let _ = writeln!(s, "| process memory per idle TLS connection | {} B | memory curve, point at {} connections | `{}.rss_bytes_per_conn` |", th(m.process_bytes_per_conn), th(mem_at), m.memory_source);
-    let _ = writeln!(s, "| kernel memory per connection (server side) | {} B | memory curve, point at {} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", th(m.kernel_bytes_per_conn), th(mem_at), m.memory_source);
+    let _ = writeln!(s, "| process memory per idle TLS connection | {} B | memory curve, point at {} connections | `{}.rss_bytes_per_conn` |", thousands_f(m.process_bytes_per_conn), thousands_f(mem_at), m.memory_source);
+    let _ = writeln!(s, "| kernel memory per connection (server side) | {} B | memory curve, point at {} connections | `{}.kernel_slab_bytes_per_conn` ÷ 2 |", thousands_f(m.kernel_bytes_per_conn), thousands_f(mem_at), m.memory_source);
     let _ = writeln!(s, "| base process memory | {} | single-process idle run | `idle[target].server_before.mem.rss_kb` |", gib(m.base_rss_bytes));
     if t.offline_users > 0 {
         let _ = writeln!(s, "| memory per offline user: inbox index (100 retained messages, durable store) | {OFFLINE_USER_BYTES:.0} B | {OFFLINE_USER_SOURCE} | — |");
@@ -417,7 +409,7 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
             s,
             "| {} | {} | {:.2} | {:.2} | {:.2} | {} | `{}` |",
             c.offered_per_s.map_or("saturation".into(), th),
-            th(c.delivered_per_s),
+            thousands_f(c.delivered_per_s),
             c.p50_ms,
             c.p99_ms,
             c.cpu_us_per_msg,
@@ -431,21 +423,21 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | `{}` |",
-            th(c.conns),
+            thousands_f(c.conns),
             c.processes,
-            th(c.process_bytes_per_conn),
-            th(c.kernel_bytes_per_conn),
+            thousands_f(c.process_bytes_per_conn),
+            thousands_f(c.kernel_bytes_per_conn),
             if c.json == m.memory_source { "memory per connection" } else { "–" },
             c.json
         );
     }
     let _ = writeln!(s, "\n## Result\n\n| resource | need | nodes |\n|---|---:|---:|");
-    let offline = if t.offline_users > 0 { format!(" + {} × {} B", th(t.offline_users as f64), th(OFFLINE_USER_TOTAL_BYTES)) } else { String::new() };
-    let _ = writeln!(s, "| RAM: ({} + {} × {} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), th(t.connections as f64), th(p.bytes_per_conn), 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
+    let offline = if t.offline_users > 0 { format!(" + {} × {} B", thousands_f(t.offline_users as f64), thousands_f(OFFLINE_USER_TOTAL_BYTES)) } else { String::new() };
+    let _ = writeln!(s, "| RAM: ({} + {} × {} B{offline}) × {:.2} | {} | {} |", gib(m.base_rss_bytes), thousands_f(t.connections as f64), thousands_f(p.bytes_per_conn), 1.0 + t.headroom, gib(p.ram_bytes), p.nodes_for_ram);
     let _ = writeln!(
         s,
         "| cores: messages {}/s × {:.2} µs × {:.2} = {:.2}; storm {} / {:.0} s × {:.0} µs × {:.2} = {:.2} | {:.2} cores | {} |",
-        th(t.messages_per_s), p.cpu_us_per_msg, 1.0 + t.headroom, p.msg_cores, th(p.reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect, 1.0 + t.headroom, p.storm_cores, p.cores, p.nodes_for_cpu
+        thousands_f(t.messages_per_s), p.cpu_us_per_msg, 1.0 + t.headroom, p.msg_cores, thousands_f(p.reconnects), t.reconnect_window_s, m.cpu_us_per_reconnect, 1.0 + t.headroom, p.storm_cores, p.cores, p.nodes_for_cpu
     );
     let _ = writeln!(
         s,
@@ -461,12 +453,12 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         "\nN+1: {} nodes carry the load; the spare means any one can fail and the other {} still hold every connection, so each node is sized for {} connections.",
         p.nodes,
         p.nodes_for_load,
-        th((t.connections as f64 / p.nodes_for_load as f64).ceil())
+        thousands_f((t.connections as f64 / p.nodes_for_load as f64).ceil())
     );
     let _ = writeln!(s, "\nsysctl profile: **`sysctl/{}.conf`** (check a node with `ringgate doctor --profile {} --target-connections {}`).", p.profile, p.profile, (t.connections as f64 / p.nodes_for_load as f64).ceil());
     match &p.p99_ms {
         Some((load, p99, json)) => {
-            let _ = writeln!(s, "\nLatency: per-core load {} msg/s (one node down); the nearest measured load at or above it ({} msg/s per core, load curve point `{json}`) had p99 {:.2} ms.", th(p.per_core_load), th(*load), p99);
+            let _ = writeln!(s, "\nLatency: per-core load {} msg/s (one node down); the nearest measured load at or above it ({} msg/s per core, load curve point `{json}`) had p99 {:.2} ms.", thousands_f(p.per_core_load), thousands_f(*load), p99);
         }
         None => {
             let _ = writeln!(s, "\nLatency: the planned per-core load is above every measured open-loop load; no p99 can be quoted from this run.");

@@ -392,6 +392,14 @@ fn browser_origin_policy() {
         "h.until(() => ['ws', 'sse', 'lp'].every(t => h.states.some(x => x.s === 'down' && x.transport === t)), 'every transport refused')",
     );
     assert!(!s["states"].as_array().unwrap().iter().any(|x| x["s"] == "up"), "a foreign page got a session: {s}");
+    // It gives up with the reason (instead of looping on connecting/down),
+    // and the gateway logged the refused origin.
+    let s = browser.js("h.until(() => h.states.some(x => x.s === 'failed'), 'failed after every transport was refused', 30000)");
+    let failed = s["states"].as_array().unwrap().iter().find(|x| x["s"] == "failed").cloned().unwrap();
+    let reason = failed["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("web.allowed_origins") && reason.contains(&format!("http://localhost:{page_port}")), "{failed}");
+    let log = server.stderr_tail();
+    assert!(log.contains(&format!("refused an HTTP request from origin \"http://localhost:{page_port}\"")), "{log}");
     browser.js("h.client.close(), true");
     let r = browser.js(&route);
     assert!(r.as_str().is_some_and(|s| s.starts_with("refused")), "route readable from a foreign origin: {r}");

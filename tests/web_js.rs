@@ -44,3 +44,41 @@ fn js_client_over_websocket() {
     assert!(child.wait().unwrap().success());
     server.assert_no_panic();
 }
+
+/// Every transport refused (here by a server that answers 403 to every
+/// request, as the gateway does for a foreign origin): the client ends in
+/// `failed` with a reason naming the checks, instead of looping on
+/// connecting/down.
+#[test]
+fn js_client_fails_with_a_reason_when_every_transport_is_refused() {
+    let ok = Command::new("node")
+        .args(["--experimental-websocket", "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("no node with a global WebSocket (Node >= 20): ringgate.js test skipped");
+        return;
+    }
+    let refuser = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = refuser.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in refuser.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\norigin not allowed\n");
+        }
+    });
+    let o = Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings", "clients/js/test/node_refused.mjs", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    let failed = out.lines().find(|l| l.starts_with("failed ")).unwrap_or_else(|| panic!("no failed state:\n{out}"));
+    assert!(failed.contains("3 times in a row") && failed.contains("web.allowed_origins") && failed.contains("HTTP 403"), "{failed}");
+    assert!(out.contains("send rejected"), "pending sends are rejected: {out}");
+    assert!(out.lines().filter(|l| *l == "down").count() >= 3, "{out}");
+}

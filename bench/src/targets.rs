@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn listening_line_from_ringgate_log() {
-        let l = "2026-11-23T06:33:01.123Z  INFO ringgate::runtime: listening addr=127.0.0.1:40123 tls=true workers=1 driver=uring listen_addr=127.0.0.1:40123";
+        let l = "2026-11-23T06:33:01.123Z  INFO ringgate::runtime: listening addr=127.0.0.1:40123 tls=true workers=1 driver=uring";
         assert_eq!(parse_listening(l), Some("127.0.0.1:40123".parse().unwrap()));
         assert_eq!(parse_listening("starting"), None);
     }

@@ -42,11 +42,13 @@
 //! `ringgate-client` (this package's binary) is built on exactly this API.
 
 pub mod client;
+pub mod demo;
 pub mod frame;
 pub mod ladder;
 pub mod route;
 mod task;
 pub mod tls;
+pub mod token_check;
 
 pub use client::{Client, ClientConfig, ClientEvent, Target, TokenSource};
 pub use frame::{ConnAck, Push, SendAck};

@@ -67,10 +67,26 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Serve a browser chat page (the browser client, clients/js) that talks to the gateway as the token's user;
+    /// prints the web.allowed_origins line the gateway needs and how to trust its certificate.
+    Demo {
+        /// Where to serve the page (its origin is http://ADDR).
+        #[arg(long, default_value = "127.0.0.1:8088", value_name = "ADDR")]
+        listen: String,
+        /// The gateway's base URL as the browser reaches it.
+        #[arg(long, default_value = "https://localhost:7443", value_name = "URL")]
+        gateway: String,
+        /// Recipient filled in on the page.
+        #[arg(long, default_value = "alice")]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Demo { listen, gateway, to } = &cli.cmd {
+        return demo(&cli, listen, gateway, to);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -81,17 +97,51 @@ fn main() -> ExitCode {
     rt.block_on(run(cli))
 }
 
-fn config(cli: &Cli, default_device: &str) -> Result<ClientConfig, Error> {
-    let token = match (&cli.token, &cli.token_file) {
-        (Some(t), _) => t.trim().to_string(),
-        (None, Some(f)) => std::fs::read_to_string(f)
+/// The token of `--token` or `--token-file`.
+fn token_of(cli: &Cli) -> Result<String, Error> {
+    match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Ok(t.trim().to_string()),
+        (None, Some(f)) => Ok(std::fs::read_to_string(f)
             .map_err(|e| Error::Config(format!("--token-file {}: {e}", f.display())))?
             .trim()
-            .to_string(),
-        (None, None) => return Err(Error::Config("give --token T or --token-file F (mint one with `ringgate token --user NAME`)".into())),
+            .to_string()),
+        (None, None) => Err(Error::Config("give --token-file F or --token T (mint one with `ringgate token --user NAME > F`)".into())),
+    }
+}
+
+fn demo(cli: &Cli, listen: &str, gateway: &str, to: &str) -> ExitCode {
+    let token = match token_of(cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ringgate-client: {e}");
+            return ExitCode::from(2);
+        }
     };
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ringgate-client: cannot serve the demo page on {listen}: {e} (choose another with --listen ADDR)");
+            return ExitCode::from(2);
+        }
+    };
+    let origin = listener.local_addr().map(ringgate_client::demo::origin_of).unwrap_or_else(|_| format!("http://{listen}"));
+    let ca = cli.ca.as_ref().map(|p| p.display().to_string()).or_else(|| Some("ringgate-data/dev-cert.pem".into()));
+    print!("{}", ringgate_client::demo::instructions(&origin, gateway.trim_end_matches('/'), ca.as_deref()));
+    let _ = std::io::stdout().flush();
+    let d = ringgate_client::demo::Demo { gateway: gateway.trim_end_matches('/').to_string(), token, to: to.to_string() };
+    match ringgate_client::demo::serve(listener, &d) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringgate-client: demo server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(cli: &Cli, default_device: &str) -> Result<(ClientConfig, String), Error> {
+    let token = token_of(cli)?;
     let device = cli.device.clone().unwrap_or_else(|| default_device.to_string());
-    let mut cfg = ClientConfig::new(device, TokenSource::Static(token));
+    let mut cfg = ClientConfig::new(device, TokenSource::Static(token.clone()));
     cfg.trust = if cli.insecure {
         Trust::Insecure
     } else if let Some(ca) = &cli.ca {
@@ -114,11 +164,35 @@ fn config(cli: &Cli, default_device: &str) -> Result<ClientConfig, Error> {
             "no TLS trust: give --ca FILE (a fresh `ringgate serve` writes ringgate-data/dev-cert.pem) or --insecure".into(),
         ));
     }
-    if cli.v {
-        let t0 = Instant::now();
-        cfg = cfg.on_event(move |e| verbose(t0, e));
+    // A token that is not a JWT at all would only earn a CONNACK 2 that
+    // cannot say so: tell it before dialling.
+    if let ringgate_client::token_check::TokenShape::Malformed(why) = ringgate_client::token_check::inspect(&token, unix_now()) {
+        return Err(Error::Config(format!("the token is malformed ({why}); mint one with `ringgate token --user NAME`")));
     }
-    Ok(cfg)
+    // `chat` is interactive: its user must see the link come and go (a
+    // kick, a gateway restart) without -v; -v adds the ladder's detail.
+    let link_lines = matches!(cli.cmd, Cmd::Chat { .. });
+    if cli.v || link_lines {
+        let (t0, all) = (Instant::now(), cli.v);
+        cfg = cfg.on_event(move |e| {
+            if all || matches!(e, ClientEvent::Connected { .. } | ClientEvent::Disconnected { .. } | ClientEvent::Reconnecting { .. }) {
+                verbose(t0, e)
+            }
+        });
+    }
+    Ok((cfg, token))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One line for a failure to connect; a refused token says why, read from the token itself.
+fn connect_failure(e: &Error, token: &str) -> String {
+    match e {
+        Error::BadToken => format!("CONNACK 2: {}", ringgate_client::token_check::explain_refusal(token, unix_now())),
+        e => e.to_string(),
+    }
 }
 
 fn verbose(t0: Instant, e: &ClientEvent) {
@@ -151,11 +225,14 @@ fn verbose(t0: Instant, e: &ClientEvent) {
     eprintln!("[{at:>6} ms] {line}");
 }
 
-fn sendack_meaning(status: u8) -> &'static str {
+/// SENDACK status in words. 2 to a user can only be a mute (an operator's
+/// `PUT /v1/users/NAME/mute`); to a group it may also be "not a member".
+fn sendack_meaning(status: u8, group: bool) -> &'static str {
     match status {
         0 => "stored",
         1 => "no such target",
-        2 => "forbidden",
+        2 if group => "forbidden: not a member of the group, or muted by an operator",
+        2 => "muted: an operator muted this user (PUT /v1/users/NAME/mute); sends are refused until the mute ends",
         3 => "rate limited",
         4 => "payload too large",
         5 => "server busy",
@@ -168,8 +245,9 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Send { .. } => "cli-send",
         Cmd::Listen { .. } => "cli-listen",
         Cmd::Chat { .. } => "cli-chat",
+        Cmd::Demo { .. } => unreachable!("demo runs before the runtime"),
     };
-    let cfg = match config(&cli, default_device) {
+    let (cfg, token) = match config(&cli, default_device) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringgate-client: {e}");
@@ -179,7 +257,7 @@ async fn run(cli: Cli) -> ExitCode {
     let mut client = match Client::connect(cfg).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringgate-client: {e}");
+            eprintln!("ringgate-client: {}", connect_failure(&e, &token));
             return ExitCode::from(2);
         }
     };
@@ -190,6 +268,7 @@ async fn run(cli: Cli) -> ExitCode {
                 (None, Some(g)) => Target::Group(g),
                 (None, None) => unreachable!("clap requires --to or --group"),
             };
+            let to_group = matches!(target, Target::Group(_));
             let r = client.send(target, text.as_bytes()).await;
             let code = match r {
                 Ok(ack) if ack.status == 0 => {
@@ -197,7 +276,7 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(ack) => {
-                    println!("status={} ({})", ack.status, sendack_meaning(ack.status));
+                    println!("status={} ({})", ack.status, sendack_meaning(ack.status, to_group));
                     ExitCode::FAILURE
                 }
                 Err(e) => {
@@ -224,14 +303,15 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("ringgate-client: {}", client.end_reason().unwrap_or(Error::Closed));
+            eprintln!("ringgate-client: {}", connect_failure(&client.end_reason().unwrap_or(Error::Closed), &token));
             ExitCode::FAILURE
         }
-        Cmd::Chat { to } => chat(client, to).await,
+        Cmd::Chat { to } => chat(client, to, &token).await,
+        Cmd::Demo { .. } => unreachable!("demo runs before the runtime"),
     }
 }
 
-async fn chat(mut client: Client, to: String) -> ExitCode {
+async fn chat(mut client: Client, to: String, token: &str) -> ExitCode {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
@@ -244,7 +324,7 @@ async fn chat(mut client: Client, to: String) -> ExitCode {
                     tokio::spawn(async move {
                         match fut.await {
                             Ok(a) if a.status == 0 => {}
-                            Ok(a) => eprintln!("ringgate-client: not sent: status={} ({})", a.status, sendack_meaning(a.status)),
+                            Ok(a) => eprintln!("ringgate-client: not sent: status={} ({})", a.status, sendack_meaning(a.status, false)),
                             Err(e) => eprintln!("ringgate-client: not sent: {e}"),
                         }
                     });
@@ -259,7 +339,7 @@ async fn chat(mut client: Client, to: String) -> ExitCode {
             m = client.recv() => match m {
                 Some(m) => println!("{}\t{}\t{}", m.seq, m.from, String::from_utf8_lossy(&m.payload)),
                 None => {
-                    eprintln!("ringgate-client: {}", client.end_reason().unwrap_or(Error::Closed));
+                    eprintln!("ringgate-client: {}", connect_failure(&client.end_reason().unwrap_or(Error::Closed), token));
                     return ExitCode::FAILURE;
                 }
             },

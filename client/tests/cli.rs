@@ -211,3 +211,35 @@ fn through_a_route_whose_first_endpoint_is_dead() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8(o.stdout).unwrap(), "1\talice\tvia route\n");
 }
+
+/// A refused token says why, read from the token itself: expired (with
+/// its expiry), signed with another secret, or not a token at all (before
+/// dialling).
+#[test]
+fn refused_tokens_say_why() {
+    use base64::Engine;
+    let s = Srv::start(|_| String::new());
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut base = s.args("alice");
+    base.truncate(base.len() - 2); // without --token
+    // Expired an hour ago (2025-12-05T00:00:00Z is fixed: the message shows it).
+    let expired = format!("{}.{}.{}", b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#), b64.encode(r#"{"sub":"alice","exp":1764892800}"#), b64.encode("x"));
+    let o = run(&with(base.clone(), &["--token", &expired, "send", "--to", "bob", "x"]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("CONNACK 2") && e.contains("expired at 2025-12-05T00:00:00Z"), "{e}");
+    // Another secret: a token minted by another server's config.
+    let other = s.dir.path().join("other.toml");
+    std::fs::write(&other, "[auth]\njwt_secret = \"some-other-secret-0123456789\"\n").unwrap();
+    let o = Command::new(server_bin()).args(["token", "--config"]).arg(&other).args(["--user", "alice"]).output().unwrap();
+    let foreign = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let o = run(&with(base.clone(), &["--token", &foreign, "send", "--to", "bob", "x"]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("CONNACK 2") && e.contains("signed with another secret") && !e.contains("expired at"), "{e}");
+    // Not a token: refused locally, the server never sees it.
+    let o = run(&with(base, &["--token", "garbage", "send", "--to", "bob", "x"]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("the token is malformed") && !e.contains("CONNACK"), "{e}");
+}

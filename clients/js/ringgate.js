@@ -374,6 +374,16 @@ function attempt(kind, url, connectFrame, timeoutMs, onFrame, onLost) {
   });
 }
 
+/** One line for an attempt's failure (an Error, a close event, a DISCONNECT...). */
+function describe(e) {
+  if (!e) return "failed";
+  if (e.status) return `HTTP ${e.status}`;
+  if (e.message) return e.message;
+  if (e.error) return String(e.error);
+  if (e.code !== undefined) return `closed (${e.code})`;
+  return String(e);
+}
+
 export class RinggateClient {
   /**
    * @param {object} o
@@ -382,11 +392,16 @@ export class RinggateClient {
    * @param {string} o.deviceId
    * @param {function(object): void} [o.onMessage]  called once per new PUSH ({seq, from, payload, ...})
    * @param {function(string, object=): void} [o.onState]  "connecting" ({transport}), "up" (CONNACK, with .transport),
-   *   "down" (why), "gap" ({from, to}), "failed" (error: the token or version was refused; no more reconnects)
+   *   "down" (why), "gap" ({from, to}), "failed" (error with .reason: the token or version was refused, or every
+   *   transport failed `giveUpAfterRounds` rounds in a row before the first connection; no more reconnects)
    * @param {{load(): bigint, save(bigint): void}} [o.store]  last_seq persistence (default localStorage)
    * @param {string[]} [o.transports]  order to try, from "ws", "sse", "lp" (default all three)
    * @param {{baseMs, capMs, jitter}} [o.backoff]  reconnect backoff (default 500, 30000, 0.5)
    * @param {number} [o.attemptTimeoutMs]  per transport attempt, up to the PONG (default 10000)
+   * @param {number} [o.giveUpAfterRounds]  rounds of every transport failing, before the client has ever
+   *   connected, after which it stops with "failed" (default 3; Infinity = keep trying). A page whose origin
+   *   the gateway refuses, or a certificate the browser does not trust, fails this way: the browser hides
+   *   both from the page, so waiting longer cannot help. Once connected, the client retries forever.
    */
   constructor(o) {
     this.url = o.url;
@@ -400,6 +415,7 @@ export class RinggateClient {
     if (this.transports.length === 0) throw new Error(`no known transport in ${JSON.stringify(wanted)}`);
     this.backoff = { baseMs: 500, capMs: 30000, jitter: 0.5, ...(o.backoff || {}) };
     this.attemptTimeoutMs = o.attemptTimeoutMs || 10000;
+    this.giveUpAfterRounds = o.giveUpAfterRounds ?? 3;
     this.lastSeq = BigInt(this.store.load());
     this.outbox = new Map(); // client_msg_id → {frame, resolve, reject}
     this.idSeq = 0n;
@@ -453,6 +469,7 @@ export class RinggateClient {
     const stopped = () => this.closed || gen !== this.gen;
     let delay = 0;
     let quickBefore = false;
+    let failedRounds = 0;
     while (!stopped()) {
       if (delay) await new Promise((r) => setTimeout(r, delay));
       if (stopped()) return;
@@ -462,6 +479,7 @@ export class RinggateClient {
       let won = null;
       let refused = null;
       const failedThisRound = [];
+      const errors = [];
       for (const kind of this.#order()) {
         if (stopped()) return;
         this.onState("connecting", { transport: kind });
@@ -476,6 +494,7 @@ export class RinggateClient {
           const s = e.connack && e.connack.status;
           if (s === 1 || s === 2 || s === 4) { refused = e; break; }
           failedThisRound.push(kind);
+          errors.push(`${kind}: ${describe(e)}`);
           this.onState("down", e);
           // CONNACK 3 (busy) would be as busy on every transport: back off.
           if (s === 3) break;
@@ -490,9 +509,24 @@ export class RinggateClient {
       }
       if (!won) {
         this.demoted.clear();
+        failedRounds += 1;
+        if (this.stats.ups === 0 && failedRounds >= this.giveUpAfterRounds && errors.length === this.#order().length) {
+          const origin = typeof location !== "undefined" ? location.origin : "this page's origin";
+          const err = new Error(`every transport failed ${failedRounds} times in a row without ever connecting`);
+          err.reason = `${err.message} (${errors.join("; ")}). Check that ${this.url} is up, that the gateway lists `
+            + `${origin} in web.allowed_origins (a refused origin gets 403, which the browser hides; the gateway logs `
+            + `"refused an HTTP request from origin"), and that the browser trusts its certificate (open ${this.url}/v1/route once).`;
+          err.errors = errors;
+          this.onState("failed", err);
+          this.closed = true;
+          for (const w of this.outbox.values()) w.reject(err);
+          this.outbox.clear();
+          return;
+        }
         delay = this.#nextDelay();
         continue;
       }
+      failedRounds = 0;
       for (const k of failedThisRound) this.demoted.add(k);
       const { link, connack, early, goLive, kind } = won;
       if (stopped()) { link.close(); return; }

@@ -32,6 +32,8 @@ pub enum AdminError {
     Token { path: PathBuf, message: String },
     #[error("admin listener on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("admin listener: {addr} is already served by {holder}; {}", crate::runtime::port_advice(.holder, "server.admin_listen"))]
+    AdminPortInUse { addr: String, holder: crate::net::listener::PortHolder },
     #[error("admin state: {0}")]
     State(#[from] state::StateError),
 }
@@ -144,7 +146,12 @@ impl Admin {
             _ => None,
         };
         let addr = cfg.server.admin_listen.clone();
-        let listener = TcpListener::bind(&addr).map_err(|source| AdminError::Bind { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(&addr).map_err(|source| match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                AdminError::AdminPortInUse { addr: addr.clone(), holder: crate::net::listener::PortHolder::of_port(a.port()) }
+            }
+            _ => AdminError::Bind { addr: addr.clone(), source },
+        })?;
         let local = listener.local_addr().map_err(|source| AdminError::Bind { addr, source })?;
         let ctx = Arc::new(Ctx {
             cfg: cfg.clone(),
@@ -163,7 +170,8 @@ impl Admin {
             .spawn(move || accept_loop(c, listener))
             .map_err(|source| AdminError::Bind { addr: local.to_string(), source })?;
         ctx.metrics.health.admin_up.store(true, Ordering::Relaxed);
-        tracing::info!(admin_addr = %local, "admin API on admin_addr={local}");
+        // The address once, in the message: tools and tests read `admin_addr=`.
+        tracing::info!("admin API on admin_addr={local}");
         Ok(Admin { ctx, addr: local })
     }
 

@@ -6,18 +6,7 @@ use super::*;
 // Number formatting
 // ---------------------------------------------------------------------------
 
-/// 1234567 -> "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+pub use crate::numfmt::thousands;
 
 /// Binary units with one decimal: "23.2 GiB".
 pub fn human_bytes(b: u64) -> String {

@@ -71,7 +71,7 @@ fn bind_one(addr: SocketAddr, backlog: u32, defer_accept_s: u32) -> Result<std::
 /// TIME_WAIT leftovers out of it). Our own group binds with SO_REUSEPORT
 /// and would otherwise join the other process's group silently, splitting
 /// connections between two servers.
-pub fn port_holder(addr: SocketAddr) -> Option<String> {
+pub fn port_holder(addr: SocketAddr) -> Option<PortHolder> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).ok()?;
     let _ = s.set_reuse_address(true);
     if addr.is_ipv6() {
@@ -79,53 +79,95 @@ pub fn port_holder(addr: SocketAddr) -> Option<String> {
     }
     match s.bind(&addr.into()) {
         Ok(()) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(describe_holder(addr.port())),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some(PortHolder::of_port(addr.port())),
         // Another error (permission for a low port, no such address) is
         // for the real bind to report.
         Err(_) => None,
     }
 }
 
-/// "pid N (comm)" of the process listening on `port`, from /proc; or a
-/// plain "another process" when it is not visible to this user.
-fn describe_holder(port: u16) -> String {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address is HEXIP:HEXPORT, st 0A = LISTEN, inode is field 9.
-            if f.len() > 9 && f[3] == "0A" {
-                if let Some((_, p)) = f[1].rsplit_once(':') {
-                    if u16::from_str_radix(p, 16).ok() == Some(port) {
-                        inodes.push(format!("socket:[{}]", f[9]));
+/// The processes listening on a port, as /proc shows them: for an error
+/// that names the holder and gives only the advice that fits it (a second
+/// ringgate may share the port on purpose; nginx may not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortHolder {
+    /// (pid, comm) of each holder found, at most four.
+    pub processes: Vec<(u32, String)>,
+}
+
+impl PortHolder {
+    /// The holders of `port` (LISTEN sockets in /proc/net/tcp{,6}, matched
+    /// to a process through the socket inodes its /proc/PID/fd links name).
+    pub fn of_port(port: u16) -> PortHolder {
+        let mut inodes = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            use std::io::BufRead;
+            let Ok(file) = std::fs::File::open(table) else { continue };
+            // Streamed, and only the head of it: the kernel lists every
+            // listening socket before any other, and with a million
+            // connections the whole table is ~150 MB (reading it all made
+            // this check take minutes).
+            for line in std::io::BufReader::new(file).lines().map_while(Result::ok).skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() > 3 && f[3] != "0A" {
+                    break;
+                }
+                // local_address is HEXIP:HEXPORT, st 0A = LISTEN, inode is field 9.
+                if f.len() > 9 && f[3] == "0A" {
+                    if let Some((_, p)) = f[1].rsplit_once(':') {
+                        if u16::from_str_radix(p, 16).ok() == Some(port) {
+                            inodes.push(format!("socket:[{}]", f[9]));
+                        }
                     }
                 }
             }
         }
-    }
-    let mut found = Vec::new();
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let name = p.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
-            let holds = fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
-            });
-            if holds {
-                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-                found.push(format!("pid {pid} ({})", comm.trim()));
-            }
-            if found.len() >= 4 {
-                break;
+        let mut processes = Vec::new();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let name = p.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+                let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+                let holds = fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path()).is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+                });
+                if holds {
+                    let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                    processes.push((pid, comm.trim().to_string()));
+                }
+                if processes.len() >= 4 {
+                    break;
+                }
             }
         }
+        PortHolder { processes }
     }
-    if found.is_empty() {
-        "another process (not visible to this user)".into()
-    } else {
-        found.join(", ")
+
+    /// Whether every holder found is a ringgate process (so sharing the
+    /// port with it is a zero-downtime restart, not a mistake).
+    pub fn is_ringgate(&self) -> bool {
+        !self.processes.is_empty() && self.processes.iter().all(|(_, c)| c.starts_with("ringgate"))
+    }
+
+    /// How to stop the holders: `kill PID` when they are known.
+    pub fn stop_hint(&self) -> String {
+        if self.processes.is_empty() {
+            "stop the process that listens there (`ss -ltnp` as root names it)".into()
+        } else {
+            let pids: Vec<String> = self.processes.iter().map(|(p, _)| p.to_string()).collect();
+            format!("stop it (`kill {}`)", pids.join(" "))
+        }
+    }
+}
+
+impl std::fmt::Display for PortHolder {
+    /// "pid N (comm)", or "another process" when /proc does not show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.processes.is_empty() {
+            return f.write_str("another process (not visible to this user)");
+        }
+        let names: Vec<String> = self.processes.iter().map(|(p, c)| format!("pid {p} ({c})")).collect();
+        f.write_str(&names.join(", "))
     }
 }
 
@@ -198,7 +240,7 @@ mod tests {
     #[test]
     fn port_holder_names_this_process() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let who = port_holder(taken.local_addr().unwrap()).expect("a listening port has a holder");
+        let who = port_holder(taken.local_addr().unwrap()).expect("a listening port has a holder").to_string();
         assert!(who.contains(&format!("pid {}", std::process::id())), "{who}");
         drop(taken);
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

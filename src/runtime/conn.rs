@@ -18,7 +18,7 @@
 //!
 //! So an idle, authenticated TLS 1.3 connection owns: this struct, the
 //! session, ~120 bytes of traffic keys, and a small task future. Measured
-//! figures are in the README.
+//! figures are in docs/measurements.md.
 
 use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;

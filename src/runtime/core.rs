@@ -337,6 +337,10 @@ pub struct Core {
     last_gauge_ms: u64,
     /// The once-a-minute info summary of peer failures.
     peer_log: super::peer_log::PeerLog,
+    /// Refused origins: when the next warning may be logged, and how many
+    /// refusals the last one did not name (one line per 10 s per core: a
+    /// page polling from a wrong origin must not flood the log).
+    origin_log: (u64, u64),
     /// SSE and long-poll sessions on this core by sid (`core/sessions.rs`).
     web_sids: HashMap<super::web::Sid, ConnKey>,
     /// Connections to write at the end of this turn (`flush.rs`).
@@ -387,6 +391,7 @@ impl Core {
             ledger: super::ledger::Ledger::new(shared.ledger),
             last_gauge_ms: 0,
             peer_log: Default::default(),
+            origin_log: (0, 0),
             web_sids: HashMap::new(),
             dirty: flush::Dirty::new(),
             idle_dedup: Default::default(),
@@ -507,6 +512,28 @@ impl Core {
     /// Counts one refusal by a limit (`ringgate_rejections_total{reason}`).
     pub(crate) fn reject(&self, reason: usize) {
         self.m().rejections[reason].inc();
+    }
+
+    /// `n` HTTP requests got 403 for their `Origin`. A browser hides that
+    /// 403 from the page (no CORS headers), so the gateway's log is where a
+    /// developer learns which line of the configuration to add.
+    pub(crate) fn origin_refused(&mut self, n: u32, origin: &str, now_ms: u64) {
+        for _ in 0..n {
+            self.reject(crate::metrics::REJ_ORIGIN);
+        }
+        let (next, unnamed) = &mut self.origin_log;
+        if now_ms < *next {
+            *unnamed += u64::from(n);
+            return;
+        }
+        tracing::warn!(
+            worker = self.id,
+            origin,
+            earlier_unlogged = *unnamed,
+            "refused an HTTP request from origin {origin:?}: not in web.allowed_origins (add `allowed_origins = [\"{origin}\"]` under [web] if that page is yours); at most one such line per 10 s per worker"
+        );
+        *next = now_ms + 10_000;
+        *unnamed = 0;
     }
 
     /// Closes the oldest connection accepted here that has not completed
@@ -735,7 +762,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let wall = self.shared.clock.wall_ms();
         let device: Arc<str> = Arc::from(req.device_id.as_str());
-        let cap = self.shared.limits_cfg.max_devices_per_user as usize;
+        let cap = self.live.limits_cfg.max_devices_per_user as usize;
         let u = self.users.entry(user.clone()).or_default();
         let i = match u.find(&device) {
             Some(i) => i,

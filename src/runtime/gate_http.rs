@@ -84,11 +84,35 @@ pub struct HttpState {
     pub poll_cross: Option<String>,
     /// `100 Continue` was written for the request being read.
     pub continued: bool,
+    /// Requests refused for their `Origin` since the core last looked, and
+    /// the last such origin: the core counts them
+    /// (`ringgate_rejections_total{reason="origin"}`) and logs one, rate-limited.
+    pub refused_origins: u32,
+    pub refused_origin: Option<String>,
 }
 
 impl HttpState {
     pub fn new(deadline_ms: u64) -> Self {
-        HttpState { deadline_ms, closing: false, requests: 0, upgraded: false, parked: false, poll_cross: None, continued: false }
+        HttpState {
+            deadline_ms,
+            closing: false,
+            requests: 0,
+            upgraded: false,
+            parked: false,
+            poll_cross: None,
+            continued: false,
+            refused_origins: 0,
+            refused_origin: None,
+        }
+    }
+}
+
+impl HttpState {
+    fn refuse_origin(&mut self, origin: &str) {
+        self.refused_origins = self.refused_origins.saturating_add(1);
+        // Peer-chosen text in a log line: bounded and printable only.
+        let shown: String = origin.chars().take(128).map(|c| if c.is_control() { '?' } else { c }).collect();
+        self.refused_origin = Some(shown);
     }
 }
 
@@ -262,6 +286,7 @@ pub fn serve(
                     OriginVerdict::SameOrigin => None,
                     OriginVerdict::Allowed => Some(o.to_string()),
                     OriginVerdict::Forbidden => {
+                        st.refuse_origin(o);
                         write_response(out, &text(403, "origin not allowed"), st.closing);
                         continue;
                     }
@@ -282,6 +307,11 @@ pub fn serve(
         }
         if close_asked {
             st.closing = true;
+        }
+        if let Some(o) = origin.as_deref() {
+            if gate.origins.check(o, host.as_deref(), tls) == OriginVerdict::Forbidden {
+                st.refuse_origin(o);
+            }
         }
         let r = respond(gate, tls, &method, &path, host.as_deref(), origin.as_deref(), &upgrade, mono_ms, wall_ms);
         if r.status == 101 {

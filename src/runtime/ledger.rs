@@ -15,7 +15,7 @@
 //! about 180 bytes, so the default 200 000 entries cap a core at ~36 MB.
 //! CPU: a hash lookup per PUSH batch or ack and a slice walk; measured in
 //! the push benchmark (2026-12-01, one worker, 16 → 64 users, 64 B) at
-//! ~0.3 µs of server CPU per message on top of ~6.3 µs (README, "Admin
+//! ~0.3 µs of server CPU per message on top of ~6.3 µs (docs/admin.md, "Admin
 //! API"). A first version with a per-user `BTreeMap` and a `Vec` per
 //! message and device cost ~1.5 µs; `ledger_retention_s = 0` turns it off.
 //!

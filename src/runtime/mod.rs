@@ -92,12 +92,24 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("admin API: {0}")]
     Admin(#[from] crate::admin::AdminError),
-    #[error("{addr} is already served by {holder}; stop it, use another server.listen, or set server.allow_shared_port = true for a zero-downtime restart (the kernel then splits new connections between both)")]
-    PortInUse { addr: std::net::SocketAddr, holder: String },
+    #[error("{addr} is already served by {holder}; {}", port_advice(.holder, "server.listen"))]
+    PortInUse { addr: std::net::SocketAddr, holder: crate::net::listener::PortHolder },
     #[error("route endpoint: {0}")]
     Route(#[from] crate::route::RouteError),
     #[error("{0}")]
     Reload(#[from] reload::ReloadError),
+}
+
+/// What to do about a port another process holds, only what applies: a
+/// second ringgate may share it on purpose (`allow_shared_port`, the
+/// zero-downtime restart); any other program may not.
+pub fn port_advice(holder: &crate::net::listener::PortHolder, key: &str) -> String {
+    let shared = key == "server.listen" && holder.is_ringgate();
+    let mut a = format!("{}, or set {key} to another address", holder.stop_hint());
+    if shared {
+        a.push_str(", or set server.allow_shared_port = true for a zero-downtime restart (the kernel then splits new connections between both)");
+    }
+    a
 }
 
 /// Takes an exclusive `flock` on `<data_dir>/LOCK` for the life of the
@@ -426,7 +438,8 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     admin.set_mesh(mesh.clone());
     metrics.health.gateway_up.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(listen_addr = %local, "listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
+    // The address once, in the message: tools and tests read `listening addr=`.
+    tracing::info!("listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
 
     // The main thread only waits for signals: SIGHUP reloads, SIGTERM and
     // SIGINT shut down.

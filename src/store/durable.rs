@@ -8,7 +8,7 @@
 //! and the next fsync covers them all (`fsync_batches` counts the batch
 //! sizes). Under `fsync = "always"` an entry becomes visible to devices and
 //! its SENDACK is released only once its fsync completed; under `interval`
-//! and `never` at once, with what that can lose documented in the README.
+//! and `never` at once, with what that can lose documented in docs/durability.md.
 //!
 //! ## When the disk fails
 //!
@@ -786,7 +786,7 @@ impl InboxStore for DurableStore {
         }
         if visible_now {
             // Interval and never: visible at once, durability per policy
-            // (see the README).
+            // (see docs/durability.md).
             inbox.visible = seq;
         }
         if let Some(s) = self.segs.get_mut(&active) {

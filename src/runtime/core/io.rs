@@ -92,7 +92,12 @@ impl Core {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
         let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        match crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+        let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof);
+        if let Some(st) = conn.http.as_mut().filter(|st| st.refused_origins > 0) {
+            let (n, origin) = (std::mem::take(&mut st.refused_origins), st.refused_origin.take());
+            self.origin_refused(n, origin.as_deref().unwrap_or(""), mono);
+        }
+        match step {
             crate::runtime::gate_http::Step::Close => Outcome::Close,
             crate::runtime::gate_http::Step::Upgraded => self.upgrade_ws(key, eof),
             crate::runtime::gate_http::Step::Session(req) => self.on_session_req(key, req, eof),

@@ -37,6 +37,7 @@ impl Core {
         // Muted by an operator (checked after dedup: a SEND accepted before
         // the mute and retried keeps its original answer).
         if self.mutes.get(&user).is_some_and(|until| *until > wall) {
+            self.reject(crate::metrics::REJ_MUTED);
             return self.answer_send(key, &reply(sendack::FORBIDDEN), received);
         }
         // Limits, cheapest first. None of these answers enters the dedup

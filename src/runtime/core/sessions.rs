@@ -124,7 +124,7 @@ impl Core {
     /// without limit. The bound is the same one a native connection's reads
     /// stop at, so the queue has one bound whichever connection feeds it.
     fn over_high_water(&mut self, s: ConnKey) -> bool {
-        let hw = self.shared.limits_cfg.output_high_water_bytes as usize;
+        let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         self.conn(s).is_some_and(|c| c.unsent_bytes() > hw)
     }
 
@@ -358,7 +358,7 @@ impl Core {
         // No pre-auth connection is shed for it: the HTTP connection asking
         // is one of them itself (it never sends CONNECT), and shedding
         // another anonymous poster to make room would only move the refusal.
-        if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_connections {
+        if self.shared.open_conns.load(Ordering::Relaxed) >= self.live.max_connections {
             self.reject(crate::metrics::REJ_FULL);
             return self.answer_later(key, &req, 503, "the server is at its connection limit");
         }
