@@ -16,7 +16,7 @@
 //!   absorbed within `reconnect_window_s` by the cores the plan buys;
 //! - each of those gets `headroom` on top (default 30 %).
 
-use crate::numfmt::{thousands, thousands_f};
+use crate::numfmt::thousands_f;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -408,7 +408,7 @@ pub fn markdown(m: &Measured, t: &Targets, p: &Plan) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {:.2} | {:.2} | {:.2} | {} | `{}` |",
-            c.offered_per_s.map_or("saturation".into(), th),
+            c.offered_per_s.map_or("saturation".into(), thousands_f),
             thousands_f(c.delivered_per_s),
             c.p50_ms,
             c.p99_ms,
