@@ -217,7 +217,9 @@ mod tests {
     #[test]
     fn a_held_connection_is_small() {
         // The bound is 4 KiB of client RSS per connection in all;
-        // the struct is the part that scales with connections in user space.
-        assert!(std::mem::size_of::<Held>() <= 160, "{}", std::mem::size_of::<Held>());
+        // the struct is the part that scales with connections in user space
+        // (most of it is the record layer: keys, and the two traffic
+        // secrets a KeyUpdate derives from).
+        assert!(std::mem::size_of::<Held>() <= 320, "{}", std::mem::size_of::<Held>());
     }
 }
