@@ -62,21 +62,7 @@ impl Core {
         received: Instant,
         wall: u64,
     ) {
-        let msg_id = self.next_msg_id(wall);
-        let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
-        let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
-        let msg = NewMessage {
-            msg_id,
-            timestamp_ms: wall,
-            from: user.clone(),
-            device: device.clone(),
-            client_msg_id: s.client_msg_id,
-            group,
-            payload: bytes::Bytes::copy_from_slice(&s.payload),
-        };
-        if let Some(d) = self.device_mut(&user, &device) {
-            d.dedup.begin(s.client_msg_id);
-        }
+        let (ack, msg) = self.begin_send(&user, &device, s, wall);
         let gen = self.next_gen_pending();
         let idx = self.pending.insert((
             gen,

@@ -5,6 +5,31 @@ use std::sync::Arc;
 use super::*;
 
 impl Core {
+    /// A SEND that passed every check becomes a message: its msg_id, the
+    /// SENDACK it will get once stored, and its dedup entry opened (the
+    /// local log and the fleet engine both start a stored SEND here).
+    pub(super) fn begin_send(&mut self, user: &Arc<str>, device: &Arc<str>, s: &frame::Send, wall: u64) -> (SendAck, NewMessage) {
+        let msg_id = self.next_msg_id(wall);
+        let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
+        let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
+        let msg = NewMessage {
+            msg_id,
+            timestamp_ms: wall,
+            from: user.clone(),
+            device: device.clone(),
+            client_msg_id: s.client_msg_id,
+            group,
+            // The one copy of the payload: out of the connection's read
+            // buffer (which it would otherwise pin), shared by every
+            // recipient's inbox entry and every core it travels to.
+            payload: bytes::Bytes::copy_from_slice(&s.payload),
+        };
+        if let Some(d) = self.device_mut(user, device) {
+            d.dedup.begin(s.client_msg_id);
+        }
+        (ack, msg)
+    }
+
     pub(super) fn next_msg_id(&mut self, wall_ms: u64) -> u64 {
         // Time-ordered and unique across cores (low 8 bits = core) and
         // restarts (the counter never falls behind the clock).
@@ -84,24 +109,7 @@ impl Core {
             self.reject(REJ_BUSY);
             return self.answer_send(key, &reply(sendack::RETRY), received);
         }
-        let msg_id = self.next_msg_id(wall);
-        let ack = SendAck { client_msg_id: s.client_msg_id, status: sendack::STORED, msg_id, timestamp_ms: wall };
-        let group = (s.target_kind == 2).then(|| Arc::from(s.target.as_str()));
-        let msg = NewMessage {
-            msg_id,
-            timestamp_ms: wall,
-            from: user.clone(),
-            device: device.clone(),
-            client_msg_id: s.client_msg_id,
-            group,
-            // The one copy of the payload: out of the connection's read
-            // buffer (which it would otherwise pin), shared by every
-            // recipient's inbox entry and every core it travels to.
-            payload: bytes::Bytes::copy_from_slice(&s.payload),
-        };
-        if let Some(d) = self.device_mut(&user, &device) {
-            d.dedup.begin(s.client_msg_id);
-        }
+        let (ack, msg) = self.begin_send(&user, &device, &s, wall);
         let gen = self.next_gen_pending();
         let group = msg.group.is_some() && !targets.is_empty();
         let idx = self.pending.insert((
