@@ -390,7 +390,11 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o);
     let _ = writeln!(o, "Connection ceiling of this host (one ringgate process):");
     let width = c.constraints.iter().map(|x| thousands(x.connections).len()).max().unwrap_or(0).max(11);
-    for x in &c.constraints {
+    // Lowest first, so the binding constraint leads and the eye reads the
+    // headroom of each next one; limits that do not apply go last.
+    let mut sorted: Vec<_> = c.constraints.iter().collect();
+    sorted.sort_by_key(|x| (!x.applies, x.connections));
+    for x in sorted {
         let n = if x.applies { thousands(x.connections) } else { "n/a".into() };
         let mark = if x.id == c.binding { "   <- binding" } else { "" };
         let _ = writeln!(o, "  {n:>width$}  {}{mark}", x.name);

@@ -398,4 +398,33 @@ fn text_report_names_the_binding_constraint_and_the_gap() {
     assert!(binding.contains("RLIMIT_NOFILE hard limit 20,000"), "{binding}");
     assert!(t.contains("DOES NOT FIT, short by 980,020"), "{t}");
     assert!(t.contains("LimitNOFILE"), "{t}");
+    assert_ceilings_sorted(&t);
+    // Memory binding (it is not first in the fixed order of constraints).
+    let mut l = limits();
+    l.nofile_soft = 4_194_304;
+    l.nofile_hard = 4_194_304;
+    l.nr_open = Some(4_194_304);
+    l.file_max = Some(8_388_608);
+    l.mem_available_bytes = Some(7_500 * 1_000_000);
+    let ceiling = connection_ceiling(&l, IDLE_TLS_CONNECTION, Side::Server);
+    assert_eq!(ceiling.binding, "memory");
+    let report = Report { profile: "c1m".into(), kernel: "6.8.0".into(), rows: vec![], limits: l, target: None, ceiling, assumption: "x".into() };
+    assert_ceilings_sorted(&render_text(&report));
+}
+
+/// The ceilings are listed lowest first, the binding one on top, n/a last.
+fn assert_ceilings_sorted(t: &str) {
+    let listed: Vec<&str> = t
+        .lines()
+        .skip_while(|l| !l.starts_with("Connection ceiling"))
+        .skip(1)
+        .step_by(2)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert!(listed.len() >= 3, "{t}");
+    let counts: Vec<u64> = listed.iter().take_while(|n| **n != "n/a").map(|n| n.replace(',', "").parse().unwrap()).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "not sorted: {listed:?}\n{t}");
+    assert!(listed.iter().skip(counts.len()).all(|n| *n == "n/a"), "{listed:?}");
+    assert!(t.lines().skip_while(|l| !l.starts_with("Connection ceiling")).nth(1).unwrap().contains("<- binding"), "{t}");
 }
