@@ -1109,26 +1109,8 @@ impl Client {
     /// Connects and completes the TLS handshake (so that handshake failures
     /// show up here).
     pub fn connect_tls(addr: SocketAddr, cert_pem: &Path, opts: TlsOptions) -> io::Result<Client> {
-        let mut sock = TcpStream::connect_timeout(&addr, WAIT)?;
-        sock.set_nodelay(true)?;
-        let handle = sock.try_clone()?;
-        let name = ServerName::try_from(opts.server_name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut conn = rustls::ClientConnection::new(tls_config(cert_pem, opts), name)
-            .map_err(|e| io::Error::new(io::ErrorKind::Other, e))?;
-        sock.set_read_timeout(Some(WAIT))?;
-        sock.set_write_timeout(Some(WAIT))?;
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
-        }
-        Ok(Client {
-            io: Transport::Tls(Box::new(rustls::StreamOwned::new(conn, sock))),
-            sock: handle,
-            rbuf: Vec::new(),
-            pending: VecDeque::new(),
-            auto_pong: true,
-            log: None,
-            close_clean: None,
-        })
+        let server_name = opts.server_name;
+        Self::connect_tls_with(addr, tls_config(cert_pem, opts), server_name)
     }
 
     /// The TLS session, when there is one.
