@@ -392,6 +392,11 @@ pub struct StormResult {
     pub target: TargetKind,
     pub server_version: String,
     pub server_config: String,
+    /// Server processes (one per client process past one server's file limit).
+    #[serde(default)]
+    pub servers: u32,
+    #[serde(default)]
+    pub client_procs: u32,
     pub clients: u64,
     pub messages_before_drop: u64,
     pub messages_while_offline: u64,
@@ -415,8 +420,21 @@ pub fn storm(env: &Env, kind: TargetKind, o: &StormOpts) -> Result<StormResult> 
     if !kind.is_ringgate() {
         bail!("reconnect-storm speaks ringgate only");
     }
-    let procs = plan_procs(o.clients + 8, o.procs)?;
-    let server = Server::start(env, kind)?;
+    // One server process holds at most ~20,000 open files here. Past that
+    // the run starts one server per client process, each on its own port:
+    // a client must come back to the server that holds its inbox (the
+    // servers do not share inboxes outside fleet mode), and every user of a
+    // client process, its sender included, lives on that process's server.
+    let per_server = crate::idle_multi::CONNS_PER_SERVER;
+    let clients_total = o.clients + 8;
+    let mut procs = plan_procs(clients_total, o.procs)?;
+    let nservers = if clients_total > per_server {
+        procs = procs.max(clients_total.div_ceil(per_server) as u32);
+        procs as usize
+    } else {
+        1
+    };
+    let servers = (0..nservers).map(|i| Server::start_nth(env, kind, i)).collect::<Result<Vec<_>>>()?;
     let job = Job::Storm(StormJob {
         clients: o.clients,
         messages: o.messages,
@@ -424,7 +442,12 @@ pub fn storm(env: &Env, kind: TargetKind, o: &StormOpts) -> Result<StormResult> 
         timeout_ms: o.timeout_s * 1000,
         user_prefix: run_prefix("st"),
     });
-    let mut fleet = Fleet::spawn(specs(env, &server, procs, job), &env.client_cpus)?;
+    let mut worker_specs = specs(env, &servers[0], procs, job);
+    for (p, spec) in worker_specs.iter_mut().enumerate() {
+        spec.target = servers[p % nservers].target_spec(env);
+    }
+    let cpu_s = |servers: &[Server]| servers.iter().map(|s| s.sample().cpu_s).sum::<f64>();
+    let mut fleet = Fleet::spawn(worker_specs, &env.client_cpus)?;
     let b = bar(o.clients, &format!("storm {} connect", kind.name()));
     let primed = fleet.wait_stage("primed", Duration::from_secs(o.timeout_s * 2 + 60), Some(&b))?;
     b.finish_and_clear();
@@ -435,14 +458,16 @@ pub fn storm(env: &Env, kind: TargetKind, o: &StormOpts) -> Result<StormResult> 
     let t = mono_ns() + 100_000_000;
     fleet.command("RECONNECT", t)?;
     sleep_until_ns(t);
-    let c0 = server.sample().cpu_s;
+    let c0 = cpu_s(&servers);
     let b = bar(o.clients * 2, &format!("storm {} reconnect", kind.name()));
     let res = fleet.wait_results(Duration::from_secs(o.timeout_s + 60), Some(&b))?;
-    let c1 = server.sample().cpu_s;
+    let c1 = cpu_s(&servers);
     b.finish_and_clear();
     drop(fleet);
-    let (config, version) = (server.config.clone(), server.version.clone());
-    server.stop();
+    let (config, version) = (servers[0].config.clone(), servers[0].version.clone());
+    for s in servers {
+        s.stop();
+    }
     let all_connacked_ms = res.max_ms.get("all_connacked_ms").copied().unwrap_or(0);
     let all_caught_up_ms = res.max_ms.get("all_caught_up_ms").copied().unwrap_or(0);
     let caught_up = res.count("caught_up");
@@ -450,6 +475,8 @@ pub fn storm(env: &Env, kind: TargetKind, o: &StormOpts) -> Result<StormResult> 
         target: kind,
         server_version: version,
         server_config: config,
+        servers: nservers as u32,
+        client_procs: procs,
         clients: o.clients,
         messages_before_drop: o.messages,
         messages_while_offline: dropped.count("offline_sent") / o.clients.max(1),

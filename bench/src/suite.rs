@@ -368,9 +368,10 @@ pub fn storm_table(results: &[StormResult]) -> String {
     }
     let (names, reference) = rows(&v, |x| x.target);
     let mut s = format!(
-        "\n**Reconnect storm** ({} clients drop at once, {} messages each arrive while offline, all reconnect with last_seq at once; ms from the reconnect signal)\n\n",
+        "\n**Reconnect storm** ({} clients drop at once, {} messages each arrive while offline, all reconnect with last_seq at once; ms from the reconnect signal{})\n\n",
         thousands(v[0].clients as f64),
-        v[0].messages_while_offline
+        v[0].messages_while_offline,
+        if v[0].servers > 1 { format!("; {} server processes, CPU summed", v[0].servers) } else { String::new() }
     );
     s += &figure_table(
         &names,

@@ -339,6 +339,15 @@ impl Server {
         Self::start_in(env, kind, free_port()?, &env.dir.join(kind.name()), false)
     }
 
+    /// Server `index` of several independent ringgate processes, each on its own port
+    /// (runs whose clients must come back to the server that holds their inbox).
+    pub fn start_nth(env: &Env, kind: TargetKind, index: usize) -> Result<Server> {
+        if index == 0 {
+            return Self::start(env, kind);
+        }
+        Self::start_in(env, kind, free_port()?, &env.dir.join(format!("{}-{index}", kind.name())), false)
+    }
+
     /// Server `index` of several ringgate processes sharing one `port`.
     pub fn start_shared(env: &Env, kind: TargetKind, port: u16, index: usize) -> Result<Server> {
         if !kind.is_ringgate() {
