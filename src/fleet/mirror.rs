@@ -210,7 +210,7 @@ impl InboxStore for FleetStore {
     fn append(&mut self, _user: &str, _msg: NewMessage, _now_ms: u64) -> Result<(u64, u64), StoreError> {
         // Appends go to the engine; a path that reaches here is a bug, and
         // SENDACK 5 is the safe answer for it.
-        Err(StoreError::Unavailable("fleet mode appends through the engine".into()))
+        Err(StoreError::NotLocal)
     }
 
     fn inbox(&mut self, user: &str, _now_ms: u64) -> &dyn InboxRead {

@@ -58,7 +58,7 @@ pub enum CoreMsg {
     /// `result`: `user`'s new seq.
     Appended { req: u64, user: Arc<str>, result: Result<u64, StoreError> },
     /// This core's syncer finished an fsync (up to an lsn) or failed.
-    Synced(Result<u64, String>),
+    Synced(Result<u64, StoreError>),
     /// This core's log reader has cold payloads ready (`InboxStore::poll_io`).
     StoreIo,
     /// Graceful shutdown: stop accepting, DISCONNECT(7) everyone, finish.

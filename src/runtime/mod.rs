@@ -510,8 +510,8 @@ fn start_fleet(
 /// A core's durable log failed (an fsync error): remember it for the exit
 /// status and start the same drain as SIGTERM, so the supervisor restarts
 /// the process and recovery reads what is really on disk.
-fn on_store_failure(why: &str) {
-    crate::store::record_process_failure(why);
+fn on_store_failure(why: &crate::store::StoreError) {
+    crate::store::record_process_failure(&why.to_string());
     // SAFETY: kill(2) on our own pid; the main thread waits for it in sigwait.
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }

@@ -125,7 +125,7 @@ pub struct LogSettings {
 
 /// Called once when the store enters its failed state (the runtime drains
 /// and exits non-zero).
-pub type FailureHook = Box<dyn Fn(&str) + Send>;
+pub type FailureHook = Box<dyn Fn(&StoreError) + Send>;
 
 /// A submitted sync: its ticket, the lsn it covers, and the segment and
 /// byte it makes durable.
@@ -171,7 +171,7 @@ pub struct DurableStore {
     /// Durable frontier per segment number of this directory, as the last
     /// SYNCED record written says.
     marked: HashMap<u32, u64>,
-    failed: Option<String>,
+    failed: Option<StoreError>,
     on_failure: Option<FailureHook>,
     last_interval_sync_ms: u64,
     lsn_at_interval_sync: u64,
@@ -267,7 +267,7 @@ impl DurableStore {
 
     /// Starts the syncer thread; `done` must route the result back to this
     /// core (it calls [`DurableStore::on_synced`] there).
-    pub fn start_syncer(&mut self, done: Box<dyn Fn(Result<u64, String>) + Send>) {
+    pub fn start_syncer(&mut self, done: Box<dyn Fn(Result<u64, StoreError>) + Send>) {
         self.io = IoExec::Thread(Syncer::spawn(self.core, self.disk.clone(), done));
     }
 
@@ -320,13 +320,13 @@ impl DurableStore {
     }
 
     /// Why the store failed, if it did.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub fn failure(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
     }
 
     /// Enters the failed state (idempotent): from now on nothing is
     /// confirmed, nothing appended. See the module doc.
-    fn fail(&mut self, why: String) {
+    fn fail(&mut self, why: StoreError) {
         if self.failed.is_some() {
             return;
         }
@@ -373,7 +373,7 @@ impl DurableStore {
                             break Some(r);
                         }
                         if std::time::Instant::now() > deadline {
-                            break Some(Err("the I/O thread did not create the next segment within 30 s".to_string()));
+                            break Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the I/O thread did not create it within 30 s")));
                         }
                     }
                 }
@@ -381,14 +381,15 @@ impl DurableStore {
             }
         });
         let made = match spare {
-            Some(r) => r.map(|(_, f)| f).map_err(std::io::Error::other),
+            Some(r) => r.map(|(_, f)| f),
             None => create_segment(&*self.disk, &path, &self.dir),
         };
         let f = match made {
             Ok(f) => f,
             Err(e) => {
-                self.fail(format!("creating segment {}: {e}", path.display()));
-                return Err(io(e));
+                let e = Arc::new(e);
+                self.fail(StoreError::Io { op: format!("creating segment {}", path.display()), source: e.clone() });
+                return Err(io(std::io::Error::new(e.kind(), e.to_string())));
             }
         };
         let id = seg_id(self.core, no);
@@ -424,7 +425,7 @@ impl DurableStore {
     /// with a SEGSTART naming where this one ended.
     fn rotate(&mut self) -> Result<(), StoreError> {
         let (old_no, old_len, old_file) = (self.active_no, self.active_len, self.file(self.active));
-        self.open_next_segment().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.open_next_segment().map_err(|e| self.failed.clone().unwrap_or_else(|| StoreError::io("opening the next segment", std::io::Error::other(e.to_string()))))?;
         log::encode_segstart(&mut self.wbuf, old_no as u64, old_len);
         // Submitted only now, so that whatever its completion writes (the
         // SYNCED record) lands in the new segment: nothing may follow
@@ -433,7 +434,7 @@ impl DurableStore {
             self.submit_sync(f, old_no, old_len);
         }
         if let Some(why) = &self.failed {
-            return Err(StoreError::Unavailable(why.clone()));
+            return Err(StoreError::Failed(Box::new(why.clone())));
         }
         Ok(())
     }
@@ -443,18 +444,18 @@ impl DurableStore {
     fn write_out(&mut self) -> Result<(), StoreError> {
         let Some(seg) = self.segs.get(&self.active) else {
             self.wbuf.clear();
-            return Err(StoreError::Unavailable("no active segment".into()));
+            return Err(StoreError::io("log write", std::io::Error::other("no active segment")));
         };
         if let Err(e) = seg.file.write_at(&self.wbuf, self.active_len) {
-            let why = format!("log write to {}: {e}", seg.path.display());
+            let why = StoreError::io(format!("log write to {}", seg.path.display()), e);
             let cut = seg.file.set_len(self.active_len);
             self.wbuf.clear();
             if let Err(c) = cut {
                 // The half-written record stays in front of whatever comes
                 // next: nothing more may be written to this log.
-                self.fail(format!("{why}; cutting it back failed too: {c}"));
+                self.fail(StoreError::io(format!("{why}; cutting it back failed too"), c));
             }
-            return Err(StoreError::Unavailable(why));
+            return Err(why);
         }
         self.active_len += self.wbuf.len() as u64;
         self.wbuf.clear();
@@ -708,7 +709,7 @@ impl DurableStore {
 impl InboxStore for DurableStore {
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError> {
         if let Some(why) = &self.failed {
-            return Err(StoreError::Unavailable(format!("durable log failed: {why}")));
+            return Err(StoreError::Failed(Box::new(why.clone())));
         }
         if self.active_len >= self.segment_max_bytes {
             self.rotate()?;
@@ -805,7 +806,7 @@ impl InboxStore for DurableStore {
 
     fn record_fanout(&mut self, msg: &NewMessage, recipients: &[Arc<str>]) -> Result<u64, StoreError> {
         if let Some(why) = &self.failed {
-            return Err(StoreError::Unavailable(format!("durable log failed: {why}")));
+            return Err(StoreError::Failed(Box::new(why.clone())));
         }
         if self.active_len >= self.segment_max_bytes {
             self.rotate()?;
@@ -845,7 +846,7 @@ impl InboxStore for DurableStore {
         self.lsn_synced
     }
 
-    fn on_synced(&mut self, result: Result<u64, String>, woken: &mut Vec<Arc<str>>) {
+    fn on_synced(&mut self, result: Result<u64, StoreError>, woken: &mut Vec<Arc<str>>) {
         if self.failed.is_some() {
             // A sync that succeeds after one failed proves nothing: the
             // kernel may have dropped the pages the failed one could not
@@ -854,7 +855,7 @@ impl InboxStore for DurableStore {
         }
         match result {
             Ok(ticket) => self.apply_sync(ticket, woken),
-            Err(e) => self.fail(format!("fsync: {e}")),
+            Err(e) => self.fail(e),
         }
         if self.lsn_written > self.lsn_synced && self.policy == Fsync::Always {
             self.request_sync();
@@ -894,8 +895,8 @@ impl InboxStore for DurableStore {
         self.sync_now();
     }
 
-    fn failed(&self) -> Option<&str> {
-        self.failed.as_deref()
+    fn failed(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
     }
 
     fn inbox(&mut self, user: &str, now_ms: u64) -> &dyn InboxRead {
@@ -924,7 +925,7 @@ impl InboxStore for DurableStore {
     }
 
     #[cfg(test)]
-    fn take_deferred_sync(&mut self) -> Option<Result<u64, String>> {
+    fn take_deferred_sync(&mut self) -> Option<Result<u64, StoreError>> {
         let IoExec::Deferred(q) = &mut self.io else { return None };
         if q.is_empty() {
             return None;
@@ -987,7 +988,7 @@ impl InboxStore for DurableStore {
                 // The reader thread is gone (it panicked, or never started):
                 // a store failure, handled like a failed fsync.
                 self.reader = None;
-                self.fail("the reader thread ended".into());
+                self.fail(StoreError::Thread { thread: "reader", what: "ended (it panicked or never started)".into() });
                 return false;
             }
         };

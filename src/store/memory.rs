@@ -85,7 +85,7 @@ impl MemoryStore {
     }
 
     /// A store whose retained entries may count at most `budget_bytes`;
-    /// beyond it appends fail with `Unavailable` (SENDACK 5, retry later)
+    /// beyond it appends fail with `MemoryFull` (SENDACK 5, retry later)
     /// until retention frees room.
     pub fn with_budget(retention: Retention, budget_bytes: u64) -> Self {
         MemoryStore { retention, inboxes: HashMap::new(), budget_bytes, used_bytes: 0 }
@@ -101,10 +101,7 @@ impl InboxStore for MemoryStore {
     fn append(&mut self, user: &str, msg: NewMessage, now_ms: u64) -> Result<(u64, u64), StoreError> {
         let cost = entry_cost(msg.payload.len());
         if self.used_bytes.saturating_add(cost) > self.budget_bytes {
-            return Err(StoreError::Unavailable(format!(
-                "memory budget full ({} of {} bytes retained on this core)",
-                self.used_bytes, self.budget_bytes
-            )));
+            return Err(StoreError::MemoryFull { used: self.used_bytes, budget: self.budget_bytes });
         }
         let inbox = match self.inboxes.get_mut(user) {
             Some(i) => i,

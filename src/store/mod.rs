@@ -43,11 +43,45 @@ pub struct NewMessage {
     pub payload: Bytes,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why the store cannot take or confirm a write. Every variant is this
+/// server's fault (its disk, one of its threads, its memory budget), never
+/// the device's: on the wire each is SENDACK status 5 or an admin 503,
+/// "retry later" ([`StoreError::sendack_status`]). `Clone` because one
+/// failure answers every SEND that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// Local fault: the device should retry later (SENDACK status 5).
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// A write, fsync or segment creation of the log failed.
+    #[error("{op}: {source}")]
+    Io { op: String, source: Arc<std::io::Error> },
+    /// The store's I/O thread (syncer or reader) panicked or ended: handled
+    /// like a failed fsync, since what it was doing is unknown.
+    #[error("the {thread} thread {what}")]
+    Thread { thread: &'static str, what: String },
+    /// The log failed earlier; nothing is appended or confirmed until the
+    /// process restarts and recovery reads what is really on disk.
+    #[error("durable log failed: {0}")]
+    Failed(Box<StoreError>),
+    /// The memory store's retention budget is spent on this core.
+    #[error("memory budget full ({used} of {budget} bytes retained on this core)")]
+    MemoryFull { used: u64, budget: u64 },
+    /// One recipient of a multi-recipient write (admin publish, group) failed.
+    #[error("a recipient's inbox could not be written")]
+    RecipientFailed,
+    /// Fleet mode: inboxes live in the engine, the local store takes no append.
+    #[error("fleet mode appends through the engine, not the local store")]
+    NotLocal,
+}
+
+impl StoreError {
+    pub fn io(op: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { op: op.into(), source: Arc::new(source) }
+    }
+
+    /// The SENDACK status every store failure answers (PROTOCOL.md: 5,
+    /// server unavailable, retry later with the same client_msg_id).
+    pub const fn sendack_status(&self) -> u8 {
+        5
+    }
 }
 
 /// Retention limits (PROTOCOL.md, "Retention").
@@ -75,12 +109,12 @@ pub trait InboxStore {
     }
     /// An fsync finished (called on the owning core); users whose entries
     /// just became visible are appended to `woken`.
-    fn on_synced(&mut self, _result: Result<u64, String>, _woken: &mut Vec<Arc<str>>) {}
+    fn on_synced(&mut self, _result: Result<u64, StoreError>, _woken: &mut Vec<Arc<str>>) {}
     /// Periodic work: interval fsync, age retention sweep.
     fn tick(&mut self, _now_ms: u64) {}
     /// Why the store stopped confirming (a failed fsync), if it did: the
     /// process must drain and exit (see `durable`).
-    fn failed(&self) -> Option<&str> {
+    fn failed(&self) -> Option<&StoreError> {
         None
     }
     /// Graceful shutdown: make everything written durable.
@@ -116,7 +150,7 @@ pub trait InboxStore {
     /// applying it; the caller delivers it to the core as the syncer thread
     /// would (`CoreMsg::Synced`). None when nothing is queued.
     #[cfg(test)]
-    fn take_deferred_sync(&mut self) -> Option<Result<u64, String>> {
+    fn take_deferred_sync(&mut self) -> Option<Result<u64, StoreError>> {
         None
     }
 }

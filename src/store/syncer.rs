@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::disk::DiskRef;
+use super::StoreError;
 use super::durable::FileRef;
 use super::log;
 
@@ -23,7 +24,7 @@ pub(super) enum Job {
 }
 
 /// A segment created ahead by the I/O thread: `None` while in the making.
-pub(super) type SpareSlot = Arc<Mutex<Option<Result<(PathBuf, FileRef), String>>>>;
+pub(super) type SpareSlot = Arc<Mutex<Option<std::io::Result<(PathBuf, FileRef)>>>>;
 
 /// Sends work to this core's syncer thread.
 pub(super) struct Syncer {
@@ -33,7 +34,7 @@ pub(super) struct Syncer {
 /// Runs a batch of sync jobs in submission order: everything queued shares
 /// one round (group commit); a file named twice is synced once. The result
 /// is the highest ticket, or the first error.
-pub(super) fn run_batch(batch: &[SyncJob]) -> Result<u64, String> {
+pub(super) fn run_batch(batch: &[SyncJob]) -> Result<u64, StoreError> {
     let mut upto = 0;
     let mut result = Ok(());
     let mut done_files: Vec<*const ()> = Vec::new();
@@ -46,7 +47,7 @@ pub(super) fn run_batch(batch: &[SyncJob]) -> Result<u64, String> {
         done_files.push(p);
         if let Err(e) = f.sync() {
             if result.is_ok() {
-                result = Err(e.to_string());
+                result = Err(StoreError::io("fsync", e));
             }
         }
     }
@@ -64,7 +65,7 @@ pub(super) fn create_segment(disk: &dyn super::disk::Disk, path: &Path, dir: &Pa
 }
 
 /// `run_batch`, its duration recorded in `ringgate_fsync_seconds`.
-fn timed_batch(core: usize, batch: &[SyncJob]) -> Result<u64, String> {
+fn timed_batch(core: usize, batch: &[SyncJob]) -> Result<u64, StoreError> {
     let started = std::time::Instant::now();
     let r = run_batch(batch);
     crate::metrics::record_fsync(core, started.elapsed());
@@ -73,7 +74,7 @@ fn timed_batch(core: usize, batch: &[SyncJob]) -> Result<u64, String> {
 
 impl Syncer {
     /// `done(ticket)` is called on the syncer thread after each batch.
-    pub(super) fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, String>) + Send>) -> Syncer {
+    pub(super) fn spawn(core: usize, disk: DiskRef, done: Box<dyn Fn(Result<u64, StoreError>) + Send>) -> Syncer {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new().name(format!("ringgate-sync{core}")).spawn(move || {
             // Supervised: a panic here is a store failure, reported the way
@@ -82,7 +83,7 @@ impl Syncer {
             // for their sync forever.
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sync_loop(core, &*disk, &rx, &*done)));
             if let Err(p) = run {
-                let why = format!("the syncer thread panicked: {}", panic_text(&p));
+                let why = StoreError::Thread { thread: "syncer", what: format!("panicked: {}", panic_text(&p)) };
                 tracing::error!(core, "{why}");
                 done(Err(why));
             }
@@ -102,7 +103,7 @@ pub(super) fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The syncer thread's loop, until the store drops its sender.
-fn sync_loop(core: usize, disk: &dyn super::disk::Disk, rx: &std::sync::mpsc::Receiver<Job>, done: &(dyn Fn(Result<u64, String>) + Send)) {
+fn sync_loop(core: usize, disk: &dyn super::disk::Disk, rx: &std::sync::mpsc::Receiver<Job>, done: &(dyn Fn(Result<u64, StoreError>) + Send)) {
     {
         {
             let mut batch: Vec<SyncJob> = Vec::new();
@@ -125,8 +126,7 @@ fn sync_loop(core: usize, disk: &dyn super::disk::Disk, rx: &std::sync::mpsc::Re
                                 batch.clear();
                             }
                             let made = create_segment(disk, &path, &dir)
-                                .map(|f| (path.clone(), f))
-                                .map_err(|e| format!("creating segment {}: {e}", path.display()));
+                                .map(|f| (path.clone(), f));
                             if let Ok(mut s) = slot.lock() {
                                 *s = Some(made);
                             }
@@ -268,7 +268,7 @@ mod tests {
         let s = Syncer::spawn(0, disk, Box::new(move |r| tx.send(r).unwrap()));
         s.tx.send(Job::Sync((Arc::new(PanickingFile), 1))).unwrap();
         let r = rx.recv_timeout(Duration::from_secs(10)).expect("no result from the syncer");
-        assert!(matches!(&r, Err(e) if e.contains("panicked") && e.contains("injected sync panic")), "{r:?}");
+        assert!(matches!(&r, Err(e) if e.to_string().contains("panicked") && e.to_string().contains("injected sync panic")), "{r:?}");
     }
 
     /// A reader thread that panics closes its result channel and nudges the

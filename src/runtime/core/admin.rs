@@ -298,7 +298,7 @@ impl Core {
 
     pub(super) fn complete_publish(&mut self, w: PublishWait, ack: SendAck, failed: bool) {
         let result = if failed {
-            Err(StoreError::Unavailable("a recipient's inbox could not be written".into()))
+            Err(StoreError::RecipientFailed)
         } else {
             Ok(Published { msg_id: ack.msg_id, timestamp_ms: ack.timestamp_ms, seqs: w.seqs })
         };

@@ -191,9 +191,9 @@ impl Core {
     /// confirmed: those SENDs are answered SENDACK 5 now (store/durable.rs,
     /// "When the disk fails").
     pub(super) fn refuse_waiting_if_failed(&mut self) {
-        let Some(why) = self.store.failed().map(str::to_string) else { return };
+        let Some(why) = self.store.failed().cloned() else { return };
         while let Some((_, origin, req, user, _)) = self.waiting.pop_front() {
-            self.answer_appended(origin, req, user, Err(crate::store::StoreError::Unavailable(why.clone())));
+            self.answer_appended(origin, req, user, Err(crate::store::StoreError::Failed(Box::new(why.clone()))));
         }
     }
 
@@ -227,7 +227,7 @@ impl Core {
 
     /// The syncer finished an fsync: show the entries it covered to online
     /// devices and release the SENDACKs that waited for it.
-    pub fn on_synced(&mut self, result: Result<u64, String>) {
+    pub fn on_synced(&mut self, result: Result<u64, crate::store::StoreError>) {
         let mut woken = std::mem::take(&mut self.woken_users);
         if let Err(e) = &result {
             tracing::error!(worker = self.id, error = %e, "log fsync failed: /readyz reports a storage failure");
