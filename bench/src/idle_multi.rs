@@ -116,6 +116,11 @@ pub struct IdleMultiResult {
     /// Authenticated (CONNACKed) connections held at the sample.
     pub connected: u64,
     pub failed: u64,
+    /// Extra connect attempts during the ramp (a connect that failed or timed
+    /// out is tried again, at most twice, as a device would); `failed` counts
+    /// only connections that never got through.
+    #[serde(default)]
+    pub retried: u64,
     /// Why the run ended early, if it did.
     pub stopped: Option<String>,
     pub ramp_s: f64,
@@ -390,6 +395,7 @@ pub fn idle_multi(env: &Env, kind: TargetKind, o: &IdleMultiOpts) -> Result<Idle
         warmup: o.warmup,
         connected,
         failed: ready.count("failed"),
+        retried: ready.count("retried"),
         stopped,
         ramp_s,
         ramp_conns_per_s: if ramp_s > 0.0 { connected as f64 / ramp_s } else { 0.0 },

@@ -165,9 +165,19 @@ impl Admin {
             publish_bucket: Mutex::new(Bucket::new(cfg.admin.publishes_per_s)),
         });
         let c = ctx.clone();
+        // Supervised: a panic in the accept loop is logged and the loop
+        // starts again on the same listener (health checks and the API
+        // must outlive a bug in one request path).
         std::thread::Builder::new()
             .name("ringgate-admin".into())
-            .spawn(move || accept_loop(c, listener))
+            .spawn(move || loop {
+                let p = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| accept_loop(&c, &listener))) {
+                    Ok(never) => match never {},
+                    Err(p) => p,
+                };
+                tracing::error!(panic = %panic_text(&*p), "the admin accept loop panicked: restarting it");
+                std::thread::sleep(Duration::from_millis(100));
+            })
             .map_err(|source| AdminError::Bind { addr: local.to_string(), source })?;
         ctx.metrics.health.admin_up.store(true, Ordering::Relaxed);
         // The address once, in the message: tools and tests read `admin_addr=`.
@@ -205,7 +215,7 @@ impl Ctx {
     }
 }
 
-fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
+fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) -> std::convert::Infallible {
     let max = ctx.cfg.admin.max_connections;
     loop {
         // At the cap, leave further connections in the kernel's accept queue.
@@ -220,17 +230,47 @@ fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
                 continue;
             }
         };
-        ctx.active.fetch_add(1, Ordering::AcqRel);
-        let c = ctx.clone();
+        let slot = ActiveSlot::take(ctx.clone());
         let spawned = std::thread::Builder::new().name("ringgate-adminc".into()).spawn(move || {
-            serve_conn(&c, stream);
-            c.active.fetch_sub(1, Ordering::AcqRel);
+            let c = slot.0.clone();
+            supervised(slot, || serve_conn(&c, stream));
         });
         if let Err(e) = spawned {
+            // The closure (and the slot in it) was dropped: the count is back.
             tracing::warn!(error = %e, "cannot start an admin connection thread");
-            ctx.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// One of the `admin.max_connections` request threads, released when
+/// dropped, so a request thread that panics gives its slot back (else a few
+/// panics would stop the admin listener accepting for good).
+struct ActiveSlot(Arc<Ctx>);
+
+impl ActiveSlot {
+    fn take(ctx: Arc<Ctx>) -> ActiveSlot {
+        ctx.active.fetch_add(1, Ordering::AcqRel);
+        ActiveSlot(ctx)
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs one admin connection; a panic is logged (the connection closes, the
+/// listener and the other requests go on) and the slot is released either way.
+fn supervised<Slot>(slot: Slot, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        tracing::error!(panic = %panic_text(&*p), "an admin request panicked: its connection was closed");
+    }
+    drop(slot);
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
 }
 
 /// Idle keep-alive connections are closed after this.
@@ -324,7 +364,25 @@ fn lingering_close(stream: &mut TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::Bucket;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    struct Slot(Arc<AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    #[test]
+    fn a_panicking_admin_request_is_contained_and_gives_its_slot_back() {
+        let active = Arc::new(AtomicUsize::new(2));
+        super::supervised(Slot(active.clone()), || panic!("injected admin panic"));
+        assert_eq!(active.load(Ordering::Acquire), 1, "the panicking request's slot was not released");
+        super::supervised(Slot(active.clone()), || {});
+        assert_eq!(active.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn bucket_allows_the_rate_with_a_one_second_burst() {

@@ -44,6 +44,9 @@ pub const MAX_CONNS_PER_PROC: u64 = 19_000;
 
 /// How long one connect + handshake may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Extra attempts for a connect that failed during a ramp.
+const RAMP_RETRIES: u32 = 2;
+const RAMP_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// Application protocol spoken to the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,33 +386,52 @@ where
     let sem = Arc::new(Semaphore::new(inflight.max(1) as usize));
     let start = tokio::time::Instant::now();
     let t0 = mono_ns();
-    for (k, &i) in indexes.iter().enumerate() {
-        if rate > 0.0 {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
-        }
-        let Ok(permit) = sem.clone().acquire_owned().await else { break };
-        let fut = f(i);
-        let (kept, tally, progress) = (kept.clone(), tally.clone(), ctx.progress.clone());
-        tokio::task::spawn_local(async move {
-            let t = mono_ns();
-            match with_timeout(CONNECT_TIMEOUT, fut).await {
-                Ok(v) => {
-                    let mut tl = tally.borrow_mut();
-                    tl.hist("connect").record_ns(mono_ns() - t);
-                    tl.add("ok", 1);
-                    kept.borrow_mut().push(v);
-                }
-                Err(e) => {
-                    let mut tl = tally.borrow_mut();
-                    tl.fail(&e);
-                }
+    // A connect that fails or times out is tried again after the pass, as
+    // a device would reconnect (at most RAMP_RETRIES more times, unpaced but
+    // within `inflight`); `failed` counts only what never got through, and
+    // `retried` every extra attempt, with its first error under "retried: …".
+    let mut pending: Vec<u64> = indexes.to_vec();
+    for pass in 0..=RAMP_RETRIES {
+        let again = Rc::new(RefCell::new(Vec::new()));
+        for (k, &i) in pending.iter().enumerate() {
+            if rate > 0.0 && pass == 0 {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
             }
-            progress.fetch_add(1, Ordering::Relaxed);
-            drop(permit);
-        });
+            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            let fut = f(i);
+            let (kept, tally, progress, again) = (kept.clone(), tally.clone(), ctx.progress.clone(), again.clone());
+            tokio::task::spawn_local(async move {
+                let t = mono_ns();
+                match with_timeout(CONNECT_TIMEOUT, fut).await {
+                    Ok(v) => {
+                        let mut tl = tally.borrow_mut();
+                        tl.hist("connect").record_ns(mono_ns() - t);
+                        tl.add("ok", 1);
+                        kept.borrow_mut().push(v);
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if pass < RAMP_RETRIES => {
+                        let mut tl = tally.borrow_mut();
+                        tl.add("retried", 1);
+                        tl.error(&format!("retried: {e}"));
+                        again.borrow_mut().push(i);
+                    }
+                    Err(e) => {
+                        tally.borrow_mut().fail(&e);
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        // All permits back = every spawned connect of this pass finished.
+        drop(sem.acquire_many(inflight.max(1)).await);
+        pending = again.take();
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(RAMP_RETRY_PAUSE).await;
     }
-    // All permits back = every spawned connect finished.
-    let _all = sem.acquire_many(inflight.max(1)).await;
     let mut t = tally.take();
     t.max("ramp_ms", (mono_ns() - t0) / 1_000_000);
     t
