@@ -1,6 +1,8 @@
 //! `ringgate plan` against a real benchmark suite JSON (a copy of one run's
 //! bench/results/latest.json): the report's numbers must be the JSON's.
 
+mod common;
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -133,6 +135,55 @@ fn html_report_plots_the_measured_curves_and_names_their_points() {
     assert!(html.contains("<td class=\"num\">200,000</td>"), "memory table rendered as an HTML table");
     assert!(html.contains("msg/s (log scale)"), "the load axis is logarithmic");
     assert!(md.contains("for the load + 1 spare"), "{md}");
+}
+
+/// The HTML report in a real browser (headless Chromium): the DOM Chromium
+/// builds holds every chart and data point of the file (an SVG the parser
+/// rejected would lose its circles), the committed million-scale run is on
+/// the memory curve, and a screenshot is drawn.
+#[test]
+fn html_report_renders_in_chromium_with_the_committed_run() {
+    let Some(chromium) = common::chromium_or_skip("html_report_renders_in_chromium_with_the_committed_run") else { return };
+    let v = fixture_with_curves();
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("suite.json");
+    std::fs::write(&bench, serde_json::to_string(&v).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["plan", "--bench"])
+        .arg(&bench)
+        .args(["--connections", "1000000", "--messages-per-s", "100000", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html_path = dir.path().join("report.html");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    let m = ringgate::measured::idle_cost();
+    let held = ringgate::numfmt::thousands(m.connections);
+    assert!(html.contains(&held), "the committed run ({held} connections) is not in the report");
+    let url = format!("file://{}", html_path.display());
+    let profile = tempfile::tempdir().unwrap();
+    let browser = |extra: &[&str]| {
+        let o = Command::new(&chromium)
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,4000"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "chromium failed: {}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let dom = String::from_utf8(browser(&["--dump-dom"]).stdout).unwrap();
+    for tag in ["<svg", "<circle", "<polyline", "<table", "<text"] {
+        assert_eq!(dom.matches(tag).count(), html.matches(tag).count(), "Chromium's DOM and the file disagree on {tag}");
+    }
+    assert!(dom.matches("<svg").count() >= 4);
+    assert!(dom.contains(&held));
+    let shot = dir.path().join("report.png");
+    browser(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "screenshot of {} bytes", png.len());
 }
 
 #[test]

@@ -31,44 +31,13 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-/// Where Chromium is: `RINGGATE_CHROMIUM`, else the usual names on PATH.
-fn chromium_path() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("RINGGATE_CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
-/// The browser, or `None` (with a message) when it is absent and not required.
-fn chromium_or_skip(test: &str) -> Option<PathBuf> {
-    match chromium_path() {
-        Some(p) => Some(p),
-        None if std::env::var("RINGGATE_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") => {
-            panic!("RINGGATE_REQUIRE_CHROMIUM=1 but no chromium on PATH (nor RINGGATE_CHROMIUM)")
-        }
-        None => {
-            eprintln!("{test}: no chromium installed (apt-get install chromium): real-browser test SKIPPED");
-            None
-        }
-    }
-}
 
 /// Serves the test page, the harness and `ringgate.js` over plain HTTP on
 /// 127.0.0.1 (one request per connection). Runs until the process exits.

@@ -1428,3 +1428,39 @@ impl Client {
         })
     }
 }
+
+// ---------------------------------------------------------------------------
+// A real browser (the JS client tests, the plan report)
+// ---------------------------------------------------------------------------
+
+/// Where Chromium is: `RINGGATE_CHROMIUM`, else the usual names on PATH.
+pub fn chromium_path() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("RINGGATE_CHROMIUM") {
+        return Some(std::path::PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// The browser, or `None` (with a message) when it is absent and not required.
+pub fn chromium_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    match chromium_path() {
+        Some(p) => Some(p),
+        None if std::env::var("RINGGATE_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") => {
+            panic!("RINGGATE_REQUIRE_CHROMIUM=1 but no chromium on PATH (nor RINGGATE_CHROMIUM)")
+        }
+        None => {
+            eprintln!("{test}: no chromium installed (apt-get install chromium): real-browser test SKIPPED");
+            None
+        }
+    }
+}
+
