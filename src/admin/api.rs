@@ -18,7 +18,7 @@ use crate::runtime::core::admin::{AdminCmd, PublishCmd};
 use crate::runtime::mesh::{home_core, CoreMsg};
 
 /// How long a request waits for the cores (a publish waits for its fsync).
-const CORE_WAIT: Duration = Duration::from_secs(10);
+pub(super) const CORE_WAIT: Duration = Duration::from_secs(10);
 /// Most recipients of one publish (a larger fan-out is a group's job).
 const MAX_RECIPIENTS: usize = 10_000;
 /// Most members of one group.
@@ -43,13 +43,13 @@ pub(super) fn error_response(status: u16, message: &str) -> Response {
     Response::json(status, &json!({"error": {"code": code, "message": message}}))
 }
 
-type Answer = Result<Value, (u16, String)>;
+pub(super) type Answer = Result<Value, (u16, String)>;
 
-fn fail<T>(status: u16, message: impl Into<String>) -> Result<T, (u16, String)> {
+pub(super) fn fail<T>(status: u16, message: impl Into<String>) -> Result<T, (u16, String)> {
     Err((status, message.into()))
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -246,6 +246,16 @@ fn publish(ctx: &Ctx, req: &Request) -> Answer {
             }
             (users, None)
         }
+        (None, Some(Value::String(g))) if ctx.fleet().is_some() => {
+            let f = ctx.fleet().map(Arc::clone).ok_or((503, String::new()))?;
+            match super::fleet::group(&f, g)? {
+                None => {
+                    count_publish(ctx, 1);
+                    return fail(404, format!("no group {g:?}"));
+                }
+                Some(m) => (m.into_iter().filter(|x| *x != from).collect(), Some(g.clone())),
+            }
+        }
         (None, Some(Value::String(g))) => {
             let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
             match st.groups.get(g) {
@@ -262,6 +272,9 @@ fn publish(ctx: &Ctx, req: &Request) -> Answer {
         _ => return fail(400, "give exactly one of to_users and to_group"),
     };
     let hash = hex::encode(sha2::Sha256::digest(canon.as_bytes()));
+    if let Some(f) = ctx.fleet().cloned() {
+        return fleet_publish(ctx, &f, key, &hash, from, targets, group, payload);
+    }
     // An idempotent retry of a stored publish is answered even when over the
     // rate: it costs nothing downstream.
     let replay = key.as_ref().and_then(|k| {
@@ -307,6 +320,40 @@ fn publish(ctx: &Ctx, req: &Request) -> Answer {
         }
     }
     Ok(answer)
+}
+
+/// Fleet mode: the idempotency key is claimed in the engine (any node's
+/// retry finds the claim or the first answer), then the publish runs.
+#[allow(clippy::too_many_arguments)]
+fn fleet_publish(
+    ctx: &Ctx,
+    f: &crate::fleet::Fleet,
+    key: Option<String>,
+    hash: &str,
+    from: String,
+    targets: Vec<String>,
+    group: Option<String>,
+    payload: Vec<u8>,
+) -> Answer {
+    use super::fleet::{idem_claim, idem_finish, Idem};
+    let pending = match &key {
+        Some(k) => match idem_claim(f, k, hash)? {
+            Idem::Answer(a) => return a,
+            Idem::Claimed(p) => Some((k.as_str(), p)),
+        },
+        None => None,
+    };
+    let result = if ctx.publish_allowed() {
+        publish_to_cores(ctx, from, targets, group, payload)
+    } else {
+        count_publish(ctx, 3);
+        ctx.metrics.admin_rejections[metrics::REJ_RATE_LIMITED].fetch_add(1, Relaxed);
+        fail(429, format!("over admin.publishes_per_s = {}", ctx.cfg.admin.publishes_per_s))
+    };
+    if let Some((k, p)) = pending {
+        idem_finish(ctx, f, k, p, hash, result.as_ref().ok());
+    }
+    result
 }
 
 fn publish_to_cores(
@@ -390,6 +437,9 @@ fn ledger(ctx: &Ctx, id: &str) -> Answer {
 
 fn presence(ctx: &Ctx, user: &str) -> Answer {
     check_id("user", user)?;
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::presence(ctx, f, user);
+    }
     let n = cores(ctx)?;
     let u: Arc<str> = Arc::from(user);
     let p = ask(ctx, home_core(user, n), |reply| AdminCmd::Presence { user: u, reply })?;
@@ -434,6 +484,9 @@ fn mute(ctx: &Ctx, user: &str, req: &Request) -> Answer {
     let Some(until_ms) = body.get("until_ms").and_then(Value::as_u64) else {
         return fail(400, "until_ms must be a non-negative integer (epoch ms; 0 lifts the mute)");
     };
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::mute(f, user, until_ms);
+    }
     let n = cores(ctx)?;
     let active = until_ms > now_ms();
     // Under the state lock from file to cores, so two changes reach both in the same order.
@@ -478,12 +531,18 @@ fn put_group(ctx: &Ctx, g: &str, req: &Request) -> Answer {
         return fail(400, "members must be an array of strings");
     }
     let members = id_list(body.get("members"), "members", MAX_GROUP_MEMBERS)?;
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::put_group(f, g, members);
+    }
     let mut st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
     apply_group(ctx, &mut st, g, Some(members.clone()))?;
     Ok(json!({"group": g, "members": members}))
 }
 
 fn get_group(ctx: &Ctx, g: &str) -> Answer {
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::get_group(f, g);
+    }
     let st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
     match st.groups.get(g) {
         Some(m) => Ok(json!({"group": g, "members": m})),
@@ -492,6 +551,9 @@ fn get_group(ctx: &Ctx, g: &str) -> Answer {
 }
 
 fn delete_group(ctx: &Ctx, g: &str) -> Answer {
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::delete_group(f, g);
+    }
     let mut st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
     if !st.groups.contains_key(g) {
         return fail(404, format!("no group {g:?}"));
@@ -504,6 +566,9 @@ fn group_members(ctx: &Ctx, g: &str, req: &Request) -> Answer {
     let body = body_json(req)?;
     let add = id_list(body.get("add"), "add", MAX_GROUP_MEMBERS)?;
     let remove = id_list(body.get("remove"), "remove", MAX_GROUP_MEMBERS)?;
+    if let Some(f) = ctx.fleet() {
+        return super::fleet::edit_group(f, g, add, remove);
+    }
     let mut st = ctx.state.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cur) = st.groups.get(g) else { return fail(404, format!("no group {g:?}")) };
     let removed: std::collections::HashSet<&String> = remove.iter().collect();

@@ -12,6 +12,7 @@
 //! `/readyz` (503 "recovering") answer during a long recovery.
 
 mod api;
+mod fleet;
 pub mod state;
 
 use std::io::{Read, Write};
@@ -89,6 +90,8 @@ pub struct Ctx {
     token_path: Option<PathBuf>,
     pub(crate) metrics: Arc<Metrics>,
     mesh: OnceLock<Mesh>,
+    /// Fleet mode: groups, mutes, idempotency keys and presence live in the engine.
+    fleet: OnceLock<Arc<crate::fleet::Fleet>>,
     pub(crate) state: Mutex<state::State>,
     next_core: AtomicUsize,
     active: AtomicUsize,
@@ -159,6 +162,7 @@ impl Admin {
             token_path,
             metrics,
             mesh: OnceLock::new(),
+            fleet: OnceLock::new(),
             state: Mutex::new(st),
             next_core: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -189,11 +193,20 @@ impl Admin {
     pub fn set_mesh(&self, mesh: Mesh) {
         let _ = self.ctx.mesh.set(mesh);
     }
+
+    /// Fleet mode: from now on the admin state is the engine's.
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::Fleet>) {
+        let _ = self.ctx.fleet.set(fleet);
+    }
 }
 
 impl Ctx {
     pub(crate) fn mesh(&self) -> Option<&Mesh> {
         self.mesh.get()
+    }
+
+    pub(crate) fn fleet(&self) -> Option<&Arc<crate::fleet::Fleet>> {
+        self.fleet.get()
     }
 
     pub(crate) fn pick_core(&self, cores: usize) -> usize {

@@ -50,6 +50,12 @@ struct Scripts {
     claim: Script,
     done: Script,
     heartbeat: Script,
+    offline: Script,
+    presence: Script,
+    live: Script,
+    group_cas: Script,
+    idem_claim: Script,
+    idem_finish: Script,
 }
 
 struct Eng {
@@ -60,6 +66,8 @@ struct Eng {
     timeout: Duration,
     node_info: String,
     health: Arc<crate::metrics::Metrics>,
+    /// The config's `[groups]`: written to an engine that was never seeded.
+    seed_groups: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Starts the engine thread; returns at once (the engine may be down:
@@ -72,6 +80,7 @@ pub fn start(
     retention: Retention,
     dedup_keep: usize,
     metrics: Arc<crate::metrics::Metrics>,
+    seed_groups: std::collections::BTreeMap<String, Vec<String>>,
 ) -> std::io::Result<Arc<Fleet>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let fm = Arc::new(FleetMetrics::default());
@@ -98,10 +107,17 @@ pub fn start(
             claim: Script::new(scripts::CLAIM),
             done: Script::new(scripts::DONE),
             heartbeat: Script::new(scripts::HEARTBEAT),
+            offline: Script::new(scripts::OFFLINE),
+            presence: Script::new(scripts::PRESENCE),
+            live: Script::new(scripts::LIVE),
+            group_cas: Script::new(scripts::GROUP_CAS),
+            idem_claim: Script::new(scripts::IDEM_CLAIM),
+            idem_finish: Script::new(scripts::IDEM_FINISH),
         },
         timeout: Duration::from_millis(cfg.engine_timeout_ms),
         node_info: format!("{} {} {}", me.host, me.port, me.transport),
         health: metrics,
+        seed_groups,
     });
     std::thread::Builder::new().name("fleet-engine".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -241,8 +257,8 @@ impl Eng {
                 }
                 self.post_core(core, Event::Sent { req, result });
             }
-            Request::Connect { core, key, user, device, last_seq } => {
-                let result = match tokio::time::timeout(deadline, self.connect(&user, &device, last_seq)).await {
+            Request::Connect { core, key, user, device, last_seq, remote } => {
+                let result = match tokio::time::timeout(deadline, self.connect(&user, &device, last_seq, remote)).await {
                     Ok(r) => r,
                     Err(_) => Err(FleetError::Timeout),
                 };
@@ -260,21 +276,16 @@ impl Eng {
                 let _ = tokio::time::timeout(deadline, self.repair(core, users)).await;
             }
             Request::Offline { user, device, acked } => {
-                let key = format!("rg:{{{user}}}:p");
-                let val = format!("{} {} {} 0", self.fleet.node_id, wall_ms(), acked);
-                let mut c = match self.conn() {
-                    Ok(c) => c,
-                    Err(_) => return,
+                let mut inv = self.scripts.offline.key(format!("rg:{{{user}}}:p"));
+                inv.arg(&*device).arg(&*self.fleet.node_id).arg(acked);
+                let _ = tokio::time::timeout(deadline, self.invoke::<i64>(OP_PRESENCE, &mut inv)).await;
+            }
+            Request::Admin { op, reply } => {
+                let r = match tokio::time::timeout(deadline, self.admin(op)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(FleetError::Timeout),
                 };
-                let t0 = Instant::now();
-                let r: Result<redis::RedisResult<()>, _> =
-                    tokio::time::timeout(deadline, redis::cmd("HSET").arg(&key).arg(&*device).arg(val).query_async(&mut c)).await;
-                let res = match r {
-                    Ok(Ok(())) => 0,
-                    Ok(Err(_)) => 1,
-                    Err(_) => 2,
-                };
-                self.fleet.metrics.record(OP_PRESENCE, res, t0.elapsed());
+                let _ = reply.send(r);
             }
         }
     }
@@ -289,11 +300,28 @@ impl Eng {
             for (t, r) in targets.iter().zip(futures_util::future::join_all(appends).await) {
                 seqs.push((t.clone(), r?));
             }
-            return Ok(Stored { msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, seqs });
+            return Ok(Stored { refused: None, msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, seqs });
         };
         let sender = &*msg.from;
         let dkey = format!("rg:{{{sender}}}:d:{device}");
         let qkey = format!("rg:{{{sender}}}:q:{device}");
+        // A group SEND: its members now, from the engine (module docs,
+        // "Groups"); a refusal still looks for a stored original first.
+        let mut refusal = None;
+        let targets = match &msg.group {
+            Some(g) => match self.group_get(g).await? {
+                None => {
+                    refusal = Some(Refused::NoSuchGroup);
+                    Vec::new()
+                }
+                Some(m) if !m.iter().any(|x| x == sender) => {
+                    refusal = Some(Refused::NotMember);
+                    Vec::new()
+                }
+                Some(m) => m.into_iter().filter(|x| x != sender).map(|x| Arc::from(x.as_str())).collect(),
+            },
+            None => targets,
+        };
         let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
         let group_payload: &[u8] = if msg.group.is_some() { &msg.payload } else { b"" };
         let claim: Option<Vec<u8>> = self
@@ -303,15 +331,24 @@ impl Eng {
                     .claim
                     .key(&dkey)
                     .key(&qkey)
+                    .key(scripts::mute_key(sender))
                     .arg(msg.client_msg_id)
                     .arg(msg.msg_id)
                     .arg(msg.timestamp_ms)
                     .arg(&*self.fleet.node_id)
                     .arg(self.fleet.dedup_keep)
                     .arg(&joined)
-                    .arg(group_payload),
+                    .arg(group_payload)
+                    .arg(wall_ms())
+                    .arg(if refusal.is_some() { "0" } else { "1" }),
             )
             .await?;
+        if claim.as_deref() == Some(&b"m"[..]) {
+            return Ok(Stored { refused: Some(Refused::Muted), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
+        }
+        if let (None, Some(r)) = (&claim, refusal) {
+            return Ok(Stored { refused: Some(r), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
+        }
         let intent = format!("{sender}\n{device}\n{}", msg.client_msg_id);
         let (msg_id, ts, targets) = match claim {
             None => {
@@ -335,7 +372,7 @@ impl Eng {
             Some(rec) => {
                 let r = Claim::parse(&rec).ok_or_else(|| FleetError::Engine("unreadable dedup record".into()))?;
                 if r.done {
-                    return Ok(Stored { msg_id: r.msg_id, timestamp_ms: r.ts, seqs: Vec::new() });
+                    return Ok(Stored { refused: None, msg_id: r.msg_id, timestamp_ms: r.ts, seqs: Vec::new() });
                 }
                 // Pending: the first attempt's node died or is still at it;
                 // appends are idempotent by msg_id, so finishing it here is safe.
@@ -352,7 +389,151 @@ impl Eng {
         if msg.group.is_some() {
             self.forget_intent(&intent).await;
         }
-        Ok(Stored { msg_id, timestamp_ms: ts, seqs })
+        Ok(Stored { refused: None, msg_id, timestamp_ms: ts, seqs })
+    }
+
+    /// One plain command under the engine timeout, counted under `op`.
+    async fn query<T: redis::FromRedisValue>(&self, op: usize, cmd: &redis::Cmd) -> Result<T, FleetError> {
+        let mut c = self.conn()?;
+        let t0 = Instant::now();
+        let r = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(FleetError::Timeout),
+            Ok(Err(e)) => Err(FleetError::Engine(e.to_string())),
+            Err(_) => Err(FleetError::Timeout),
+        };
+        self.fleet.metrics.record(op, r.as_ref().err().map_or(0, err_kind), t0.elapsed());
+        r
+    }
+
+    /// A group's members; None when absent. The raw value is returned too
+    /// (a member edit compares and sets against it).
+    async fn group_raw(&self, group: &str) -> Result<Option<(String, Vec<String>)>, FleetError> {
+        let v: Option<String> = self.query(OP_GROUP, redis::cmd("GET").arg(scripts::group_key(group))).await?;
+        match v {
+            None => Ok(None),
+            Some(raw) => {
+                let m: Vec<String> =
+                    serde_json::from_str(&raw).map_err(|e| FleetError::Engine(format!("unreadable group {group:?}: {e}")))?;
+                Ok(Some((raw, m)))
+            }
+        }
+    }
+
+    async fn group_get(&self, group: &str) -> Result<Option<Vec<String>>, FleetError> {
+        Ok(self.group_raw(group).await?.map(|(_, m)| m))
+    }
+
+    /// The admin API's operations (module docs, "Groups, mutes, ...").
+    async fn admin(&self, op: AdminOp) -> Result<AdminAnswer, FleetError> {
+        match op {
+            AdminOp::GroupGet(g) => Ok(AdminAnswer::Members(self.group_get(&g).await?)),
+            AdminOp::GroupPut(g, members) => {
+                let raw = serde_json::to_string(&members).unwrap_or_else(|_| "[]".into());
+                let _: () = self.query(OP_GROUP, redis::cmd("SET").arg(scripts::group_key(&g)).arg(raw)).await?;
+                Ok(AdminAnswer::Members(Some(members)))
+            }
+            AdminOp::GroupEdit { group, add, remove } => {
+                // Compare and set: another node's edit in between makes
+                // this one start over on the newer list (bounded by the
+                // caller's engine_timeout_ms).
+                loop {
+                    let Some((raw, cur)) = self.group_raw(&group).await? else { return Ok(AdminAnswer::Members(None)) };
+                    let next = edit_members(cur, &add, &remove);
+                    let new = serde_json::to_string(&next).unwrap_or_else(|_| "[]".into());
+                    let set: i64 =
+                        self.invoke(OP_GROUP, self.scripts.group_cas.key(scripts::group_key(&group)).arg(&raw).arg(&new)).await?;
+                    if set == 1 {
+                        return Ok(AdminAnswer::Members(Some(next)));
+                    }
+                }
+            }
+            AdminOp::GroupDelete(g) => {
+                let n: i64 = self.query(OP_GROUP, redis::cmd("DEL").arg(scripts::group_key(&g))).await?;
+                Ok(AdminAnswer::Deleted(n > 0))
+            }
+            AdminOp::Mute { user, until_ms } => {
+                let key = scripts::mute_key(&user);
+                if until_ms > wall_ms() {
+                    // Expires by itself when the mute ends.
+                    let _: () = self.query(OP_MUTE, redis::cmd("SET").arg(&key).arg(until_ms).arg("PXAT").arg(until_ms)).await?;
+                } else {
+                    let _: i64 = self.query(OP_MUTE, redis::cmd("DEL").arg(&key)).await?;
+                }
+                Ok(AdminAnswer::Done)
+            }
+            AdminOp::User(user) => Ok(AdminAnswer::User(self.user_view(&user).await?)),
+            AdminOp::IdemClaim { key, pending, ttl_ms } => {
+                let v: Option<String> =
+                    self.invoke(OP_IDEM, self.scripts.idem_claim.key(scripts::idem_key(&key)).arg(&pending).arg(ttl_ms.max(1))).await?;
+                Ok(AdminAnswer::Idem(v))
+            }
+            AdminOp::IdemFinish { key, pending, done, ttl_ms } => {
+                let _: i64 = self
+                    .invoke(OP_IDEM, self.scripts.idem_finish.key(scripts::idem_key(&key)).arg(&pending).arg(&done).arg(ttl_ms.max(1)))
+                    .await?;
+                Ok(AdminAnswer::Done)
+            }
+        }
+    }
+
+    /// The user's record (their slot) and the live nodes (the nodes' slot),
+    /// read together.
+    async fn user_view(&self, user: &str) -> Result<UserView, FleetError> {
+        let ttl = self.fleet.cfg.heartbeat_ms * 3;
+        let keys = ["h", "e", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
+        let mut pinv = self.scripts.presence.key(&keys[0]);
+        pinv.key(&keys[1]).key(&keys[2]).key(scripts::mute_key(user));
+        let mut linv = self.scripts.live.key("rg:{nodes}:z");
+        linv.arg(ttl);
+        let (p, live) = futures_util::future::join(self.invoke::<Value>(OP_PRESENCE, &mut pinv), self.invoke::<Vec<String>>(OP_PRESENCE, &mut linv)).await;
+        let (p, live) = (p?, live?);
+        let Value::Array(a) = p else { return Err(FleetError::Engine("unexpected presence reply".into())) };
+        let now = wall_ms();
+        let muted = int(a.get(2));
+        let mut view = UserView {
+            head_seq: int(a.first()),
+            oldest_seq: int(a.get(1)),
+            muted_until_ms: if muted > now { muted } else { 0 },
+            devices: Vec::new(),
+        };
+        if let Some(Value::Array(h)) = a.get(3) {
+            for pair in h.chunks(2) {
+                let (Some(Value::BulkString(d)), Some(Value::BulkString(r))) = (pair.first(), pair.get(1)) else { continue };
+                let (Ok(d), Ok(r)) = (std::str::from_utf8(d), std::str::from_utf8(r)) else { continue };
+                if let Some(rec) = parse_presence(d, r, &live) {
+                    view.devices.push(rec);
+                }
+            }
+        }
+        view.devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(view)
+    }
+
+    /// Once per engine: the config's `[groups]` seed an engine no node has
+    /// seeded yet (like an empty data directory on one node); afterwards
+    /// the engine's state wins. True when done (or nothing to do).
+    async fn seed_groups(&self) -> bool {
+        let first: Result<Option<String>, _> =
+            self.query(OP_GROUP, redis::cmd("SET").arg("rg:{groups}:seeded").arg(&*self.fleet.node_id).arg("NX")).await;
+        match first {
+            Ok(Some(_)) => {
+                for (g, m) in &self.seed_groups {
+                    let raw = serde_json::to_string(m).unwrap_or_else(|_| "[]".into());
+                    let r: Result<Option<String>, _> =
+                        self.query(OP_GROUP, redis::cmd("SET").arg(scripts::group_key(g)).arg(raw).arg("NX")).await;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, group = %g, "cannot seed a group in the fleet engine");
+                    }
+                }
+                if !self.seed_groups.is_empty() {
+                    tracing::info!(groups = self.seed_groups.len(), "seeded the fleet engine's groups from [groups]");
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     async fn forget_intent(&self, intent: &str) {
@@ -444,7 +625,7 @@ impl Eng {
         Ok(seq)
     }
 
-    async fn connect(&self, user: &str, device: &str, last_seq: u64) -> Result<Loaded, FleetError> {
+    async fn connect(&self, user: &str, device: &str, last_seq: u64, remote: Option<std::net::SocketAddr>) -> Result<Loaded, FleetError> {
         let (max, cutoff) = self.retention_args();
         let keys = ["h", "e", "i", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
         let v: Value = self
@@ -463,7 +644,8 @@ impl Eng {
                     .arg(max)
                     .arg(cutoff)
                     .arg(LOAD_LIMIT)
-                    .arg(user),
+                    .arg(user)
+                    .arg(remote.map_or_else(|| "-".to_string(), |a| a.to_string())),
             )
             .await?;
         let Value::Array(a) = v else { return Err(FleetError::Engine("unexpected CONNECT reply".into())) };
@@ -588,6 +770,32 @@ fn parse_entries(v: Option<&Value>) -> Result<Vec<Entry>, FleetError> {
     Ok(out)
 }
 
+/// A member edit: `add` appended (in order, once), then `remove` taken out.
+fn edit_members(cur: Vec<String>, add: &[String], remove: &[String]) -> Vec<String> {
+    let gone: std::collections::HashSet<&String> = remove.iter().collect();
+    let mut out: Vec<String> = cur.into_iter().filter(|m| !gone.contains(m)).collect();
+    let mut have: std::collections::HashSet<String> = out.iter().cloned().collect();
+    for a in add {
+        if !gone.contains(a) && have.insert(a.clone()) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// A presence record `node connected_at_ms acked_seq online [remote]`;
+/// online only while its node is in `live`.
+fn parse_presence(device: &str, rec: &str, live: &[String]) -> Option<DeviceRecord> {
+    let mut w = rec.split(' ');
+    let node = w.next()?.to_string();
+    let connected_at_ms = w.next()?.parse().ok()?;
+    let acked_seq = w.next()?.parse().ok()?;
+    let connected = w.next()? == "1";
+    let remote = w.next().filter(|r| !r.is_empty() && *r != "-").map(String::from);
+    let online = connected && live.iter().any(|n| *n == node);
+    Some(DeviceRecord { device_id: device.to_string(), node, connected_at_ms, acked_seq, online, remote })
+}
+
 fn int(v: Option<&Value>) -> u64 {
     match v {
         Some(Value::Int(i)) => (*i).max(0) as u64,
@@ -605,6 +813,7 @@ async fn heartbeat(eng: Arc<Eng>) {
     let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
     let ttl = eng.fleet.cfg.heartbeat_ms * 3;
     let mut durability_checked = false;
+    let mut seeded = false;
     let mut tick = tokio::time::interval(hb);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -617,6 +826,9 @@ async fn heartbeat(eng: Arc<Eng>) {
             .await;
         match r {
             Ok(list) => {
+                if !seeded {
+                    seeded = eng.seed_groups().await;
+                }
                 let nodes: Vec<Node> = list
                     .chunks(2)
                     .filter_map(|p| {
@@ -785,5 +997,17 @@ mod tests {
         assert_eq!((c.msg_id, c.ts, c.targets), (9, 8, vec!["bob".to_string(), "car".to_string()]));
         let c = Claim::parse(b"d 9 8 n1 0 ").unwrap();
         assert!(c.done && c.targets.is_empty());
+    }
+
+    #[test]
+    fn member_edits_and_presence_records() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(edit_members(s(&["a", "b"]), &s(&["c", "a", "d"]), &s(&["b", "d"])), s(&["a", "c"]));
+        let live = s(&["n1", "n2"]);
+        let r = parse_presence("d1", "n2 100 7 1 127.0.0.1:5", &live).unwrap();
+        assert_eq!((r.node.as_str(), r.connected_at_ms, r.acked_seq, r.online, r.remote.as_deref()), ("n2", 100, 7, true, Some("127.0.0.1:5")));
+        assert!(!parse_presence("d1", "n3 100 7 1 -", &live).unwrap().online, "its node is not live");
+        let old = parse_presence("d1", "n1 100 7 0", &live).unwrap();
+        assert!(!old.online && old.remote.is_none(), "a record from before remote was kept");
     }
 }

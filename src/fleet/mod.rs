@@ -52,6 +52,31 @@
 //! inbox msg_id → seq map returns the first seq), then marks it done. A
 //! group send's claim is also its durable intent: pending group claims
 //! of nodes that stopped heartbeating are completed by a survivor.
+//!
+//! ## Groups, mutes, idempotency keys, presence (FLEET.md point 7)
+//!
+//! The admin API on any node acts on the engine, so every node sees the
+//! same state (`admin::api` sends [`AdminOp`]s here and waits at most
+//! `engine_timeout_ms`: 503 past it).
+//!
+//! - **Groups** live in the engine only (`rg:{g:<name>}:members`), and a
+//!   client's group SEND reads the membership from there, in the engine
+//!   thread, before claiming. Why not a per-node cache with invalidation:
+//!   "in effect on every node before the answer" would then need every
+//!   live node to acknowledge each change (and a rule for a node that is
+//!   slow to), while a group SEND already makes several engine round trips
+//!   (claim, one append per member, done): one GET more per group SEND is
+//!   the simplest thing that is exactly right. The change is in effect the
+//!   moment the engine has it, which is before the admin's answer.
+//! - **Mutes** are `rg:{u}:m`, in the user's slot, and the claim script
+//!   every client SEND runs checks it (after the dedup lookup, as ADMIN.md
+//!   orders): no extra round trip.
+//! - **Idempotency keys** are claimed with a short-lived pending record
+//!   before the publish and replaced with the answer after it; a retry on
+//!   any node finds one or the other (409 while pending, as on one node).
+//! - **Presence** is the `rg:{u}:p` record each CONNECT writes and each
+//!   disconnect updates (only while the record still names this node);
+//!   `online` also needs the record's node to be live now.
 
 pub mod mirror;
 pub mod scripts;
@@ -88,13 +113,81 @@ pub enum Request {
     Send { core: usize, req: u64, device: Option<Arc<str>>, msg: NewMessage, targets: Vec<Arc<str>> },
     /// A CONNECT on this node: retention, floor, presence, replacement
     /// notice, and the entries above `last_seq`.
-    Connect { core: usize, key: ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64 },
+    /// `remote`: the device's address, for presence on any node.
+    Connect { core: usize, key: ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64, remote: Option<std::net::SocketAddr> },
     /// Entries of `user` above `after` (a gap in a mirror).
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: mirrored users and their heads.
     Repair { core: usize, users: Vec<(Arc<str>, u64)> },
     /// A device's connection ended here: presence shows it offline.
     Offline { user: Arc<str>, device: Arc<str>, acked: u64 },
+    /// From the admin API (a blocking thread waiting on `reply`).
+    Admin { op: AdminOp, reply: std::sync::mpsc::Sender<Result<AdminAnswer, FleetError>> },
+}
+
+/// An admin API operation on the fleet-wide state.
+#[derive(Debug)]
+pub enum AdminOp {
+    /// A group's members; None when absent.
+    GroupGet(String),
+    /// Replace (create) a group's member list.
+    GroupPut(String, Vec<String>),
+    /// Add and remove members (add first, then remove wins); None when absent.
+    GroupEdit { group: String, add: Vec<String>, remove: Vec<String> },
+    /// Whether it existed.
+    GroupDelete(String),
+    /// `until_ms` 0 or past: lift.
+    Mute { user: String, until_ms: u64 },
+    /// Presence, bounds and mute of a user.
+    User(String),
+    /// Claim an idempotency key for a publish (`pending` is this claim's record).
+    IdemClaim { key: String, pending: String, ttl_ms: u64 },
+    /// Replace this node's pending claim with the answer (`done` empty: forget it).
+    IdemFinish { key: String, pending: String, done: String, ttl_ms: u64 },
+}
+
+/// What an [`AdminOp`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminAnswer {
+    Members(Option<Vec<String>>),
+    Deleted(bool),
+    Done,
+    User(UserView),
+    /// None: claimed now; else the record already there.
+    Idem(Option<String>),
+}
+
+/// A user as the engine knows it, with liveness applied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UserView {
+    pub head_seq: u64,
+    pub oldest_seq: u64,
+    pub muted_until_ms: u64,
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One device in `rg:{u}:p`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    /// The node it is, or was last, connected to.
+    pub node: String,
+    pub connected_at_ms: u64,
+    pub acked_seq: u64,
+    /// Connected (per the record) and its node is live.
+    pub online: bool,
+    pub remote: Option<String>,
+}
+
+/// Why the engine refused a client SEND (a SENDACK status, not a failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// SENDACK 1: the group does not exist.
+    NoSuchGroup,
+    /// SENDACK 2: the sender is not a member of the group.
+    NotMember,
+    /// SENDACK 2: the sender is muted.
+    Muted,
 }
 
 /// Where a SEND is stored: its msg_id and timestamp (the original ones
@@ -102,6 +195,8 @@ pub enum Request {
 /// for such a retry).
 #[derive(Debug)]
 pub struct Stored {
+    /// Not stored: the engine's answer instead of a msg_id.
+    pub refused: Option<Refused>,
     pub msg_id: u64,
     pub timestamp_ms: u64,
     pub seqs: Vec<(Arc<str>, u64)>,
@@ -154,7 +249,7 @@ pub struct FleetMetrics {
 }
 
 /// Engine operations by label.
-pub const OPS: [&str; 7] = ["claim", "append", "done", "connect", "fetch", "heartbeat", "presence"];
+pub const OPS: [&str; 10] = ["claim", "append", "done", "connect", "fetch", "heartbeat", "presence", "group", "mute", "idem"];
 pub const OP_CLAIM: usize = 0;
 pub const OP_APPEND: usize = 1;
 pub const OP_DONE: usize = 2;
@@ -162,6 +257,11 @@ pub const OP_CONNECT: usize = 3;
 pub const OP_FETCH: usize = 4;
 pub const OP_HEARTBEAT: usize = 5;
 pub const OP_PRESENCE: usize = 6;
+/// A group read (every client group SEND) or change.
+pub const OP_GROUP: usize = 7;
+pub const OP_MUTE: usize = 8;
+/// An admin idempotency key's claim or answer.
+pub const OP_IDEM: usize = 9;
 
 /// Histogram bucket bounds, seconds.
 pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];
@@ -259,6 +359,18 @@ impl Fleet {
 
     fn done(&self) {
         self.inflight.fetch_sub(1, Relaxed);
+    }
+
+    /// Runs an admin operation and waits for its answer (from a blocking
+    /// admin thread, never a core). Bounded like every request
+    /// (`max_engine_inflight`); the engine thread gives up after
+    /// `engine_timeout_ms`, and so does this wait, with a margin for the
+    /// hand-over, should that thread itself be stuck.
+    pub fn admin(&self, op: AdminOp) -> Result<AdminAnswer, FleetError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(Request::Admin { op, reply: tx })?;
+        let wait = std::time::Duration::from_millis(self.cfg.engine_timeout_ms + 250);
+        rx.recv_timeout(wait).map_err(|_| FleetError::Timeout)?
     }
 
     /// Requests queued or running.

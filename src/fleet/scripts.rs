@@ -8,12 +8,19 @@
 //! | `rg:{u}:h` | string | inbox head seq (INCR; raised, never lowered) |
 //! | `rg:{u}:e` | zset | entries, score = seq, member = `msg_id ts len(from) from payload` |
 //! | `rg:{u}:i` | zset | msg_id → seq (score): an append retried with the same msg_id returns its first seq |
-//! | `rg:{u}:p` | hash | presence: device → `node connected_at_ms acked_seq online` |
+//! | `rg:{u}:p` | hash | presence: device → `node connected_at_ms acked_seq online remote` |
+//! | `rg:{u}:m` | string | muted until (epoch ms), expiring then by itself (`PXAT`) |
 //! | `rg:{u}:d:{device}` | hash | dedup: client_msg_id → `p|d msg_id ts node targets...` |
 //! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound) |
 //! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
 //! | `rg:{nodes}:i` | hash | node id → `host port transport` |
 //! | `rg:{intents}:z` | zset | pending group sends (`user\ndevice\ncmid`) by claim time |
+//! | `rg:{g:<group>}:members` | string | a group's member list (JSON array), alone in its slot |
+//! | `rg:{groups}:seeded` | string | set once: the config's `[groups]` seeded the engine |
+//! | `rg:{k:<key>}:idem` | string | admin idempotency key: `p hash owner` while its publish runs (short ttl), then `d hash answer` for `admin.idempotency_ttl_s` |
+//!
+//! A user named like `g:x` shares the slot of group `x`, harmlessly: the
+//! suffixes differ, so no key is shared.
 //!
 //! Notifications go out on the channel `rg:n` from inside the append
 //! script (so an append and its notification are one engine operation):
@@ -64,7 +71,7 @@ return {seq, 1}
 }
 
 /// KEYS: h, e, i, p. ARGV: last_seq, device, node, now_ms, max_messages,
-/// cutoff_ms, limit, user. Applies retention, raises the head past a
+/// cutoff_ms, limit, user, remote (the device's address, `-` unknown). Applies retention, raises the head past a
 /// `last_seq` the engine does not know (it lost data: seqs are never
 /// reused; what is below the raised head is dropped so no device waits for
 /// a seq that will never exist), records presence, announces the
@@ -83,7 +90,7 @@ if last > head then
   raised = 1
 end
 local oldest, h = trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1] .. ' 1')
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1] .. ' 1 ' .. ARGV[9])
 redis.call('PUBLISH', 'rg:n', 'K ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[2])
 local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[7]))
 return {oldest, h, raised, e}
@@ -102,14 +109,21 @@ local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCOR
 return {oldest, head, e}
 "#;
 
-/// KEYS: d, q. ARGV: cmid, msg_id, ts, node, keep, targets (joined by
+/// KEYS: d, q, m. ARGV: cmid, msg_id, ts, node, keep, targets (joined by
 /// '\n'), payload (group sends only: a survivor completes them without
-/// the client). Claims the client_msg_id of a sending device: returns nil
-/// when claimed now, else the existing record
+/// the client), now_ms, claim (`1`; `0` only looks: a group send the
+/// engine refuses must still find its stored original). Claims the
+/// client_msg_id of a sending device: returns nil when claimed now (or,
+/// with claim `0`, when there is nothing to find), `m` when the sender is
+/// muted (checked after the lookup: a SEND accepted before the mute and
+/// retried keeps its answer, ADMIN.md), else the existing record
 /// `p|d msg_id ts node len(targets) targets payload`.
 pub const CLAIM: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return v end
+local m = redis.call('GET', KEYS[3])
+if m and tonumber(m) > tonumber(ARGV[8]) then return 'm' end
+if ARGV[9] ~= '1' then return false end
 redis.call('HSET', KEYS[1], ARGV[1], 'p ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. #ARGV[6] .. ' ' .. ARGV[6] .. ARGV[7])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[5]) then
@@ -150,3 +164,80 @@ for _, n in ipairs(live) do
 end
 return out
 "#;
+
+/// KEYS: p. ARGV: device, node, acked. A device's connection ended on
+/// `node`: its presence shows it offline with its cursor, unless it has
+/// connected on another node since (a replaced connection closing late
+/// must not hide the newer one).
+pub const OFFLINE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local node, at, _, _, remote = string.match(v, '^(%S+) (%S+) (%S+) (%S+) ?(.*)$')
+if node ~= ARGV[2] then return 0 end
+if remote == nil or remote == '' then remote = '-' end
+redis.call('HSET', KEYS[1], ARGV[1], node .. ' ' .. at .. ' ' .. ARGV[3] .. ' 0 ' .. remote)
+return 1
+"#;
+
+/// KEYS: h, e, p, m. The admin API's view of a user: `{head, oldest,
+/// muted_until, device, record, ...}`.
+pub const PRESENCE: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local oldest = head + 1
+local f = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #f > 0 then oldest = tonumber(f[2]) end
+local m = tonumber(redis.call('GET', KEYS[4]) or '0')
+return {head, oldest, m, redis.call('HGETALL', KEYS[3])}
+"#;
+
+/// KEYS: rg:{nodes}:z. ARGV: ttl_ms. The nodes live now, on the engine's
+/// clock (the same rule as the heartbeat's, read fresh rather than from
+/// the last heartbeat, so a dead node is off within 3 x heartbeat_ms).
+pub const LIVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"#;
+
+/// KEYS: a group's key. ARGV: expected ('' = absent), new. Compare and
+/// set: a member edit (read, change, write) from any node applies on the
+/// list it read, or is retried. Returns 1 when set.
+pub const GROUP_CAS: &str = r#"
+local v = redis.call('GET', KEYS[1]) or ''
+if v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// KEYS: an idempotency key. ARGV: pending record, its ttl (ms). Returns
+/// nil when claimed now, else the record found.
+pub const IDEM_CLAIM: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// KEYS: an idempotency key. ARGV: the pending record this node wrote,
+/// the final record ('' = forget: the publish failed), its ttl (ms).
+/// Only the claim's owner finishes it.
+pub const IDEM_FINISH: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"#;
+
+/// A group's key: alone in its hash slot.
+pub fn group_key(group: &str) -> String {
+    format!("rg:{{g:{group}}}:members")
+}
+
+/// An admin idempotency key's key.
+pub fn idem_key(key: &str) -> String {
+    format!("rg:{{k:{key}}}:idem")
+}
+
+/// A user's mute key (the user's slot: the claim script reads it).
+pub fn mute_key(user: &str) -> String {
+    format!("rg:{{{user}}}:m")
+}

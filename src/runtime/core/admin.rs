@@ -306,7 +306,7 @@ impl Core {
     }
 }
 
-fn peer_addr(fd: std::os::fd::RawFd) -> Option<std::net::SocketAddr> {
+pub(super) fn peer_addr(fd: std::os::fd::RawFd) -> Option<std::net::SocketAddr> {
     // SAFETY: the fd is owned by a live connection for the duration of this
     // call; the borrowed socket is not closed by SockRef.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::fleet::{Event, Fleet, FleetError, Request, Stored};
+use crate::fleet::{Event, Fleet, FleetError, Refused, Request, Stored};
 
 /// A core's fleet state.
 pub struct CoreFleet {
@@ -27,9 +27,13 @@ impl Core {
     /// Fleet mode: asks the engine for the inbox before the CONNACK (its
     /// bounds are fleet-wide). True when the open is deferred (or refused).
     pub(super) fn fleet_defer_open(&mut self, key: ConnKey, user: &Arc<str>, req: &ConnectRequest, exp: u64) -> bool {
-        let Some(f) = self.fleet.as_mut() else { return false };
+        if self.fleet.is_none() {
+            return false;
+        }
         let device: Arc<str> = Arc::from(req.device_id.as_str());
-        let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq };
+        let remote = self.conns.get(key.idx as usize).filter(|s| s.gen == key.gen).and_then(|s| s.conn.fd.raw_fd()).and_then(super::admin::peer_addr);
+        let Some(f) = self.fleet.as_mut() else { return false };
+        let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq, remote };
         match f.fleet.submit(r) {
             Ok(()) => {
                 f.connecting.insert(key, (user.clone(), req.clone(), exp));
@@ -106,6 +110,7 @@ impl Core {
         match self.pending.get_mut(idx) {
             Some((g, p)) if *g == gen => {
                 match result {
+                    Ok(Stored { refused: Some(why), .. }) => return self.fleet_refused(idx, why),
                     Ok(st) => {
                         p.ack.msg_id = st.msg_id;
                         p.ack.timestamp_ms = st.timestamp_ms;
@@ -123,6 +128,41 @@ impl Core {
             _ => return,
         }
         self.complete(idx);
+    }
+
+    /// The engine refused a client SEND (no such group, not a member,
+    /// muted): answered like the same refusal on one node, before any
+    /// append, so the dedup entry is dropped (a retry is tried afresh).
+    fn fleet_refused(&mut self, idx: usize, why: Refused) {
+        let (_, p) = self.pending.remove(idx);
+        if let Some(c) = p.origin.and_then(|o| self.conn(o)) {
+            c.sends_in_flight = c.sends_in_flight.saturating_sub(1);
+        }
+        let status = match why {
+            Refused::NoSuchGroup => sendack::NO_SUCH_TARGET,
+            Refused::NotMember | Refused::Muted => sendack::FORBIDDEN,
+        };
+        if why == Refused::Muted {
+            self.reject(crate::metrics::REJ_MUTED);
+        }
+        let ack = SendAck { status, msg_id: 0, ..p.ack };
+        let (target, idle) = match self.device_mut(&p.user, &p.device) {
+            Some(d) => {
+                d.dedup.forget(ack.client_msg_id);
+                (d.conn, d.conn.is_none() && !d.dedup.has_pending())
+            }
+            None => (None, false),
+        };
+        if idle {
+            self.dedup_went_idle(p.user.clone(), p.device.clone());
+        }
+        match target {
+            Some(key) => self.answer_send(key, &ack, p.received),
+            None => {
+                let m = self.m();
+                m.sends[status as usize % crate::metrics::SEND_STATUSES.len()].inc();
+            }
+        }
     }
 
     /// An engine answer or notification.

@@ -60,8 +60,9 @@ impl Core {
             }
         }
         // Muted by an operator (checked after dedup: a SEND accepted before
-        // the mute and retried keeps its original answer).
-        if self.mutes.get(&user).is_some_and(|until| *until > wall) {
+        // the mute and retried keeps its original answer). Fleet mode: the
+        // engine's claim checks the fleet-wide mute instead.
+        if self.fleet.is_none() && self.mutes.get(&user).is_some_and(|until| *until > wall) {
             self.reject(crate::metrics::REJ_MUTED);
             return self.answer_send(key, &reply(sendack::FORBIDDEN), received);
         }
@@ -93,6 +94,9 @@ impl Core {
         // reuses the id its inbox is keyed by (no `Arc<str>` per SEND).
         let targets: smallvec::SmallVec<[Arc<str>; 1]> = match s.target_kind {
             1 => smallvec::smallvec![self.intern_user(s.target.as_str())],
+            // Fleet mode: the engine resolves the group (its membership
+            // lives there, fleet-wide) and answers SENDACK 1 or 2 itself.
+            2 if self.fleet.is_some() => smallvec::SmallVec::new(),
             2 => match self.groups.get(s.target.as_str()) {
                 None => return self.answer_send(key, &reply(sendack::NO_SUCH_TARGET), received),
                 Some(members) if !members.iter().any(|m| **m == *user) => {
