@@ -578,4 +578,13 @@ fn conn_memory_bounds() {
     raise_nofile();
     let b = measure_inproc('t', 600, 1_000);
     print(&b);
+    // Blocks an idle connection holds itself (the task, the record layer,
+    // the device, the ids, the socket's `Rc`): 976 B measured; a buffer
+    // left allocated while idle (208 B) or a task in the next size class
+    // (+128 B) goes over.
+    let own = b.usable - b.big;
+    assert!(own <= 1_100.0, "{own:.0} B of small blocks per idle connection");
+    let rec = b.rows.iter().find(|r| r.what.contains("Record13")).map_or(0.0, |r| r.count);
+    assert!((0.95..=1.05).contains(&rec), "{rec:.2} Record13 per connection");
+    assert!(b.c_heap.abs() < 64.0, "{:.0} B of C heap per idle connection", b.c_heap);
 }
