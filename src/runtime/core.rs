@@ -212,8 +212,10 @@ const DEVICE_INDEX_FROM: usize = 8;
 struct User {
     devices: Vec<Device>,
     /// Device id → position in `devices`; Some while there are more than
-    /// `DEVICE_INDEX_FROM` devices.
-    index: Option<HashMap<Arc<str>, usize>>,
+    /// `DEVICE_INDEX_FROM` devices. Boxed: every user has a bucket in the
+    /// core's users table and few need an index (8 bytes in each bucket
+    /// instead of 48; `tests/conn_memory.rs`).
+    index: Option<Box<HashMap<Arc<str>, usize>>>,
 }
 
 impl User {
@@ -234,9 +236,16 @@ impl User {
         if let Some(ix) = self.index.as_mut() {
             ix.insert(d.id.clone(), i);
         }
+        if self.devices.capacity() == 0 {
+            // Most users have one device: room for exactly one, not the
+            // four a first `push` reserves (288 bytes, 216 of them unused
+            // for every connected user; `tests/conn_memory.rs`). A second
+            // device grows it as usual.
+            self.devices.reserve_exact(1);
+        }
         self.devices.push(d);
         if self.index.is_none() && self.devices.len() > DEVICE_INDEX_FROM {
-            self.index = Some(self.devices.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect());
+            self.index = Some(Box::new(self.devices.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect()));
         }
         i
     }

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -1043,10 +1043,13 @@ async fn drive(
             Outcome::Migrate(a) => return Some(a),
         }
         let write = core.borrow_mut().wants_write(key)?;
+        // Pinned here, not moved into `race`: an async fn keeps a value
+        // passed to it and the local it is pinned into, both, in its
+        // future, which is part of every connection's task.
         let waited = if write {
-            race(core, key, stream.writable(false), abandoned).await
+            race(core, key, pin!(stream.writable(false)), abandoned).await
         } else {
-            race(core, key, stream.readable(false), abandoned).await
+            race(core, key, pin!(stream.readable(false)), abandoned).await
         };
         if !waited {
             // Ready at once: on the legacy driver a readiness op completes
@@ -1060,30 +1063,32 @@ async fn drive(
 }
 
 /// Waits for socket readiness or for the core to wake this connection.
-/// Returns whether it had to wait (was Pending at least once); sets
+/// Resolves to whether it had to wait (was Pending at least once); sets
 /// `abandoned` when the wake-up came first and the readiness op is dropped
-/// in flight.
-async fn race<F: Future<Output = std::io::Result<()>>>(
-    core: &Rc<RefCell<Core>>,
+/// in flight. A plain `poll_fn`, not an async fn: its state is only what
+/// the closure holds, which keeps every connection's task small.
+fn race<'a, F: Future<Output = std::io::Result<()>>>(
+    core: &'a Rc<RefCell<Core>>,
     key: ConnKey,
-    ready: F,
-    abandoned: &Cell<bool>,
-) -> bool {
-    let mut ready = pin!(ready);
+    mut ready: Pin<&'a mut F>,
+    abandoned: &'a Cell<bool>,
+) -> impl Future<Output = bool> + 'a {
     let mut waited = false;
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         if core.borrow_mut().poll_woken(key, cx.waker()) {
             if waited {
                 abandoned.set(true);
             }
-            return Poll::Ready(());
+            return Poll::Ready(waited);
         }
-        let r = ready.as_mut().poll(cx).map(|_| ());
-        waited |= r.is_pending();
-        r
+        match ready.as_mut().poll(cx) {
+            Poll::Ready(_) => Poll::Ready(waited),
+            Poll::Pending => {
+                waited = true;
+                Poll::Pending
+            }
+        }
     })
-    .await;
-    waited
 }
 
 /// Returns Pending once (after scheduling its own wake-up), so the executor
