@@ -705,6 +705,13 @@ async fn kill_sender(
                     }
                     first = false;
                     conn = Some((r, w, rb));
+                    // Nothing was owed: back and caught up at the CONNACK.
+                    if let Some(b) = back_slot {
+                        let mut s = st.borrow_mut();
+                        if s.back[b].0.is_some() && owed.is_empty() && s.back[b].1.is_none() {
+                            s.back[b].1 = s.back[b].0;
+                        }
+                    }
                 }
                 Err(_) => {
                     // The ladder: next address, a short pause after a full turn.
