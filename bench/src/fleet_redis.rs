@@ -192,6 +192,9 @@ pub struct EngineMemory {
 pub struct FleetResult {
     pub opts: FleetOpts,
     pub redis_version: String,
+    /// The engine's `appendfsync` in this run (`always` unless overridden).
+    #[serde(default)]
+    pub redis_appendfsync: String,
     pub server_version: String,
     pub nodes: usize,
     /// `/proc/loadavg` before and after (the machine is shared).
@@ -229,6 +232,13 @@ pub struct Redis {
     pub dir: PathBuf,
 }
 
+/// `appendfsync` of the bench's Redis: `always` as documented, or
+/// `RINGGATE_BENCH_REDIS_APPENDFSYNC` (e.g. `everysec`, to see what the
+/// per-write fsync costs; the nodes then report the engine not durable).
+pub fn appendfsync() -> String {
+    std::env::var("RINGGATE_BENCH_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into())
+}
+
 pub fn redis_server_bin() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("RINGGATE_REDIS_SERVER") {
         return Some(PathBuf::from(p));
@@ -244,7 +254,7 @@ impl Redis {
         let port = free_port()?;
         let log = std::fs::File::create(dir.join("redis.log"))?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir"])
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", &appendfsync(), "--dir"])
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -1157,6 +1167,7 @@ pub fn run(env: &Env, kind: TargetKind, o: &FleetOpts) -> Result<FleetResult> {
     Ok(FleetResult {
         opts: o.clone(),
         redis_version,
+        redis_appendfsync: appendfsync(),
         server_version,
         nodes: 3,
         loadavg_before,
@@ -1197,8 +1208,8 @@ fn us_ms(v: u64) -> String {
 pub fn markdown(r: &FleetResult) -> String {
     let mut s = String::new();
     s += &format!(
-        "### Fleet: 3 nodes + Redis {} (appendfsync always) vs one node (local log, fsync always)\n\nSender on n1, receiver on n2 (every message crosses nodes through the engine); server CPU = ringgate processes + redis-server from /proc/<pid>/stat. Load average {} before, {} after.\n\n",
-        r.redis_version, r.loadavg_before, r.loadavg_after
+        "### Fleet: 3 nodes + Redis {} (appendfsync {}) vs one node (local log, fsync always)\n\nSender on n1, receiver on n2 (every message crosses nodes through the engine); server CPU = ringgate processes + redis-server from /proc/<pid>/stat. Load average {} before, {} after.\n\n",
+        r.redis_version, r.redis_appendfsync, r.loadavg_before, r.loadavg_after
     );
     let mut data: Vec<&FleetRun> = r.runs.iter().collect();
     data.sort_by_key(|x| (x.mode != "paced", x.round, x.setup != "single"));
@@ -1318,6 +1329,7 @@ mod tests {
         let r = FleetResult {
             opts: FleetOpts::default(),
             redis_version: "7.0.15".into(),
+            redis_appendfsync: "always".into(),
             server_version: "ringgate".into(),
             nodes: 3,
             loadavg_before: "1.0 1.0 1.0".into(),
