@@ -4,7 +4,10 @@
 //! committed `idle-multi` run (embedded at build time, so a deployed binary
 //! carries it), never from a constant typed in elsewhere. A test checks
 //! that the embedded file is the newest `bench/results/idle-multi-*.json`;
-//! committing a newer run means pointing [`IDLE_RESULT_PATH`] at it.
+//! committing a newer run means pointing [`IDLE_RESULT_PATH`] at it. The
+//! fleet figures (CPU per cross-node message, engine memory per user and
+//! per message) come the same way from the newest `fleet-*.json`
+//! ([`FLEET_RESULT_PATH`]).
 //!
 //! The kernel figure is half the slab growth per connection: the benchmark
 //! runs client and server on one host over loopback, so the kernel holds
@@ -49,7 +52,7 @@ impl IdleCost {
 pub enum MeasuredError {
     #[error("not JSON: {0}")]
     Json(String),
-    #[error("no {0} in idle_multi[0]")]
+    #[error("no {0} in the result's first entry")]
     Missing(&'static str),
 }
 
@@ -77,6 +80,59 @@ pub fn idle_cost() -> &'static IdleCost {
     COST.get_or_init(|| parse_idle(IDLE_RESULT_PATH, IDLE_RESULT).expect("embedded idle-multi result parses (see measured::tests)"))
 }
 
+/// The committed `ringgate-bench fleet` run the fleet figures come from.
+/// A test checks it is the newest `bench/results/fleet-*.json`.
+pub const FLEET_RESULT_PATH: &str = "bench/results/fleet-2026-12-05T032301Z.json";
+const FLEET_RESULT: &str = include_str!("../bench/results/fleet-2026-12-05T032301Z.json");
+
+/// What fleet mode was measured to cost (3 nodes + Redis on one machine,
+/// every message crossing nodes), and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetCost {
+    pub source: &'static str,
+    pub date: String,
+    pub commit: String,
+    /// CPU of all ringgate nodes per delivered cross-node message (median of the paced runs).
+    pub node_cpu_us_per_msg: f64,
+    /// CPU of redis-server per message.
+    pub engine_cpu_us_per_msg: f64,
+    /// Commands the engine ran per message.
+    pub engine_cmds_per_msg: f64,
+    /// Engine `used_memory` per offline user (device record + inbox keys, no message).
+    pub bytes_per_offline_user: f64,
+    /// Engine `used_memory` per retained message of `payload_bytes`.
+    pub bytes_per_message: f64,
+    /// A sending device's full dedup record in the engine.
+    pub dedup_bytes_per_device: f64,
+    pub payload_bytes: u64,
+}
+
+/// Reads the fleet figures from a `ringgate-bench fleet` result JSON.
+pub fn parse_fleet(source: &'static str, text: &str) -> Result<FleetCost, MeasuredError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| MeasuredError::Json(e.to_string()))?;
+    let r = v.pointer("/fleet/0").ok_or(MeasuredError::Missing("fleet result"))?;
+    let num = |p: &'static str| r.pointer(p).and_then(Value::as_f64).filter(|x| x.is_finite()).ok_or(MeasuredError::Missing(p));
+    Ok(FleetCost {
+        source,
+        date: v.pointer("/envelope/date_utc").and_then(Value::as_str).unwrap_or("?").to_string(),
+        commit: v.pointer("/envelope/git_commit").and_then(Value::as_str).unwrap_or("?").chars().take(12).collect(),
+        node_cpu_us_per_msg: num("/fleet_nodes_cpu_us_per_msg")?,
+        engine_cpu_us_per_msg: num("/fleet_engine_cpu_us_per_msg")?,
+        engine_cmds_per_msg: num("/engine_cmds_per_msg")?,
+        bytes_per_offline_user: num("/memory/bytes_per_offline_user")?,
+        bytes_per_message: num("/memory/bytes_per_message")?,
+        dedup_bytes_per_device: num("/memory/dedup_bytes_per_sending_device")?,
+        payload_bytes: num("/memory/payload_bytes")? as u64,
+    })
+}
+
+/// The embedded fleet run's figures.
+pub fn fleet_cost() -> &'static FleetCost {
+    static COST: OnceLock<FleetCost> = OnceLock::new();
+    // Fixed at build time and parsed by a unit test (see idle_cost).
+    COST.get_or_init(|| parse_fleet(FLEET_RESULT_PATH, FLEET_RESULT).expect("embedded fleet result parses (see measured::tests)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +151,29 @@ mod tests {
             .max()
             .unwrap();
         assert_eq!(IDLE_RESULT_PATH, format!("bench/results/{newest}"), "point measured::IDLE_RESULT_PATH at the newest run");
+    }
+
+    #[test]
+    fn the_embedded_fleet_run_parses_and_is_the_newest_committed() {
+        let c = fleet_cost();
+        assert!(c.node_cpu_us_per_msg > 1.0 && c.node_cpu_us_per_msg < 10_000.0, "{c:?}");
+        assert!(c.engine_cpu_us_per_msg > 0.1 && c.engine_cmds_per_msg >= 1.0, "{c:?}");
+        assert!(c.bytes_per_message > c.payload_bytes as f64 && c.bytes_per_message < 10_000.0, "{c:?}");
+        assert!(c.bytes_per_offline_user > 10.0 && c.dedup_bytes_per_device > 1_000.0, "{c:?}");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+        let newest = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("fleet-") && n.ends_with(".json"))
+            .max()
+            .unwrap();
+        assert_eq!(FLEET_RESULT_PATH, format!("bench/results/{newest}"), "point measured::FLEET_RESULT_PATH at the newest run");
+    }
+
+    #[test]
+    fn missing_fleet_figures_are_named() {
+        assert_eq!(parse_fleet("x", r#"{"fleet": [{"fleet_nodes_cpu_us_per_msg": 5}]}"#), Err(MeasuredError::Missing("/fleet_engine_cpu_us_per_msg")));
+        assert_eq!(parse_fleet("x", r#"{"fleet": []}"#), Err(MeasuredError::Missing("fleet result")));
     }
 
     #[test]

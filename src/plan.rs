@@ -137,9 +137,16 @@ pub const OFFLINE_USER_TOTAL_BYTES: f64 = OFFLINE_USER_BYTES + OFFLINE_DEDUP_BYT
 /// `ringgate plan` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PlanArgs {
-    /// Benchmark suite JSON (`ringgate-bench suite` writes bench/results/latest.json).
+    /// Benchmark suite JSON (`ringgate-bench suite` writes bench/results/latest.json); not needed with `--fleet`.
+    #[arg(long, required_unless_present = "fleet")]
+    pub bench: Option<PathBuf>,
+    /// Size a fleet (nodes sharing inboxes through Redis): nodes, engine
+    /// memory and engine ops/s, from the committed `ringgate-bench fleet`
+    /// run. `--connections` are the users online.
     #[arg(long)]
-    pub bench: PathBuf,
+    pub fleet: bool,
+    #[command(flatten)]
+    pub fleet_targets: FleetTargets,
     /// Which server of the run to plan for.
     #[arg(long, default_value = "ringgate-uring")]
     pub target: String,
@@ -736,9 +743,13 @@ fn short(v: f64) -> String {
 
 /// `ringgate plan`: writes report.md and report.html, prints the Markdown.
 pub fn run(a: &PlanArgs) -> Result<PathBuf, PlanError> {
-    let text = std::fs::read_to_string(&a.bench).map_err(|source| PlanError::Read { path: a.bench.clone(), source })?;
-    let json: Value = serde_json::from_str(&text).map_err(|source| PlanError::Json { path: a.bench.clone(), source })?;
-    let m = read_measured(&a.bench, &json, &a.target)?;
+    if a.fleet {
+        return run_fleet(a);
+    }
+    let bench = a.bench.clone().ok_or_else(|| PlanError::Invalid("--bench is required (or --fleet)".into()))?;
+    let text = std::fs::read_to_string(&bench).map_err(|source| PlanError::Read { path: bench.clone(), source })?;
+    let json: Value = serde_json::from_str(&text).map_err(|source| PlanError::Json { path: bench.clone(), source })?;
+    let m = read_measured(&bench, &json, &a.target)?;
     let p = compute(&m, &a.targets)?;
     let md = markdown(&m, &a.targets, &p);
     let io = |path: &Path| {
@@ -750,6 +761,200 @@ pub fn run(a: &PlanArgs) -> Result<PathBuf, PlanError> {
     std::fs::write(&mdp, &md).map_err(io(&mdp))?;
     let hp = a.out.join("report.html");
     std::fs::write(&hp, html(&m, &a.targets, &p, &md)).map_err(io(&hp))?;
+    print!("{md}");
+    Ok(a.out.clone())
+}
+
+// ---------------------------------------------------------------------------
+// fleet
+// ---------------------------------------------------------------------------
+
+/// What `--fleet` adds to the targets.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct FleetTargets {
+    /// Users of the fleet, online or not (0 = `--connections`).
+    #[arg(long, default_value_t = 0)]
+    pub users: u64,
+    /// Messages each user's inbox retains in the engine (at most `inbox_max_messages`).
+    #[arg(long, default_value_t = 100.0)]
+    pub retained_per_user: f64,
+    /// Devices whose dedup record the engine keeps (every device that ever
+    /// sent keeps one, up to 2 × 1,024 ids; default: one per user).
+    #[arg(long)]
+    pub sending_devices: Option<u64>,
+    /// RAM of one engine host (a Redis master), GiB.
+    #[arg(long, default_value_t = 64.0)]
+    pub engine_ram_gib: f64,
+    /// `[fleet] heartbeat_ms` (each node writes a heartbeat and checks its users' heads once per beat).
+    #[arg(long, default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+}
+
+/// A fleet's sizing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetPlan {
+    pub users: u64,
+    pub sending_devices: u64,
+    /// Node side: idle connections' memory and message CPU, with headroom.
+    pub node_ram_bytes: f64,
+    pub node_cores: f64,
+    pub nodes_for_ram: u64,
+    pub nodes_for_cpu: u64,
+    pub nodes_for_load: u64,
+    /// N+1.
+    pub nodes: u64,
+    /// Engine memory, with headroom: users, retained messages, dedup records.
+    pub engine_users_bytes: f64,
+    pub engine_messages_bytes: f64,
+    pub engine_dedup_bytes: f64,
+    pub engine_bytes: f64,
+    /// Commands per second the engine serves: messages × commands per message + heartbeats.
+    pub engine_ops_per_s: f64,
+    /// Engine CPU with headroom, cores (one Redis process uses one).
+    pub engine_cores: f64,
+    /// Redis masters: one for a single instance, more for a Cluster.
+    pub engine_masters: u64,
+    pub engine_binding: String,
+}
+
+pub fn compute_fleet(c: &crate::measured::FleetCost, idle: &crate::measured::IdleCost, t: &Targets, f: &FleetTargets) -> Result<FleetPlan, PlanError> {
+    if t.connections == 0 || t.cores_per_node == 0 || t.ram_per_node_gib <= 0.0 || f.engine_ram_gib <= 0.0 || t.headroom < 0.0 || f.retained_per_user < 0.0 || f.heartbeat_ms == 0 {
+        return Err(PlanError::Invalid("connections, cores_per_node, ram_per_node_gib, engine_ram_gib and heartbeat_ms must be positive, headroom and retained_per_user ≥ 0".into()));
+    }
+    let users = if f.users == 0 { t.connections } else { f.users };
+    if users < t.connections {
+        return Err(PlanError::Invalid(format!("--users {users} is below --connections {} (the users online are some of the users)", t.connections)));
+    }
+    let h = 1.0 + t.headroom;
+    let gib = (1u64 << 30) as f64;
+    // Nodes hold connections and move messages; the inboxes are in the engine.
+    let node_ram_bytes = t.connections as f64 * idle.total_bytes_per_conn() * h;
+    let node_cores = t.messages_per_s * c.node_cpu_us_per_msg / 1e6 * h;
+    let nodes_for_ram = (node_ram_bytes / (t.ram_per_node_gib * gib)).ceil().max(1.0) as u64;
+    let nodes_for_cpu = (node_cores / t.cores_per_node as f64).ceil().max(1.0) as u64;
+    let nodes_for_load = nodes_for_ram.max(nodes_for_cpu);
+    let nodes = nodes_for_load + 1;
+    let sending_devices = f.sending_devices.unwrap_or(users);
+    let engine_users_bytes = users as f64 * c.bytes_per_offline_user * h;
+    let engine_messages_bytes = users as f64 * f.retained_per_user * c.bytes_per_message * h;
+    let engine_dedup_bytes = sending_devices as f64 * c.dedup_bytes_per_device * h;
+    let engine_bytes = engine_users_bytes + engine_messages_bytes + engine_dedup_bytes;
+    let heartbeats_per_s = nodes as f64 * 2.0 * 1000.0 / f.heartbeat_ms as f64;
+    let engine_ops_per_s = t.messages_per_s * c.engine_cmds_per_msg + heartbeats_per_s;
+    let engine_cores = t.messages_per_s * c.engine_cpu_us_per_msg / 1e6 * h;
+    // Redis runs commands on one thread: more than a core of work, or more
+    // memory than one host, needs a Cluster of that many masters.
+    let for_cpu = engine_cores.ceil().max(1.0) as u64;
+    let for_ram = (engine_bytes / (f.engine_ram_gib * gib)).ceil().max(1.0) as u64;
+    let engine_masters = for_cpu.max(for_ram);
+    let engine_binding = if engine_masters == 1 {
+        "one Redis instance holds it".to_string()
+    } else if for_ram >= for_cpu {
+        format!("memory: {:.1} GiB over {:.0} GiB hosts", engine_bytes / gib, f.engine_ram_gib)
+    } else {
+        format!("CPU: {engine_cores:.2} cores of command execution, one per master")
+    };
+    Ok(FleetPlan {
+        users,
+        sending_devices,
+        node_ram_bytes,
+        node_cores,
+        nodes_for_ram,
+        nodes_for_cpu,
+        nodes_for_load,
+        nodes,
+        engine_users_bytes,
+        engine_messages_bytes,
+        engine_dedup_bytes,
+        engine_bytes,
+        engine_ops_per_s,
+        engine_cores,
+        engine_masters,
+        engine_binding,
+    })
+}
+
+/// The fleet report (Markdown).
+pub fn fleet_markdown(c: &crate::measured::FleetCost, idle: &crate::measured::IdleCost, t: &Targets, f: &FleetTargets, p: &FleetPlan) -> String {
+    let h = 1.0 + t.headroom;
+    let mut s = String::new();
+    let _ = writeln!(s, "# ringgate fleet plan\n");
+    let _ = writeln!(
+        s,
+        "**Nodes: {}** ({} for the load + 1 spare; {} cores, {:.0} GiB each). **Engine: {} GiB, {} commands/s, {:.2} cores → {} Redis master(s)** ({}).\n",
+        p.nodes,
+        p.nodes_for_load,
+        t.cores_per_node,
+        t.ram_per_node_gib,
+        format_args!("{:.2}", p.engine_bytes / (1u64 << 30) as f64),
+        thousands_f(p.engine_ops_per_s),
+        p.engine_cores,
+        p.engine_masters,
+        p.engine_binding
+    );
+    let _ = writeln!(
+        s,
+        "## Inputs\n\nTargets: {} users, {} online, {} messages/s, {} messages retained per user, {} sending devices, headroom {:.0} %.\n",
+        thousands_f(p.users as f64),
+        thousands_f(t.connections as f64),
+        thousands_f(t.messages_per_s),
+        thousands_f(f.retained_per_user),
+        thousands_f(p.sending_devices as f64),
+        t.headroom * 100.0
+    );
+    let _ = writeln!(s, "Measured figures (one per quantity, from the committed runs this binary embeds):\n");
+    let _ = writeln!(s, "| figure | value | from |\n|---|---:|---|");
+    let _ = writeln!(s, "| node memory per idle TLS connection (process + kernel) | {} B | `{}` ({} connections, {}) |", thousands_f(idle.total_bytes_per_conn()), idle.source, thousands_f(idle.connections as f64), idle.date);
+    let _ = writeln!(s, "| node CPU per cross-node message (all nodes) | {:.1} µs | `{}` `fleet[0].fleet_nodes_cpu_us_per_msg` ({}) |", c.node_cpu_us_per_msg, c.source, c.date);
+    let _ = writeln!(s, "| engine CPU per message | {:.1} µs | `{}` `fleet[0].fleet_engine_cpu_us_per_msg` |", c.engine_cpu_us_per_msg, c.source);
+    let _ = writeln!(s, "| engine commands per message | {:.2} | `{}` `fleet[0].engine_cmds_per_msg` |", c.engine_cmds_per_msg, c.source);
+    let _ = writeln!(s, "| engine memory per offline user (device record + inbox keys) | {} B | `{}` `fleet[0].memory.bytes_per_offline_user` |", thousands_f(c.bytes_per_offline_user), c.source);
+    let _ = writeln!(s, "| engine memory per retained message ({} B payload) | {} B | `{}` `fleet[0].memory.bytes_per_message` |", c.payload_bytes, thousands_f(c.bytes_per_message), c.source);
+    let _ = writeln!(s, "| engine memory per sending device (full dedup record) | {} B | `{}` `fleet[0].memory.dedup_bytes_per_sending_device` |", thousands_f(c.dedup_bytes_per_device), c.source);
+    let _ = writeln!(s, "\n## Result\n\n| resource | need | gives |\n|---|---:|---:|");
+    let gib = |b: f64| format!("{:.2} GiB", b / (1u64 << 30) as f64);
+    let _ = writeln!(s, "| node RAM: {} × {} B × {h:.2} | {} | {} node(s) |", thousands_f(t.connections as f64), thousands_f(idle.total_bytes_per_conn()), gib(p.node_ram_bytes), p.nodes_for_ram);
+    let _ = writeln!(s, "| node cores: {} msg/s × {:.1} µs × {h:.2} | {:.2} cores | {} node(s) |", thousands_f(t.messages_per_s), c.node_cpu_us_per_msg, p.node_cores, p.nodes_for_cpu);
+    let _ = writeln!(s, "| engine RAM, users: {} × {} B × {h:.2} | {} | |", thousands_f(p.users as f64), thousands_f(c.bytes_per_offline_user), gib(p.engine_users_bytes));
+    let _ = writeln!(s, "| engine RAM, messages: {} × {} × {} B × {h:.2} | {} | |", thousands_f(p.users as f64), thousands_f(f.retained_per_user), thousands_f(c.bytes_per_message), gib(p.engine_messages_bytes));
+    let _ = writeln!(s, "| engine RAM, dedup: {} × {} B × {h:.2} | {} | |", thousands_f(p.sending_devices as f64), thousands_f(c.dedup_bytes_per_device), gib(p.engine_dedup_bytes));
+    let _ = writeln!(s, "| engine RAM, total | {} | {} master(s) of {:.0} GiB |", gib(p.engine_bytes), (p.engine_bytes / (f.engine_ram_gib * (1u64 << 30) as f64)).ceil().max(1.0), f.engine_ram_gib);
+    let _ = writeln!(
+        s,
+        "| engine commands/s: {} msg/s × {:.2} + {} nodes × 2 / {} ms | {} /s | |",
+        thousands_f(t.messages_per_s),
+        c.engine_cmds_per_msg,
+        p.nodes,
+        f.heartbeat_ms,
+        thousands_f(p.engine_ops_per_s)
+    );
+    let _ = writeln!(s, "| engine cores: {} msg/s × {:.1} µs × {h:.2} | {:.2} cores | {} master(s) |", thousands_f(t.messages_per_s), c.engine_cpu_us_per_msg, p.engine_cores, p.engine_cores.ceil().max(1.0));
+    let _ = writeln!(s, "\n## Assumptions\n");
+    for a in [
+        "Every message crosses nodes (sender and receiver on different nodes), as in the benchmark; a route with `?user=` puts one user's devices on one node, which only lowers the cost.",
+        "Node memory counts idle connections only (the process's base memory, tens of MiB, is not included); nodes hold no inboxes in fleet mode.",
+        "Engine memory is Redis `used_memory`; the host also needs room for the AOF rewrite's copy-on-write (up to the dataset's size under heavy writes) and the OS.",
+        "A dedup record never expires in the engine; a device that sent fewer than 2,048 messages holds a smaller one, so the dedup line is an upper bound.",
+        "Redis executes commands on one thread: a master is counted per core of command CPU; with more than one master, run a Redis Cluster (all keys of a user share a hash slot) and give each master a replica for failover.",
+        "Each node writes a heartbeat and checks its online users' inbox heads once per heartbeat (2 commands per beat counted).",
+    ] {
+        let _ = writeln!(s, "- {a}");
+    }
+    s
+}
+
+/// `ringgate plan --fleet`: writes report.md, prints it.
+fn run_fleet(a: &PlanArgs) -> Result<PathBuf, PlanError> {
+    let c = crate::measured::fleet_cost();
+    let idle = crate::measured::idle_cost();
+    let p = compute_fleet(c, idle, &a.targets, &a.fleet_targets)?;
+    let md = fleet_markdown(c, idle, &a.targets, &a.fleet_targets, &p);
+    std::fs::create_dir_all(&a.out).map_err(|source| PlanError::Read { path: a.out.clone(), source })?;
+    let mdp = a.out.join("report.md");
+    std::fs::write(&mdp, &md).map_err(|source| PlanError::Read { path: mdp.clone(), source })?;
+    let hp = a.out.join("report.html");
+    let page = format!("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ringgate fleet plan</title></head><body>\n{}</body></html>\n", md_to_html(&md));
+    std::fs::write(&hp, page).map_err(|source| PlanError::Read { path: hp.clone(), source })?;
     print!("{md}");
     Ok(a.out.clone())
 }
@@ -838,6 +1043,87 @@ mod tests {
         let p = compute(&measured(), &t).unwrap();
         assert_eq!(p.conns_per_process, 20_000 - 16 - 32);
         assert_eq!(p.processes_per_node, 1_000_000u64.div_ceil(19_952));
+    }
+
+
+    fn fleet_cost() -> crate::measured::FleetCost {
+        crate::measured::FleetCost {
+            source: "bench/results/fleet-x.json",
+            date: "d".into(),
+            commit: "c".into(),
+            node_cpu_us_per_msg: 50.0,
+            engine_cpu_us_per_msg: 20.0,
+            engine_cmds_per_msg: 4.0,
+            bytes_per_offline_user: 400.0,
+            bytes_per_message: 200.0,
+            dedup_bytes_per_device: 100_000.0,
+            payload_bytes: 64,
+        }
+    }
+
+    fn idle_cost() -> crate::measured::IdleCost {
+        crate::measured::IdleCost {
+            source: "i.json",
+            connections: 900_000,
+            servers: 60,
+            date: "d".into(),
+            commit: "c".into(),
+            process_bytes_per_conn: 3000.0,
+            kernel_bytes_per_conn: 2000.0,
+        }
+    }
+
+    fn fleet_targets(users: u64) -> FleetTargets {
+        FleetTargets { users, retained_per_user: 100.0, sending_devices: None, engine_ram_gib: 64.0, heartbeat_ms: 1000 }
+    }
+
+    #[test]
+    fn fleet_sizing_arithmetic() {
+        // 10M users, 1M online, 100,000 msg/s, 100 retained each.
+        let t = targets(1_000_000, 100_000.0);
+        let p = compute_fleet(&fleet_cost(), &idle_cost(), &t, &fleet_targets(10_000_000)).unwrap();
+        // Nodes: RAM 1M × 5000 B × 1.3 = 6.5 GB → 1 node; CPU 100k × 50 µs × 1.3 = 6.5 cores → 1 node of 16; N+1 = 2.
+        assert!((p.node_ram_bytes - 1e6 * 5000.0 * 1.3).abs() < 1.0);
+        assert!((p.node_cores - 6.5).abs() < 1e-9);
+        assert_eq!((p.nodes_for_ram, p.nodes_for_cpu, p.nodes_for_load, p.nodes), (1, 1, 1, 2));
+        // Engine: users 10M × 400 B, messages 10M × 100 × 200 B, dedup 10M × 100 kB, all × 1.3.
+        assert!((p.engine_users_bytes - 10e6 * 400.0 * 1.3).abs() < 1.0);
+        assert!((p.engine_messages_bytes - 10e6 * 100.0 * 200.0 * 1.3).abs() < 1.0);
+        assert!((p.engine_dedup_bytes - 10e6 * 100_000.0 * 1.3).abs() < 1.0);
+        assert_eq!(p.engine_bytes, p.engine_users_bytes + p.engine_messages_bytes + p.engine_dedup_bytes);
+        // 100k × 4 commands + 2 nodes × 2 beats/s.
+        assert!((p.engine_ops_per_s - 400_004.0).abs() < 1e-6);
+        // 100k × 20 µs × 1.3 = 2.6 cores → 3 masters by CPU; 1.3 TB / 64 GiB → 23 by RAM.
+        assert!((p.engine_cores - 2.6).abs() < 1e-9);
+        assert_eq!(p.engine_masters, (p.engine_bytes / (64.0 * (1u64 << 30) as f64)).ceil() as u64);
+        assert!(p.engine_binding.starts_with("memory"), "{}", p.engine_binding);
+    }
+
+    #[test]
+    fn fleet_cpu_binds_nodes_and_engine_cores_count_masters() {
+        let mut t = targets(10_000, 1_000_000.0);
+        t.cores_per_node = 16;
+        let mut f = fleet_targets(0);
+        f.sending_devices = Some(0);
+        f.retained_per_user = 0.0;
+        let p = compute_fleet(&fleet_cost(), &idle_cost(), &t, &f).unwrap();
+        assert_eq!(p.users, 10_000, "users default to the online count");
+        // 1M × 50 µs × 1.3 = 65 cores → 5 nodes of 16, + 1.
+        assert_eq!((p.nodes_for_cpu, p.nodes), (5, 6));
+        // 1M × 20 µs × 1.3 = 26 cores → 26 masters (one thread each).
+        assert_eq!(p.engine_masters, 26);
+        assert!(p.engine_binding.starts_with("CPU"), "{}", p.engine_binding);
+        let md = fleet_markdown(&fleet_cost(), &idle_cost(), &t, &f, &p);
+        assert!(md.contains("**Nodes: 6** (5 for the load + 1 spare"), "{md}");
+        assert!(md.contains("26 Redis master(s)"), "{md}");
+        assert!(md.contains("| engine memory per retained message (64 B payload) | 200 B | `bench/results/fleet-x.json` `fleet[0].memory.bytes_per_message` |"), "{md}");
+    }
+
+    #[test]
+    fn fleet_targets_are_checked() {
+        let t = targets(1_000, 1.0);
+        assert!(compute_fleet(&fleet_cost(), &idle_cost(), &t, &fleet_targets(999)).is_err(), "fewer users than online");
+        assert!(compute_fleet(&fleet_cost(), &idle_cost(), &targets(0, 1.0), &fleet_targets(10)).is_err());
     }
 
     #[test]

@@ -591,6 +591,26 @@ fn grafana_dashboard_queries_only_exported_metrics() {
     assert!(checked >= 10);
 }
 
+/// Every fleet metric docs/fleet.md lists has a panel (the names are
+/// checked against a fleet node's /metrics by tests/fleet.rs).
+#[test]
+fn grafana_dashboard_shows_every_documented_fleet_metric() {
+    let dash: Value = serde_json::from_str(include_str!("../deploy/grafana-dashboard.json")).expect("dashboard is JSON");
+    let text = dash.to_string();
+    let doc = include_str!("../docs/fleet.md");
+    let table = &doc[doc.find("## Metrics").expect("docs/fleet.md has a Metrics section")..];
+    let names: Vec<&str> = table
+        .lines()
+        .take_while(|l| !l.starts_with("## Engine"))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|n| n.starts_with("ringgate_fleet_"))
+        .collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for n in names {
+        assert!(text.contains(n), "docs/fleet.md lists {n}, but no dashboard panel queries it");
+    }
+}
+
 // ---- readiness during recovery ---------------------------------------------
 
 /// Starts the binary directly (the harness waits for the gateway listener,

@@ -30,6 +30,7 @@
 pub mod admin;
 pub mod clientnet;
 pub mod fleet;
+pub mod fleet_redis;
 pub mod http1;
 pub mod idle_multi;
 pub mod lean;

@@ -147,6 +147,9 @@ enum Cmd {
         /// Also hold this many idle connections across several server processes (0 = skip; 200000 takes minutes).
         #[arg(long, default_value_t = 0)]
         idle_multi_conns: u64,
+        /// Skip the fleet scenario (3 nodes + redis-server; its short form takes about a minute).
+        #[arg(long)]
+        no_fleet: bool,
         #[command(flatten)]
         idle: IdleArgs,
         #[command(flatten)]
@@ -191,6 +194,51 @@ enum Cmd {
         duration_s: f64,
         #[arg(long, default_value_t = 7.0)]
         reload_at_s: f64,
+    },
+    /// Fleet mode: 3 ringgate nodes + redis-server vs one node in the same run (cross-node push, CPU per message, a node killed under load, engine memory per user and per message).
+    Fleet {
+        #[arg(long, default_value = "ringgate-uring")]
+        target: TargetKind,
+        /// Sender → receiver pairs (sender on n1, receiver on n2).
+        #[arg(long, default_value_t = 8)]
+        pairs: u32,
+        /// Paced offered load, msg/s in total.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_s: f64,
+        #[arg(long, default_value_t = 5.0)]
+        measure_s: f64,
+        /// A/B rounds (fleet and single node alternate).
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Skip the closed-loop saturation runs.
+        #[arg(long)]
+        no_saturation: bool,
+        /// Messages in flight per sender in the saturation runs.
+        #[arg(long, default_value_t = 16)]
+        window: u32,
+        /// Skip the node-kill phase.
+        #[arg(long)]
+        no_kill: bool,
+        #[arg(long, default_value_t = 24)]
+        kill_pairs: u32,
+        #[arg(long, default_value_t = 3_000.0)]
+        kill_rate: f64,
+        #[arg(long, default_value_t = 2.0)]
+        kill_at_s: f64,
+        #[arg(long, default_value_t = 6.0)]
+        kill_load_s: f64,
+        /// Engine memory phase: users (0 = skip) and messages retained per user.
+        #[arg(long, default_value_t = 2_000)]
+        mem_users: u64,
+        #[arg(long, default_value_t = 10)]
+        mem_messages: u64,
+        /// `[fleet] heartbeat_ms` of the nodes.
+        #[arg(long, default_value_t = 1_000)]
+        heartbeat_ms: u64,
     },
     /// Internal: one load-generating worker process (spawned by the scenarios).
     #[command(hide = true)]
@@ -484,7 +532,7 @@ fn main() -> Result<()> {
             r.wall_s = t0.elapsed().as_secs_f64();
             write_scenario(&common, &env, "reconnect-storm", &r)?;
         }
-        Cmd::Suite { targets, readme, rates, wait_quiet_s, load_fractions, idle_curve_conns, idle_multi_conns, idle, hs, push, storm } => {
+        Cmd::Suite { targets, readme, rates, wait_quiet_s, load_fractions, idle_curve_conns, idle_multi_conns, no_fleet, idle, hs, push, storm } => {
             let io = idle.opts(common.procs);
             let idle_multi = (idle_multi_conns > 0).then_some(IdleMultiOpts {
                 conns: idle_multi_conns,
@@ -512,6 +560,7 @@ fn main() -> Result<()> {
                 rates,
                 storm: storm.opts(common.procs),
                 targets,
+                fleet: (!no_fleet).then(ringgate_bench::fleet_redis::FleetOpts::short),
             };
             let r = suite::run(&env, &o, Envelope::collect("suite", &env.server_cpus, &env.client_cpus, common.procs), wait_quiet_s);
             suite::write(&common.out, &r)?;
@@ -530,6 +579,51 @@ fn main() -> Result<()> {
             println!("{}", ringgate_bench::reload_push::markdown(&r));
             let p = report::write_json(&common.out, &format!("reload-push-{}.json", envelope("reload-push").map(|e| e.date_utc.replace(':', "")).unwrap_or_default()), &r)?;
             eprintln!("wrote {}", p.display());
+        }
+        Cmd::Fleet {
+            target,
+            pairs,
+            rate,
+            payload,
+            warmup_s,
+            measure_s,
+            rounds,
+            no_saturation,
+            window,
+            no_kill,
+            kill_pairs,
+            kill_rate,
+            kill_at_s,
+            kill_load_s,
+            mem_users,
+            mem_messages,
+            heartbeat_ms,
+        } => {
+            let o = ringgate_bench::fleet_redis::FleetOpts {
+                pairs,
+                rate,
+                payload_bytes: payload.max(20),
+                warmup_s,
+                measure_s,
+                rounds,
+                saturation: !no_saturation,
+                window,
+                kill: !no_kill,
+                kill_pairs,
+                kill_rate,
+                kill_at_s,
+                kill_load_s,
+                mem_users,
+                mem_messages,
+                heartbeat_ms,
+            };
+            let mut r = SuiteReport { envelope: envelope("fleet"), ..Default::default() };
+            match ringgate_bench::fleet_redis::run(&env, target, &o) {
+                Ok(x) => r.fleet.push(x),
+                Err(e) => r.skipped.push(format!("fleet {}: {e:#}", target.name())),
+            }
+            r.wall_s = t0.elapsed().as_secs_f64();
+            write_scenario(&common, &env, "fleet", &r)?;
         }
         Cmd::Worker | Cmd::Flamegraph { .. } | Cmd::Render { .. } => unreachable!("handled above"),
     }

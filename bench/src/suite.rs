@@ -34,6 +34,9 @@ pub struct SuiteOpts {
     /// The multi-process idle run, if asked for (`--idle-multi-conns`).
     #[serde(default)]
     pub idle_multi: Option<crate::idle_multi::IdleMultiOpts>,
+    /// The fleet run (3 nodes + Redis vs one node), in its short form; None = skipped.
+    #[serde(default)]
+    pub fleet: Option<crate::fleet_redis::FleetOpts>,
 }
 
 /// Default `load_fractions`: six open-loop loads from light to near saturation.
@@ -50,6 +53,9 @@ pub struct SuiteReport {
     pub handshake: Vec<HandshakeResult>,
     pub push: Vec<PushResult>,
     pub storm: Vec<StormResult>,
+    /// Fleet mode on Redis against the single node (`ringgate-bench fleet`).
+    #[serde(default)]
+    pub fleet: Vec<crate::fleet_redis::FleetResult>,
     /// `scenario target: reason` for every run that did not happen.
     pub skipped: Vec<String>,
     pub wall_s: f64,
@@ -222,6 +228,16 @@ pub fn run(env: &Env, o: &SuiteOpts, envelope: Envelope, wait_quiet_s: u64) -> S
         match scenarios::storm(env, k, &o.storm) {
             Ok(x) => r.storm.push(x),
             Err(e) => note(&mut r, "reconnect-storm", k, e),
+        }
+    }
+    if let Some(fo) = &o.fleet {
+        let k = TargetKind::RinggateUring;
+        if usable.contains(&k) {
+            eprintln!("fleet {} (3 nodes + Redis vs one node)", k.name());
+            match crate::fleet_redis::run(env, k, fo) {
+                Ok(x) => r.fleet.push(x),
+                Err(e) => note(&mut r, "fleet", k, e),
+            }
         }
     }
     r.wall_s = t0.elapsed().as_secs_f64();
@@ -481,6 +497,10 @@ pub fn markdown(r: &SuiteReport) -> String {
         s += &push_table(&r.push);
     }
     s += &storm_table(&r.storm);
+    for f in &r.fleet {
+        s += "\n";
+        s += &crate::fleet_redis::markdown(f);
+    }
     let lossy: Vec<String> = r
         .push
         .iter()

@@ -336,7 +336,17 @@ pub fn ringgate_config_shared(env: &Env, port: u16, driver: &str, data_dir: &Pat
 
 impl Server {
     pub fn start(env: &Env, kind: TargetKind) -> Result<Server> {
-        Self::start_in(env, kind, free_port()?, &env.dir.join(kind.name()), false)
+        Self::start_in(env, kind, free_port()?, &env.dir.join(kind.name()), false, &|c| c)
+    }
+
+    /// A ringgate target in `env.dir/<name>` with `edit` applied to the
+    /// bench's config (the `fleet` scenario: nodes with a `[fleet]`
+    /// section, a single node on the durable log).
+    pub fn start_edited(env: &Env, kind: TargetKind, name: &str, edit: &dyn Fn(String) -> String) -> Result<Server> {
+        if !kind.is_ringgate() {
+            bail!("{}: only ringgate configs are edited", kind.name());
+        }
+        Self::start_in(env, kind, free_port()?, &env.dir.join(name), false, edit)
     }
 
     /// Server `index` of several independent ringgate processes, each on its own port
@@ -353,21 +363,21 @@ impl Server {
         if !kind.is_ringgate() {
             bail!("{}: only ringgate runs as several processes on one port here", kind.name());
         }
-        Self::start_in(env, kind, port, &env.dir.join(format!("{}-{index}", kind.name())), true)
+        Self::start_in(env, kind, port, &env.dir.join(format!("{}-{index}", kind.name())), true, &|c| c)
     }
 
-    fn start_in(env: &Env, kind: TargetKind, port: u16, dir: &Path, shared: bool) -> Result<Server> {
+    fn start_in(env: &Env, kind: TargetKind, port: u16, dir: &Path, shared: bool, edit: &dyn Fn(String) -> String) -> Result<Server> {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("server.log"))?;
         match kind {
             TargetKind::RinggateUring | TargetKind::RinggateEpoll | TargetKind::RinggateWsUring | TargetKind::RinggateWsEpoll => {
                 let driver = kind.driver();
-                let config = if shared {
+                let config = edit(if shared {
                     ringgate_config_shared(env, port, driver, &dir.join("data"))
                 } else {
                     ringgate_config(env, port, driver, &dir.join("data"))
-                };
+                });
                 let path = dir.join("ringgate.toml");
                 std::fs::write(&path, &config)?;
                 let mut cmd = Command::new(&env.ringgate_bin);
