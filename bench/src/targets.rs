@@ -355,7 +355,7 @@ impl Server {
         if index == 0 {
             return Self::start(env, kind);
         }
-        Self::start_in(env, kind, free_port()?, &env.dir.join(format!("{}-{index}", kind.name())), false)
+        Self::start_in(env, kind, free_port()?, &env.dir.join(format!("{}-{index}", kind.name())), false, &|c| c)
     }
 
     /// Server `index` of several ringgate processes sharing one `port`.
