@@ -375,6 +375,196 @@ pub fn conn_glue(data: &[u8]) {
     drop(ours);
 }
 
+/// The one HTTP/1.1 request parser (`crate::http`: head, Content-Length
+/// and chunked bodies) on arbitrary bytes under small limits chosen by the
+/// first bytes. Checks: never panics; a complete request consumed at most
+/// the input, at least its head, and stays within the limits; every prefix
+/// of it is `Incomplete`; and it round-trips: written back out with a
+/// Content-Length body, it parses to the same request.
+pub fn http_parse(data: &[u8]) {
+    let Some((&[a, b], input)) = data.split_first_chunk::<2>().map(|(k, r)| (k, r)) else { return };
+    let lim = crate::http::Limits {
+        max_head_bytes: 64 + usize::from(a) * 8,
+        max_headers: 1 + usize::from(b % 16),
+        max_body_bytes: usize::from(b / 16) * 17,
+    };
+    let parsed = crate::http::parse_request(input, &lim);
+    let Ok(crate::http::Parsed::Complete { request, consumed }) = parsed else { return };
+    assert!(consumed <= input.len() && consumed > 0, "consumed {consumed} of {}", input.len());
+    assert!(request.body.len() <= lim.max_body_bytes, "body {} over {}", request.body.len(), lim.max_body_bytes);
+    assert!(request.headers.len() <= lim.max_headers);
+    // A shorter read never completes: the parser cannot answer before the
+    // bytes that make up the request are in.
+    for cut in [consumed - 1, consumed / 2, consumed.saturating_sub(3)] {
+        match crate::http::parse_request(&input[..cut], &lim) {
+            Ok(crate::http::Parsed::Incomplete { .. }) => {}
+            other => panic!("prefix of {cut} of a {consumed}-byte request: {other:?}"),
+        }
+    }
+    // Round trip through a canonical form (Content-Length framing).
+    let mut again = format!("{} {} HTTP/1.{}\r\n", request.method, request.target, request.minor_version).into_bytes();
+    for (n, v) in &request.headers {
+        if ["content-length", "transfer-encoding", "expect"].iter().any(|h| n.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        again.extend_from_slice(n.as_bytes());
+        again.extend_from_slice(b": ");
+        again.extend_from_slice(v);
+        again.extend_from_slice(b"\r\n");
+    }
+    again.extend_from_slice(format!("Content-Length: {}\r\n\r\n", request.body.len()).as_bytes());
+    again.extend_from_slice(&request.body);
+    let big = crate::http::Limits { max_head_bytes: again.len() + 64, max_headers: lim.max_headers + 1, max_body_bytes: lim.max_body_bytes };
+    match crate::http::parse_request(&again, &big) {
+        Ok(crate::http::Parsed::Complete { request: r2, consumed: n2 }) => {
+            assert_eq!(n2, again.len());
+            assert_eq!((&r2.method, &r2.target, r2.minor_version, &r2.body), (&request.method, &request.target, request.minor_version, &request.body));
+        }
+        other => panic!("the canonical form of {request:?} parses as {other:?}"),
+    }
+}
+
+/// The WebSocket codec (`runtime::web::ws`) on arbitrary client bytes, fed
+/// in fuzzer-chosen chunks, in both modes. Checks: never panics; it takes
+/// bytes only from the front of its input; decoding the same stream in one
+/// piece or in chunks gives the same frames, output and verdict; every
+/// gateway message it passes on is exactly one length-prefixed frame; a
+/// fragment being reassembled stays under the message limit; everything it
+/// writes is a well-formed unmasked server frame; and `wrap_out` frames
+/// protocol frames so that unwrapping gives them back.
+pub fn ws_codec(data: &[u8]) {
+    use crate::runtime::web::ws::{Mode, WsState};
+    let Some((&[flags, lim], input)) = data.split_first_chunk::<2>().map(|(k, r)| (k, r)) else { return };
+    let mode = if flags & 1 == 0 { Mode::Gateway } else { Mode::Echo };
+    let max_msg = 5 + usize::from(lim) * 4;
+    let run = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let (mut ws, mut rbuf, mut out) = (WsState::new(0, mode), BytesMut::new(), BytesMut::new());
+        let mut verdict = Ok(crate::runtime::web::ws::Input::Open);
+        for chunk in chunks {
+            rbuf.extend_from_slice(chunk);
+            let before = rbuf.clone();
+            verdict = ws.decode(&mut rbuf, max_msg, &mut out);
+            // Only a prefix was taken (or all of it, after a close).
+            assert!(before.ends_with(&rbuf), "decode changed bytes it did not consume");
+            if verdict.is_err() || verdict == Ok(crate::runtime::web::ws::Input::Closed) {
+                break;
+            }
+        }
+        (verdict, ws.frames.clone(), out)
+    };
+    let whole = run(&mut std::iter::once(input));
+    let step = 1 + usize::from(flags >> 1) % 13;
+    let chunked = run(&mut input.chunks(step));
+    assert_eq!(whole, chunked, "one piece and chunks of {step} disagree");
+    let (_, frames, out) = whole;
+    // Gateway: one protocol frame per binary message, prefixes intact.
+    let mut f = &frames[..];
+    while !f.is_empty() {
+        let n = 4 + u32::from_be_bytes(f[..4].try_into().expect("4 bytes")) as usize;
+        assert!(n >= 5 && n <= f.len() && n <= max_msg, "frame of {n} bytes in {} (limit {max_msg})", f.len());
+        f = &f[n..];
+    }
+    check_ws_server_frames(&out);
+    // The output side: protocol frames wrapped into binary messages and back.
+    let mut proto = BytesMut::new();
+    let mut rest = input;
+    while let Some((&n, tail)) = rest.split_first() {
+        let n = (n as usize).min(tail.len());
+        frame::Frame::Ping { nonce: n as u64 }.encode(&mut proto);
+        if n > 0 {
+            let mut p = BytesMut::new();
+            frame::Frame::SendAck(frame::SendAck { client_msg_id: 1, status: 0, msg_id: n as u64, timestamp_ms: 0 }).encode(&mut p);
+            proto.extend_from_slice(&p);
+        }
+        rest = &tail[n..];
+    }
+    let mut out = BytesMut::from(&b"HTTP/1.1 101\r\n\r\n"[..]);
+    let mut ws = WsState::new(out.len(), Mode::Gateway);
+    let half = proto.len() / 2;
+    out.extend_from_slice(&proto[..half]);
+    ws.wrap_out(&mut out);
+    out.extend_from_slice(&proto[half..]);
+    ws.wrap_out(&mut out);
+    let messages = check_ws_server_frames(&out[16..]);
+    assert_eq!(messages.concat(), &proto[..], "wrap_out lost or changed bytes");
+}
+
+/// Parses server WebSocket frames (FIN set, never masked, no RSV bits,
+/// lengths minimal enough to parse) and returns the binary payloads.
+fn check_ws_server_frames(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut binary = Vec::new();
+    while !b.is_empty() {
+        assert!(b.len() >= 2, "truncated server frame header");
+        assert_eq!(b[0] & 0xf0, 0x80, "server frame without FIN or with RSV bits");
+        assert_eq!(b[1] & 0x80, 0, "masked server frame");
+        let (len, at) = match b[1] & 0x7f {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
+            n => (n as usize, 2),
+        };
+        assert!(b.len() >= at + len, "server frame longer than the output");
+        if b[0] & 0x0f == 2 {
+            binary.push(b[at..at + len].to_vec());
+        }
+        b = &b[at + len..];
+    }
+    binary
+}
+
+/// Whole cores (`runtime::core::sim`) driven by a fuzzer-chosen event
+/// stream: the first two bytes pick the knobs (cores, store, window,
+/// high-water mark, mailbox, frame size, ...), then each event is decoded
+/// from two or three bytes (connect, send, retry, read, ping, stop/resume
+/// reading or acking, hang up, garbage, the driver's I/O pass, a mailbox
+/// message, a flush, a sync, a tick, a checkpoint). Every invariant of the
+/// random simulation (`core::sim_random`) is checked after every event and
+/// at the end. Panics with the violation.
+#[cfg(any(test, feature = "sim"))]
+pub fn core_events(data: &[u8]) {
+    use crate::runtime::core::sim_random::{Action, Knobs, Rng, World};
+    let Some((&[k0, k1], mut rest)) = data.split_first_chunk::<2>().map(|(k, r)| (k, r)) else { return };
+    let mut w = World::new(Knobs::random(&mut Rng::new(u64::from(u16::from_be_bytes([k0, k1])))));
+    let mut events = 0;
+    while let Some((&op, tail)) = rest.split_first() {
+        let (arg, tail) = tail.split_first().map_or((0, tail), |(a, t)| (*a, t));
+        rest = tail;
+        let dev = usize::from(arg);
+        let a = match op % 20 {
+            0 => Action::Connect { dev, core: usize::from(op / 20), ws: op & 0x80 != 0 },
+            1 | 2 => {
+                let (len, tail) = rest.split_first().map_or((0, rest), |(a, t)| (*a, t));
+                rest = tail;
+                let max = w.knobs.max_payload_bytes as usize;
+                Action::Send { dev, to: usize::from(op / 20), len: usize::from(len) * (max + 16) / 255 }
+            }
+            3 => Action::Retry { dev },
+            4 | 5 => Action::Read { dev },
+            6 => Action::Ping { dev },
+            7 => Action::ToggleRead { dev },
+            8 => Action::ToggleAck { dev },
+            9 => Action::HangUp { dev },
+            10 => Action::Garbage { dev, byte: op },
+            11 | 12 => Action::StepIo,
+            13 => Action::Deliver { core: dev },
+            14 => Action::Flush,
+            15 => Action::Sync { core: dev },
+            16 | 17 => Action::Tick,
+            18 => Action::Run,
+            _ => Action::Checkpoint,
+        };
+        events += 1;
+        if let Err(e) = w.apply(a) {
+            panic!("event {events} ({a:?}): {e}\n{:?}", w.knobs);
+        }
+        if events >= 4_000 {
+            break;
+        }
+    }
+    if let Err(e) = w.finish() {
+        panic!("at the end: {e}\n{:?}", w.knobs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +576,25 @@ mod tests {
         tls_record_open(&[0x21, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0x10, 0x17, 3, 3, 0, 40]);
         conn_glue(&[0, 0x16, 3, 1, 0, 5, 1, 2, 3]);
         conn_glue(&[1, 0, 0, 0, 0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    /// The committed `core_events` corpus (`fuzz/corpus/core_events/`),
+    /// here rather than in `tests/fuzz_corpus.rs`: the simulation driver
+    /// exists in the library's own tests (and behind the `sim` feature the
+    /// fuzz crate turns on), not in the build integration tests link.
+    #[test]
+    fn core_events_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core_events");
+        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| std::fs::read(e.expect("dir entry").path()).expect("corpus file"))
+            .collect();
+        assert!(!inputs.is_empty(), "empty corpus {}", dir.display());
+        inputs.sort();
+        for input in &inputs {
+            core_events(input);
+        }
+        eprintln!("core_events: {} corpus inputs", inputs.len());
     }
 
     /// The cached key material rebuilds working record layers: what one

@@ -61,3 +61,17 @@ fn tls_record_open_corpus() {
 fn conn_glue_corpus() {
     run("conn_glue", ringgate::fuzzing::conn_glue, 200, 512);
 }
+
+#[test]
+fn http_parse_corpus() {
+    run("http_parse", ringgate::fuzzing::http_parse, 20_000, 512);
+}
+
+#[test]
+fn ws_codec_corpus() {
+    run("ws_codec", ringgate::fuzzing::ws_codec, 20_000, 512);
+}
+
+// `core_events` is replayed by the library's own tests
+// (`fuzzing::tests::core_events_corpus`): the simulation driver it needs is
+// not in the build that integration tests link.

@@ -34,9 +34,9 @@ use crate::runtime::transport::{self, Transport};
 /// Most bytes read from one socket per readiness event, so one busy
 /// connection cannot starve the others on its core (the readiness op fires
 /// again at once if more is queued).
-const READ_BUDGET: usize = 256 * 1024;
+pub(crate) const READ_BUDGET: usize = 256 * 1024;
 /// Read granularity.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 /// Ciphertext buffered at most during the TLS handshake: one largest record
 /// plus its 5-byte header. Plaintext handshake records are at most 2^14
 /// bytes and every suite rustls offers is an AEAD (at most 256 bytes of
@@ -156,7 +156,7 @@ impl Read for Fd {
         #[allow(clippy::infallible_destructuring_match)]
         let fd = match self.0 {
             Transport::Fd(fd) => fd,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "sim"))]
             Transport::Mem(m) => return transport::mem::recv(m, buf),
         };
         // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes and
@@ -176,7 +176,7 @@ impl Write for Fd {
         #[allow(clippy::infallible_destructuring_match)]
         let fd = match self.0 {
             Transport::Fd(fd) => fd,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "sim"))]
             Transport::Mem(m) => return transport::mem::send(m, buf),
         };
         // SAFETY: `buf` is a valid readable slice; MSG_NOSIGNAL turns a
@@ -196,7 +196,7 @@ impl Write for Fd {
         #[allow(clippy::infallible_destructuring_match)]
         let fd = match self.0 {
             Transport::Fd(fd) => fd,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "sim"))]
             Transport::Mem(m) => return transport::mem::send(m, bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..])),
         };
         // SAFETY: an all-zero msghdr is valid; iov points at `bufs`, whose

@@ -36,8 +36,10 @@ mod send;
 mod sessions;
 mod flush;
 mod web;
-#[cfg(test)]
-pub(crate) mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_random;
 #[cfg(test)]
 mod sim_tests;
 

@@ -38,7 +38,7 @@ pub enum Transport {
     /// A socket in the kernel's fd table, used only with MSG_DONTWAIT.
     Fd(RawFd),
     /// A pipe of this thread's simulated network.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     Mem(mem::MemId),
 }
 
@@ -54,7 +54,7 @@ impl Transport {
     pub fn raw_fd(self) -> Option<RawFd> {
         match self {
             Transport::Fd(fd) => Some(fd),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "sim"))]
             Transport::Mem(_) => None,
         }
     }
@@ -67,7 +67,7 @@ impl Transport {
             Transport::Fd(fd) => unsafe {
                 libc::shutdown(fd, libc::SHUT_WR);
             },
-            #[cfg(test)]
+            #[cfg(any(test, feature = "sim"))]
             Transport::Mem(m) => mem::shutdown_write(m),
         }
     }
@@ -88,7 +88,7 @@ pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::R
                 Ok(n as usize)
             }
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "sim"))]
         Transport::Mem(m) => mem::recv_uninit(m, buf),
     }
 }
@@ -96,7 +96,7 @@ pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::R
 /// The simulated network: one table of pipes per thread (a simulation runs
 /// on one thread and never shares its pipes), addressed by `MemId` the way
 /// the kernel's sockets are addressed by fd.
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub mod mem {
     use std::cell::RefCell;
     use std::io;

@@ -924,7 +924,7 @@ impl InboxStore for DurableStore {
         Some(self.stats)
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     fn take_deferred_sync(&mut self) -> Option<Result<u64, StoreError>> {
         let IoExec::Deferred(q) = &mut self.io else { return None };
         if q.is_empty() {

@@ -16,7 +16,7 @@ pub mod memory;
 pub mod recovery;
 pub mod ring;
 mod syncer;
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim_disk;
 #[cfg(test)]
 mod vopr;
@@ -149,7 +149,7 @@ pub trait InboxStore {
     /// `DurableStore::defer_io`) and returns their result *without*
     /// applying it; the caller delivers it to the core as the syncer thread
     /// would (`CoreMsg::Synced`). None when nothing is queued.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     fn take_deferred_sync(&mut self) -> Option<Result<u64, StoreError>> {
         None
     }

@@ -82,7 +82,19 @@ pub struct Sim {
     clients: Vec<ClientState>,
     /// Messages taken from a core's mailbox and not yet handled.
     queued: Vec<VecDeque<CoreMsg>>,
-    _route_dir: tempfile::TempDir,
+}
+
+/// Where the route signing key of every simulation in this process lives:
+/// made once (an Ed25519 key and a file per `Sim` would dominate a fuzz
+/// target that builds one per input), removed never (one small file per
+/// test process under the temp dir).
+fn route_key_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ringgate-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("simulation temp dir");
+        dir
+    })
 }
 
 impl Sim {
@@ -91,8 +103,7 @@ impl Sim {
         mem::reset();
         cfg.tls.enabled = false;
         let clock = VirtualClock::new(1_000, WALL_START_MS);
-        let route_dir = tempfile::tempdir().expect("temp dir");
-        let route_key = crate::route::load_or_create_key(&cfg.route, route_dir.path()).expect("route key");
+        let route_key = crate::route::load_or_create_key(&cfg.route, route_key_dir()).expect("route key");
         let gate = Arc::new(crate::runtime::gate_http::Gate::new(
             &cfg,
             crate::route::RouteService::new(cfg.route.clone(), route_key, "127.0.0.1:7443".parse().expect("addr"), false, 1_000),
@@ -163,7 +174,6 @@ impl Sim {
             clients: Vec::new(),
             queued: (0..n).map(|_| VecDeque::new()).collect(),
             cfg,
-            _route_dir: route_dir,
         }
     }
 
@@ -193,12 +203,39 @@ impl Sim {
 
     /// A new TCP connection, accepted on `core` (as SO_REUSEPORT would pick).
     pub fn connect_at(&mut self, core: usize) -> Client {
+        self.try_connect_at(core).unwrap_or_else(|e| panic!("accept refused: {e:?}"))
+    }
+
+    /// [`Sim::connect_at`], or why the core refused the connection (its
+    /// pipe is then closed, as the accept loop closes the socket).
+    pub fn try_connect_at(&mut self, core: usize) -> Result<Client, super::AcceptError> {
         let pipe = mem::open(DEFAULT_CAPACITY);
-        let key = self.cores[core]
-            .accept(Transport::Mem(pipe), IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .unwrap_or_else(|e| panic!("accept refused: {e:?}"));
-        self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new() });
-        Client(self.clients.len() - 1)
+        match self.cores[core].accept(Transport::Mem(pipe), IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+            Ok(key) => {
+                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new() });
+                Ok(Client(self.clients.len() - 1))
+            }
+            Err(e) => {
+                mem::with(pipe, |p| p.closed = true);
+                Err(e)
+            }
+        }
+    }
+
+    /// The client is done with a connection the server closed: both sides
+    /// of its pipe are emptied (a long simulation keeps no dead bytes).
+    pub fn forget(&mut self, c: Client) {
+        let st = &mut self.clients[c.0];
+        st.rx = BytesMut::new();
+        mem::with(st.pipe, |p| {
+            p.to_client = BytesMut::new();
+            p.to_server = BytesMut::new();
+        });
+    }
+
+    /// Writes raw bytes on the client's side of the pipe.
+    pub fn write_raw(&mut self, c: Client, bytes: &[u8]) {
+        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(bytes));
     }
 
     /// Writes `f` on the client's side of the pipe (nothing runs yet).
@@ -284,6 +321,11 @@ impl Sim {
     pub fn ws_write(&mut self, c: Client, f: &Frame) {
         let mut body = BytesMut::new();
         f.encode(&mut body);
+        self.ws_write_raw_message(c, &body);
+    }
+
+    /// Writes `body` as one masked binary message, whatever it holds.
+    pub fn ws_write_raw_message(&mut self, c: Client, body: &[u8]) {
         let mask = [0x5a, 0xa5, 0x3c, 0xc3];
         let mut b = vec![0x82];
         match body.len() {
@@ -484,6 +526,15 @@ impl Sim {
         panic!("the simulation did not settle in {MAX_PASSES} passes");
     }
 
+    /// One tick of virtual time: every core's timers fire; nothing else
+    /// runs (the random simulation interleaves the rest itself).
+    pub fn tick(&mut self) {
+        self.clock.advance(TICK_MS);
+        for core in self.cores.iter_mut() {
+            core.on_tick();
+        }
+    }
+
     /// Moves virtual time forward by `ms` in ticks: each tick fires every
     /// core's timers, then everything runs to quiescence.
     pub fn advance(&mut self, ms: u64) {
@@ -510,5 +561,18 @@ impl Sim {
             }
             None => false,
         }
+    }
+
+    /// Appends waiting in `core`'s mailbox (posted, or taken by the driver
+    /// and not handled yet).
+    pub fn queued_appends(&mut self, core: usize) -> usize {
+        self.collect(core);
+        self.queued[core].iter().filter(|m| matches!(m, CoreMsg::Append { .. })).count()
+    }
+
+    /// `user`'s head seq on its home core.
+    pub fn head(&self, user: &str) -> u64 {
+        let home = home_core(user, self.cores.len());
+        self.cores[home].store.peek(user).bounds().1
     }
 }
