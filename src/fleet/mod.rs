@@ -54,8 +54,11 @@
 //! of nodes that stopped heartbeating are completed by a survivor.
 
 pub mod mirror;
+pub mod rules;
 pub mod scripts;
 mod engine;
+#[cfg(test)]
+mod sim;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -100,7 +103,7 @@ pub enum Request {
 /// Where a SEND is stored: its msg_id and timestamp (the original ones
 /// when it was a retry of a stored SEND) and each recipient's seq (empty
 /// for such a retry).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Stored {
     pub msg_id: u64,
     pub timestamp_ms: u64,
@@ -243,6 +246,31 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The handle and the receiving end of its request queue (the engine
+    /// thread's, or a simulation's), with only this node live until the
+    /// first heartbeat.
+    pub(crate) fn new(
+        cfg: FleetConfig,
+        node_id: String,
+        me: Node,
+        retention: Retention,
+        dedup_keep: usize,
+    ) -> (Arc<Fleet>, tokio::sync::mpsc::UnboundedReceiver<Request>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let fleet = Arc::new(Fleet {
+            node_id: Arc::from(node_id.as_str()),
+            cfg,
+            metrics: Arc::new(FleetMetrics::default()),
+            live: Mutex::new(Arc::new(vec![me])),
+            engine_ok: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            tx,
+            retention,
+            dedup_keep,
+        });
+        (fleet, rx)
+    }
+
     /// Queues `r` for the engine thread; `Busy` when `max_engine_inflight`
     /// requests are already queued or running.
     pub fn submit(&self, r: Request) -> Result<(), FleetError> {

@@ -87,10 +87,28 @@ pub struct Sim {
 
 impl Sim {
     /// `n` cores with `cfg` (TLS is turned off) and groups `groups`.
-    pub fn new(n: usize, store: StoreKind, mut cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
+    pub fn new(n: usize, store: StoreKind, cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
         mem::reset();
+        Sim::build(n, store, cfg, groups, VirtualClock::new(1_000, WALL_START_MS), None)
+    }
+
+    /// One node of a fleet (`fleet::sim`): `n` cores on their engine
+    /// mirrors, `fleet`'s requests left for the caller to answer, time
+    /// from `clock` (shared by every node; the caller advances it and
+    /// ticks the cores). Pipes are not reset: the nodes share the network.
+    pub fn fleet_node(n: usize, cfg: Config, groups: &[(&str, &[&str])], clock: Arc<VirtualClock>, fleet: Arc<crate::fleet::Fleet>) -> Sim {
+        Sim::build(n, StoreKind::Memory, cfg, groups, clock, Some(fleet))
+    }
+
+    fn build(
+        n: usize,
+        store: StoreKind,
+        mut cfg: Config,
+        groups: &[(&str, &[&str])],
+        clock: Arc<VirtualClock>,
+        fleet: Option<Arc<crate::fleet::Fleet>>,
+    ) -> Sim {
         cfg.tls.enabled = false;
-        let clock = VirtualClock::new(1_000, WALL_START_MS);
         let route_dir = tempfile::tempdir().expect("temp dir");
         let route_key = crate::route::load_or_create_key(&cfg.route, route_dir.path()).expect("route key");
         let gate = Arc::new(crate::runtime::gate_http::Gate::new(
@@ -129,7 +147,7 @@ impl Sim {
                 max_entries: cfg.admin.ledger_max_entries,
             },
             mutes: HashMap::new(),
-            fleet: None,
+            fleet: fleet.clone(),
         });
         let disk = SimDisk::new(7);
         let settings = LogSettings {
@@ -141,6 +159,7 @@ impl Sim {
         let cores = (0..n)
             .map(|id| {
                 let st: Box<dyn InboxStore + Send> = match store {
+                    _ if fleet.is_some() => Box::new(crate::fleet::mirror::FleetStore::new(cfg.store.inbox_max_messages)),
                     StoreKind::Memory => Box::new(MemoryStore::with_budget(crate::runtime::retention(&cfg), 1 << 30)),
                     StoreKind::Durable => {
                         let disk_ref: crate::store::disk::DiskRef = Arc::new(disk.clone());
@@ -497,6 +516,23 @@ impl Sim {
             }
             self.run();
         }
+    }
+
+    /// Fleet mode: `user`'s mirror on `core` as (visible bounds, engine
+    /// head, fetch in flight), for a failing simulation's report.
+    pub fn fleet_mirror(&mut self, core: usize, user: &str) -> Option<((u64, u64), u64, bool)> {
+        use crate::proto::session::InboxRead;
+        let m = self.cores[core].store.fleet_mirror()?.get_mut(user)?;
+        Some((m.bounds(), m.engine_head, m.fetching))
+    }
+
+    /// Fires every core's timers at the clock's now (which another node's
+    /// simulation may have moved), then runs to quiescence.
+    pub fn tick(&mut self) {
+        for core in self.cores.iter_mut() {
+            core.on_tick();
+        }
+        self.run();
     }
 
     /// Runs `core`'s queued fsyncs on the simulated disk and posts the
