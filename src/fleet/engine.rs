@@ -286,6 +286,21 @@ impl Eng {
         let qkey = format!("rg:{{{sender}}}:q:{device}");
         let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
         let group_payload: &[u8] = if msg.group.is_some() { &msg.payload } else { b"" };
+        let intent = rules::intent(sender, device, msg.client_msg_id);
+        if msg.group.is_some() {
+            // The durable intent of a group send, before its claim: a
+            // survivor completes a pending claim only through its intent,
+            // so a node dying between the two must leave the intent, not
+            // the claim, alone (an intent without a claim is forgotten).
+            let mut c = self.conn()?;
+            let r: Result<redis::RedisResult<i64>, _> =
+                tokio::time::timeout(self.timeout, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c)).await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
+                Err(_) => return Err(FleetError::Timeout),
+            }
+        }
         let claim: Option<Vec<u8>> = self
             .invoke(
                 OP_CLAIM,
@@ -302,28 +317,10 @@ impl Eng {
                     .arg(group_payload),
             )
             .await?;
-        let intent = rules::intent(sender, device, msg.client_msg_id);
         let (msg_id, ts, targets) = match rules::after_claim(claim.as_deref(), msg, targets) {
             None => return Err(FleetError::Engine("unreadable dedup record".into())),
             Some(rules::AfterClaim::Answer(stored)) => return Ok(stored),
-            Some(rules::AfterClaim::Append { msg_id, ts, targets, fresh }) => {
-                if fresh && msg.group.is_some() {
-                    // The durable intent of a group send: a survivor
-                    // completes it if this node dies before it is done.
-                    let mut c = self.conn()?;
-                    let r: Result<redis::RedisResult<i64>, _> = tokio::time::timeout(
-                        self.timeout,
-                        redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c),
-                    )
-                    .await;
-                    match r {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
-                        Err(_) => return Err(FleetError::Timeout),
-                    }
-                }
-                (msg_id, ts, targets)
-            }
+            Some(rules::AfterClaim::Append { msg_id, ts, targets, .. }) => (msg_id, ts, targets),
         };
         let key = rules::append_key(sender, device, msg.client_msg_id);
         let appends = targets.iter().map(|t| self.append(t, &key, msg_id, ts, &msg.from, &msg.payload, max, cutoff));

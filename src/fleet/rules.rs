@@ -77,9 +77,9 @@ pub enum AfterClaim {
     Answer(Stored),
     /// Append `msg_id` to every target (idempotent by msg_id in the
     /// engine), then mark the claim done. `fresh`: this attempt made the
-    /// claim (a group send then records its durable intent first); else it
-    /// finishes one a dead or slow attempt left pending, with that
-    /// attempt's msg_id, timestamp and recipients.
+    /// claim; else it finishes one a dead or slow attempt left pending,
+    /// with that attempt's msg_id, timestamp and recipients. (A group
+    /// send's durable intent is written before its claim: see `engine.rs`.)
     Append { msg_id: u64, ts: u64, targets: Vec<Arc<str>>, fresh: bool },
 }
 

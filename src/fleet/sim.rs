@@ -195,8 +195,8 @@ fn claim_record(msg_id: u64, ts: u64, node: &str, targets: &[Arc<str>], payload:
 
 /// Where a SEND is in `engine.rs`'s `send`: one engine call per stage.
 enum SendStage {
+    Intent,
     Claim,
-    Intent { msg_id: u64, ts: u64, targets: Vec<Arc<str>> },
     Append { msg_id: u64, ts: u64, targets: Vec<Arc<str>>, seqs: Vec<(Arc<str>, u64)> },
     Done { msg_id: u64, ts: u64, seqs: Vec<(Arc<str>, u64)> },
     Forget { stored: Stored },
@@ -283,8 +283,9 @@ struct Device {
     last_seq: u64,
     /// seq → payload tag, for every seq this device ever took.
     seen: BTreeMap<u64, String>,
-    /// tag → seq: a message reaching the device twice is a bug.
-    got: HashMap<String, u64>,
+    /// tag → (seq, msg_id): a message reaching the device twice is a bug,
+    /// and its msg_id must be the one its sender's SENDACK carried.
+    got: HashMap<String, (u64, u64)>,
     next_cmid: u64,
     outgoing: Vec<Outgoing>,
 }
@@ -535,7 +536,10 @@ impl World {
             batch.sort_by(|a, b| a.0.cmp(&b.0));
             for (_, r) in batch {
                 let kind = match r {
-                    Request::Send { core, req, device, msg, targets } => OpKind::Send { core, req, device, msg, targets, stage: SendStage::Claim },
+                    Request::Send { core, req, device, msg, targets } => {
+                        let stage = if msg.group.is_some() { SendStage::Intent } else { SendStage::Claim };
+                        OpKind::Send { core, req, device, msg, targets, stage }
+                    }
                     Request::Connect { core, key, user, device: _, last_seq } => OpKind::Connect { core, key, user, last_seq },
                     Request::Fetch { core, user, after } => OpKind::Fetch { core, user, after },
                     Request::Repair { core, mut users } => {
@@ -614,16 +618,11 @@ impl World {
                                     self.post(node, core, Event::Sent { req, result: Ok(stored) });
                                     None
                                 }
-                                Some(AfterClaim::Append { msg_id, ts, targets, fresh }) => {
-                                    if fresh && msg.group.is_some() {
-                                        Some(SendStage::Intent { msg_id, ts, targets })
-                                    } else {
-                                        Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() })
-                                    }
-                                }
+                                Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
                             }
                         }
-                        SendStage::Intent { msg_id, ts, targets } => {
+                        SendStage::Intent => {
+                            // A group send's durable intent, before its claim (`engine.rs`).
                             if applied {
                                 let t = self.now;
                                 self.engine.intents.insert(rules::intent(sender, dev, msg.client_msg_id), t);
@@ -631,7 +630,7 @@ impl World {
                             if fails {
                                 return Err(());
                             }
-                            Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() })
+                            Some(SendStage::Claim)
                         }
                         SendStage::Append { msg_id, ts, targets, mut seqs } => {
                             let t = targets[seqs.len()].clone();
@@ -822,11 +821,22 @@ impl World {
         ns.inc += 1;
         ns.restart_at = self.now + 200 + self.rng.below(1_000);
         self.stats.crashes += 1;
-        for d in &mut self.devices {
+        for (di, d) in self.devices.iter_mut().enumerate() {
             if d.conn.as_ref().is_some_and(|c| c.node == n) {
-                d.conn = None;
+                let c = d.conn.take();
                 d.reconnect_at = self.now + 1 + self.rng.below(300);
-                // Unanswered SENDs are retried on the next connection.
+                // Unanswered SENDs are retried on the next connection, or
+                // given up (the device is gone too).
+                let mut inflight: Vec<u64> = c.map(|c| c.inflight.into_iter().collect()).unwrap_or_default();
+                inflight.sort();
+                for cmid in inflight {
+                    if self.rng.chance(self.k.p_give_up) {
+                        d.outgoing.retain(|o| o.cmid != cmid);
+                        if let Some(r) = self.sends.get_mut(&(di, cmid)) {
+                            r.abandoned = true;
+                        }
+                    }
+                }
                 for o in &mut d.outgoing {
                     o.next_try = o.next_try.min(self.now);
                 }
@@ -977,7 +987,7 @@ impl World {
                     }
                 }
                 Frame::Push(p) => {
-                    self.on_push(d, p.seq, String::from_utf8_lossy(&p.payload).to_string());
+                    self.on_push(d, p.seq, p.msg_id, String::from_utf8_lossy(&p.payload).to_string());
                     acked = Some(self.devices[d].last_seq);
                 }
                 Frame::SendAck(a) => self.on_sendack(d, a),
@@ -993,7 +1003,7 @@ impl World {
         }
     }
 
-    fn on_push(&mut self, d: usize, seq: u64, tag: String) {
+    fn on_push(&mut self, d: usize, seq: u64, msg_id: u64, tag: String) {
         self.stats.pushes += 1;
         let who = format!("{}/{}", self.users[self.devices[d].user], self.devices[d].id);
         let dev = &self.devices[d];
@@ -1013,7 +1023,7 @@ impl World {
             self.fail(format!("{who}: seq {seq} after {} (CONNACK oldest {oldest}): a seq was skipped", dev.last_seq));
         }
         if let Some(s) = dev.got.get(&tag) {
-            self.fail(format!("{who}: {tag} delivered twice, at seq {s} and {seq}"));
+            self.fail(format!("{who}: {tag} delivered twice, at seq {} and {seq}", s.0));
         }
         // The repair deadline: appended while this connection was open, no
         // failure on its node since.
@@ -1027,7 +1037,7 @@ impl World {
         }
         let dev = &mut self.devices[d];
         dev.seen.insert(seq, tag.clone());
-        dev.got.insert(tag, seq);
+        dev.got.insert(tag, (seq, msg_id));
         dev.last_seq = seq;
     }
 
@@ -1241,6 +1251,14 @@ impl World {
             }
             for r in &rec.recipients {
                 for dev in self.devices.iter().filter(|x| x.user == *r) {
+                    if let (Some((seq, m)), Some(c)) = (dev.got.get(&tag), rec.confirmed) {
+                        if *m != c {
+                            self.fail(format!(
+                                "{tag}: its SENDACK said msg_id {c}, {}/{} got it as {m} (seq {seq})",
+                                self.users[*r], dev.id
+                            ));
+                        }
+                    }
                     if !dev.got.contains_key(&tag) {
                         let ib = self.engine.inboxes.get(&self.users[*r]);
                         let holder = rec
@@ -1288,7 +1306,7 @@ fn run_seeds(name: &str, default: u64, k: Knobs) -> Stats {
 
 #[test]
 fn many_seeds_keep_the_fleet_rules() {
-    let s = run_seeds("many_seeds_keep_the_fleet_rules", 40, Knobs::default());
+    let s = run_seeds("many_seeds_keep_the_fleet_rules", 300, Knobs::default());
     // The runs exercised what they claim to (a sim that never crashes a node checks little).
     if std::env::var("RINGGATE_FLEET_SIM_SEED").is_err() {
         assert!(s.crashes > 0 && s.dropped_notes > 0 && s.failed_calls > 0 && s.repairs > 0 && s.confirmed > 100, "{s:?}");
