@@ -8,6 +8,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, RedisFuture, Script, Value};
 
+use super::rules::{self, Cursor};
 use super::*;
 use crate::runtime::mesh::{home_core, CoreMsg, Mesh};
 
@@ -82,19 +83,7 @@ pub fn start(
     metrics: Arc<crate::metrics::Metrics>,
     seed_groups: std::collections::BTreeMap<String, Vec<String>>,
 ) -> std::io::Result<Arc<Fleet>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let fm = Arc::new(FleetMetrics::default());
-    let fleet = Arc::new(Fleet {
-        node_id: Arc::from(node_id.as_str()),
-        cfg: cfg.clone(),
-        metrics: fm,
-        live: Mutex::new(Arc::new(vec![me.clone()])),
-        engine_ok: AtomicBool::new(false),
-        inflight: AtomicUsize::new(0),
-        tx,
-        retention,
-        dedup_keep,
-    });
+    let (fleet, rx) = Fleet::new(cfg.clone(), node_id, me.clone(), retention, dedup_keep);
     metrics.health.engine_down.store(true, Relaxed);
     let eng = Arc::new(Eng {
         fleet: fleet.clone(),
@@ -295,7 +284,8 @@ impl Eng {
         let (max, cutoff) = self.retention_args();
         let Some(device) = device else {
             // An admin publish: appends only.
-            let appends = targets.iter().map(|t| self.append(t, msg.msg_id, msg.timestamp_ms, &msg.from, &msg.payload, max, cutoff));
+            let key = rules::publish_key(&self.fleet.node_id, msg.msg_id);
+            let appends = targets.iter().map(|t| self.append(t, &key, msg.msg_id, msg.timestamp_ms, &msg.from, &msg.payload, max, cutoff));
             let mut seqs = Vec::with_capacity(targets.len());
             for (t, r) in targets.iter().zip(futures_util::future::join_all(appends).await) {
                 seqs.push((t.clone(), r?));
@@ -324,6 +314,21 @@ impl Eng {
         };
         let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
         let group_payload: &[u8] = if msg.group.is_some() { &msg.payload } else { b"" };
+        let intent = rules::intent(sender, device, msg.client_msg_id);
+        if msg.group.is_some() && refusal.is_none() {
+            // The durable intent of a group send, before its claim: a
+            // survivor completes a pending claim only through its intent,
+            // so a node dying between the two must leave the intent, not
+            // the claim, alone (an intent without a claim is forgotten).
+            let mut c = self.conn()?;
+            let r: Result<redis::RedisResult<i64>, _> =
+                tokio::time::timeout(self.timeout, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c)).await;
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
+                Err(_) => return Err(FleetError::Timeout),
+            }
+        }
         let claim: Option<Vec<u8>> = self
             .invoke(
                 OP_CLAIM,
@@ -349,42 +354,18 @@ impl Eng {
         if let (None, Some(r)) = (&claim, refusal) {
             return Ok(Stored { refused: Some(r), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
         }
-        let intent = format!("{sender}\n{device}\n{}", msg.client_msg_id);
-        let (msg_id, ts, targets) = match claim {
-            None => {
-                if msg.group.is_some() {
-                    // The durable intent of a group send: a survivor
-                    // completes it if this node dies before it is done.
-                    let mut c = self.conn()?;
-                    let r: Result<redis::RedisResult<i64>, _> = tokio::time::timeout(
-                        self.timeout,
-                        redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c),
-                    )
-                    .await;
-                    match r {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
-                        Err(_) => return Err(FleetError::Timeout),
-                    }
-                }
-                (msg.msg_id, msg.timestamp_ms, targets)
-            }
-            Some(rec) => {
-                let r = Claim::parse(&rec).ok_or_else(|| FleetError::Engine("unreadable dedup record".into()))?;
-                if r.done {
-                    return Ok(Stored { refused: None, msg_id: r.msg_id, timestamp_ms: r.ts, seqs: Vec::new() });
-                }
-                // Pending: the first attempt's node died or is still at it;
-                // appends are idempotent by msg_id, so finishing it here is safe.
-                (r.msg_id, r.ts, r.targets.into_iter().map(Arc::from).collect())
-            }
+        let (msg_id, ts, targets) = match rules::after_claim(claim.as_deref(), msg, targets) {
+            None => return Err(FleetError::Engine("unreadable dedup record".into())),
+            Some(rules::AfterClaim::Answer(stored)) => return Ok(stored),
+            Some(rules::AfterClaim::Append { msg_id, ts, targets, .. }) => (msg_id, ts, targets),
         };
-        let appends = targets.iter().map(|t| self.append(t, msg_id, ts, &msg.from, &msg.payload, max, cutoff));
+        let key = rules::append_key(sender, device, msg.client_msg_id);
+        let appends = targets.iter().map(|t| self.append(t, &key, msg_id, ts, &msg.from, &msg.payload, max, cutoff));
         let mut seqs = Vec::with_capacity(targets.len());
         for (t, r) in targets.iter().zip(futures_util::future::join_all(appends).await) {
             seqs.push((t.clone(), r?));
         }
-        let rec = format!("d {msg_id} {ts} {} 0 ", self.fleet.node_id);
+        let rec = rules::done_record(msg_id, ts, &self.fleet.node_id);
         let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(msg.client_msg_id).arg(rec)).await?;
         if msg.group.is_some() {
             self.forget_intent(&intent).await;
@@ -562,8 +543,7 @@ impl Eng {
         };
         let mut done = 0;
         for intent in stale {
-            let mut it = intent.splitn(3, '\n');
-            let (Some(sender), Some(device), Some(cmid)) = (it.next(), it.next(), it.next()) else {
+            let Some((sender, device, cmid)) = rules::parse_intent(&intent) else {
                 self.forget_intent(&intent).await;
                 continue;
             };
@@ -572,20 +552,17 @@ impl Eng {
                 Ok(Ok(v)) => v,
                 _ => continue,
             };
-            let Some(r) = rec.as_deref().and_then(Claim::parse) else {
-                self.forget_intent(&intent).await;
-                continue;
-            };
-            if !r.done {
+            if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
                 let (max, cutoff) = self.retention_args();
                 let from: Arc<str> = Arc::from(sender);
                 let payload = Bytes::from(r.payload);
                 let targets: Vec<Arc<str>> = r.targets.into_iter().map(Arc::from).collect();
-                let appends = targets.iter().map(|t| self.append(t, r.msg_id, r.ts, &from, &payload, max, cutoff));
+                let key = rules::append_key(sender, device, cmid);
+                let appends = targets.iter().map(|t| self.append(t, &key, r.msg_id, r.ts, &from, &payload, max, cutoff));
                 if futures_util::future::join_all(appends).await.iter().any(|x| x.is_err()) {
                     continue;
                 }
-                let rec = format!("d {} {} {} 0 ", r.msg_id, r.ts, self.fleet.node_id);
+                let rec = rules::done_record(r.msg_id, r.ts, &self.fleet.node_id);
                 let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(cmid).arg(rec)).await?;
                 tracing::info!(sender, device, client_msg_id = cmid, msg_id = r.msg_id, members = targets.len(), "completed a group send a node left unfinished");
                 done += 1;
@@ -596,7 +573,7 @@ impl Eng {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn append(&self, user: &Arc<str>, msg_id: u64, ts: u64, from: &Arc<str>, payload: &Bytes, max: u64, cutoff: u64) -> Result<u64, FleetError> {
+    async fn append(&self, user: &Arc<str>, key: &str, msg_id: u64, ts: u64, from: &Arc<str>, payload: &Bytes, max: u64, cutoff: u64) -> Result<u64, FleetError> {
         let (h, e, i) = (format!("rg:{{{user}}}:h"), format!("rg:{{{user}}}:e"), format!("rg:{{{user}}}:i"));
         let (seq, new): (u64, u64) = self
             .invoke(
@@ -613,7 +590,8 @@ impl Eng {
                     .arg(max)
                     .arg(cutoff)
                     .arg(&*self.fleet.node_id)
-                    .arg(&**user),
+                    .arg(&**user)
+                    .arg(key),
             )
             .await?;
         if new == 1 {
@@ -677,11 +655,8 @@ impl Eng {
         let t0 = Instant::now();
         let heads = futures_util::future::join_all(heads).await;
         self.fleet.metrics.record(OP_FETCH, heads.iter().any(|h| h.is_err()) as usize, t0.elapsed());
-        for ((user, have), head) in users.into_iter().zip(heads) {
-            let Ok(Some(head)) = head else { continue };
-            if head <= have {
-                continue;
-            }
+        let heads: Vec<Option<u64>> = heads.into_iter().map(|h| h.ok().flatten()).collect();
+        for (user, have) in rules::repairs(users, &heads) {
             if let Ok((oldest, head, entries)) = self.fetch(&user, have).await {
                 self.post_core(core, Event::Entries { user, oldest, head, entries, fetched: true, repaired: true });
             }
@@ -691,56 +666,6 @@ impl Eng {
 
 /// Pending group sends: `sender\ndevice\ncmid` by claim time (wall ms).
 const INTENTS: &str = "rg:{intents}:z";
-
-/// A dedup record: `p|d msg_id ts node len(targets) targets payload`.
-struct Claim {
-    done: bool,
-    msg_id: u64,
-    ts: u64,
-    targets: Vec<String>,
-    /// Group sends only (empty otherwise and once done).
-    payload: Vec<u8>,
-}
-
-impl Claim {
-    fn parse(rec: &[u8]) -> Option<Claim> {
-        let mut p = Cursor(rec);
-        let status = p.word()?;
-        let msg_id = p.num()?;
-        let ts = p.num()?;
-        let _node = p.word()?;
-        let n = p.num()? as usize;
-        let t = p.take(n)?;
-        let targets = std::str::from_utf8(t).ok()?.split('\n').filter(|s| !s.is_empty()).map(String::from).collect();
-        Some(Claim { done: status == b"d", msg_id, ts, targets, payload: p.rest().to_vec() })
-    }
-}
-
-/// Reads space-separated words and length-prefixed strings.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn word(&mut self) -> Option<&'a [u8]> {
-        let i = self.0.iter().position(|b| *b == b' ')?;
-        let w = &self.0[..i];
-        self.0 = &self.0[i + 1..];
-        Some(w)
-    }
-    fn num(&mut self) -> Option<u64> {
-        std::str::from_utf8(self.word()?).ok()?.parse().ok()
-    }
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let w = &self.0[..n];
-        self.0 = &self.0[n..];
-        Some(w)
-    }
-    fn rest(self) -> &'a [u8] {
-        self.0
-    }
-}
 
 /// An entry member `msg_id ts len(from) from payload` at `seq`.
 fn parse_entry(seq: u64, m: &[u8]) -> Option<Entry> {
@@ -986,6 +911,7 @@ fn on_notification(me: &str, mesh: &Mesh, b: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::rules::Claim;
 
     #[test]
     fn entries_and_claims_parse() {

@@ -79,8 +79,11 @@
 //!   `online` also needs the record's node to be live now.
 
 pub mod mirror;
+pub mod rules;
 pub mod scripts;
 mod engine;
+#[cfg(test)]
+mod sim;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -193,7 +196,7 @@ pub enum Refused {
 /// Where a SEND is stored: its msg_id and timestamp (the original ones
 /// when it was a retry of a stored SEND) and each recipient's seq (empty
 /// for such a retry).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Stored {
     /// Not stored: the engine's answer instead of a msg_id.
     pub refused: Option<Refused>,
@@ -343,6 +346,31 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The handle and the receiving end of its request queue (the engine
+    /// thread's, or a simulation's), with only this node live until the
+    /// first heartbeat.
+    pub(crate) fn new(
+        cfg: FleetConfig,
+        node_id: String,
+        me: Node,
+        retention: Retention,
+        dedup_keep: usize,
+    ) -> (Arc<Fleet>, tokio::sync::mpsc::UnboundedReceiver<Request>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let fleet = Arc::new(Fleet {
+            node_id: Arc::from(node_id.as_str()),
+            cfg,
+            metrics: Arc::new(FleetMetrics::default()),
+            live: Mutex::new(Arc::new(vec![me])),
+            engine_ok: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            tx,
+            retention,
+            dedup_keep,
+        });
+        (fleet, rx)
+    }
+
     /// Queues `r` for the engine thread; `Busy` when `max_engine_inflight`
     /// requests are already queued or running.
     pub fn submit(&self, r: Request) -> Result<(), FleetError> {

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `rg:{u}:h` | string | inbox head seq (INCR; raised, never lowered) |
 //! | `rg:{u}:e` | zset | entries, score = seq, member = `msg_id ts len(from) from payload` |
-//! | `rg:{u}:i` | zset | msg_id → seq (score): an append retried with the same msg_id returns its first seq |
+//! | `rg:{u}:i` | zset | append key → seq (score): an append retried with the same key (the same SEND) returns its first seq |
 //! | `rg:{u}:p` | hash | presence: device → `node connected_at_ms acked_seq online remote` |
 //! | `rg:{u}:m` | string | muted until (epoch ms), expiring then by itself (`PXAT`) |
 //! | `rg:{u}:d:{device}` | hash | dedup: client_msg_id → `p|d msg_id ts node targets...` |
@@ -51,18 +51,21 @@ end
 "#;
 
 /// KEYS: h, e, i. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
-/// node, user. Returns `{seq, new}`: the entry's seq, and 0 when this
-/// msg_id was already appended (its first seq; nothing written).
+/// node, user, key. Returns `{seq, new}`: the entry's seq, and 0 when this
+/// key was already appended (its first seq; nothing written). The key
+/// names the SEND (`rules::append_key`), not its msg_id: msg_ids of two
+/// nodes can be equal (time, counter and core index, no node), and two
+/// messages must never be taken for one.
 pub fn append() -> String {
     format!(
         "{TRIM}{}",
         r#"
-local s = redis.call('ZSCORE', KEYS[3], ARGV[1])
+local s = redis.call('ZSCORE', KEYS[3], ARGV[9])
 if s then return {tonumber(s), 0} end
 local seq = redis.call('INCR', KEYS[1])
 local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. ARGV[4]
 redis.call('ZADD', KEYS[2], seq, entry)
-redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('ZADD', KEYS[3], seq, ARGV[9])
 trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
 redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry)
 return {seq, 1}

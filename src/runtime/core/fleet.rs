@@ -176,15 +176,23 @@ impl Core {
                 }
                 match result {
                     Ok(l) => {
-                        let behind = match self.store.fleet_mirror() {
+                        let (behind, grew) = match self.store.fleet_mirror() {
                             Some(st) => {
                                 let m = st.mirror(&user);
+                                let before = m.head();
                                 m.load(req.last_seq, l.oldest, l.head, l.entries);
-                                m.behind()
+                                (m.behind(), m.head() > before)
                             }
-                            None => false,
+                            None => (false, false),
                         };
                         self.open_with(key, user.clone(), req, exp, Some((l.oldest, l.head)));
+                        if grew {
+                            // The load may carry entries whose notification
+                            // this core missed: the user's other devices
+                            // here get them now, not at the next append.
+                            let now = self.shared.clock.mono_ms();
+                            self.push_to_online(&user, now);
+                        }
                         // Frames pipelined behind the CONNECT waited in the
                         // read buffer while the engine answered.
                         let _ = self.process_frames(key);

@@ -88,22 +88,44 @@ pub struct Sim {
 /// made once (an Ed25519 key and a file per `Sim` would dominate a fuzz
 /// target that builds one per input), removed never (one small file per
 /// test process under the temp dir).
-fn route_key_dir() -> &'static Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ringgate-sim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("simulation temp dir");
-        dir
-    })
+fn route_key_dir() -> std::path::PathBuf {
+    // One per thread: tests run in parallel threads, and two creating the
+    // same key file at once would race (AlreadyExists).
+    thread_local! {
+        static DIR: std::path::PathBuf = {
+            let dir = std::env::temp_dir().join(format!("ringgate-sim-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+            std::fs::create_dir_all(&dir).expect("simulation temp dir");
+            dir
+        };
+    }
+    DIR.with(|d| d.clone())
 }
 
 impl Sim {
     /// `n` cores with `cfg` (TLS is turned off) and groups `groups`.
-    pub fn new(n: usize, store: StoreKind, mut cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
+    pub fn new(n: usize, store: StoreKind, cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
         mem::reset();
+        Sim::build(n, store, cfg, groups, VirtualClock::new(1_000, WALL_START_MS), None)
+    }
+
+    /// One node of a fleet (`fleet::sim`): `n` cores on their engine
+    /// mirrors, `fleet`'s requests left for the caller to answer, time
+    /// from `clock` (shared by every node; the caller advances it and
+    /// ticks the cores). Pipes are not reset: the nodes share the network.
+    pub fn fleet_node(n: usize, cfg: Config, groups: &[(&str, &[&str])], clock: Arc<VirtualClock>, fleet: Arc<crate::fleet::Fleet>) -> Sim {
+        Sim::build(n, StoreKind::Memory, cfg, groups, clock, Some(fleet))
+    }
+
+    fn build(
+        n: usize,
+        store: StoreKind,
+        mut cfg: Config,
+        groups: &[(&str, &[&str])],
+        clock: Arc<VirtualClock>,
+        fleet: Option<Arc<crate::fleet::Fleet>>,
+    ) -> Sim {
         cfg.tls.enabled = false;
-        let clock = VirtualClock::new(1_000, WALL_START_MS);
-        let route_key = crate::route::load_or_create_key(&cfg.route, route_key_dir()).expect("route key");
+        let route_key = crate::route::load_or_create_key(&cfg.route, &route_key_dir()).expect("route key");
         let gate = Arc::new(crate::runtime::gate_http::Gate::new(
             &cfg,
             crate::route::RouteService::new(cfg.route.clone(), route_key, "127.0.0.1:7443".parse().expect("addr"), false, 1_000),
@@ -140,7 +162,7 @@ impl Sim {
                 max_entries: cfg.admin.ledger_max_entries,
             },
             mutes: HashMap::new(),
-            fleet: None,
+            fleet: fleet.clone(),
         });
         let disk = SimDisk::new(7);
         let settings = LogSettings {
@@ -152,6 +174,7 @@ impl Sim {
         let cores = (0..n)
             .map(|id| {
                 let st: Box<dyn InboxStore + Send> = match store {
+                    _ if fleet.is_some() => Box::new(crate::fleet::mirror::FleetStore::new(cfg.store.inbox_max_messages)),
                     StoreKind::Memory => Box::new(MemoryStore::with_budget(crate::runtime::retention(&cfg), 1 << 30)),
                     StoreKind::Durable => {
                         let disk_ref: crate::store::disk::DiskRef = Arc::new(disk.clone());
@@ -548,6 +571,23 @@ impl Sim {
             }
             self.run();
         }
+    }
+
+    /// Fleet mode: `user`'s mirror on `core` as (visible bounds, engine
+    /// head, fetch in flight), for a failing simulation's report.
+    pub fn fleet_mirror(&mut self, core: usize, user: &str) -> Option<((u64, u64), u64, bool)> {
+        use crate::proto::session::InboxRead;
+        let m = self.cores[core].store.fleet_mirror()?.get_mut(user)?;
+        Some((m.bounds(), m.engine_head, m.fetching))
+    }
+
+    /// Fires every core's timers at the clock's now (which another node's
+    /// simulation may have moved), then runs to quiescence.
+    pub fn tick_at_now(&mut self) {
+        for core in self.cores.iter_mut() {
+            core.on_tick();
+        }
+        self.run();
     }
 
     /// Runs `core`'s queued fsyncs on the simulated disk and posts the

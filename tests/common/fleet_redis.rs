@@ -1,0 +1,237 @@
+//! Real `redis-server` processes and fleet nodes for the fleet failover tests (`tests/fleet_failover.rs`).
+//!
+//! Included with `#[path]` by the test files that need it (not from
+//! `common/mod.rs`, so the other test binaries do not compile it).
+//! Needs `redis-server` on PATH (Debian: `apt-get install redis-server`,
+//! which `.ci/run` installs). Without it a test is skipped with a message,
+//! except when `RINGGATE_REQUIRE_REDIS=1` (set by `.ci/run`): then it fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+pub fn redis_server_path() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("RINGGATE_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("redis-server")).find(|p| p.exists())
+}
+
+/// The binary, or None (with a message) when absent and not required.
+pub fn redis_or_skip(test: &str) -> Option<PathBuf> {
+    match redis_server_path() {
+        Some(p) => Some(p),
+        None if std::env::var("RINGGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("RINGGATE_REQUIRE_REDIS=1 but no redis-server on PATH (nor RINGGATE_REDIS_SERVER)")
+        }
+        None => {
+            eprintln!("{test}: no redis-server installed (apt-get install redis-server): fleet test SKIPPED");
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` child on a fixed port and data directory, with extra
+/// arguments (persistence, `--replicaof`); killed on drop.
+pub struct Redis {
+    pub bin: PathBuf,
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub args: Vec<String>,
+}
+
+/// `appendonly yes`, `appendfsync always`: what FLEET.md asks of the engine.
+pub fn durable_args() -> Vec<String> {
+    ["--appendonly", "yes", "--appendfsync", "always"].map(String::from).to_vec()
+}
+
+impl Redis {
+    pub fn start(bin: PathBuf, args: Vec<String>) -> Redis {
+        let mut r = Redis { bin, child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), args };
+        r.spawn();
+        r
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&self.args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP;
+        // The AOF is loaded before PING answers +PONG (-LOADING before).
+        while self.cmd(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not answer PING on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// One command over RESP; the first reply line (None when unreachable).
+    pub fn cmd(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        Some(text.lines().next().unwrap_or("").to_string())
+    }
+
+    /// `INFO replication` as text.
+    pub fn info(&self, section: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let req = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        // A bulk string: read until its announced length is in.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&out);
+            if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
+                if len.parse::<usize>().is_ok_and(|l| rest.len() >= l) {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The fleet's shared route signing key (every node must use the same).
+pub fn shared_key(dir: &Path) -> PathBuf {
+    let cfg = ringgate::config::RouteConfig::default();
+    let key = ringgate::route::load_or_create_key(&cfg, dir).expect("route key");
+    key.path.clone()
+}
+
+pub fn node_config(redis: &[String], id: &str, key: &Path) -> Config {
+    let urls: Vec<String> = redis.iter().map(|u| format!("\"{u}\"")).collect();
+    Config::default().tls(false).workers(2).set("route", format!("signing_key_file = \"{}\"", key.display())).extra(&format!(
+        "[fleet]\nredis = [{}]\nnode_id = \"{id}\"\nadvertise_host = \"127.0.0.1\"\nheartbeat_ms = 200\nengine_timeout_ms = 700\n",
+        urls.join(", ")
+    ))
+}
+
+fn parse_admin_addr(log: &str) -> Option<SocketAddr> {
+    let at = log.rfind("admin_addr=")? + "admin_addr=".len();
+    let rest = &log[at..];
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':')).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn admin(s: &Server) -> (SocketAddr, String) {
+    let addr = parse_admin_addr(&s.stderr_tail()).unwrap_or_else(|| panic!("no admin_addr:\n{}", s.stderr_tail()));
+    let token = std::fs::read_to_string(s.data_dir().join("admin-token")).expect("admin-token").trim().to_string();
+    (addr, token)
+}
+
+pub fn readyz(s: &Server) -> u16 {
+    let (a, _) = admin(s);
+    http(a, "GET", "/readyz", None, None).0
+}
+
+pub fn wait_ready(s: &Server, ready: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = readyz(s);
+        if (st == 200) == ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {st} (wanted ready={ready})\n{}", s.stderr_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sum of a metric family's samples on `s`'s /metrics.
+pub fn metric(s: &Server, name: &str) -> f64 {
+    let (a, _) = admin(s);
+    let (_, text) = http(a, "GET", "/metrics", None, None);
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Reads PUSHes (acking each) until `n` distinct seqs are in, or the wait
+/// ends; returns seq → (msg_id, payload).
+pub fn collect(c: &mut Client, n: usize, wait: Duration) -> BTreeMap<u64, (u64, Vec<u8>)> {
+    let mut got = BTreeMap::new();
+    let deadline = Instant::now() + wait;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match c.recv_frame(left) {
+            Ok(Frame::Push(p)) => {
+                c.send_frame(&Frame::PushAck { seq: p.seq });
+                got.insert(p.seq, (p.msg_id, p.payload.clone()));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
