@@ -356,7 +356,13 @@ impl Eng {
         }
         let (msg_id, ts, targets) = match rules::after_claim(claim.as_deref(), msg, targets) {
             None => return Err(FleetError::Engine("unreadable dedup record".into())),
-            Some(rules::AfterClaim::Answer(stored)) => return Ok(stored),
+            Some(rules::AfterClaim::Answer(stored)) => {
+                if msg.group.is_some() {
+                    // The intent this retry wrote: the send is done.
+                    self.forget_intent(&intent).await;
+                }
+                return Ok(stored);
+            }
             Some(rules::AfterClaim::Append { msg_id, ts, targets, .. }) => (msg_id, ts, targets),
         };
         let key = rules::append_key(sender, device, msg.client_msg_id);

@@ -633,9 +633,14 @@ impl World {
                             match rules::after_claim(existing.as_deref(), &msg, targets.clone()) {
                                 None => return Err(()),
                                 Some(AfterClaim::Answer(stored)) => {
-                                    // A retry of a done send: the original answer, nothing else.
-                                    self.post(node, core, Event::Sent { req, result: Ok(stored) });
-                                    None
+                                    // A retry of a done send: the original answer, nothing
+                                    // else (a group send forgets the intent it wrote).
+                                    if msg.group.is_some() {
+                                        Some(SendStage::Forget { stored })
+                                    } else {
+                                        self.post(node, core, Event::Sent { req, result: Ok(stored) });
+                                        None
+                                    }
                                 }
                                 Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
                             }
