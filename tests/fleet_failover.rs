@@ -19,23 +19,23 @@
 //! asynchronous); a client retry of such a SEND is stored again.
 
 mod common;
-#[path = "common/fleet_redis.rs"]
-mod fleet_redis;
+#[path = "common/fleet.rs"]
+mod fleet_common;
 
 use std::time::Duration;
 
 use common::*;
-use fleet_redis::*;
+use fleet_common::*;
 
 #[test]
 fn seq_floor_is_raised_after_flushall_and_after_a_restart_without_aof() {
     let Some(bin) = redis_or_skip("seq_floor_is_raised_after_flushall_and_after_a_restart_without_aof") else { return };
     // Not durable on purpose: a restart loses everything.
-    let mut redis = Redis::start(bin, ["--appendonly", "no"].map(String::from).to_vec());
+    let mut redis = Redis::with_args(bin, ["--appendonly", "no"].map(String::from).to_vec());
     let key_dir = tempfile::tempdir().unwrap();
     let key = shared_key(key_dir.path());
-    let n1 = node_config(&[redis.url()], "n1", &key).start();
-    let n2 = node_config(&[redis.url()], "n2", &key).start();
+    let n1 = node_config(&[redis.url()], "n1", &key, "").start();
+    let n2 = node_config(&[redis.url()], "n2", &key, "").start();
     wait_ready(&n1, true);
     wait_ready(&n2, true);
     assert_eq!(metric(&n1, "ringgate_fleet_engine_durable"), 0.0, "appendonly no allows loss");
@@ -90,10 +90,10 @@ fn seq_floor_is_raised_after_flushall_and_after_a_restart_without_aof() {
 #[test]
 fn failover_to_a_lagging_replica_reuses_no_seq() {
     let Some(bin) = redis_or_skip("failover_to_a_lagging_replica_reuses_no_seq") else { return };
-    let mut primary = Redis::start(bin.clone(), durable_args());
+    let mut primary = Redis::with_args(bin.clone(), durable_args());
     let mut args = durable_args();
     args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), primary.port.to_string()]);
-    let mut replica = Redis::start(bin.clone(), args);
+    let mut replica = Redis::with_args(bin.clone(), args);
     let deadline = std::time::Instant::now() + WAIT;
     while !replica.info("replication").contains("master_link_status:up") {
         assert!(std::time::Instant::now() < deadline, "the replica never synced:\n{}", replica.info("replication"));
@@ -101,7 +101,7 @@ fn failover_to_a_lagging_replica_reuses_no_seq() {
     }
     let key_dir = tempfile::tempdir().unwrap();
     let key = shared_key(key_dir.path());
-    let n1 = node_config(&[primary.url()], "n1", &key).start();
+    let n1 = node_config(&[primary.url()], "n1", &key, "").start();
     wait_ready(&n1, true);
 
     // Replicated: bob's 1..3 (bob online, acking) and dave's 1..3 (offline).

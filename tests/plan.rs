@@ -89,20 +89,26 @@ fn fixture_with_curves() -> Value {
     v
 }
 
-#[test]
-fn html_report_plots_the_measured_curves_and_names_their_points() {
-    let v = fixture_with_curves();
+/// Runs `ringgate plan` on `v` for `connections`; the report lands in the returned directory.
+fn plan_report(v: &Value, connections: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let bench = dir.path().join("suite.json");
-    std::fs::write(&bench, serde_json::to_string(&v).unwrap()).unwrap();
+    std::fs::write(&bench, serde_json::to_string(v).unwrap()).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_ringgate"))
         .args(["plan", "--bench"])
         .arg(&bench)
-        .args(["--connections", "2000000", "--messages-per-s", "100000", "--out"])
+        .args(["--connections", connections, "--messages-per-s", "100000", "--out"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    dir
+}
+
+#[test]
+fn html_report_plots_the_measured_curves_and_names_their_points() {
+    let v = fixture_with_curves();
+    let dir = plan_report(&v, "2000000");
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     let n_push = v["push"].as_array().unwrap().iter().filter(|e| e["target"] == "ringgate-uring").count();
@@ -145,17 +151,7 @@ fn html_report_plots_the_measured_curves_and_names_their_points() {
 fn html_report_renders_in_chromium_with_the_committed_run() {
     let Some(chromium) = common::chromium_or_skip("html_report_renders_in_chromium_with_the_committed_run") else { return };
     let v = fixture_with_curves();
-    let dir = tempfile::tempdir().unwrap();
-    let bench = dir.path().join("suite.json");
-    std::fs::write(&bench, serde_json::to_string(&v).unwrap()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-        .args(["plan", "--bench"])
-        .arg(&bench)
-        .args(["--connections", "1000000", "--messages-per-s", "100000", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = plan_report(&v, "1000000");
     let html_path = dir.path().join("report.html");
     let html = std::fs::read_to_string(&html_path).unwrap();
     let m = ringgate::measured::idle_cost();

@@ -1,7 +1,8 @@
-//! Fleet test harness shared by `tests/fleet.rs` and `tests/fleet_admin.rs`:
-//! real `redis-server` processes on free ports in temp dirs (`appendonly
-//! yes`, `appendfsync always`), a 3-master Redis Cluster, ringgate nodes
-//! configured for them, and the admin API over plain HTTP.
+//! Fleet test harness shared by `tests/fleet.rs`, `tests/fleet_admin.rs`
+//! and `tests/fleet_failover.rs`: real `redis-server` processes on free
+//! ports in temp dirs (`appendonly yes`, `appendfsync always` unless a test
+//! asks otherwise), a 3-master Redis Cluster, ringgate nodes configured for
+//! them, and the admin API over plain HTTP.
 //!
 //! Included with `#[path = "common/fleet.rs"] mod fleet_common;` next to
 //! `mod common;` (so the other test binaries do not compile it).
@@ -44,25 +45,38 @@ pub fn free_port() -> u16 {
 }
 
 /// A `redis-server` child on a fixed port and data directory (so a restart
-/// reads its AOF back); killed on drop.
+/// reads its AOF back), with its persistence arguments; killed on drop.
 pub struct Redis {
     pub bin: PathBuf,
     pub child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    pub args: Vec<String>,
+}
+
+/// `appendonly yes`, `appendfsync always`: what FLEET.md asks of the engine.
+pub fn durable_args() -> Vec<String> {
+    ["--appendonly", "yes", "--appendfsync", "always"].map(String::from).to_vec()
 }
 
 impl Redis {
+    /// Run as FLEET.md says ([`durable_args`]).
     pub fn start(bin: PathBuf) -> Redis {
-        let mut r = Redis { bin, child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        Self::with_args(bin, durable_args())
+    }
+
+    /// With other arguments (no AOF, `--replicaof`).
+    pub fn with_args(bin: PathBuf, args: Vec<String>) -> Redis {
+        let mut r = Redis { bin, child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), args };
         r.spawn();
         r
     }
 
     pub fn spawn(&mut self) {
         let child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&self.args)
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,6 +120,30 @@ impl Redis {
         let n = s.read(&mut buf).ok()?;
         let text = String::from_utf8_lossy(&buf[..n]).to_string();
         Some(text.lines().next().unwrap_or("").to_string())
+    }
+
+    /// `INFO <section>` as text.
+    pub fn info(&self, section: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return String::new() };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let req = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        // A bulk string: read until its announced length is in.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&out);
+            if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
+                if len.parse::<usize>().is_ok_and(|l| rest.len() >= l) {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).to_string()
     }
 }
 
@@ -249,26 +287,9 @@ pub fn start_cluster(bin: &Path) -> Vec<Redis> {
     let cli = bin.with_file_name("redis-cli");
     assert!(cli.exists(), "redis-cli next to redis-server (Debian: redis-tools, a dependency of redis-server)");
     // Three masters, no replicas, slots spread by redis-cli.
-    let mut shards: Vec<Redis> = Vec::new();
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Redis { bin: bin.clone(), child: Some(child), port, dir };
-        let deadline = Instant::now() + STARTUP;
-        while r.cmd(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "cluster shard did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        shards.push(r);
-    }
+    let mut args = durable_args();
+    args.extend(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"].map(String::from));
+    let shards: Vec<Redis> = (0..3).map(|_| Redis::with_args(bin.clone(), args.clone())).collect();
     let addrs: Vec<String> = shards.iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
     let out = Command::new(&cli).arg("--cluster").arg("create").args(&addrs).args(["--cluster-replicas", "0", "--cluster-yes"]).output().unwrap();
     assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stderr));
