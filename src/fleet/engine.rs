@@ -217,8 +217,14 @@ impl Eng {
     /// Runs one script under the engine timeout, counting it.
     async fn invoke<T: redis::FromRedisValue>(&self, op: usize, inv: &mut redis::ScriptInvocation<'_>) -> Result<T, FleetError> {
         let mut c = self.conn()?;
+        self.timed(op, inv.invoke_async::<T>(&mut c)).await
+    }
+
+    /// One engine call under `engine_timeout_ms`, its result and duration
+    /// recorded under `op`.
+    async fn timed<T>(&self, op: usize, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, FleetError> {
         let t0 = Instant::now();
-        let r = match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut c)).await {
+        let r = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.is_timeout() => Err(FleetError::Timeout),
             Ok(Err(e)) => Err(FleetError::Engine(e.to_string())),
@@ -382,15 +388,7 @@ impl Eng {
     /// One plain command under the engine timeout, counted under `op`.
     async fn query<T: redis::FromRedisValue>(&self, op: usize, cmd: &redis::Cmd) -> Result<T, FleetError> {
         let mut c = self.conn()?;
-        let t0 = Instant::now();
-        let r = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut c)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.is_timeout() => Err(FleetError::Timeout),
-            Ok(Err(e)) => Err(FleetError::Engine(e.to_string())),
-            Err(_) => Err(FleetError::Timeout),
-        };
-        self.fleet.metrics.record(op, r.as_ref().err().map_or(0, err_kind), t0.elapsed());
-        r
+        self.timed(op, cmd.query_async::<T>(&mut c)).await
     }
 
     /// A group's members; None when absent. The raw value is returned too
