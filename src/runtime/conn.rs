@@ -159,6 +159,9 @@ impl Read for Fd {
             #[cfg(any(test, feature = "sim"))]
             Transport::Mem(m) => return transport::mem::recv(m, buf),
         };
+        if transport::rx_wait::on() {
+            return transport::rx_wait::recv(fd, buf.as_mut_ptr(), buf.len());
+        }
         // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes and
         // the fd stays open for the lifetime of the connection.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -700,3 +703,4 @@ fn take_plaintext(tls: &mut rustls::ServerConnection, rbuf: &mut BytesMut) -> Re
         }
     }
 }
+

@@ -35,6 +35,7 @@ mod io;
 mod send;
 mod sessions;
 mod flush;
+pub use flush::Log2Hist;
 mod web;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

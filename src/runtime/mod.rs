@@ -910,6 +910,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
     let opts = core.borrow().shared.sockopts.clone();
     // SAFETY: `listener` owns the fd and outlives this borrow.
     let lfd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    transport::rx_wait::enable(listener.as_raw_fd());
     let mut inherit = match crate::net::sockopt::apply_to_listener(lfd, &opts) {
         Ok(()) => None,
         Err(e) => {

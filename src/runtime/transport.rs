@@ -78,6 +78,9 @@ impl Transport {
 pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
     match t {
         Transport::Fd(fd) => {
+            if rx_wait::on() {
+                return rx_wait::recv(fd, buf.as_mut_ptr().cast(), buf.len());
+            }
             // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
             // writes at most that many, and the fd stays open for the
             // connection's lifetime.
@@ -90,6 +93,121 @@ pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::R
         }
         #[cfg(any(test, feature = "sim"))]
         Transport::Mem(m) => mem::recv_uninit(m, buf),
+    }
+}
+
+/// Stage trace (`RINGGATE_TRACE_STAGES=1`) of the receive side: how long
+/// bytes waited in the socket before this worker read them — the kernel's
+/// software receive timestamp (`SO_TIMESTAMPNS`, set on the listener and
+/// inherited) to our `recv`. That span is the driver's share of a
+/// message's latency (completion or readiness delivery, then the task
+/// queue), which is what differs between io_uring and epoll; the outbox
+/// wait (`core::flush`) is the share after processing. Off in production:
+/// one relaxed load per read.
+pub mod rx_wait {
+    use std::cell::RefCell;
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::runtime::core::Log2Hist;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+
+    thread_local! {
+        static HIST: RefCell<Log2Hist> = RefCell::new(Log2Hist::default());
+    }
+
+    pub fn on() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    /// Turns the trace on for `listener` (and so for every socket accepted
+    /// from it) when the stage trace is on.
+    pub fn enable(listener: RawFd) {
+        if std::env::var_os("RINGGATE_TRACE_STAGES").is_some_and(|v| v == "1") {
+            enable_on(listener);
+        }
+    }
+
+    fn enable_on(listener: RawFd) {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd and option value of the declared size.
+        let r = unsafe {
+            libc::setsockopt(listener, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as _)
+        };
+        if r == 0 {
+            ON.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// This thread's histogram (µs), for the worker's trace line.
+    pub fn summary() -> String {
+        HIST.with(|h| h.borrow().summary())
+    }
+
+    #[cfg(test)]
+    fn count() -> u64 {
+        HIST.with(|h| h.borrow().count())
+    }
+
+    /// `recv` with the arrival timestamp of the first byte read.
+    /// `buf` must be writable for `len` bytes.
+    pub fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
+        let mut iov = libc::iovec { iov_base: buf.cast(), iov_len: len };
+        let mut ctl = [0u64; 8];
+        // SAFETY: an all-zero msghdr is valid; iov and ctl outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&ctl) as _;
+        // SAFETY: msg is initialised above.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel filled msg's control buffer; CMSG_* walk it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                    libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
+                    let us = (now.tv_sec - ts.tv_sec) * 1_000_000 + (now.tv_nsec - ts.tv_nsec) / 1_000;
+                    HIST.with(|h| h.borrow_mut().add(us.max(0) as u64));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok(n as usize)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+
+        /// The timestamp set on the listener reaches an accepted socket and
+        /// every read with data lands in the histogram, with a wait no
+        /// shorter than the time the bytes sat unread.
+        #[test]
+        fn accepted_sockets_report_how_long_bytes_waited() {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            super::enable_on(l.as_raw_fd());
+            assert!(super::on());
+            let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            c.write_all(b"ping").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let before = super::count();
+            let mut buf = [0u8; 16];
+            let n = super::recv(s.as_raw_fd(), buf.as_mut_ptr(), buf.len()).unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            assert_eq!(super::count(), before + 1, "no SCM_TIMESTAMPNS on the accepted socket");
+            assert!(super::HIST.with(|h| h.borrow().max()) >= 20_000, "{}", super::summary());
+        }
     }
 }
 

@@ -70,6 +70,12 @@ impl Log2Hist {
         self.n += 1;
         self.max = self.max.max(v);
     }
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+    pub fn max(&self) -> u64 {
+        self.max
+    }
     /// Upper bound of the bucket holding quantile `q` (0 when empty).
     pub fn quantile(&self, q: f64) -> u64 {
         let want = ((self.n as f64) * q).ceil() as u64;
@@ -201,13 +207,14 @@ impl Core {
     pub fn trace_summary(&self) -> Option<String> {
         let t = self.dirty.trace.as_ref()?;
         Some(format!(
-            "turns={} writes={} batch[{}] outbox_wait_us[{}] outbox_wait_cpu_us[{}] push_to_ack_us[{}]",
+            "turns={} writes={} batch[{}] outbox_wait_us[{}] outbox_wait_cpu_us[{}] push_to_ack_us[{}] rx_wait_us[{}]",
             self.dirty.turns,
             self.dirty.flushes,
             t.batch.summary(),
             t.outbox_wait.summary(),
             t.outbox_wait_cpu.summary(),
-            t.push_to_ack.summary()
+            t.push_to_ack.summary(),
+            crate::runtime::transport::rx_wait::summary()
         ))
     }
 }
