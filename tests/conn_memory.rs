@@ -209,7 +209,7 @@ fn known_sizes(user_len: usize, device_len: usize) -> BTreeMap<usize, String> {
 // The server in this process
 // ---------------------------------------------------------------------------
 
-/// What the in-process server logged (to find its `listening addr=`).
+/// What the in-process server logged (shown when it fails to start).
 static LOG: Mutex<String> = Mutex::new(String::new());
 
 struct LogSink;
@@ -230,6 +230,7 @@ impl Write for LogSink {
 struct InProc {
     addr: SocketAddr,
     cert: PathBuf,
+    _server: ringgate::runtime::server::Server,
     _dir: tempfile::TempDir,
 }
 
@@ -265,23 +266,13 @@ fn inproc() -> &'static InProc {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let cfg = ringgate::config::Config::from_toml_str(&config().to_toml(&data)).expect("config parses");
-        std::thread::spawn(move || {
-            if let Err(e) = ringgate::runtime::serve(cfg) {
-                LOG.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("\nserve failed: {e}\n"));
-            }
-        });
-        let deadline = Instant::now() + common::STARTUP;
-        let addr = loop {
-            let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(at) = log.find("listening addr=") {
-                let rest = &log[at + "listening addr=".len()..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                break rest[..end].parse::<SocketAddr>().unwrap();
-            }
-            assert!(Instant::now() < deadline && !log.contains("serve failed"), "in-process server did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
+        // The handle reports the bound address (no log scraping).
+        let server = ringgate::runtime::server::Server::start(cfg);
+        let addr = match server.wait_listening(common::STARTUP) {
+            Ok(b) => b.gateway,
+            Err(e) => panic!("in-process server did not start: {e}\n{}", LOG.lock().unwrap_or_else(|e| e.into_inner())),
         };
-        InProc { addr, cert: data.join("dev-cert.pem"), _dir: dir }
+        InProc { addr, cert: data.join("dev-cert.pem"), _server: server, _dir: dir }
     })
 }
 

@@ -206,6 +206,10 @@ pub fn parse_request(buf: &[u8], lim: &Limits) -> Result<Parsed, HttpError> {
     Ok(Parsed::Complete { request, consumed: head_len + body_len })
 }
 
+/// Longest chunk size line (size, extensions, CRLF) accepted: a longer one
+/// is junk. One rule whether the line arrives whole or in pieces.
+const MAX_CHUNK_LINE: usize = 1024;
+
 /// Decodes a chunked body at the front of `buf`: `Ok(None)` until the last
 /// chunk and the trailers' end are buffered. Trailers are read and dropped.
 fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
@@ -213,10 +217,15 @@ fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)
     let mut pos = 0;
     loop {
         let (start, size) = match httparse::parse_chunk_size(&buf[pos..]) {
+            Ok(httparse::Status::Complete((start, _))) if start > MAX_CHUNK_LINE => {
+                return Err(HttpError::Malformed("chunk size line too long".into()));
+            }
             Ok(httparse::Status::Complete(r)) => r,
             Ok(httparse::Status::Partial) => {
-                // A size line cannot be longer than this without being junk.
-                if buf.len() - pos > 1024 {
+                // Without its end yet, the line is already longer than this
+                // many bytes (its CRLF is still to come): refused now, as the
+                // same line arriving whole is.
+                if buf.len() - pos >= MAX_CHUNK_LINE {
                     return Err(HttpError::Malformed("chunk size line too long".into()));
                 }
                 return Ok(None);

@@ -186,3 +186,28 @@ proptest! {
         let _ = parse_request(&mangled, &lim());
     }
 }
+
+/// A chunk size line (size, extensions, CRLF) is judged by one rule whether
+/// it arrives whole or in pieces: at most 1,024 bytes (it was refused in
+/// pieces past 1,024 buffered bytes but accepted whole at any length).
+#[test]
+fn chunk_size_line_one_rule_whole_or_in_pieces() {
+    let lim = Limits { max_head_bytes: 1024, max_headers: 8, max_body_bytes: 4096 };
+    let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for line_len in [1000, 1023, 1024, 1025, 1026, 1100, 3000] {
+        // "3;x=aaa...\r\n" is `line_len` bytes with its CRLF.
+        let ext = "a".repeat(line_len - "3;x=\r\n".len());
+        let mut raw = head.to_vec();
+        raw.extend_from_slice(format!("3;x={ext}\r\nabc\r\n0\r\n\r\n").as_bytes());
+        let whole = parse_request(&raw, &lim).map(|p| matches!(p, Parsed::Complete { .. })).map_err(|e| e.status());
+        assert_eq!(whole, if line_len <= 1024 { Ok(true) } else { Err(400) }, "whole, line of {line_len} B");
+        // In pieces: every prefix is Incomplete or the whole's answer.
+        for i in head.len()..raw.len() {
+            match parse_request(&raw[..i], &lim) {
+                Ok(Parsed::Incomplete { .. }) => {}
+                Ok(Parsed::Complete { .. }) => panic!("prefix {i} complete"),
+                Err(e) => assert_eq!(Err(e.status()), whole, "prefix {i} of a line of {line_len} B"),
+            }
+        }
+    }
+}

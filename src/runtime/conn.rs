@@ -28,6 +28,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::proto::ack_wheel::TimerKey;
 use crate::proto::session::Session;
+use crate::runtime::framing::Framing;
 use crate::runtime::tls_record::{self, Opened, Record13, RecordError, TrafficSecrets};
 use crate::runtime::transport::{self, Transport};
 
@@ -123,15 +124,9 @@ pub struct Conn {
     pub over_hw_since_ms: u64,
     /// The server's DISCONNECT was counted in the metrics.
     pub close_counted: bool,
-    /// ALPN chosen in the handshake, kept across the hand-off to our record
-    /// layer: None = none, Some(true) = `http/1.1`, Some(false) = `ringgate/1`.
-    pub alpn_http: Option<bool>,
-    /// Set once the connection turned out to carry HTTP (`gate_http`).
-    pub http: Option<Box<super::gate_http::HttpState>>,
-    /// Set once the connection was upgraded to WebSocket (`web::ws`).
-    pub ws: Option<Box<super::web::ws::WsState>>,
-    /// Set on an SSE stream or a long-poll session (`web::WebConn`).
-    pub web: Option<Box<super::web::WebConn>>,
+    /// What the plaintext carries (native frames, HTTP, WebSocket, SSE,
+    /// long-poll): one enum, one interface (`framing`).
+    pub framing: Framing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,10 +250,7 @@ impl Conn {
             sends_in_flight: 0,
             over_hw_since_ms: 0,
             close_counted: false,
-            alpn_http: None,
-            http: None,
-            ws: None,
-            web: None,
+            framing: Framing::Native,
         }
     }
 
@@ -266,21 +258,15 @@ impl Conn {
     pub fn alpn(&self) -> Option<&'static [u8]> {
         let http = match &self.tls {
             Tls::Rustls(t) => t.alpn_protocol().map(|p| p == b"http/1.1"),
-            _ => self.alpn_http,
+            Tls::Records(r) => r.alpn_http,
+            Tls::Off | Tls::Accepting(_) => None,
         };
         http.map(|h| if h { &b"http/1.1"[..] } else { crate::tls::ALPN_V1 })
     }
 
-    /// The next deadline of this connection: HTTP's own, or the session's.
+    /// The next deadline of this connection: its framing's with the session's.
     pub fn next_deadline(&self) -> Option<u64> {
-        let own = match &self.http {
-            Some(h) => Some(h.deadline_ms),
-            None => self.session.next_deadline(),
-        };
-        match self.web.as_ref().and_then(|w| w.deadline()) {
-            Some(w) => Some(own.map_or(w, |o| o.min(w))),
-            None => own,
-        }
+        self.framing.deadline(self.session.next_deadline())
     }
 
     pub fn tls_handshaking(&self) -> bool {
@@ -442,11 +428,13 @@ impl Conn {
         while tls.wants_write() {
             tls.write_tls(&mut w)?;
         }
-        self.alpn_http = tls.alpn_protocol().map(|p| p == b"http/1.1");
+        let alpn_http = tls.alpn_protocol().map(|p| p == b"http/1.1");
         let Tls::Rustls(tls) = std::mem::replace(&mut self.tls, Tls::Off) else { unreachable!() };
         let RustlsConn { conn, traffic } = *tls;
         let secrets = conn.dangerous_extract_secrets()?;
-        self.tls = Tls::Records(Box::new(Record13::new(secrets, &traffic)?));
+        let mut rec = Record13::new(secrets, &traffic)?;
+        rec.alpn_http = alpn_http;
+        self.tls = Tls::Records(Box::new(rec));
         Ok(())
     }
 
@@ -454,10 +442,7 @@ impl Conn {
     /// socket; `Ok(false)`: the socket pushed back, wait for writability.
     pub fn flush(&mut self) -> Result<bool, TransportError> {
         self.try_handoff()?;
-        if let Some(ws) = &mut self.ws {
-            ws.wrap_out(&mut self.out);
-        }
-        if let Some(done) = self.web.as_mut().and_then(|w| w.before_flush(&mut self.out)) {
+        if let Some(done) = self.framing.wrap_out(&mut self.out) {
             // A long-poll session has no socket: its output waits for a poll.
             self.write_blocked = !done;
             return Ok(done);
@@ -499,13 +484,8 @@ impl Conn {
         // Idle connections hold no output buffers.
         release_if_empty(&mut self.out);
         release_if_empty(&mut self.tls_out);
-        if let Some(ws) = &mut self.ws {
-            // What is left in `out` was all wrapped before the writes.
-            ws.framed_len = self.out.len();
-        }
-        if let Some(w) = &mut self.web {
-            w.after_flush(self.out.len());
-        }
+        // What is left in `out` was all wrapped before the writes.
+        self.framing.after_flush(self.out.len());
         self.write_blocked = !done;
         Ok(done)
     }
@@ -514,9 +494,7 @@ impl Conn {
     pub fn release_idle_buffers(&mut self) {
         release_if_empty(&mut self.rbuf);
         release_if_empty(&mut self.tls_in);
-        if let Some(ws) = &mut self.ws {
-            ws.release_idle_buffers();
-        }
+        self.framing.release_idle_buffers();
     }
 
     /// Half-closes after our DISCONNECT: TLS close_notify, then FIN.
@@ -524,12 +502,9 @@ impl Conn {
         if self.shut_wr {
             return;
         }
-        if let Some(ws) = &mut self.ws {
-            // After the server's DISCONNECT: 4000 + reason; otherwise (the
-            // device's DISCONNECT, a refused CONNECT) a normal close.
-            let code = self.session.close_reason().map_or(super::web::ws::CLOSE_NORMAL, |r| 4000 + u16::from(r.code()));
-            ws.push_close(&mut self.out, code);
-        }
+        // The transport's close answer (a WebSocket close frame, the SSE
+        // stream's last chunk) goes ahead of TLS close_notify and FIN.
+        self.framing.close_answer(&mut self.out, self.session.close_reason());
         match &mut self.tls {
             Tls::Rustls(tls) => tls.send_close_notify(),
             Tls::Records(r) => {

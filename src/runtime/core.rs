@@ -600,8 +600,8 @@ impl Core {
             self.wheel.cancel(t);
         }
         self.m().conns.set(self.conns.len() as u64);
-        if let Some(w) = slot.conn.web.as_deref() {
-            self.web_sids.remove(&w.sid());
+        if let Some(sid) = slot.conn.framing.sid() {
+            self.web_sids.remove(&sid);
         }
         if let Some(ident) = slot.conn.ident {
             let m = &self.shared.metrics.core(self.id).conns_open;
@@ -719,7 +719,7 @@ impl Core {
             session: c.session,
             rbuf: c.rbuf,
             out: c.out,
-            ws: c.ws,
+            framing: c.framing,
             web: None,
             user,
             req,
@@ -747,7 +747,7 @@ impl Core {
         conn.tls_out = a.tls_out;
         conn.rbuf = a.rbuf;
         conn.out = a.out;
-        conn.ws = a.ws;
+        conn.framing = a.framing;
         if let Some(w) = a.web {
             return self.adopt_http(conn, *w);
         }
@@ -824,7 +824,7 @@ impl Core {
     fn close_conn(&mut self, key: ConnKey, reason: DisconnectReason, msg: &str) {
         let now = self.shared.clock.mono_ms();
         let Some(c) = self.conn(key) else { return };
-        if c.tls_handshaking() || c.http.is_some() {
+        if c.tls_handshaking() || c.framing.is_http() {
             c.dead = true;
         } else {
             c.session.close(now, reason, msg, &mut c.out);
@@ -908,7 +908,7 @@ impl Core {
                 self.wake(key);
                 continue;
             }
-            if let Some(h) = &conn.http {
+            if let Some(h) = conn.framing.http() {
                 // HTTP: the head did not complete in time, or keep-alive idled out.
                 if now >= h.deadline_ms {
                     conn.dead = true;

@@ -151,7 +151,7 @@ pub fn is_session_path(p: &str) -> bool {
 /// flush, and release idle buffers.
 pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> Step {
     loop {
-        let Some(st) = conn.http.as_mut() else { return Step::Close };
+        let Some(st) = conn.framing.http_mut() else { return Step::Close };
         let before = conn.rbuf.len();
         let mut session = None;
         let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms, &mut session) || eof;

@@ -28,8 +28,9 @@ pub struct Adopt {
     /// Decrypted bytes that arrived behind the CONNECT.
     pub rbuf: BytesMut,
     pub out: BytesMut,
-    /// The WebSocket state of a connection upgraded before its CONNECT.
-    pub ws: Option<Box<crate::runtime::web::ws::WsState>>,
+    /// The framing: WebSocket for a connection upgraded before its
+    /// CONNECT, HTTP for one moving for a session request, else native.
+    pub framing: crate::runtime::framing::Framing,
     /// An HTTP connection moving for a session request (SSE, long-poll):
     /// the core to go to and the request; `user` and `req` are unused then.
     pub web: Option<Box<crate::runtime::web::WebMove>>,

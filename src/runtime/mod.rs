@@ -22,11 +22,13 @@
 
 pub mod conn;
 pub mod core;
+pub mod framing;
 pub mod ledger;
 pub mod gate_http;
 pub mod mesh;
 pub mod peer_log;
 pub mod reload;
+pub mod server;
 pub mod tls_record;
 pub mod transport;
 pub mod web;
@@ -186,7 +188,15 @@ pub fn choose_driver(wanted: Driver) -> Result<DriverKind, ServeError> {
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Returns after a graceful shutdown.
+/// In-process users start it through [`server::Server`] instead, which
+/// reports its phases.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_observed(cfg, None)
+}
+
+/// `serve`, publishing `Listening` and `Draining` to `phases` (the caller
+/// publishes `Stopped` with the result).
+fn serve_observed(cfg: Config, phases: Option<&server::Phases>) -> Result<(), ServeError> {
     cfg.validate()?;
     // SIGHUP (reload) is blocked before any thread starts, so every thread
     // inherits the mask and only the main thread's `sigwait` takes it: its
@@ -444,6 +454,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     metrics.health.gateway_up.store(true, std::sync::atomic::Ordering::Relaxed);
     // The address once, in the message: tools and tests read `listening addr=`.
     tracing::info!("listening addr={local} tls={} workers={workers} driver={}", cfg.tls.enabled, driver.name());
+    if let Some(p) = phases {
+        p.set(server::Phase::Listening(server::Bound { gateway: local, admin: admin.addr }));
+    }
 
     // The main thread only waits for signals: SIGHUP reloads, SIGTERM and
     // SIGINT shut down.
@@ -452,6 +465,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         reloader.reload(&mesh, &metrics);
     }
     metrics.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = phases {
+        p.set(server::Phase::Draining);
+    }
     tracing::info!(grace_ms = cfg.server.shutdown_grace_ms, "shutting down: closing listeners, DISCONNECT(7) to every connection");
     for m in mesh.iter() {
         m.post(CoreMsg::Shutdown);

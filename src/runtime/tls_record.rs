@@ -547,6 +547,9 @@ pub struct Record13 {
     rx: Dir,
     tx_secret: Secret,
     rx_secret: Secret,
+    /// ALPN the handshake chose, kept across the hand-off from rustls:
+    /// None = none, Some(true) = `http/1.1`, Some(false) = `ringgate/1`.
+    pub alpn_http: Option<bool>,
 }
 
 impl Drop for Record13 {
@@ -608,6 +611,7 @@ impl Record13 {
             rx,
             tx_secret,
             rx_secret,
+            alpn_http: None,
         })
     }
 

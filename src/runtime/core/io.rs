@@ -1,6 +1,7 @@
 //! One connection's I/O step on its core: read, detect the transport (frames, HTTP, WebSocket), run the session over the frames, write or queue the write.
 
 use super::*;
+use crate::runtime::framing::Framing;
 
 impl Core {
     /// The connection's socket is ready (or the core woke its task): read,
@@ -55,28 +56,29 @@ impl Core {
             }
             return self.after_io(key);
         }
+        let eof = status == ReadStatus::Eof;
         // The first bytes after TLS decide: HTTP (route endpoint) or frames.
-        if conn.ws.is_some() {
-            return self.on_ws(key, status == ReadStatus::Eof);
-        }
-        if conn.web.is_some() {
-            return self.on_sse_io(key, status == ReadStatus::Eof);
-        }
-        if conn.http.is_none()
+        if matches!(conn.framing, Framing::Native)
             && conn.session.phase() == Phase::AwaitConnect
             && !conn.rbuf.is_empty()
             && crate::runtime::gate_http::is_http(conn.alpn(), conn.rbuf[0])
         {
             let deadline = conn.session.next_deadline().unwrap_or(0);
-            conn.http = Some(Box::new(crate::runtime::gate_http::HttpState::new(deadline)));
+            conn.framing = Framing::Http(Box::new(crate::runtime::gate_http::HttpState::new(deadline)));
         }
-        if conn.http.is_some() {
-            return self.on_http(key, status == ReadStatus::Eof);
+        // Ingest, per framing: the one dispatch on the transport.
+        match conn.framing {
+            Framing::Native => {}
+            Framing::Http(_) => return self.on_http(key, eof),
+            Framing::Ws(_) => return self.on_ws(key, eof),
+            Framing::Sse(_) => return self.on_sse_io(key, eof),
+            // No socket: never registered with a task's readiness.
+            Framing::LongPoll(_) => return Outcome::Close,
         }
         if let Some(m) = self.process_frames(key) {
             return Outcome::Migrate(m);
         }
-        if status == ReadStatus::Eof {
+        if eof {
             if let Some(c) = self.conn(key) {
                 // The device vanished; its messages stay in the inbox.
                 c.session.abort();
@@ -93,7 +95,7 @@ impl Core {
         let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof);
-        if let Some(st) = conn.http.as_mut().filter(|st| st.refused_origins > 0) {
+        if let Some(st) = conn.framing.http_mut().filter(|st| st.refused_origins > 0) {
             let (n, origin) = (std::mem::take(&mut st.refused_origins), st.refused_origin.take());
             self.origin_refused(n, origin.as_deref().unwrap_or(""), mono);
         }
@@ -131,11 +133,11 @@ impl Core {
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         match conn.session.phase() {
             Phase::Finished => {
-                if let Some(ws) = conn.ws.as_mut() {
+                if let Framing::Ws(_) = conn.framing {
                     // Best effort: the close frame. Finished without Closing
                     // means the device's DISCONNECT ended it: 1000 (a
                     // server DISCONNECT's 4000 + reason went out before).
-                    ws.push_close(&mut conn.out, crate::runtime::web::ws::CLOSE_NORMAL);
+                    conn.framing.close_answer(&mut conn.out, None);
                     conn.shutdown_write();
                 }
                 return Outcome::Close;
@@ -190,10 +192,7 @@ impl Core {
             let before = conn.session.phase();
             let acked_before = conn.session.acked();
             // A WebSocket connection's frames were taken out of its messages.
-            let input = match conn.ws.as_mut() {
-                Some(ws) => &mut ws.frames,
-                None => &mut conn.rbuf,
-            };
+            let input = conn.framing.session_input(&mut conn.rbuf);
             let ev = conn.session.poll_frame(now, &limits, input, &mut conn.out);
             match ev {
                 Event::Closed if before == Phase::AwaitConnect => {

@@ -31,7 +31,8 @@ use crate::runtime::gate_http::{self, SessionReq, Step};
 use crate::runtime::mesh::{home_core, Adopt};
 use crate::runtime::web::lp::LpState;
 use crate::runtime::web::sse::SseState;
-use crate::runtime::web::{self, Sid, WebConn, WebMove};
+use crate::runtime::framing::Framing;
+use crate::runtime::web::{self, Sid, WebMove};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -106,7 +107,7 @@ impl Core {
     /// Writes an answer to `req` on HTTP connection `key`.
     fn answer(&mut self, key: ConnKey, req: &SessionReq, status: u16, body: Option<(&'static str, &[u8])>, extra: Vec<(&'static str, String)>) {
         let Some(c) = self.conn(key) else { return };
-        let close = c.http.as_ref().is_some_and(|h| h.closing);
+        let close = c.framing.http().is_some_and(|h| h.closing);
         gate_http::write_answer(&mut c.out, status, body, extra, req.cross.as_deref(), close);
     }
 
@@ -155,7 +156,10 @@ impl Core {
         self.leave_preauth(key);
         let mut c = self.detach(key);
         tracing::debug!(from = self.id, to = core, path = %req.path, "HTTP connection moved to the session's core");
-        let http = c.http.take().unwrap_or_else(|| Box::new(gate_http::HttpState::new(0)));
+        let framing = match mem::take(&mut c.framing) {
+            h @ Framing::Http(_) => h,
+            _ => Framing::Http(Box::new(gate_http::HttpState::new(0))),
+        };
         Handled::Migrate(Box::new(Adopt {
             fd: c.fd,
             tls: c.tls,
@@ -164,7 +168,7 @@ impl Core {
             session: c.session,
             rbuf: c.rbuf,
             out: c.out,
-            ws: None,
+            framing,
             user: Arc::from(""),
             req: ConnectRequest {
                 keepalive_s: 0,
@@ -173,13 +177,12 @@ impl Core {
                 last_seq: 0,
             },
             token_exp_wall_ms: 0,
-            web: Some(Box::new(WebMove { core, http, req, preauth_ip })),
+            web: Some(Box::new(WebMove { core, req, preauth_ip })),
         }))
     }
 
     /// An HTTP connection moved here for a session request: register it and answer.
-    pub(super) fn adopt_http(&mut self, mut conn: Conn, w: WebMove) -> ConnKey {
-        conn.http = Some(w.http);
+    pub(super) fn adopt_http(&mut self, conn: Conn, w: WebMove) -> ConnKey {
         let key = self.insert(conn);
         if let Some(ip) = w.preauth_ip {
             // Still anonymous: the pre-auth limits of its address apply
@@ -234,7 +237,7 @@ impl Core {
         }
         let found = self.web_sids.get(&sid).copied().filter(|s| {
             self.conns.get(s.idx as usize).is_some_and(|slot| {
-                slot.gen == s.gen && matches!((slot.conn.web.as_deref(), lp), (Some(WebConn::Lp(_)), true) | (Some(WebConn::Sse(_)), false))
+                slot.gen == s.gen && matches!((&slot.conn.framing, lp), (Framing::LongPoll(_), true) | (Framing::Sse(_), false))
             })
         });
         match found {
@@ -298,8 +301,7 @@ impl Core {
         gate_http::write_answer(&mut c.out, 200, None, extra, req.cross.as_deref(), false);
         // From here the connection is the stream: nothing more is read
         // from it, its session takes the CONNECT.
-        c.http = None;
-        c.web = Some(Box::new(WebConn::Sse(SseState::new(sid, c.out.len(), now))));
+        c.framing = Framing::Sse(Box::new(SseState::new(sid, c.out.len(), now)));
         c.rbuf = connect;
         if self.process_frames(key).is_some() {
             // Cannot happen (this is the user's home core).
@@ -310,7 +312,7 @@ impl Core {
         c.rbuf = BytesMut::new();
         if c.session.phase() == Phase::Open {
             let hb = c.session.heartbeat_s();
-            if let Some(WebConn::Sse(s)) = c.web.as_deref_mut() {
+            if let Framing::Sse(s) = &mut c.framing {
                 s.set_heartbeat(hb, now);
             }
             self.web_sids.insert(sid, key);
@@ -365,7 +367,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let sid = Sid::new(self.id);
         let mut conn = Conn::new(-1, Tls::Off, Session::new(now, &self.shared.limits));
-        conn.web = Some(Box::new(WebConn::Lp(LpState::new(sid))));
+        conn.framing = Framing::LongPoll(Box::new(LpState::new(sid)));
         conn.rbuf = connect;
         // A session counts as a connection (`remove` gives it back).
         self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
@@ -405,10 +407,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let poll_timeout_ms = self.live.gate.poll_timeout_ms;
         // A newer poll ends the older one.
-        let older = match self.conn(v).and_then(|c| c.web.as_deref_mut()) {
-            Some(WebConn::Lp(l)) => l.poll.take(),
-            _ => None,
-        };
+        let older = self.conn(v).and_then(|c| c.framing.lp_mut()).and_then(|l| l.poll.take());
         if let Some((p, _)) = older {
             self.answer_poll(p, None);
         }
@@ -468,11 +467,11 @@ impl Core {
         c.session.touch(now);
         let hold = poll_timeout_ms.min(u64::from(c.session.heartbeat_s()) * 1000).max(1);
         let until = now + hold;
-        if let Some(WebConn::Lp(l)) = c.web.as_deref_mut() {
+        if let Some(l) = c.framing.lp_mut() {
             l.poll = Some((key, until));
         }
         let keepalive = self.live.gate.keepalive_idle_ms;
-        if let Some(h) = self.conn(key).and_then(|c| c.http.as_mut()) {
+        if let Some(h) = self.conn(key).and_then(|c| c.framing.http_mut()) {
             h.parked = true;
             h.poll_cross = req.cross.take();
             h.deadline_ms = until + keepalive;
@@ -487,7 +486,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let keepalive = self.live.gate.keepalive_idle_ms;
         let Some(c) = self.conn(p) else { return false };
-        let Some(h) = c.http.as_mut().filter(|h| h.parked) else { return false };
+        let Some(h) = c.framing.http_mut().filter(|h| h.parked) else { return false };
         h.parked = false;
         h.deadline_ms = now + keepalive;
         let close = h.closing;
@@ -509,15 +508,16 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let c = self.conn(key)?;
         let phase = c.session.phase();
-        match c.web.as_deref_mut()? {
-            WebConn::Sse(s) => {
+        match &mut c.framing {
+            Framing::Sse(s) => {
                 s.on_time(now);
                 if !open_phase(phase) {
                     s.ending = true;
                 }
                 None
             }
-            WebConn::Lp(_) => Some(self.lp_after_io(key)),
+            Framing::LongPoll(_) => Some(self.lp_after_io(key)),
+            Framing::Native | Framing::Http(_) | Framing::Ws(_) => None,
         }
     }
 
@@ -532,7 +532,7 @@ impl Core {
         let shutting = self.shutting_down;
         let mut slow = false;
         let Some(c) = self.conn(v) else { return Outcome::Close };
-        let Some(WebConn::Lp(l)) = c.web.as_deref_mut() else { return Outcome::Close };
+        let Some(l) = c.framing.lp_mut() else { return Outcome::Close };
         if c.out.len() > hw {
             if l.over_hw_since_ms == 0 {
                 l.over_hw_since_ms = now.max(1);
@@ -554,7 +554,7 @@ impl Core {
         let Some(c) = self.conn(v) else { return Outcome::Close };
         let closed = !open_phase(c.session.phase()) || c.dead;
         let idle_ms = u64::from(c.session.heartbeat_s()) * 2_500;
-        let Some(WebConn::Lp(l)) = c.web.as_deref_mut() else { return Outcome::Close };
+        let Some(l) = c.framing.lp_mut() else { return Outcome::Close };
         if closed && l.closed_expiry_ms == 0 {
             // The final DISCONNECT waits for one more poll, this long.
             l.closed_expiry_ms = now + idle_ms.max(1);

@@ -678,7 +678,7 @@ impl World {
                 if out > out_bound {
                     return Err(format!("core {id}: {out} bytes of output buffered, bound {out_bound}"));
                 }
-                let input = c.rbuf.len() + c.ws.as_ref().map_or(0, |w| w.frames.len());
+                let input = c.rbuf.len() + c.framing.buffered_input();
                 if input > rbuf_bound {
                     return Err(format!("core {id}: {input} bytes of input buffered, bound {rbuf_bound}"));
                 }

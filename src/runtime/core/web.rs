@@ -4,6 +4,7 @@ use bytes::BytesMut;
 
 use super::{ConnKey, Core, Outcome};
 use crate::proto::DisconnectReason;
+use crate::runtime::framing::Framing;
 use crate::runtime::web::ws::{Input, WsState};
 
 impl Core {
@@ -13,8 +14,7 @@ impl Core {
     pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let mode = self.live.gate.ws_mode;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        conn.http = None;
-        conn.ws = Some(Box::new(WsState::new(conn.out.len(), mode)));
+        conn.framing = Framing::Ws(Box::new(WsState::new(conn.out.len(), mode)));
         self.on_ws(key, eof)
     }
 
@@ -24,7 +24,7 @@ impl Core {
         let now = self.shared.clock.mono_ms();
         let max_msg = self.shared.limits.max_frame as usize + 4;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        let Some(ws) = conn.ws.as_mut() else { return Outcome::Close };
+        let Framing::Ws(ws) = &mut conn.framing else { return Outcome::Close };
         match ws.decode(&mut conn.rbuf, max_msg, &mut conn.out) {
             Ok(Input::Open) => {}
             Ok(Input::Closed) => {

@@ -59,57 +59,10 @@ impl Sid {
 /// with the request to answer there.
 pub struct WebMove {
     pub core: usize,
-    pub http: Box<crate::runtime::gate_http::HttpState>,
     pub req: Box<crate::runtime::gate_http::SessionReq>,
     /// The connection's address while it counts as pre-auth (an HTTP
     /// connection has not authenticated itself): it counts there again.
     pub preauth_ip: Option<std::net::IpAddr>,
-}
-
-/// The web transport state of a connection that carries a session.
-#[derive(Debug)]
-pub enum WebConn {
-    /// The `GET /v1/sse` stream connection.
-    Sse(sse::SseState),
-    /// A long-poll session (a virtual connection, no socket).
-    Lp(lp::LpState),
-}
-
-impl WebConn {
-    pub fn sid(&self) -> Sid {
-        match self {
-            WebConn::Sse(s) => s.sid,
-            WebConn::Lp(l) => l.sid,
-        }
-    }
-
-    /// Called by `Conn::flush` first. SSE wraps new frames into events and
-    /// lets the socket write go on (None); long-poll has no socket: its
-    /// output stays queued for a poll, `Some(queue empty)`.
-    pub fn before_flush(&mut self, out: &mut BytesMut) -> Option<bool> {
-        match self {
-            WebConn::Sse(s) => {
-                s.wrap_out(out);
-                None
-            }
-            WebConn::Lp(_) => Some(out.is_empty()),
-        }
-    }
-
-    /// Called by `Conn::flush` last: what is left in `out` is all framed.
-    pub fn after_flush(&mut self, out_len: usize) {
-        if let WebConn::Sse(s) = self {
-            s.framed_len = out_len;
-        }
-    }
-
-    /// The transport's own deadline (SSE ping, poll end, closed-session expiry).
-    pub fn deadline(&self) -> Option<u64> {
-        match self {
-            WebConn::Sse(s) => s.deadline(),
-            WebConn::Lp(l) => l.deadline(),
-        }
-    }
 }
 
 /// Why a POST body is refused: DISCONNECT(1) on the session and `400`.

@@ -400,11 +400,15 @@ impl WsState {
     }
 
     /// Drops empty buffers' allocations (an idle connection holds none).
+    /// Whenever empty, not only when `capacity() > 0`: the session splits
+    /// frames off `frames` up to its end, which leaves it with no capacity
+    /// yet still pointing into (and keeping) the allocation the frames came
+    /// from, for as long as the connection stays idle.
     pub fn release_idle_buffers(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
+        if self.frames.is_empty() {
             self.frames = BytesMut::new();
         }
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
+        if self.partial.is_empty() {
             self.partial = BytesMut::new();
         }
     }
@@ -447,6 +451,26 @@ mod tests {
         let mut f = vec![0, 0, 0, 9, 7];
         f.extend_from_slice(&7u64.to_be_bytes());
         f
+    }
+
+    /// The session splits every frame off `frames` (as `Bytes`, zero-copy)
+    /// up to its very end; the idle connection must then hold nothing:
+    /// `frames` kept the message's allocation while it had no capacity left.
+    #[test]
+    fn idle_buffers_released_after_frames_split_to_the_end() {
+        let f = ping_frame();
+        let mut rbuf = BytesMut::new();
+        rbuf.extend_from_slice(&client_frame(false, OP_BINARY, &f[..3]));
+        rbuf.extend_from_slice(&client_frame(true, OP_CONT, &f[3..]));
+        rbuf.extend_from_slice(&client_frame(true, OP_BINARY, &f));
+        let (mut ws, mut out) = (WsState::new(0, Mode::Gateway), BytesMut::new());
+        assert_eq!(ws.decode(&mut rbuf, 100, &mut out), Ok(Input::Open));
+        let taken = ws.frames.split_to(ws.frames.len()).freeze();
+        assert_eq!(taken.len(), 2 * f.len());
+        let unallocated = BytesMut::new().as_ptr();
+        ws.release_idle_buffers();
+        assert_eq!(ws.frames.as_ptr(), unallocated, "frames still points into the message's allocation");
+        assert_eq!(ws.partial.as_ptr(), unallocated, "partial still points into an allocation");
     }
 
     #[test]
