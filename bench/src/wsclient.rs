@@ -220,6 +220,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         loop {
+            // Every complete message already read is unwrapped before the
+            // caller sees any: a read hands back what one socket read
+            // brought, as it does on a TLS connection. Returning one message
+            // per read made the push receivers ack (and write, and the
+            // server read) once per PUSH instead of once per batch.
+            while !me.closed && me.plain.len() < buf.remaining() {
+                match unwrap_message(&mut me.raw, &mut me.plain, &mut me.wire)? {
+                    Some(Parsed::Data) => {}
+                    Some(Parsed::Control) => {
+                        // Best effort: a pong goes out with the next write or now.
+                        let _ = me.poll_drain(cx);
+                    }
+                    Some(Parsed::Close) => me.closed = true,
+                    None => break,
+                }
+            }
             if !me.plain.is_empty() {
                 let n = me.plain.len().min(buf.remaining());
                 buf.put_slice(&me.plain[..n]);
@@ -228,19 +244,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             }
             if me.closed {
                 return Poll::Ready(Ok(()));
-            }
-            match unwrap_message(&mut me.raw, &mut me.plain, &mut me.wire)? {
-                Some(Parsed::Data) => continue,
-                Some(Parsed::Control) => {
-                    // Best effort: a pong goes out with the next write or now.
-                    let _ = me.poll_drain(cx);
-                    continue;
-                }
-                Some(Parsed::Close) => {
-                    me.closed = true;
-                    continue;
-                }
-                None => {}
             }
             let mut tmp = [0u8; 16 * 1024];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -341,6 +344,28 @@ mod tests {
             plain.clear();
         }
         assert!(wire.is_empty() && out.is_empty());
+    }
+
+    /// One read hands back every message the socket read brought, as a
+    /// TLS read does: the push receivers ack once per read, so a read that
+    /// stopped after one message made them ack (and the server read) once
+    /// per PUSH, which is what the WebSocket figures measured before.
+    #[test]
+    fn one_read_returns_every_buffered_message() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            let mut wire = Vec::new();
+            for i in 0..10u8 {
+                wire.extend_from_slice(&[0x82, 6, 0, 0, 0, 2, 7, i]);
+            }
+            server.write_all(&wire).await.unwrap();
+            let mut ws = WsStream::new(client, BytesMut::new(), 1);
+            let mut got = BytesMut::with_capacity(4096);
+            ws.read_buf(&mut got).await.unwrap();
+            assert_eq!(got.len(), 60, "all ten frames in one read");
+            assert_eq!(&got[54..], &[0, 0, 0, 2, 7, 9]);
+        });
     }
 
     #[test]
