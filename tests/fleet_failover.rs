@@ -7,13 +7,12 @@
 //! device instead of being dropped as duplicates; the raise is logged and
 //! counted (`ringgate_fleet_seq_floor_raises_total`).
 //!
-//! What these tests cover and what they do not: the devices here are
-//! offline when the engine loses data and reconnect afterwards (the case
-//! the CONNECT floor handles). A device that stays connected through the
-//! loss is not covered: its node's mirror is ahead of the engine, and
-//! messages appended below the mirror's head before the next CONNECT of
-//! one of the user's devices are not delivered to it (see
-//! `docs/fleet.md`, "Not done yet"). Messages confirmed by the old
+//! Devices offline during the loss present their `last_seq` at CONNECT
+//! (the CONNECT floor); a device that stays connected through it is
+//! covered by its node (`a_device_connected_through_a_flushall_...`): the
+//! node's mirror is ahead of the engine, so it raises the head past the
+//! mirror and moves messages appended meanwhile at seqs the device has
+//! above it. Messages confirmed by the old
 //! primary after the replica stopped following are lost with it (the
 //! engine was not run durably across the failover: Redis replication is
 //! asynchronous); a client retry of such a SEND is stored again.
@@ -154,4 +153,56 @@ fn failover_to_a_lagging_replica_reuses_no_seq() {
     let d = alice.send_ok(200, "dave", b"new");
     assert_eq!(collect(&mut dave, 1, WAIT).get(&4).map(|p| p.0), Some(d.msg_id));
     n1.assert_no_panic();
+}
+
+#[test]
+fn a_device_connected_through_a_flushall_gets_the_next_messages() {
+    let Some(bin) = redis_or_skip("a_device_connected_through_a_flushall_gets_the_next_messages") else { return };
+    let redis = Redis::start(bin);
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = shared_key(key_dir.path());
+    let n1 = node_config(&[redis.url()], "n1", &key, "").start();
+    let n2 = node_config(&[redis.url()], "n2", &key, "").start();
+    wait_ready(&n1, true);
+    wait_ready(&n2, true);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let (mut bob, _) = n2.login("bob", "b1", 0);
+    for i in 1..=5u64 {
+        alice.send_ok(i, "bob", format!("m{i}").as_bytes());
+    }
+    assert_eq!(collect(&mut bob, 5, WAIT).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+
+    // The engine forgets everything while bob stays connected, and alice
+    // sends at once: the engine hands out seqs 1.. again, which bob has.
+    assert_eq!(redis.cmd(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    let sent: Vec<u64> = (6..=8u64).map(|i| alice.send_ok(i, "bob", format!("m{i}").as_bytes()).msg_id).collect();
+    let got = collect(&mut bob, 3, WAIT);
+    assert!(got.keys().all(|s| *s > 5), "new messages above every seq bob has: {got:?}");
+    let mut ids: Vec<u64> = got.values().map(|p| p.0).collect();
+    ids.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(ids, want, "every message sent after the flush reaches bob, once: {got:?}");
+    assert!(metric(&n2, "ringgate_fleet_seq_floor_raises_total") >= 1.0, "the raise is counted");
+    assert!(n2.stderr_tail().contains("messages appended meanwhile moved above it"), "and logged:\n{}", n2.stderr_tail());
+    let top = *got.keys().max().unwrap();
+
+    // Again, now with nothing sent until the node's heartbeat has seen the
+    // engine's head below bob's (the raise happens before any append).
+    let before = metric(&n2, "ringgate_fleet_seq_floor_raises_total");
+    assert_eq!(redis.cmd(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    let t0 = std::time::Instant::now();
+    while metric(&n2, "ringgate_fleet_seq_floor_raises_total") == before {
+        assert!(t0.elapsed() < WAIT, "the heartbeat never raised the floor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis.cmd(&["GET", "rg:{bob}:h"]).as_deref(), Some(&format!("${}", top.to_string().len())[..]), "head raised to bob's");
+    let next = alice.send_ok(20, "bob", b"after the second flush");
+    let got = collect(&mut bob, 1, WAIT);
+    assert_eq!(got.get(&(top + 1)).map(|p| p.0), Some(next.msg_id), "{got:?}");
+    // A second device of bob's connecting now sees the engine's view.
+    let (_b2, ack) = n1.login("bob", "b2", 0);
+    assert_eq!(ack.head_seq, top + 1);
+    n1.assert_no_panic();
+    n2.assert_no_panic();
 }

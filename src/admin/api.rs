@@ -475,7 +475,13 @@ fn kick(ctx: &Ctx, user: &str) -> Answer {
     let n = cores(ctx)?;
     let u: Arc<str> = Arc::from(user);
     let closed = ask(ctx, home_core(user, n), |reply| AdminCmd::Kick { user: u, reply })?;
-    Ok(json!({"user": user, "closed": closed}))
+    // Fleet mode: every other live node closes its own and says how many
+    // (503 when one does not confirm: a retry closes what is left).
+    let elsewhere = match ctx.fleet() {
+        Some(f) => super::fleet::kick(f, user)?,
+        None => 0,
+    };
+    Ok(json!({"user": user, "closed": closed as u64 + elsewhere}))
 }
 
 fn mute(ctx: &Ctx, user: &str, req: &Request) -> Answer {

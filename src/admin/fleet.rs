@@ -173,3 +173,12 @@ pub(super) fn idem_finish(ctx: &Ctx, f: &Fleet, key: &str, pending: String, hash
         tracing::error!(error = %e, key, "cannot record an idempotency key in the fleet engine");
     }
 }
+
+/// `DELETE /v1/users/{u}/connections` on the other nodes: how many
+/// connections they closed (this node's own are closed by its core).
+pub(super) fn kick(f: &Fleet, user: &str) -> Result<u64, (u16, String)> {
+    match run(f, AdminOp::Kick(user.to_string()))? {
+        AdminAnswer::Kicked(n) => Ok(n),
+        _ => unexpected(),
+    }
+}

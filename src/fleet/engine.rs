@@ -51,6 +51,8 @@ struct Scripts {
     claim: Script,
     done: Script,
     heartbeat: Script,
+    lease: Script,
+    floor: Script,
     offline: Script,
     presence: Script,
     live: Script,
@@ -69,7 +71,24 @@ struct Eng {
     health: Arc<crate::metrics::Metrics>,
     /// The config's `[groups]`: written to an engine that was never seeded.
     seed_groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Fleet-wide kicks this node's admin API is waiting on, by request id:
+    /// where the other nodes' answers go. One per admin request thread at
+    /// most (`admin.max_connections` bounds it).
+    kicks: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<(String, u64)>>>,
 }
+
+/// Work the subscriber hands to the engine thread (it needs engine calls
+/// or waits, which a push callback must not make).
+enum Control {
+    /// Another node's admin API kicks `user` fleet-wide: close here, answer `asker`.
+    Kick { asker: String, req: String, user: Arc<str> },
+    /// A node's answer to this node's kick `req`.
+    Kicked { req: String, node: String, closed: u64 },
+}
+
+/// Controls queued from the subscriber; beyond it they are dropped like a
+/// lost notification (an unanswered kick is a 503 the operator retries).
+const MAX_CONTROLS: usize = 1024;
 
 /// Starts the engine thread; returns at once (the engine may be down:
 /// requests then fail with typed errors until it is back).
@@ -96,6 +115,8 @@ pub fn start(
             claim: Script::new(scripts::CLAIM),
             done: Script::new(scripts::DONE),
             heartbeat: Script::new(scripts::HEARTBEAT),
+            lease: Script::new(scripts::LEASE),
+            floor: Script::new(scripts::FLOOR),
             offline: Script::new(scripts::OFFLINE),
             presence: Script::new(scripts::PRESENCE),
             live: Script::new(scripts::LIVE),
@@ -107,6 +128,7 @@ pub fn start(
         node_info: format!("{} {} {}", me.host, me.port, me.transport),
         health: metrics,
         seed_groups,
+        kicks: Mutex::new(std::collections::HashMap::new()),
     });
     std::thread::Builder::new().name("fleet-engine".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -147,9 +169,19 @@ async fn run(eng: Arc<Eng>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Request
         let e2 = eng.clone();
         tokio::spawn(async move { heartbeat(e2).await });
     }
+    let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Control>(MAX_CONTROLS);
     {
         let e2 = eng.clone();
-        tokio::spawn(async move { subscriber(e2).await });
+        tokio::spawn(async move { subscriber(e2, ctl_tx).await });
+    }
+    {
+        let e2 = eng.clone();
+        tokio::spawn(async move {
+            while let Some(c) = ctl_rx.recv().await {
+                let e3 = e2.clone();
+                tokio::spawn(async move { e3.control(c).await });
+            }
+        });
     }
     while let Some(r) = rx.recv().await {
         let e2 = eng.clone();
@@ -270,6 +302,9 @@ impl Eng {
             Request::Repair { core, users } => {
                 let _ = tokio::time::timeout(deadline, self.repair(core, users)).await;
             }
+            Request::Floor { core, user, floor, moved } => {
+                let _ = tokio::time::timeout(deadline, self.raise_floor(core, &user, floor, &moved)).await;
+            }
             Request::Offline { user, device, acked } => {
                 let mut inv = self.scripts.offline.key(format!("rg:{{{user}}}:p"));
                 inv.arg(&*device).arg(&*self.fleet.node_id).arg(acked);
@@ -326,14 +361,8 @@ impl Eng {
             // survivor completes a pending claim only through its intent,
             // so a node dying between the two must leave the intent, not
             // the claim, alone (an intent without a claim is forgotten).
-            let mut c = self.conn()?;
-            let r: Result<redis::RedisResult<i64>, _> =
-                tokio::time::timeout(self.timeout, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent).query_async(&mut c)).await;
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
-                Err(_) => return Err(FleetError::Timeout),
-            }
+            // Counted with the claim it precedes (one more write of the SEND).
+            let _: i64 = self.query(OP_CLAIM, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent)).await?;
         }
         let claim: Option<Vec<u8>> = self
             .invoke(
@@ -453,6 +482,7 @@ impl Eng {
                     self.invoke(OP_IDEM, self.scripts.idem_claim.key(scripts::idem_key(&key)).arg(&pending).arg(ttl_ms.max(1))).await?;
                 Ok(AdminAnswer::Idem(v))
             }
+            AdminOp::Kick(user) => Ok(AdminAnswer::Kicked(self.kick(&user).await?)),
             AdminOp::IdemFinish { key, pending, done, ttl_ms } => {
                 let _: i64 = self
                     .invoke(OP_IDEM, self.scripts.idem_finish.key(scripts::idem_key(&key)).arg(&pending).arg(&done).arg(ttl_ms.max(1)))
@@ -521,10 +551,123 @@ impl Eng {
         }
     }
 
-    async fn forget_intent(&self, intent: &str) {
-        if let Ok(mut c) = self.conn() {
-            let _ = tokio::time::timeout(self.timeout, redis::cmd("ZREM").arg(INTENTS).arg(intent).query_async::<i64>(&mut c)).await;
+    /// Raises `user`'s head past `floor` for the devices connected through
+    /// an engine data loss, moving `moved` above it (`scripts::FLOOR`),
+    /// then hands the inbox above `floor` to the core (the moved messages
+    /// among it). Logged and counted like CONNECT's raise.
+    async fn raise_floor(&self, core: usize, user: &Arc<str>, floor: u64, moved: &[u64]) {
+        let mut inv = self.scripts.floor.key(format!("rg:{{{user}}}:h"));
+        inv.key(format!("rg:{{{user}}}:e")).key(format!("rg:{{{user}}}:i")).arg(floor);
+        for s in moved {
+            inv.arg(*s);
         }
+        let (changed, head): (u64, u64) = match self.invoke(OP_CONNECT, &mut inv).await {
+            Ok(r) => r,
+            Err(e) => return tracing::debug!(error = %e, "fleet: seq floor not raised (tried again)"),
+        };
+        if changed == 1 {
+            self.fleet.metrics.seq_floor_raises.fetch_add(1, Relaxed);
+            tracing::warn!(user = %user, floor, head, moved = moved.len(), "engine inbox head was below what connected devices hold (the engine lost data): head raised past it, messages appended meanwhile moved above it, seqs are never reused");
+        }
+        if let Ok((oldest, head, entries)) = self.fetch(user, floor).await {
+            self.post_core(core, Event::Entries { user: user.clone(), oldest, head, entries, fetched: true, repaired: false });
+        }
+    }
+
+    /// `DELETE /v1/users/{u}/connections` on the other live nodes: asks
+    /// them on `rg:n` (`X <me> <req> <len(user)> <user>`) and waits for each
+    /// one's answer (`C <node> <me> <req> <closed>`), asking once more
+    /// halfway (a subscriber may have been reconnecting). A live node that
+    /// does not answer makes it an error (503): the operator cannot be told
+    /// the user is off when a node may still hold a connection.
+    async fn kick(&self, user: &str) -> Result<u64, FleetError> {
+        let me = &*self.fleet.node_id;
+        let others: Vec<String> = self.fleet.live_nodes().iter().filter(|n| n.id != me).map(|n| n.id.clone()).collect();
+        if others.is_empty() {
+            return Ok(0);
+        }
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::getrandom(&mut nonce);
+        let req = hex::encode(nonce);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut k) = self.kicks.lock() {
+            k.insert(req.clone(), tx);
+        }
+        let ask = format!("X {me} {req} {} {user}", user.len());
+        let result = async {
+            let t0 = tokio::time::Instant::now();
+            let budget = self.timeout * 3 / 4;
+            let mut answered: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+            for round in 1..=2u32 {
+                let _: i64 = self.query(OP_PRESENCE, redis::cmd("PUBLISH").arg("rg:n").arg(&ask)).await?;
+                let until = t0 + budget * round / 2;
+                while !others.iter().all(|n| answered.contains_key(n)) {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some((node, closed))) => {
+                            let n = answered.entry(node).or_default();
+                            *n = (*n).max(closed);
+                        }
+                        _ => break,
+                    }
+                }
+                if others.iter().all(|n| answered.contains_key(n)) {
+                    return Ok(answered.values().sum());
+                }
+            }
+            let missing: Vec<&String> = others.iter().filter(|n| !answered.contains_key(*n)).collect();
+            Err(FleetError::Engine(format!("live nodes {missing:?} did not confirm the kick")))
+        }
+        .await;
+        if let Ok(mut k) = self.kicks.lock() {
+            k.remove(&req);
+        }
+        result
+    }
+
+    /// What the subscriber handed over (see [`Control`]).
+    async fn control(&self, c: Control) {
+        match c {
+            Control::Kick { asker, req, user } => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let core = home_core(&user, self.mesh.len());
+                self.mesh[core].post(CoreMsg::Admin(Box::new(crate::runtime::core::admin::AdminCmd::Kick { user, reply: tx })));
+                let wait = self.timeout / 2;
+                let Ok(Ok(closed)) = tokio::task::spawn_blocking(move || rx.recv_timeout(wait)).await else { return };
+                let answer = format!("C {} {asker} {req} {closed}", self.fleet.node_id);
+                if let Err(e) = self.query::<i64>(OP_PRESENCE, redis::cmd("PUBLISH").arg("rg:n").arg(answer)).await {
+                    tracing::warn!(error = %e, "fleet: cannot answer another node's kick");
+                }
+            }
+            Control::Kicked { req, node, closed } => {
+                if let Some(tx) = self.kicks.lock().ok().and_then(|k| k.get(&req).cloned()) {
+                    let _ = tx.send((node, closed));
+                }
+            }
+        }
+    }
+
+    /// Takes or renews this node's msg_id index (`fleet_msg_id`), every
+    /// heartbeat. While none is held the node mints no msg_id (SENDACK 5).
+    async fn renew_lease(&self, ttl_ms: u64) {
+        let asked = Instant::now();
+        let held = self.fleet.node_index().map_or(-1, |i| i as i64);
+        let mut inv = self.scripts.lease.key("rg:{nodes}:x");
+        inv.arg(&*self.fleet.node_id).arg(ttl_ms).arg(held).arg(1u64 << NODE_INDEX_BITS);
+        match self.invoke::<i64>(OP_HEARTBEAT, &mut inv).await {
+            Ok(i) if i >= 0 => {
+                if held != i {
+                    tracing::info!(index = i, "fleet: msg_id node index leased");
+                }
+                self.fleet.set_lease(i as u64, asked, ttl_ms);
+            }
+            Ok(_) => tracing::error!("fleet: every msg_id node index is held by a live node (at most {} nodes): SENDs get SENDACK 5", 1u64 << NODE_INDEX_BITS),
+            Err(e) => tracing::debug!(error = %e, "fleet: msg_id index lease not renewed"),
+        }
+    }
+
+    async fn forget_intent(&self, intent: &str) {
+        // Errors ignored: a leftover intent is forgotten by the sweep.
+        let _ = self.query::<i64>(OP_DONE, redis::cmd("ZREM").arg(INTENTS).arg(intent)).await;
     }
 
     /// Completes group sends whose claim is older than `age_ms` and still
@@ -533,18 +676,8 @@ impl Eng {
     /// so a completion racing a client's retry still stores one copy per
     /// member. Returns how many were completed.
     async fn sweep_intents(&self, age_ms: u64) -> Result<usize, FleetError> {
-        let mut c = self.conn()?;
         let cutoff = wall_ms().saturating_sub(age_ms);
-        let stale: Vec<String> = match tokio::time::timeout(
-            self.timeout,
-            redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32).query_async(&mut c),
-        )
-        .await
-        {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(FleetError::Engine(e.to_string())),
-            Err(_) => return Err(FleetError::Timeout),
-        };
+        let stale: Vec<String> = self.query(OP_CLAIM, redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32)).await?;
         let mut done = 0;
         for intent in stale {
             let Some((sender, device, cmid)) = rules::parse_intent(&intent) else {
@@ -552,10 +685,7 @@ impl Eng {
                 continue;
             };
             let dkey = format!("rg:{{{sender}}}:d:{device}");
-            let rec: Option<Vec<u8>> = match tokio::time::timeout(self.timeout, redis::cmd("HGET").arg(&dkey).arg(cmid).query_async(&mut c)).await {
-                Ok(Ok(v)) => v,
-                _ => continue,
-            };
+            let Ok(rec) = self.query::<Option<Vec<u8>>>(OP_CLAIM, redis::cmd("HGET").arg(&dkey).arg(cmid)).await else { continue };
             if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
                 let (max, cutoff) = self.retention_args();
                 let from: Arc<str> = Arc::from(sender);
@@ -659,6 +789,17 @@ impl Eng {
         let t0 = Instant::now();
         let heads = futures_util::future::join_all(heads).await;
         self.fleet.metrics.record(OP_FETCH, heads.iter().any(|h| h.is_err()) as usize, t0.elapsed());
+        // A head below what a mirror holds: the engine lost data (a missing
+        // key reads as 0: a flush) while devices stayed connected here.
+        let lost: Vec<(Arc<str>, u64)> = users
+            .iter()
+            .zip(&heads)
+            .filter(|((_, have), h)| matches!(h, Ok(h) if h.unwrap_or(0) < *have))
+            .map(|((u, have), _)| (u.clone(), *have))
+            .collect();
+        for (user, have) in lost {
+            self.raise_floor(core, &user, have, &[]).await;
+        }
         let heads: Vec<Option<u64>> = heads.into_iter().map(|h| h.ok().flatten()).collect();
         for (user, have) in rules::repairs(users, &heads) {
             if let Ok((oldest, head, entries)) = self.fetch(&user, have).await {
@@ -755,6 +896,7 @@ async fn heartbeat(eng: Arc<Eng>) {
             .await;
         match r {
             Ok(list) => {
+                eng.renew_lease(ttl).await;
                 if !seeded {
                     seeded = eng.seed_groups().await;
                 }
@@ -827,62 +969,86 @@ async fn check_durability(eng: &Eng) -> bool {
     }
 }
 
-/// The notification subscriber: a RESP3 connection whose pushes go straight
-/// to the home cores' mailboxes; it resubscribes after a reconnect, and a
-/// PING every heartbeat makes it notice a dead connection.
-async fn subscriber(eng: Arc<Eng>) {
-    let url = eng.fleet.cfg.redis[0].clone();
-    let info = match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-        Ok(i) => i,
-        Err(e) => return tracing::error!(error = %e, "fleet subscriber URL"),
-    };
+/// The notification subscriber: a RESP3 connection subscribed to `rg:n`,
+/// whose pushes go straight to the home cores' mailboxes (kicks to the
+/// engine thread). A PING every heartbeat notices a dead connection; then
+/// it subscribes again on the next seed URL that answers (a Redis Cluster
+/// broadcasts every PUBLISH to all of its nodes, so any reachable one will
+/// do, and a dead shard only moves the subscriber). What is published
+/// while it is away is found by the heartbeat's gap repair.
+async fn subscriber(eng: Arc<Eng>, ctl: tokio::sync::mpsc::Sender<Control>) {
+    let seeds = eng.fleet.cfg.redis.len().max(1);
+    let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
+    let mut seed = 0;
+    let mut failed = 0;
+    loop {
+        match subscribe_on(&eng, seed % seeds, &ctl).await {
+            Ok(()) => failed = 0,
+            Err(e) => {
+                tracing::debug!(seed = seed % seeds, error = %e, "fleet subscriber: seed not reachable");
+                failed += 1;
+            }
+        }
+        seed += 1;
+        if failed >= seeds {
+            // Every seed refused: wait a heartbeat before the next round.
+            failed = 0;
+            tokio::time::sleep(hb).await;
+        }
+    }
+}
+
+/// Subscribes on seed URL number `seed` and stays there while it answers
+/// PING. Ok when it was subscribed and then lost; Err when it never was.
+async fn subscribe_on(eng: &Arc<Eng>, seed: usize, ctl: &tokio::sync::mpsc::Sender<Control>) -> Result<(), String> {
+    let url = eng.fleet.cfg.redis.get(seed).ok_or("no seed URL")?;
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| e.to_string())?;
     let rs = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let info = info.set_redis_settings(rs);
-    let client = match redis::Client::open(info) {
-        Ok(c) => c,
-        Err(e) => return tracing::error!(error = %e, "fleet subscriber"),
-    };
+    let client = redis::Client::open(info.set_redis_settings(rs)).map_err(|e| e.to_string())?;
     let me = eng.fleet.node_id.clone();
     let mesh = eng.mesh.clone();
+    let ctl = ctl.clone();
     let sender = move |p: redis::PushInfo| -> Result<(), redis::aio::SendError> {
         if p.kind == redis::PushKind::Message {
             if let Some(Value::BulkString(b)) = p.data.get(1) {
-                on_notification(&me, &mesh, b);
+                on_notification(&me, &mesh, &ctl, b);
             }
         }
         Ok(())
     };
-    let mc = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(eng.timeout))
-        .set_response_timeout(Some(eng.timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(eng.fleet.cfg.heartbeat_ms))
-        .set_push_sender(sender)
-        .set_automatic_resubscription();
-    let mut m = match ConnectionManager::new_lazy_with_config(client, mc) {
-        Ok(m) => m,
-        Err(e) => return tracing::error!(error = %e, "fleet subscriber"),
+    let t = eng.timeout;
+    let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(t)).set_response_timeout(Some(t)).set_push_sender(sender);
+    let mut c = match tokio::time::timeout(t, client.get_multiplexed_async_connection_with_config(&cfg)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
     };
+    match tokio::time::timeout(t, c.subscribe("rg:n")).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("SUBSCRIBE timed out".into()),
+    }
+    tracing::info!(seed, "fleet subscriber: subscribed to rg:n");
     let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
-    let mut subscribed = false;
     loop {
-        if !subscribed {
-            subscribed = tokio::time::timeout(eng.timeout, m.subscribe("rg:n")).await.is_ok_and(|r| r.is_ok());
-        } else {
-            let _ = tokio::time::timeout(eng.timeout, redis::cmd("PING").query_async::<Value>(&mut m)).await;
-        }
         tokio::time::sleep(hb).await;
+        if !matches!(tokio::time::timeout(t, redis::cmd("PING").query_async::<Value>(&mut c)).await, Ok(Ok(_))) {
+            tracing::warn!(seed, "fleet subscriber: connection lost; subscribing again (gap repair covers the meantime)");
+            return Ok(());
+        }
     }
 }
 
-/// One message of `rg:n` (`scripts.rs`): hands it to the user's home core.
-fn on_notification(me: &str, mesh: &Mesh, b: &[u8]) {
+/// One message of `rg:n` (`scripts.rs`): hands it to the user's home core,
+/// or a kick to the engine thread.
+fn on_notification(me: &str, mesh: &Mesh, ctl: &tokio::sync::mpsc::Sender<Control>, b: &[u8]) {
     let mut c = Cursor(b);
     let Some(kind) = c.word() else { return };
     let Some(node) = c.word() else { return };
     if node == me.as_bytes() {
         return;
     }
+    let text = |w: &[u8]| std::str::from_utf8(w).ok().map(String::from);
     match kind {
         b"A" => {
             let Some(seq) = c.num() else { return };
@@ -907,6 +1073,20 @@ fn on_notification(me: &str, mesh: &Mesh, b: &[u8]) {
             let user: Arc<str> = Arc::from(user);
             let core = home_core(&user, mesh.len());
             mesh[core].post(CoreMsg::Fleet(Box::new(Event::Kick { user, device: Arc::from(device) })));
+        }
+        b"X" => {
+            let (Some(asker), Some(req)) = (text(node), c.word().and_then(text)) else { return };
+            let Some(n) = c.num() else { return };
+            let Some(user) = c.take(n as usize).and_then(|u| std::str::from_utf8(u).ok()) else { return };
+            let _ = ctl.try_send(Control::Kick { asker, req, user: Arc::from(user) });
+        }
+        b"C" => {
+            let Some(replier) = text(node) else { return };
+            let (Some(asker), Some(req)) = (c.word(), c.word().and_then(text)) else { return };
+            let Some(closed) = std::str::from_utf8(c.rest()).ok().and_then(|n| n.parse().ok()) else { return };
+            if asker == me.as_bytes() {
+                let _ = ctl.try_send(Control::Kicked { req, node: replier, closed });
+            }
         }
         _ => {}
     }

@@ -122,6 +122,11 @@ pub enum Request {
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: mirrored users and their heads.
     Repair { core: usize, users: Vec<(Arc<str>, u64)> },
+    /// The engine lost data under connected devices (their mirror is at
+    /// `floor`; the engine's head is below it, or `moved` are seqs at or
+    /// below it holding other messages than the mirror's): raise the head
+    /// past `floor`, moving those messages above it (`scripts::FLOOR`).
+    Floor { core: usize, user: Arc<str>, floor: u64, moved: Vec<u64> },
     /// A device's connection ended here: presence shows it offline.
     Offline { user: Arc<str>, device: Arc<str>, acked: u64 },
     /// From the admin API (a blocking thread waiting on `reply`).
@@ -147,6 +152,9 @@ pub enum AdminOp {
     IdemClaim { key: String, pending: String, ttl_ms: u64 },
     /// Replace this node's pending claim with the answer (`done` empty: forget it).
     IdemFinish { key: String, pending: String, done: String, ttl_ms: u64 },
+    /// Close the user's connections on every other live node (the asking
+    /// node closes its own); how many were closed there.
+    Kick(String),
 }
 
 /// What an [`AdminOp`] found.
@@ -158,6 +166,8 @@ pub enum AdminAnswer {
     User(UserView),
     /// None: claimed now; else the record already there.
     Idem(Option<String>),
+    /// Connections the other nodes closed.
+    Kicked(u64),
 }
 
 /// A user as the engine knows it, with liveness applied.
@@ -343,6 +353,43 @@ pub struct Fleet {
     pub retention: Retention,
     /// Dedup ids remembered per device in the engine.
     pub dedup_keep: usize,
+    /// This node's msg_id index leased from the engine, plus one (0: none
+    /// yet, or the lease lapsed): see [`fleet_msg_id`].
+    lease: AtomicU64,
+    /// Until when the lease is held, ms since `born` (renewed by every
+    /// heartbeat; u64::MAX: for good, in the simulation).
+    lease_until_ms: AtomicU64,
+    born: std::time::Instant,
+}
+
+/// Bits of a fleet msg_id for the node's leased index (and the largest
+/// number of nodes minting at once).
+pub const NODE_INDEX_BITS: u32 = 8;
+
+/// A msg_id unique across the fleet, time-ordered like a single node's.
+///
+/// One node (`runtime/core/send.rs`) mints `wall_ms << 20 | counter(12) <<
+/// 8 | core(8)`, unique across its cores and restarts (the counter never
+/// falls behind the clock). Two nodes could mint the same one, so in a
+/// fleet 8 of the counter's bits carry the node's index, leased from the
+/// engine (`scripts::LEASE`, renewed with the heartbeat, never held by two
+/// live nodes): `wall_ms << 20 | counter(4) << 16 | node(8) << 8 | core(8)`.
+/// The timestamp part and the core part stay where they are (the dedup
+/// record's encoding and anyone reading the time out of an id see the same
+/// thing). The price: 16 ids per ms per core before the counter runs ahead
+/// of the clock (16,000 SENDs/s per core, far above what a fleet node
+/// sustains through its engine); an index taken over from a dead node is
+/// free only 3 x heartbeat_ms after its last renewal, so the new holder's
+/// ids start above the dead one's unless that one's counter ran more than
+/// that far ahead of its clock.
+pub fn fleet_msg_id(last: &mut u64, wall_ms: u64, node_index: u64, core: usize) -> u64 {
+    *last = (*last + 1).max(wall_ms << 4);
+    (*last << 16) | ((node_index & 0xff) << 8) | (core as u64 & 0xff)
+}
+
+/// The node index a fleet msg_id carries.
+pub fn msg_id_node_index(msg_id: u64) -> u64 {
+    (msg_id >> 8) & 0xff
 }
 
 impl Fleet {
@@ -367,8 +414,39 @@ impl Fleet {
             tx,
             retention,
             dedup_keep,
+            lease: AtomicU64::new(0),
+            lease_until_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
         });
         (fleet, rx)
+    }
+
+    /// This node's msg_id index while its lease holds; None before the
+    /// engine granted one or after a renewal was missed for longer than the
+    /// lease lives (another node may hold the index by then): no msg_id is
+    /// minted then, the SEND gets SENDACK 5.
+    pub fn node_index(&self) -> Option<u64> {
+        let i = self.lease.load(Relaxed);
+        if i == 0 {
+            return None;
+        }
+        let until = self.lease_until_ms.load(Relaxed);
+        (until == u64::MAX || (self.born.elapsed().as_millis() as u64) < until).then_some(i - 1)
+    }
+
+    /// The engine granted (or renewed) `index` for `ttl_ms` from `since`
+    /// (when the renewal was asked: the lease cannot outlive it in the engine).
+    pub(crate) fn set_lease(&self, index: u64, since: std::time::Instant, ttl_ms: u64) {
+        let until = since.saturating_duration_since(self.born).as_millis() as u64 + ttl_ms;
+        self.lease_until_ms.store(until, Relaxed);
+        self.lease.store(index + 1, Relaxed);
+    }
+
+    /// A lease for good (the simulation, which has no heartbeat of leases).
+    #[cfg(test)]
+    pub(crate) fn set_lease_forever(&self, index: u64) {
+        self.lease_until_ms.store(u64::MAX, Relaxed);
+        self.lease.store(index + 1, Relaxed);
     }
 
     /// Queues `r` for the engine thread; `Busy` when `max_engine_inflight`
@@ -457,6 +535,28 @@ mod tests {
 
     fn n(id: &str) -> Node {
         Node { id: id.into(), host: "h".into(), port: 1, transport: "tcp".into() }
+    }
+
+    #[test]
+    fn fleet_msg_ids_carry_the_node_index_and_keep_the_single_node_time_and_core() {
+        let wall = 1_765_000_000_000u64;
+        let (mut a, mut b) = (0, 0);
+        let mut seen = std::collections::HashSet::new();
+        // Two nodes, the same core index, the same ms, bursts past the counter.
+        for _ in 0..100 {
+            let x = fleet_msg_id(&mut a, wall, 1, 3);
+            let y = fleet_msg_id(&mut b, wall, 2, 3);
+            assert!(seen.insert(x) && seen.insert(y), "a msg_id minted twice");
+            assert_eq!((msg_id_node_index(x), msg_id_node_index(y)), (1, 2));
+            assert_eq!((x & 0xff, y & 0xff), (3, 3));
+        }
+        // The time part is where a single node's is.
+        let first = fleet_msg_id(&mut 0, wall, 5, 0);
+        assert_eq!(first >> 20, wall);
+        // Ids grow with time and within a ms.
+        let mut c = 0;
+        let (p, q, r) = (fleet_msg_id(&mut c, wall, 0, 0), fleet_msg_id(&mut c, wall, 0, 0), fleet_msg_id(&mut c, wall + 1, 0, 0));
+        assert!(p < q && q < r);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound) |
 //! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
 //! | `rg:{nodes}:i` | hash | node id → `host port transport` |
+//! | `rg:{nodes}:x` | hash | msg_id index → `node expires_ms` (leases, `LEASE`) |
 //! | `rg:{intents}:z` | zset | pending group sends (`user\ndevice\ncmid`) by claim time |
 //! | `rg:{g:<group>}:members` | string | a group's member list (JSON array), alone in its slot |
 //! | `rg:{groups}:seeded` | string | set once: the config's `[groups]` seeded the engine |
@@ -166,6 +167,73 @@ for _, n in ipairs(live) do
   out[#out + 1] = redis.call('HGET', KEYS[2], n) or ''
 end
 return out
+"#;
+
+/// KEYS: h, e, i. ARGV: floor, seqs to move... A node found that the
+/// engine lost data under a device that stayed connected: its mirror holds
+/// seqs up to `floor`, and the engine's head is below it, or holds a
+/// different message at one of `seqs` (appended after the loss, at a seq
+/// the device already has). Each such message is moved above the head
+/// (its append key follows it, so a retry still finds it), the head is
+/// raised to at least `floor`, and what is left at or below `floor` is
+/// dropped, as CONNECT's raise does. Returns `{changed, head}` (changed: 0
+/// when the engine was already past `floor` with nothing to move).
+pub const FLOOR: &str = r#"
+local floor = tonumber(ARGV[1])
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local changed = 0
+if head < floor then head = floor; changed = 1 end
+for k = 2, #ARGV do
+  local s = tonumber(ARGV[k])
+  if s <= floor then
+    local m = redis.call('ZRANGEBYSCORE', KEYS[2], s, s)
+    if #m > 0 then
+      local keys = redis.call('ZRANGEBYSCORE', KEYS[3], s, s)
+      head = head + 1
+      redis.call('ZREM', KEYS[2], m[1])
+      redis.call('ZADD', KEYS[2], head, m[1])
+      for _, key in ipairs(keys) do redis.call('ZADD', KEYS[3], head, key) end
+      changed = 1
+    end
+  end
+end
+if changed == 1 then
+  redis.call('SET', KEYS[1], head)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', floor)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', floor)
+end
+return {changed, head}
+"#;
+
+/// KEYS: rg:{nodes}:x. ARGV: node, ttl_ms, the index it holds (-1: none),
+/// how many indexes there are. The node's msg_id index
+/// (`fleet::fleet_msg_id`), on the engine's clock: the one it holds is
+/// renewed while still its own; else the first index that is free, lapsed
+/// (its holder missed renewing it for ttl), or last held by this node id
+/// (a restarted node takes its own back). Returns the index, or -1 when
+/// all are held. Hash field = index, value = `node expires_ms`.
+pub const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rec = ARGV[1] .. ' ' .. (now + tonumber(ARGV[2]))
+local function usable(i)
+  local v = redis.call('HGET', KEYS[1], i)
+  if not v then return true end
+  local n, exp = string.match(v, '^(%S+) (%d+)$')
+  return n == ARGV[1] or exp == nil or tonumber(exp) < now
+end
+local cur = tonumber(ARGV[3])
+if cur >= 0 and usable(cur) then
+  redis.call('HSET', KEYS[1], cur, rec)
+  return cur
+end
+for i = 0, tonumber(ARGV[4]) - 1 do
+  if usable(i) then
+    redis.call('HSET', KEYS[1], i, rec)
+    return i
+  end
+end
+return -1
 "#;
 
 /// KEYS: p. ARGV: device, node, acked. A device's connection ended on

@@ -376,6 +376,8 @@ pub struct World {
     sends: HashMap<(usize, u64), SendRec>,
     /// (user, seq) → when the engine appended it.
     appended_at: HashMap<(String, u64), u64>,
+    /// msg_id → the SEND (device, client_msg_id) confirmed with it: msg_ids are unique in the fleet.
+    msg_ids: HashMap<u64, (usize, u64)>,
     /// Statistics for the report line.
     pub stats: Stats,
 }
@@ -423,6 +425,7 @@ impl World {
             devices: Vec::new(),
             sends: HashMap::new(),
             appended_at: HashMap::new(),
+            msg_ids: HashMap::new(),
             stats: Stats::default(),
         };
         for i in 0..k.nodes {
@@ -455,6 +458,8 @@ impl World {
         let me = RouteNode { id: id.clone(), host: "127.0.0.1".into(), port: 1, transport: "tcp".into() };
         let retention = Retention { max_messages: u64::MAX, max_age_ms: u64::MAX };
         let (fleet, rx) = Fleet::new(self.fleet_cfg().clone(), id.clone(), me, retention, 1024);
+        // The engine's LEASE gives each live node its own index (n3 → 3).
+        fleet.set_lease_forever(id.trim_start_matches('n').parse().unwrap_or(0));
         let groups: Vec<(&str, Vec<&str>)> = self.groups.iter().map(|(g, m)| (g.as_str(), m.iter().map(|s| s.as_str()).collect())).collect();
         let gref: Vec<(&str, &[&str])> = groups.iter().map(|(g, m)| (*g, m.as_slice())).collect();
         let sim = Sim::fleet_node(self.k.cores, self.cfg.clone(), &gref, self.clock.clone(), fleet.clone());
@@ -530,6 +535,7 @@ impl World {
                     Request::Fetch { core, user, after } => format!("2 {core} {user} {after}"),
                     Request::Repair { core, .. } => format!("3 {core}"),
                     Request::Offline { user, device, acked } => format!("4 {user} {device} {acked}"),
+                    Request::Floor { core, user, floor, .. } => format!("6 {core} {user} {floor}"),
                     Request::Admin { .. } => "5".to_string(),
                 };
                 batch.push((key, r));
@@ -558,7 +564,10 @@ impl World {
                         users.sort();
                         OpKind::Repair { core, users, fetches: None }
                     }
-                    Request::Offline { .. } => {
+                    // Only after an engine data loss, which the simulation's
+                    // default knobs never cause (tests/fleet_failover.rs
+                    // covers it against Redis).
+                    Request::Offline { .. } | Request::Floor { .. } => {
                         self.nodes[n].fleet.done();
                         continue;
                     }
@@ -993,6 +1002,7 @@ impl World {
         for f in frames {
             match f {
                 Frame::ConnAck(a) => {
+                    self.trace(d, || format!("{a:?}"));
                     if a.status != connack::OK {
                         self.drop_conn(d, true);
                         return;
@@ -1011,6 +1021,7 @@ impl World {
                     }
                 }
                 Frame::Push(p) => {
+                    self.trace(d, || format!("PUSH seq {} {:?}", p.seq, String::from_utf8_lossy(&p.payload)));
                     self.on_push(d, p.seq, p.msg_id, String::from_utf8_lossy(&p.payload).to_string());
                     acked = Some(self.devices[d].last_seq);
                 }
@@ -1094,6 +1105,12 @@ impl World {
             match rec.confirmed {
                 Some(m) if m != a.msg_id => self.fail(format!("{tag}: a retry got msg_id {} instead of the original {m}", a.msg_id)),
                 _ => rec.confirmed = Some(a.msg_id),
+            }
+            match self.msg_ids.insert(a.msg_id, (d, a.client_msg_id)) {
+                Some(other) if other != (d, a.client_msg_id) => {
+                    self.fail(format!("{tag}: msg_id {} was already given to {}", a.msg_id, self.tag(other.0, other.1)))
+                }
+                _ => {}
             }
             self.stats.confirmed += 1;
         } else if a.status == sendack::RETRY || a.status == sendack::RATE_LIMITED {

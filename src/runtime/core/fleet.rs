@@ -23,6 +23,17 @@ impl CoreFleet {
     }
 }
 
+/// A SEND or publish goes to the engine only with a msg_id unique in the
+/// fleet: without a leased node index (the engine not reached since the
+/// start, or the lease lapsed) `next_msg_id` mints 0, and the SEND gets
+/// SENDACK 5 / the publish 503, like any engine failure.
+fn submit_send(fleet: &Fleet, r: Request) -> Result<(), FleetError> {
+    if matches!(&r, Request::Send { msg, .. } if msg.msg_id == 0) {
+        return Err(FleetError::Engine("no msg_id index leased from the engine yet".into()));
+    }
+    fleet.submit(r)
+}
+
 impl Core {
     /// Fleet mode: asks the engine for the inbox before the CONNACK (its
     /// bounds are fleet-wide). True when the open is deferred (or refused).
@@ -89,7 +100,7 @@ impl Core {
         // A group whose only member is the sender still goes through the
         // engine: its claim makes a retry on another node answer the same.
         let r = Request::Send { core: self.id, req, device: Some(device), msg, targets };
-        if let Err(e) = self.fleet.as_ref().map_or(Err(FleetError::Busy), |f| f.fleet.submit(r)) {
+        if let Err(e) = self.fleet.as_ref().map_or(Err(FleetError::Busy), |f| submit_send(&f.fleet, r)) {
             self.on_fleet_sent(req, Err(e));
         }
     }
@@ -98,7 +109,7 @@ impl Core {
     pub(super) fn fleet_publish(&mut self, req: u64, msg: NewMessage, targets: Vec<Arc<str>>) -> bool {
         let Some(f) = self.fleet.as_ref() else { return false };
         let r = Request::Send { core: self.id, req, device: None, msg, targets };
-        if let Err(e) = f.fleet.submit(r) {
+        if let Err(e) = submit_send(&f.fleet, r) {
             self.on_fleet_sent(req, Err(e));
         }
         true
@@ -176,11 +187,18 @@ impl Core {
                 }
                 match result {
                     Ok(l) => {
+                        // The user's devices already open on this core read
+                        // the same mirror: a load must not move it past a seq
+                        // one of them still lacks (the lowest cursor wins; the
+                        // gap up to the new device's cursor is fetched).
+                        let open_low = self.users.get(&user).into_iter().flat_map(|u| u.devices.iter()).filter_map(|d| d.conn).filter(|k| *k != key);
+                        let open_low: Option<u64> = open_low.filter_map(|k| self.conns.get(k.idx as usize).filter(|s| s.gen == k.gen)).map(|s| s.conn.session.acked()).min();
+                        let after = open_low.map_or(req.last_seq, |low| low.min(req.last_seq));
                         let (behind, grew) = match self.store.fleet_mirror() {
                             Some(st) => {
                                 let m = st.mirror(&user);
                                 let before = m.head();
-                                m.load(req.last_seq, l.oldest, l.head, l.entries);
+                                m.load(after, l.oldest, l.head, l.entries);
                                 (m.behind(), m.head() > before)
                             }
                             None => (false, false),
@@ -209,6 +227,25 @@ impl Core {
                 let Some(m) = st.get_mut(&user) else { return };
                 if fetched {
                     m.fetching = false;
+                }
+                // The engine lost data while devices here stayed connected:
+                // it reports a head below what this mirror holds, or hands
+                // out a seq the mirror already has for another message
+                // (appended after the loss: the devices would drop it as a
+                // duplicate). The head is raised past the mirror's and such
+                // messages move above it before more are appended at seqs
+                // the devices have (FLEET.md "Seqs are never reused").
+                let (base, top) = crate::proto::session::InboxRead::bounds(&*m);
+                let reused: Vec<u64> = entries
+                    .iter()
+                    .filter(|e| e.seq >= base && e.seq <= top)
+                    .filter(|e| crate::proto::session::InboxRead::get(&*m, e.seq).is_some_and(|x| x.msg_id != e.msg_id))
+                    .map(|e| e.seq)
+                    .collect();
+                if !reused.is_empty() || (head > 0 && head < top) {
+                    if let Some(f) = &self.fleet {
+                        let _ = f.fleet.submit(Request::Floor { core: self.id, user: user.clone(), floor: top, moved: reused });
+                    }
                 }
                 if head > 0 {
                     m.set_bounds(oldest, head);

@@ -31,6 +31,14 @@ impl Core {
     }
 
     pub(super) fn next_msg_id(&mut self, wall_ms: u64) -> u64 {
+        if let Some(f) = self.fleet.as_ref() {
+            // Unique across the fleet too (the node's leased index); 0
+            // (never a msg_id) without a lease: `fleet.rs` refuses to store it.
+            return match f.fleet.node_index() {
+                Some(index) => crate::fleet::fleet_msg_id(&mut self.last_msg_id, wall_ms, index, self.id),
+                None => 0,
+            };
+        }
         // Time-ordered and unique across cores (low 8 bits = core) and
         // restarts (the counter never falls behind the clock).
         self.last_msg_id = (self.last_msg_id + 1).max(wall_ms << 12);
