@@ -779,7 +779,8 @@ pub struct FleetTargets {
     #[arg(long, default_value_t = 100.0)]
     pub retained_per_user: f64,
     /// Devices whose dedup record the engine keeps (every device that ever
-    /// sent keeps one, up to 2 × 1,024 ids; default: one per user).
+    /// sent keeps one, up to 1,024 ids, until it has not sent for
+    /// `inbox_max_age_s`; default: one per user).
     #[arg(long)]
     pub sending_devices: Option<u64>,
     /// RAM of one engine host (a Redis master), GiB.

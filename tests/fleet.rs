@@ -305,7 +305,8 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     let ts = unix_now_ms() - 10_000;
     let targets = "bob\ncarol";
     let rec = format!("p {msg_id} {ts} dead {} {targets}left behind", targets.len());
-    assert_eq!(redis.cmd(&["HSET", "rg:{alice}:d:a1", "77", &rec]).as_deref(), Some(":1"));
+    // Bucket (77 mod 100) mod 16 = 13 of a1's records (`scripts::dedup_key`).
+    assert_eq!(redis.cmd(&["HSET", "rg:{alice}:d:a1:13", "77", &rec]).as_deref(), Some(":1"));
     assert_eq!(redis.cmd(&["ZADD", "rg:{intents}:z", &ts.to_string(), "alice\na1\n77"]).as_deref(), Some(":1"));
     // No client retries: a survivor completes it.
     for c in [&mut bob, &mut carol] {
@@ -506,6 +507,65 @@ fn subscriber_moves_to_another_seed_when_its_shard_dies() {
 // ---- measurement (not in the default run) --------------------------------
 
 /// utime + stime of a process, seconds.
+/// A single engine stores a client SEND in one engine call (claim,
+/// append, done in one script), and a sending device's dedup records are
+/// bounded: the last 1024 ids, in small buckets the engine keeps compact,
+/// expiring after the device stops sending.
+#[test]
+fn one_call_sends_and_bounded_dedup_records() {
+    let Some(bin) = redis_or_skip("one_call_sends_and_bounded_dedup_records") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let (n1, n2) = (&f.nodes[0], &f.nodes[1]);
+    let (mut bob, _) = n2.login("bob", "b1", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let total = 1100u64;
+    let mut raw = alice.raw_socket();
+    let mut first = None;
+    for i in 1..=total {
+        raw.write_all(&send_to_user(i, "bob", b"x").encode()).unwrap();
+        if i % 100 == 0 {
+            for j in i - 99..=i {
+                let a = alice.expect_sendack(j);
+                assert_eq!(a.status, 0);
+                if j == total {
+                    first = Some(a.msg_id);
+                }
+            }
+        }
+    }
+    assert_eq!(collect(&mut bob, total as usize, WAIT).len(), total as usize, "every SEND delivered across nodes");
+    // One engine call per SEND: no claim or done step (the multi-step path).
+    assert!(metric(n1, "ringgate_fleet_engine_requests_total{op=\"send\",result=\"ok\"}") >= total as f64);
+    assert_eq!(metric(n1, "ringgate_fleet_engine_requests_total{op=\"claim\"") + metric(n1, "ringgate_fleet_engine_requests_total{op=\"done\""), 0.0);
+
+    // The last 1024 ids, in 16 buckets, each listpack-encoded and expiring.
+    let int = |args: &[&str]| redis.cmd(args).and_then(|l| l.trim_start_matches(':').parse::<i64>().ok()).unwrap_or(-99);
+    assert_eq!(int(&["LLEN", "rg:{alice}:q:a1"]), 1024, "ids queued for eviction");
+    let mut held = 0;
+    for b in 0..16 {
+        let k = format!("rg:{{alice}}:d:a1:{b}");
+        held += int(&["HLEN", &k]);
+        // `$8`: the bulk string `listpack` (a `hashtable` is `$9`).
+        assert_eq!(redis.cmd(&["OBJECT", "ENCODING", &k]).as_deref(), Some("$8"), "bucket {b} is not compact");
+        let ttl = int(&["PTTL", &k]);
+        assert!(ttl > 0 && ttl <= 604_800_000, "bucket {b} must expire after the retention age: PTTL {ttl}");
+    }
+    assert_eq!(held, 1024, "records beyond the window are evicted");
+    let ttl = int(&["PTTL", "rg:{alice}:q:a1"]);
+    assert!(ttl > 0 && ttl <= 604_800_000, "the queue expires with its records: {ttl}");
+
+    // Within the window a retry gets the original SENDACK and is not
+    // delivered again, on the other node too.
+    drop(raw);
+    let (mut alice2, _) = n2.login("alice", "a1", 0);
+    assert_eq!(alice2.send_ok(total, "bob", b"x").msg_id, first.unwrap(), "the original SENDACK");
+    assert!(collect(&mut bob, 1, Duration::from_millis(800)).is_empty(), "a retry is not delivered again");
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
 fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

@@ -1035,9 +1035,12 @@ fn memory_phase(net: &Net, o: &FleetOpts, node: &Server, redis: &Redis, dedup_us
     let further = (o.mem_messages.max(2) - 1) as f64 * u;
     let per_msg = (m3 - m2) / further;
     let inbox = (m2 - m1) / u - per_msg;
-    let dedup = ["d", "q"]
-        .iter()
-        .filter_map(|k| redis.cmd(&["MEMORY", "USAGE", &format!("rg:{{{dedup_user}}}:{k}:d")]).ok())
+    // The device `d`'s records (16 buckets, `src/fleet/scripts.rs`
+    // `dedup_key`) and its id queue.
+    let dedup = (0..16)
+        .map(|b| format!("rg:{{{dedup_user}}}:d:d:{b}"))
+        .chain([format!("rg:{{{dedup_user}}}:q:d")])
+        .filter_map(|k| redis.cmd(&["MEMORY", "USAGE", &k]).ok())
         .filter_map(|r| r.strip_prefix(':').and_then(|v| v.trim().parse::<f64>().ok()))
         .sum();
     Ok(EngineMemory {
@@ -1190,9 +1193,9 @@ pub fn run(env: &Env, kind: TargetKind, o: &FleetOpts) -> Result<FleetResult> {
 }
 
 /// A sender of the push phase whose dedup record the engine holds (the
-/// largest `rg:{…}:d:d` key), for the per-device dedup figure.
+/// one with a `rg:{…}:q:d` queue), for the per-device dedup figure.
 fn last_fleet_sender(redis: &Redis) -> String {
-    let Ok(keys) = redis.cmd(&["KEYS", "rg:{ff*s0}:d:d"]) else { return String::new() };
+    let Ok(keys) = redis.cmd(&["KEYS", "rg:{ff*s0}:q:d"]) else { return String::new() };
     keys.lines().filter(|l| l.starts_with("rg:{")).filter_map(|l| l.strip_prefix("rg:{")?.split_once('}').map(|(u, _)| u.to_string())).next().unwrap_or_default()
 }
 

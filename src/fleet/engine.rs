@@ -49,6 +49,7 @@ struct Scripts {
     connect: Script,
     fetch: Script,
     claim: Script,
+    send: Script,
     done: Script,
     heartbeat: Script,
     lease: Script,
@@ -65,6 +66,8 @@ struct Eng {
     fleet: Arc<Fleet>,
     mesh: Mesh,
     conn: Mutex<Option<Conn>>,
+    /// One engine, not a Cluster: a SEND is one script (`scripts::send`).
+    single: bool,
     scripts: Scripts,
     timeout: Duration,
     node_info: String,
@@ -108,11 +111,13 @@ pub fn start(
         fleet: fleet.clone(),
         mesh,
         conn: Mutex::new(None),
+        single: cfg.redis.len() == 1,
         scripts: Scripts {
             append: Script::new(&scripts::append()),
             connect: Script::new(&scripts::connect()),
             fetch: Script::new(scripts::FETCH),
-            claim: Script::new(scripts::CLAIM),
+            claim: Script::new(&scripts::claim()),
+            send: Script::new(&scripts::send()),
             done: Script::new(scripts::DONE),
             heartbeat: Script::new(scripts::HEARTBEAT),
             lease: Script::new(scripts::LEASE),
@@ -334,8 +339,9 @@ impl Eng {
             return Ok(Stored { refused: None, msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, seqs });
         };
         let sender = &*msg.from;
-        let dkey = format!("rg:{{{sender}}}:d:{device}");
-        let qkey = format!("rg:{{{sender}}}:q:{device}");
+        let dkey = scripts::dedup_key(sender, device, msg.client_msg_id);
+        let qkey = scripts::dedup_queue(sender, device);
+        let dprefix = scripts::dedup_prefix(sender, device);
         // A group SEND: its members now, from the engine (module docs,
         // "Groups"); a refusal still looks for a stored original first.
         let mut refusal = None;
@@ -353,39 +359,97 @@ impl Eng {
             },
             None => targets,
         };
-        let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
-        let group_payload: &[u8] = if msg.group.is_some() { &msg.payload } else { b"" };
+        let key = rules::append_key(sender, device, msg.client_msg_id);
         let intent = rules::intent(sender, device, msg.client_msg_id);
-        if msg.group.is_some() && refusal.is_none() {
-            // The durable intent of a group send, before its claim: a
-            // survivor completes a pending claim only through its intent,
-            // so a node dying between the two must leave the intent, not
-            // the claim, alone (an intent without a claim is forgotten).
-            // Counted with the claim it precedes (one more write of the SEND).
-            let _: i64 = self.query(OP_CLAIM, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent)).await?;
-        }
-        let claim: Option<Vec<u8>> = self
-            .invoke(
-                OP_CLAIM,
-                self.scripts
-                    .claim
-                    .key(&dkey)
-                    .key(&qkey)
-                    .key(scripts::mute_key(sender))
-                    .arg(msg.client_msg_id)
-                    .arg(msg.msg_id)
-                    .arg(msg.timestamp_ms)
-                    .arg(&*self.fleet.node_id)
-                    .arg(self.fleet.dedup_keep)
-                    .arg(&joined)
-                    .arg(group_payload)
-                    .arg(wall_ms())
-                    .arg(if refusal.is_some() { "0" } else { "1" }),
-            )
-            .await?;
-        if claim.as_deref() == Some(&b"m"[..]) {
-            return Ok(Stored { refused: Some(Refused::Muted), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
-        }
+        let claim: Option<Vec<u8>> = if rules::one_call(self.single, targets.len()) {
+            // The whole SEND in one engine call (`scripts::send`): a fresh
+            // one is claimed, appended and marked done atomically, so it
+            // needs no group intent (nothing can be left half done).
+            let mut inv = self.scripts.send.key(&dkey);
+            inv.key(&qkey).key(scripts::mute_key(sender));
+            for t in &targets {
+                inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i"));
+            }
+            inv.arg(msg.client_msg_id)
+                .arg(msg.msg_id)
+                .arg(msg.timestamp_ms)
+                .arg(&*self.fleet.node_id)
+                .arg(self.fleet.dedup_keep)
+                .arg(wall_ms())
+                .arg(if refusal.is_some() { "0" } else { "1" })
+                .arg(&*msg.from)
+                .arg(&msg.payload[..])
+                .arg(max)
+                .arg(cutoff)
+                .arg(&key)
+                .arg(self.dedup_ttl_ms())
+                .arg(&dprefix);
+            for t in &targets {
+                inv.arg(&**t);
+            }
+            let v: Value = self.invoke(OP_SEND, &mut inv).await?;
+            let bad = || FleetError::Engine("unexpected SEND reply".into());
+            let Value::Array(a) = v else { return Err(bad()) };
+            match int(a.first()) {
+                1 => {
+                    let mut seqs = Vec::with_capacity(targets.len());
+                    for (t, p) in targets.iter().zip(a[1..].chunks(2)) {
+                        let (seq, new) = (int(p.first()), int(p.get(1)));
+                        if new == 1 {
+                            self.post_local(t, seq, msg.msg_id, msg.timestamp_ms, &msg.from, &msg.payload);
+                        }
+                        seqs.push((t.clone(), seq));
+                    }
+                    if seqs.len() != targets.len() {
+                        return Err(bad());
+                    }
+                    return Ok(Stored { refused: None, msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, seqs });
+                }
+                2 => return Ok(Stored { refused: Some(Refused::Muted), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() }),
+                3 => None,
+                0 => match a.get(1) {
+                    Some(Value::BulkString(r)) => Some(r.clone()),
+                    _ => return Err(bad()),
+                },
+                _ => return Err(bad()),
+            }
+        } else {
+            let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
+            let group_payload: &[u8] = if msg.group.is_some() { &msg.payload } else { b"" };
+            if msg.group.is_some() && refusal.is_none() {
+                // The durable intent of a group send, before its claim: a
+                // survivor completes a pending claim only through its intent,
+                // so a node dying between the two must leave the intent, not
+                // the claim, alone (an intent without a claim is forgotten).
+                // Counted with the claim it precedes (one more write of the SEND).
+                let _: i64 = self.query(OP_CLAIM, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent)).await?;
+            }
+            let claim: Option<Vec<u8>> = self
+                .invoke(
+                    OP_CLAIM,
+                    self.scripts
+                        .claim
+                        .key(&dkey)
+                        .key(&qkey)
+                        .key(scripts::mute_key(sender))
+                        .arg(msg.client_msg_id)
+                        .arg(msg.msg_id)
+                        .arg(msg.timestamp_ms)
+                        .arg(&*self.fleet.node_id)
+                        .arg(self.fleet.dedup_keep)
+                        .arg(&joined)
+                        .arg(group_payload)
+                        .arg(wall_ms())
+                        .arg(if refusal.is_some() { "0" } else { "1" })
+                        .arg(self.dedup_ttl_ms())
+                        .arg(&dprefix),
+                )
+                .await?;
+            if claim.as_deref() == Some(&b"m"[..]) {
+                return Ok(Stored { refused: Some(Refused::Muted), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
+            }
+            claim
+        };
         if let (None, Some(r)) = (&claim, refusal) {
             return Ok(Stored { refused: Some(r), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
         }
@@ -393,25 +457,41 @@ impl Eng {
             None => return Err(FleetError::Engine("unreadable dedup record".into())),
             Some(rules::AfterClaim::Answer(stored)) => {
                 if msg.group.is_some() {
-                    // The intent this retry wrote: the send is done.
+                    // The intent this retry (or the attempt it repeats) wrote: the send is done.
                     self.forget_intent(&intent).await;
                 }
                 return Ok(stored);
             }
             Some(rules::AfterClaim::Append { msg_id, ts, targets, .. }) => (msg_id, ts, targets),
         };
-        let key = rules::append_key(sender, device, msg.client_msg_id);
+        // Claimed by this multi-step attempt, or found pending (an attempt
+        // that died or timed out): every copy, then done.
         let appends = targets.iter().map(|t| self.append(t, &key, msg_id, ts, &msg.from, &msg.payload, max, cutoff));
         let mut seqs = Vec::with_capacity(targets.len());
         for (t, r) in targets.iter().zip(futures_util::future::join_all(appends).await) {
             seqs.push((t.clone(), r?));
         }
-        let rec = rules::done_record(msg_id, ts, &self.fleet.node_id);
+        let rec = rules::done_record(msg_id, ts);
         let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(msg.client_msg_id).arg(rec)).await?;
         if msg.group.is_some() {
             self.forget_intent(&intent).await;
         }
         Ok(Stored { refused: None, msg_id, timestamp_ms: ts, seqs })
+    }
+
+    /// How long the engine keeps a device's dedup records after its last
+    /// SEND: the inbox retention age (a retry older than every copy of its
+    /// message is past any use of the answer), and never under a day.
+    fn dedup_ttl_ms(&self) -> u64 {
+        self.fleet.retention.max_age_ms.max(DEDUP_TTL_FLOOR_MS)
+    }
+
+    /// An entry this node appended, straight to the home core of `user`
+    /// (the subscriber skips this node's own notifications: no round trip
+    /// through PUB/SUB).
+    fn post_local(&self, user: &Arc<str>, seq: u64, msg_id: u64, ts: u64, from: &Arc<str>, payload: &Bytes) {
+        let entry = Entry { seq, msg_id, timestamp_ms: ts, from: from.clone(), payload: payload.clone() };
+        self.post(user, Event::Entries { user: user.clone(), oldest: 0, head: 0, entries: vec![entry], fetched: false, repaired: false });
     }
 
     /// One plain command under the engine timeout, counted under `op`.
@@ -684,7 +764,11 @@ impl Eng {
                 self.forget_intent(&intent).await;
                 continue;
             };
-            let dkey = format!("rg:{{{sender}}}:d:{device}");
+            let Ok(cmid) = cmid.parse::<u64>() else {
+                self.forget_intent(&intent).await;
+                continue;
+            };
+            let dkey = scripts::dedup_key(sender, device, cmid);
             let Ok(rec) = self.query::<Option<Vec<u8>>>(OP_CLAIM, redis::cmd("HGET").arg(&dkey).arg(cmid)).await else { continue };
             if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
                 let (max, cutoff) = self.retention_args();
@@ -696,7 +780,7 @@ impl Eng {
                 if futures_util::future::join_all(appends).await.iter().any(|x| x.is_err()) {
                     continue;
                 }
-                let rec = rules::done_record(r.msg_id, r.ts, &self.fleet.node_id);
+                let rec = rules::done_record(r.msg_id, r.ts);
                 let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(cmid).arg(rec)).await?;
                 tracing::info!(sender, device, client_msg_id = cmid, msg_id = r.msg_id, members = targets.len(), "completed a group send a node left unfinished");
                 done += 1;
@@ -729,10 +813,7 @@ impl Eng {
             )
             .await?;
         if new == 1 {
-            // This node's own appends reach its cores directly (the
-            // subscriber skips them): no round trip through PUB/SUB.
-            let entry = Entry { seq, msg_id, timestamp_ms: ts, from: from.clone(), payload: payload.clone() };
-            self.post(user, Event::Entries { user: user.clone(), oldest: 0, head: 0, entries: vec![entry], fetched: false, repaired: false });
+            self.post_local(user, seq, msg_id, ts, from, payload);
         }
         Ok(seq)
     }
@@ -808,6 +889,9 @@ impl Eng {
         }
     }
 }
+
+/// The shortest time the engine keeps a device's dedup records after its last SEND.
+const DEDUP_TTL_FLOOR_MS: u64 = 86_400_000;
 
 /// Pending group sends: `sender\ndevice\ncmid` by claim time (wall ms).
 const INTENTS: &str = "rg:{intents}:z";

@@ -262,7 +262,7 @@ pub struct FleetMetrics {
 }
 
 /// Engine operations by label.
-pub const OPS: [&str; 10] = ["claim", "append", "done", "connect", "fetch", "heartbeat", "presence", "group", "mute", "idem"];
+pub const OPS: [&str; 11] = ["claim", "append", "done", "connect", "fetch", "heartbeat", "presence", "group", "mute", "idem", "send"];
 pub const OP_CLAIM: usize = 0;
 pub const OP_APPEND: usize = 1;
 pub const OP_DONE: usize = 2;
@@ -275,6 +275,8 @@ pub const OP_GROUP: usize = 7;
 pub const OP_MUTE: usize = 8;
 /// An admin idempotency key's claim or answer.
 pub const OP_IDEM: usize = 9;
+/// A whole client SEND in one script (a single engine: `scripts::send`).
+pub const OP_SEND: usize = 10;
 
 /// Histogram bucket bounds, seconds.
 pub const BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0];

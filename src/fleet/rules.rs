@@ -27,7 +27,11 @@ impl Claim {
         let mut p = Cursor(rec);
         let status = p.word()?;
         let msg_id = p.num()?;
-        let ts = p.num()?;
+        // `d msg_id ts` (`done_record`) has nothing after the timestamp.
+        let Some(ts) = p.num() else {
+            let ts = std::str::from_utf8(p.rest()).ok()?.parse().ok()?;
+            return (status == b"d").then_some(Claim { done: true, msg_id, ts, targets: Vec::new(), payload: Vec::new() });
+        };
         let _node = p.word()?;
         let n = p.num()? as usize;
         let t = p.take(n)?;
@@ -36,10 +40,12 @@ impl Claim {
     }
 }
 
-/// The record that marks a claimed send done (`scripts::DONE`): targets
-/// and payload are no longer needed.
-pub fn done_record(msg_id: u64, ts: u64, node: &str) -> String {
-    format!("d {msg_id} {ts} {node} 0 ")
+/// The record that marks a claimed send done (`scripts::DONE`, and what
+/// `scripts::send` writes): targets and payload are no longer needed, and
+/// the node is left out (about 40 bytes per remembered id: a device's
+/// bucket stays in the engine's compact encoding).
+pub fn done_record(msg_id: u64, ts: u64) -> String {
+    format!("d {msg_id} {ts}")
 }
 
 /// What makes an append idempotent in an inbox (`rg:{u}:i`): the SEND
@@ -95,6 +101,22 @@ pub fn after_claim(existing: Option<&[u8]>, msg: &NewMessage, targets: Vec<Arc<s
         return Some(AfterClaim::Answer(Stored { refused: None, msg_id: r.msg_id, timestamp_ms: r.ts, seqs: Vec::new() }));
     }
     Some(AfterClaim::Append { msg_id: r.msg_id, ts: r.ts, targets: r.targets.into_iter().map(Arc::from).collect(), fresh: false })
+}
+
+/// Recipients one SEND script appends to at most; a larger group takes
+/// the multi-step path (claim with intent, appends, done), so one script
+/// never holds the engine for long.
+pub const ONE_CALL_MAX_TARGETS: usize = 64;
+
+/// Whether a client SEND is one engine call (`scripts::send`: claim,
+/// appends and done atomically) rather than claim, appends, done: only on a
+/// single engine (on a Cluster the sender's dedup keys and the recipients'
+/// inboxes are in different slots) and for at most
+/// `ONE_CALL_MAX_TARGETS` recipients. Either way a retry finds the same
+/// records: a done one answers, a pending one (left by a multi-step
+/// attempt) is finished by `after_claim`'s rule.
+pub fn one_call(single_engine: bool, targets: usize) -> bool {
+    single_engine && targets <= ONE_CALL_MAX_TARGETS
 }
 
 /// What the intent sweep does with a stale intent, given its dedup record.
@@ -166,7 +188,9 @@ mod tests {
     fn a_claim_decides_answer_finish_or_fresh() {
         let t = vec![Arc::from("b")];
         assert_eq!(after_claim(None, &msg(), t.clone()), Some(AfterClaim::Append { msg_id: 10, ts: 20, targets: t.clone(), fresh: true }));
-        let done = done_record(9, 8, "n1");
+        let done = done_record(9, 8);
+        assert_eq!(Claim::parse(b"d 9 8 n1 0 ").map(|c| (c.done, c.msg_id, c.ts)), Some((true, 9, 8)), "the older, longer form");
+        assert_eq!(Claim::parse(b"p 9 8"), None, "a pending record has its targets");
         assert_eq!(
             after_claim(Some(done.as_bytes()), &msg(), t.clone()),
             Some(AfterClaim::Answer(Stored { refused: None, msg_id: 9, timestamp_ms: 8, seqs: Vec::new() }))

@@ -10,8 +10,8 @@
 //! | `rg:{u}:i` | zset | append key → seq (score): an append retried with the same key (the same SEND) returns its first seq |
 //! | `rg:{u}:p` | hash | presence: device → `node connected_at_ms acked_seq online remote` |
 //! | `rg:{u}:m` | string | muted until (epoch ms), expiring then by itself (`PXAT`) |
-//! | `rg:{u}:d:{device}` | hash | dedup: client_msg_id → `p|d msg_id ts node targets...` |
-//! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound) |
+//! | `rg:{u}:d:{device}:{b}` | hash | dedup: client_msg_id → `p msg_id ts node targets...` or `d msg_id ts`, bucket b = (client_msg_id % 100) % 16; expires `dedup_ttl_ms` after the device's last SEND |
+//! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound), expiring with them |
 //! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
 //! | `rg:{nodes}:i` | hash | node id → `host port transport` |
 //! | `rg:{nodes}:x` | hash | msg_id index → `node expires_ms` (leases, `LEASE`) |
@@ -28,25 +28,35 @@
 //! `A <node> <seq> <len(user)> <user><entry>` for an append, `K <node>
 //! <len(user)> <user><device>` for a replacement.
 
-/// Removes entries older than the cutoff (ARGV given by the caller), then
-/// returns the oldest retained seq (head + 1 when empty). Shared prelude.
+/// Removes entries beyond `max` and older than the cutoff (ARGV given by
+/// the caller), and the append keys of removed entries; returns the oldest
+/// retained seq (head + 1 when empty) and the head. `force`: trim the
+/// append keys even when nothing was removed here (CONNECT's floor raise
+/// removes entries itself). Every script that removes entries ends with
+/// the append keys below the oldest entry gone, so an append that removed
+/// nothing skips that step. Shared prelude.
 const TRIM: &str = r#"
-local function trim(e, i, h, max, cutoff)
+local function trim(e, i, h, max, cutoff, force)
+  local removed = force
   local n = redis.call('ZCARD', e)
-  if n > max then redis.call('ZREMRANGEBYRANK', e, 0, n - max - 1) end
+  if n > max then
+    redis.call('ZREMRANGEBYRANK', e, 0, n - max - 1)
+    removed = true
+  end
+  local f = redis.call('ZRANGE', e, 0, 0, 'WITHSCORES')
   for _ = 1, 256 do
-    local f = redis.call('ZRANGE', e, 0, 0)
     if #f == 0 then break end
     local a = string.find(f[1], ' ', 1, true)
     local b = string.find(f[1], ' ', a + 1, true)
     if tonumber(string.sub(f[1], a + 1, b - 1)) >= cutoff then break end
     redis.call('ZREMRANGEBYRANK', e, 0, 0)
+    removed = true
+    f = redis.call('ZRANGE', e, 0, 0, 'WITHSCORES')
   end
   local head = tonumber(redis.call('GET', h) or '0')
   local oldest = head + 1
-  local f = redis.call('ZRANGE', e, 0, 0, 'WITHSCORES')
   if #f > 0 then oldest = tonumber(f[2]) end
-  redis.call('ZREMRANGEBYSCORE', i, '-inf', '(' .. oldest)
+  if removed then redis.call('ZREMRANGEBYSCORE', i, '-inf', '(' .. oldest) end
   return oldest, head
 end
 "#;
@@ -67,10 +77,79 @@ local seq = redis.call('INCR', KEYS[1])
 local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. ARGV[4]
 redis.call('ZADD', KEYS[2], seq, entry)
 redis.call('ZADD', KEYS[3], seq, ARGV[9])
-trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
 redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry)
 return {seq, 1}
 "#
+    )
+}
+
+/// The whole client SEND in one script, for a single engine (not a
+/// Cluster: the sender's dedup keys and the recipients' inboxes are in
+/// different slots). KEYS: d (the claim's bucket, `dedup_key`), q, m, then
+/// h, e, i of each target. ARGV: cmid, msg_id, ts, node, keep, now_ms,
+/// claim (`0`: a refused group send only looks for its stored original),
+/// from, payload, max_messages, cutoff_ms, append key, dedup ttl (ms), d's
+/// prefix (`rg:{u}:d:{device}:`, for evicting from another bucket), then
+/// one user per target. Returns `{0, record}` when the id is already
+/// claimed (done: the original answer; pending: a multi-step attempt the
+/// caller finishes), `{2}` muted, `{3}` nothing found (claim `0`), else
+/// `{1, seq, new, seq, new, ...}` per target: claimed, appended (each
+/// append idempotent by the append key, as `append`) and marked done in
+/// one atomic step, so nothing is ever left pending.
+pub fn send() -> String {
+    format!(
+        "{TRIM}{}",
+        r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then return {0, v} end
+local m = redis.call('GET', KEYS[3])
+if m and tonumber(m) > tonumber(ARGV[6]) then return {2} end
+if ARGV[7] ~= '1' then return {3} end
+local entry = ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[9]
+local max, cutoff = tonumber(ARGV[10]), tonumber(ARGV[11])
+local out = {1}
+for t = 1, #ARGV - 14 do
+  local h, e, i = KEYS[3 * t + 1], KEYS[3 * t + 2], KEYS[3 * t + 3]
+  local s = redis.call('ZSCORE', i, ARGV[12])
+  if s then
+    out[#out + 1] = tonumber(s)
+    out[#out + 1] = 0
+  else
+    local seq = redis.call('INCR', h)
+    redis.call('ZADD', e, seq, entry)
+    redis.call('ZADD', i, seq, ARGV[12])
+    trim(e, i, h, max, cutoff, false)
+    local u = ARGV[14 + t]
+    redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[4] .. ' ' .. seq .. ' ' .. #u .. ' ' .. u .. entry)
+    out[#out + 1] = seq
+    out[#out + 1] = 1
+  end
+end
+DEDUP_RECORD
+return out
+"#
+    )
+    .replace("DEDUP_RECORD", &dedup_record("'d ' .. ARGV[2] .. ' ' .. ARGV[3]", "ARGV[1]", "ARGV[5]", "ARGV[13]", "ARGV[14]"))
+}
+
+/// Lua that stores `rec` for `cmid` in the claim's bucket (KEYS[1]),
+/// queues the id (KEYS[2]), evicts the oldest id beyond `keep` from its
+/// own bucket (`prefix .. bucket`), and makes the touched keys expire
+/// after `ttl` ms without a SEND of the device (`dedup_key` says why).
+fn dedup_record(rec: &str, cmid: &str, keep: &str, ttl: &str, prefix: &str) -> String {
+    format!(
+        r#"
+redis.call('HSET', KEYS[1], {cmid}, {rec})
+redis.call('RPUSH', KEYS[2], {cmid})
+if redis.call('LLEN', KEYS[2]) > tonumber({keep}) then
+  local old = redis.call('LPOP', KEYS[2])
+  redis.call('HDEL', {prefix} .. (tonumber(string.sub(old, -2)) % {buckets}), old)
+end
+redis.call('PEXPIRE', KEYS[1], {ttl})
+redis.call('PEXPIRE', KEYS[2], {ttl})
+"#,
+        buckets = DEDUP_BUCKETS
     )
 }
 
@@ -93,7 +172,7 @@ if last > head then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
   raised = 1
 end
-local oldest, h = trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]))
+local oldest, h = trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), true)
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1] .. ' 1 ' .. ARGV[9])
 redis.call('PUBLISH', 'rg:n', 'K ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[2])
 local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[7]))
@@ -113,33 +192,34 @@ local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCOR
 return {oldest, head, e}
 "#;
 
-/// KEYS: d, q, m. ARGV: cmid, msg_id, ts, node, keep, targets (joined by
-/// '\n'), payload (group sends only: a survivor completes them without
-/// the client), now_ms, claim (`1`; `0` only looks: a group send the
-/// engine refuses must still find its stored original). Claims the
-/// client_msg_id of a sending device: returns nil when claimed now (or,
-/// with claim `0`, when there is nothing to find), `m` when the sender is
-/// muted (checked after the lookup: a SEND accepted before the mute and
-/// retried keeps its answer, ADMIN.md), else the existing record
-/// `p|d msg_id ts node len(targets) targets payload`.
-pub const CLAIM: &str = r#"
+/// KEYS: d (the claim's bucket, `dedup_key`), q, m. ARGV: cmid, msg_id,
+/// ts, node, keep, targets (joined by '\n'), payload (group sends only: a
+/// survivor completes them without the client), now_ms, claim (`1`; `0`
+/// only looks: a group send the engine refuses must still find its stored
+/// original), dedup ttl (ms), d's prefix. Claims the client_msg_id of a
+/// sending device: returns nil when claimed now (or, with claim `0`, when
+/// there is nothing to find), `m` when the sender is muted (checked after
+/// the lookup: a SEND accepted before the mute and retried keeps its
+/// answer, ADMIN.md), else the existing record `p|d msg_id ts node
+/// len(targets) targets payload` (a done one may be just `d msg_id ts`).
+/// The multi-step path (a Cluster, or a group too large for one script).
+pub fn claim() -> String {
+    format!(
+        "{}{}return false\n",
+        r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return v end
 local m = redis.call('GET', KEYS[3])
 if m and tonumber(m) > tonumber(ARGV[8]) then return 'm' end
 if ARGV[9] ~= '1' then return false end
-redis.call('HSET', KEYS[1], ARGV[1], 'p ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. #ARGV[6] .. ' ' .. ARGV[6] .. ARGV[7])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[5]) then
-  local old = redis.call('LPOP', KEYS[2])
-  redis.call('HDEL', KEYS[1], old)
-end
-return false
-"#;
+"#,
+        dedup_record("'p ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. #ARGV[6] .. ' ' .. ARGV[6] .. ARGV[7]", "ARGV[1]", "ARGV[5]", "ARGV[10]", "ARGV[11]")
+    )
+}
 
 /// KEYS: d. ARGV: cmid, record. Marks a claimed send done (every copy
-/// appended): the record becomes `d msg_id ts node 0 ` (targets and
-/// payload are no longer needed).
+/// appended): the record becomes `d msg_id ts` (targets and payload are
+/// no longer needed; short, so the bucket stays compact in the engine).
 pub const DONE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
@@ -306,6 +386,37 @@ pub fn group_key(group: &str) -> String {
 /// An admin idempotency key's key.
 pub fn idem_key(key: &str) -> String {
     format!("rg:{{k:{key}}}:idem")
+}
+
+/// Dedup records of one sending device are spread over this many hashes
+/// by `client_msg_id`, so each stays small enough (Redis's default
+/// `hash-max-listpack-entries` is 128) for the engine's compact encoding:
+/// about a quarter of the memory of one large hash.
+pub const DEDUP_BUCKETS: u64 = 16;
+
+/// The hash holding the dedup record of `cmid` sent by `device` of `user`
+/// (the user's slot). The records of a device expire together with the
+/// device's queue `dedup_ttl_ms` after its last SEND; while it sends, the
+/// last `keep` ids are kept (PROTOCOL.md rule 4 asks for 1024).
+pub fn dedup_key(user: &str, device: &str, cmid: u64) -> String {
+    format!("{}{}", dedup_prefix(user, device), dedup_bucket(cmid))
+}
+
+/// From the last two decimal digits (what the eviction in Lua, whose
+/// numbers are doubles, computes exactly for any u64): even for ids that
+/// count up, and at most 7 of every 100 consecutive ids in one bucket.
+pub fn dedup_bucket(cmid: u64) -> u64 {
+    (cmid % 100) % DEDUP_BUCKETS
+}
+
+/// `dedup_key` without the bucket.
+pub fn dedup_prefix(user: &str, device: &str) -> String {
+    format!("rg:{{{user}}}:d:{device}:")
+}
+
+/// The queue of a device's dedup ids in claim order.
+pub fn dedup_queue(user: &str, device: &str) -> String {
+    format!("rg:{{{user}}}:q:{device}")
 }
 
 /// A user's mute key (the user's slot: the claim script reads it).

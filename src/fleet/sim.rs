@@ -195,6 +195,8 @@ fn claim_record(msg_id: u64, ts: u64, node: &str, targets: &[Arc<str>], payload:
 
 /// Where a SEND is in `engine.rs`'s `send`: one engine call per stage.
 enum SendStage {
+    /// The whole SEND in one call (`scripts::send`, a single engine).
+    One,
     Intent,
     Claim,
     Append { msg_id: u64, ts: u64, targets: Vec<Arc<str>>, seqs: Vec<(Arc<str>, u64)> },
@@ -325,6 +327,9 @@ pub struct Knobs {
     /// The CONNECT script raises the inbox head past `last_seq` (turn off
     /// to see the simulation catch a seq reuse).
     pub raise_floor: bool,
+    /// A single engine: a SEND is one call (`rules::one_call`); else the
+    /// multi-step path of a Cluster. `run_seeds` alternates it by seed.
+    pub one_call: bool,
 }
 
 impl Default for Knobs {
@@ -347,6 +352,7 @@ impl Default for Knobs {
             p_give_up: 0.3,
             p_data_loss: 0.0,
             raise_floor: true,
+            one_call: false,
         }
     }
 }
@@ -393,6 +399,8 @@ pub struct Stats {
     pub repairs: u64,
     pub floor_raises: u64,
     pub data_losses: u64,
+    /// SENDs stored by one atomic call.
+    pub one_calls: u64,
 }
 
 impl World {
@@ -555,7 +563,13 @@ impl World {
                                 .map(|(_, m)| m.iter().filter(|x| **x != *msg.from).map(|x| Arc::from(x.as_str())).collect())
                                 .unwrap_or_default();
                         }
-                        let stage = if msg.group.is_some() { SendStage::Intent } else { SendStage::Claim };
+                        let stage = if rules::one_call(self.k.one_call, targets.len()) {
+                            SendStage::One
+                        } else if msg.group.is_some() {
+                            SendStage::Intent
+                        } else {
+                            SendStage::Claim
+                        };
                         OpKind::Send { core, req, device, msg, targets, stage }
                     }
                     Request::Connect { core, key, user, device: _, last_seq, remote: _ } => OpKind::Connect { core, key, user, last_seq },
@@ -654,6 +668,46 @@ impl World {
                                 Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
                             }
                         }
+                        SendStage::One => {
+                            let existing = self.engine.record(sender, dev, msg.client_msg_id);
+                            if existing.is_none() {
+                                if !applied {
+                                    return Err(());
+                                }
+                                // Claim, every copy and done: one atomic step.
+                                let key = rules::append_key(sender, dev, msg.client_msg_id);
+                                let mut seqs = Vec::with_capacity(targets.len());
+                                for t in &targets {
+                                    let e = Entry { seq: 0, msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, from: msg.from.clone(), payload: msg.payload.clone() };
+                                    seqs.push((t.clone(), self.engine_append(node, t, &key, e)));
+                                }
+                                let rec = rules::done_record(msg.msg_id, msg.timestamp_ms).into_bytes();
+                                self.engine.claim(sender, dev, msg.client_msg_id, rec, self.nodes[node].fleet.dedup_keep);
+                                self.stats.one_calls += 1;
+                                if fails {
+                                    return Err(());
+                                }
+                                self.post(node, core, Event::Sent { req, result: Ok(Stored { refused: None, msg_id: msg.msg_id, timestamp_ms: msg.timestamp_ms, seqs }) });
+                                None
+                            } else {
+                                if fails {
+                                    return Err(());
+                                }
+                                // Found: done answers, pending is finished step by step.
+                                match rules::after_claim(existing.as_deref(), &msg, targets.clone()) {
+                                    None => return Err(()),
+                                    Some(AfterClaim::Answer(stored)) => {
+                                        if msg.group.is_some() {
+                                            Some(SendStage::Forget { stored })
+                                        } else {
+                                            self.post(node, core, Event::Sent { req, result: Ok(stored) });
+                                            None
+                                        }
+                                    }
+                                    Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
+                                }
+                            }
+                        }
                         SendStage::Intent => {
                             // A group send's durable intent, before its claim (`engine.rs`).
                             if applied {
@@ -684,7 +738,7 @@ impl World {
                         }
                         SendStage::Done { msg_id, ts, seqs } => {
                             if applied {
-                                self.engine.done(sender, dev, msg.client_msg_id, rules::done_record(msg_id, ts, &node_id));
+                                self.engine.done(sender, dev, msg.client_msg_id, rules::done_record(msg_id, ts));
                             }
                             if fails {
                                 return Err(());
@@ -794,7 +848,7 @@ impl World {
                         self.again(op, OpKind::Sweep { intent, stage: SweepStage::Append { claim, left } });
                     }
                     SweepStage::Done { claim } => {
-                        self.engine.done(&sender, &device, cmid, rules::done_record(claim.msg_id, claim.ts, &node_id));
+                        self.engine.done(&sender, &device, cmid, rules::done_record(claim.msg_id, claim.ts));
                         self.stats.sweeps_completed += 1;
                         if fails {
                             return;
@@ -1328,7 +1382,7 @@ fn seeds(default: u64) -> Vec<u64> {
 fn run_seeds(name: &str, default: u64, k: Knobs) -> Stats {
     let mut total = Stats::default();
     for seed in seeds(default) {
-        let mut w = World::new(seed, k);
+        let mut w = World::new(seed, Knobs { one_call: seed % 2 == 1, ..k });
         w.run();
         let s = w.stats;
         total.confirmed += s.confirmed;
@@ -1340,6 +1394,7 @@ fn run_seeds(name: &str, default: u64, k: Knobs) -> Stats {
         total.repairs += s.repairs;
         total.floor_raises += s.floor_raises;
         total.data_losses += s.data_losses;
+        total.one_calls += s.one_calls;
     }
     eprintln!("{name}: {total:?}");
     total
@@ -1352,5 +1407,6 @@ fn many_seeds_keep_the_fleet_rules() {
     if std::env::var("RINGGATE_FLEET_SIM_SEED").is_err() {
         assert!(s.crashes > 0 && s.dropped_notes > 0 && s.failed_calls > 0 && s.repairs > 0 && s.confirmed > 100, "{s:?}");
         assert!(s.sweeps_completed > 0, "no group send was ever completed by a survivor: {s:?}");
+        assert!(s.one_calls > 100, "the one-call SEND path was hardly run: {s:?}");
     }
 }

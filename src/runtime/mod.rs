@@ -521,7 +521,7 @@ fn start_fleet(
         tracing::warn!("fleet mode with a per-node development certificate: clients that pin it will not accept the other nodes; give every node the same certificate");
     }
     tracing::info!(node_id = %node_id, engine = ?f.redis, heartbeat_ms = f.heartbeat_ms, "fleet mode: inboxes live in the engine (store.durability and fsync do not apply)");
-    let fleet = crate::fleet::start(f.clone(), node_id, me, mesh, retention(cfg), cfg.session.dedup_per_device.max(1024) * 2, metrics.clone(), cfg.groups.clone())
+    let fleet = crate::fleet::start(f.clone(), node_id, me, mesh, retention(cfg), cfg.session.dedup_per_device.max(1024), metrics.clone(), cfg.groups.clone())
         .map_err(|e| ServeError::Worker(0, e))?;
     let _ = metrics.fleet.set(fleet.metrics.clone());
     Ok(fleet)
