@@ -255,9 +255,14 @@ return out
 /// different message at one of `seqs` (appended after the loss, at a seq
 /// the device already has). Each such message is moved above the head
 /// (its append key follows it, so a retry still finds it), the head is
-/// raised to at least `floor`, and what is left at or below `floor` is
-/// dropped, as CONNECT's raise does. Returns `{changed, head}` (changed: 0
-/// when the engine was already past `floor` with nothing to move).
+/// raised to at least `floor`. What is left at or below `floor` stays
+/// (retention trims it): the node may not have seen every message appended
+/// since the loss when it asks — a fast sender's next appends can reach the
+/// engine before their notifications reach the node — and those must still
+/// be there when its next request names them. Dropping them lost confirmed
+/// messages (tests/fleet_failover.rs, sends pipelined right after a
+/// FLUSHALL). Returns `{changed, head}` (changed: 0 when the engine was
+/// already past `floor` with nothing to move).
 pub const FLOOR: &str = r#"
 local floor = tonumber(ARGV[1])
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -279,8 +284,6 @@ for k = 2, #ARGV do
 end
 if changed == 1 then
   redis.call('SET', KEYS[1], head)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', floor)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', floor)
 end
 return {changed, head}
 "#;
