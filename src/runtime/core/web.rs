@@ -60,6 +60,10 @@ impl Core {
             }
             return Outcome::Close;
         }
-        self.after_io(key)
+        // As on a TLS connection: the write joins the turn's batch
+        // (`flush.rs`), so what this step and the rest of the turn produce
+        // for the connection (SENDACKs, PUSHes refilled by a PUSHACK, PUSHes
+        // from other senders) leaves in one wrap, one seal, one `send`.
+        self.after_io_deferred(key)
     }
 }

@@ -272,66 +272,91 @@ impl WsState {
                 return Ok(Input::Open);
             }
             let mask = [rbuf[hlen], rbuf[hlen + 1], rbuf[hlen + 2], rbuf[hlen + 3]];
-            rbuf.advance(hlen + 4);
-            let mut body = rbuf.split_to(len);
-            for (i, b) in body.iter_mut().enumerate() {
-                *b ^= mask[i & 3];
-            }
-            match op {
-                OP_PING => {
-                    // Answered, but not traffic for the heartbeat (WEB.md):
-                    // the session never sees it.
-                    self.wrap_out(out);
-                    put_header(out, OP_PONG, body.len());
-                    out.extend_from_slice(&body);
-                    self.framed_len = out.len();
-                }
-                OP_PONG => {}
-                OP_CLOSE => {
-                    // Validated before it is echoed (§5.5.1, §7.4, §8.1).
-                    let code = close_reply(&body)?;
-                    self.push_close(out, code);
-                    rbuf.clear();
-                    return Ok(Input::Closed);
-                }
-                _ if self.mode == Mode::Echo => self.echo(op, fin, body, out)?,
-                _ if !fin => {
-                    self.in_message = true;
-                    self.partial.extend_from_slice(&body);
-                }
-                _ => {
-                    let msg = if self.in_message {
-                        self.in_message = false;
-                        self.partial.extend_from_slice(&body);
-                        std::mem::take(&mut self.partial)
-                    } else {
-                        body
-                    };
-                    let prefix = msg.get(..4).map(|p| u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize);
-                    if msg.len() < 5 || prefix != Some(msg.len() - 4) {
-                        return Err(WsError::NotOneFrame);
-                    }
-                    self.frames.extend_from_slice(&msg);
-                }
+            // The body is copied to where it goes and unmasked there, so
+            // `rbuf` is only advanced, never split: no shared allocation
+            // and no reference count per message.
+            let taken = self.take_message(op, fin, &rbuf[hlen + 4..total], mask, out);
+            rbuf.advance(total);
+            if taken? == Input::Closed {
+                rbuf.clear();
+                return Ok(Input::Closed);
             }
         }
+    }
+
+    /// One complete client frame, still masked: a binary message goes to
+    /// `frames`, a fragment to `partial`, a ping's pong and a close's echo
+    /// (echo mode: the data) to `out`.
+    fn take_message(&mut self, op: u8, fin: bool, body: &[u8], mask: [u8; 4], out: &mut BytesMut) -> Result<Input, WsError> {
+        match op {
+            OP_PING => {
+                // Answered, but not traffic for the heartbeat (WEB.md):
+                // the session never sees it.
+                self.wrap_out(out);
+                put_header(out, OP_PONG, body.len());
+                put_unmasked(out, body, mask);
+                self.framed_len = out.len();
+            }
+            OP_PONG => {}
+            OP_CLOSE => {
+                // Validated before it is echoed (§5.5.1, §7.4, §8.1). A
+                // control frame's body is at most 125 bytes (checked on
+                // its header).
+                let mut buf = [0u8; 125];
+                let plain = &mut buf[..body.len().min(125)];
+                plain.copy_from_slice(&body[..plain.len()]);
+                unmask(plain, mask);
+                let code = close_reply(plain)?;
+                self.push_close(out, code);
+                return Ok(Input::Closed);
+            }
+            _ if self.mode == Mode::Echo => {
+                let mut plain = body.to_vec();
+                unmask(&mut plain, mask);
+                self.echo(op, fin, &plain, out)?;
+            }
+            _ if !fin => {
+                self.in_message = true;
+                put_unmasked(&mut self.partial, body, mask);
+            }
+            _ if self.in_message => {
+                self.in_message = false;
+                put_unmasked(&mut self.partial, body, mask);
+                let msg = std::mem::take(&mut self.partial);
+                if !one_frame(msg.len(), msg.first_chunk::<4>().copied()) {
+                    return Err(WsError::NotOneFrame);
+                }
+                self.frames.extend_from_slice(&msg);
+            }
+            _ => {
+                // The common case, one whole message in one frame: its
+                // prefix is checked on the masked bytes, then it is
+                // unmasked straight into `frames`.
+                let prefix = body.first_chunk::<4>().map(|p| [p[0] ^ mask[0], p[1] ^ mask[1], p[2] ^ mask[2], p[3] ^ mask[3]]);
+                if !one_frame(body.len(), prefix) {
+                    return Err(WsError::NotOneFrame);
+                }
+                put_unmasked(&mut self.frames, body, mask);
+            }
+        }
+        Ok(Input::Open)
     }
 
     /// Echo mode: one unmasked data frame; a whole message goes back into
     /// `out` with the opcode it started with. Text is checked fragment by
     /// fragment, so an invalid sequence fails at once (§8.1), not at the end.
-    fn echo(&mut self, op: u8, fin: bool, body: BytesMut, out: &mut BytesMut) -> Result<(), WsError> {
+    fn echo(&mut self, op: u8, fin: bool, body: &[u8], out: &mut BytesMut) -> Result<(), WsError> {
         if !self.in_message && fin {
-            if op == OP_TEXT && std::str::from_utf8(&body).is_err() {
+            if op == OP_TEXT && std::str::from_utf8(body).is_err() {
                 return Err(WsError::InvalidUtf8);
             }
-            self.put_echo(out, op, &body);
+            self.put_echo(out, op, body);
             return Ok(());
         }
         if !self.in_message {
             (self.in_message, self.text, self.utf8_checked) = (true, op == OP_TEXT, 0);
         }
-        self.partial.extend_from_slice(&body);
+        self.partial.extend_from_slice(body);
         if self.text && !utf8_prefix_ok(&self.partial, &mut self.utf8_checked, fin) {
             return Err(WsError::InvalidUtf8);
         }
@@ -366,6 +391,11 @@ impl WsState {
 
     /// Wraps every protocol frame of `out` past `framed_len` in a binary
     /// message header. The frames are our own, so their prefixes are right.
+    ///
+    /// Once per flush, not per frame: the headers' total is counted first
+    /// (four bytes read per frame), then the batch is copied once behind
+    /// exactly enough room, with no growth on the way. Output already
+    /// wrapped and still unsent (a slow reader's backlog) stays in place.
     pub fn wrap_out(&mut self, out: &mut BytesMut) {
         if out.len() <= self.framed_len || self.close_sent {
             if self.close_sent {
@@ -374,15 +404,27 @@ impl WsState {
             }
             return;
         }
-        let tail = out.split_off(self.framed_len);
-        out.reserve(tail.len() + 16);
+        let mut headers = 0;
+        let mut pos = self.framed_len;
+        while pos < out.len() {
+            let n = frame_len(&out[pos..]);
+            headers += header_len(n);
+            pos += n;
+        }
+        let frames = if self.framed_len == 0 {
+            std::mem::take(out)
+        } else {
+            let tail = BytesMut::from(&out[self.framed_len..]);
+            out.truncate(self.framed_len);
+            tail
+        };
+        out.reserve(frames.len() + headers);
         let mut pos = 0;
-        while pos < tail.len() {
-            let n = tail.get(pos..pos + 4).map_or(tail.len() - pos, |p| 4 + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize);
-            let end = (pos + n).min(tail.len());
-            put_header(out, OP_BINARY, end - pos);
-            out.extend_from_slice(&tail[pos..end]);
-            pos = end;
+        while pos < frames.len() {
+            let n = frame_len(&frames[pos..]);
+            put_header(out, OP_BINARY, n);
+            out.extend_from_slice(&frames[pos..pos + n]);
+            pos += n;
         }
         self.framed_len = out.len();
     }
@@ -425,6 +467,50 @@ fn put_header(out: &mut BytesMut, op: u8, len: usize) {
     } else {
         out.put_u8(127);
         out.put_u64(len as u64);
+    }
+}
+
+/// The length of the protocol frame at the front of `b`, prefix included;
+/// a frame cut short (never the case for the session's own output) ends at
+/// the end of `b`.
+fn frame_len(b: &[u8]) -> usize {
+    b.first_chunk::<4>().map_or(b.len(), |p| (4 + u32::from_be_bytes(*p) as usize).min(b.len()))
+}
+
+/// The bytes of a server frame header for a `len`-byte payload.
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
+/// Whether a binary message of `len` bytes starting with `prefix` (its
+/// first four bytes, unmasked) is exactly one protocol frame (WEB.md).
+fn one_frame(len: usize, prefix: Option<[u8; 4]>) -> bool {
+    len >= 5 && prefix.is_some_and(|p| u32::from_be_bytes(p) as usize == len - 4)
+}
+
+/// Appends `masked` to `dst`, unmasked with `mask` (the body's first byte
+/// takes `mask[0]`).
+fn put_unmasked(dst: &mut BytesMut, masked: &[u8], mask: [u8; 4]) {
+    let at = dst.len();
+    dst.extend_from_slice(masked);
+    unmask(&mut dst[at..], mask);
+}
+
+/// XORs `buf` with the repeating 4-byte `mask` (RFC 6455 §5.3), eight
+/// bytes at a time: a word holds the mask twice, so every word starts on a
+/// mask boundary and the tail continues where the words stopped.
+fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let (words, tail) = buf.as_chunks_mut::<8>();
+    for w in words {
+        *w = (u64::from_ne_bytes(*w) ^ word).to_ne_bytes();
+    }
+    for (i, b) in tail.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
     }
 }
 
@@ -536,6 +622,101 @@ mod tests {
         out.extend_from_slice(&ping_frame());
         ws.wrap_out(&mut out);
         assert_eq!(out.len(), n);
+    }
+
+    #[test]
+    fn unmask_word_wise_matches_byte_wise() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let want: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+            let mut got = data.clone();
+            unmask(&mut got, mask);
+            assert_eq!(got, want, "length {len}");
+            let mut dst = BytesMut::from(&b"xyz"[..]);
+            put_unmasked(&mut dst, &data, mask);
+            assert_eq!(&dst[3..], &want[..], "appended after 3 bytes, length {len}");
+        }
+    }
+
+    /// A frame of `n` bytes (prefix included, n >= 5), its bytes numbered.
+    fn proto_frame(n: usize) -> Vec<u8> {
+        let mut f = ((n - 4) as u32).to_be_bytes().to_vec();
+        f.extend((4..n).map(|i| (i * 31) as u8));
+        f
+    }
+
+    #[test]
+    fn many_messages_of_every_header_size_decode_in_any_split() {
+        // Odd sizes (the word-wise unmask's tail), 16-bit lengths, a ping
+        // between messages.
+        let sizes = [5usize, 6, 13, 64, 125, 126, 127, 200, 1000, 70_000, 9];
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let f = proto_frame(n);
+            wire.extend_from_slice(&client_frame_any(&f, [i as u8, 0xa5, 0x5a, 0xff]));
+            want.extend_from_slice(&f);
+            if i == 3 {
+                wire.extend_from_slice(&client_frame(true, OP_PING, b"p"));
+            }
+        }
+        for step in [1usize, 7, 4096, wire.len()] {
+            let (mut ws, mut out, mut rbuf) = (WsState::new(0, Mode::Gateway), BytesMut::new(), BytesMut::new());
+            for chunk in wire.chunks(step) {
+                rbuf.extend_from_slice(chunk);
+                assert_eq!(ws.decode(&mut rbuf, 1 << 20, &mut out), Ok(Input::Open));
+            }
+            assert!(rbuf.is_empty());
+            assert!(ws.frames[..] == want[..], "split into {step}-byte reads");
+            assert_eq!(&out[..], &[0x8a, 1, b'p']);
+        }
+    }
+
+    /// A masked binary message of any length (64-bit lengths included).
+    fn client_frame_any(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut v = vec![0x82];
+        match payload.len() {
+            0..=125 => v.push(0x80 | payload.len() as u8),
+            126..=0xffff => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            n => {
+                v.push(0x80 | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    #[test]
+    fn wrap_out_frames_every_size_behind_an_unsent_backlog() {
+        let sizes = [5usize, 125, 126, 70_000, 6];
+        // Already wrapped and still unsent (a blocked write): kept as is.
+        let backlog = [0x82u8, 5, 0, 0, 0, 1, 9];
+        let mut out = BytesMut::from(&backlog[..]);
+        let mut ws = WsState::new(out.len(), Mode::Gateway);
+        let mut want = backlog.to_vec();
+        for &n in &sizes {
+            let f = proto_frame(n);
+            out.extend_from_slice(&f);
+            let mut h = BytesMut::new();
+            put_header(&mut h, OP_BINARY, n);
+            assert_eq!(h.len(), header_len(n));
+            want.extend_from_slice(&h);
+            want.extend_from_slice(&f);
+        }
+        ws.wrap_out(&mut out);
+        assert!(out[..] == want[..]);
+        assert_eq!(ws.framed_len, out.len());
+        // From an empty backlog (the usual flush).
+        let mut out = BytesMut::from(&proto_frame(5)[..]);
+        let mut ws = WsState::new(0, Mode::Gateway);
+        ws.wrap_out(&mut out);
+        assert_eq!(&out[..], &[0x82, 5, 0, 0, 0, 1, 124]);
     }
 
     fn decode_all(ws: &mut WsState, bytes: &[u8], out: &mut BytesMut) -> Result<Input, WsError> {
