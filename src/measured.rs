@@ -82,8 +82,8 @@ pub fn idle_cost() -> &'static IdleCost {
 
 /// The committed `ringgate-bench fleet` run the fleet figures come from.
 /// A test checks it is the newest `bench/results/fleet-*.json`.
-pub const FLEET_RESULT_PATH: &str = "bench/results/fleet-2026-12-05T032301Z.json";
-const FLEET_RESULT: &str = include_str!("../bench/results/fleet-2026-12-05T032301Z.json");
+pub const FLEET_RESULT_PATH: &str = "bench/results/fleet-2026-12-05T072903Z.json";
+const FLEET_RESULT: &str = include_str!("../bench/results/fleet-2026-12-05T072903Z.json");
 
 /// What fleet mode was measured to cost (3 nodes + Redis on one machine,
 /// every message crossing nodes), and where.

@@ -44,14 +44,31 @@
 //!
 //! ## Dedup across nodes (PROTOCOL.md rule 4)
 //!
-//! Before appending, a SEND claims `(device, client_msg_id)` in the
-//! sender's slot with the msg_id it will use and its recipients. A retry
-//! on any node finds the claim: `done` → the original SENDACK; `pending`
-//! (the first node died, or is still at it) → it re-runs the appends with
-//! the claimed msg_id, which the append script makes idempotent (a per-
-//! inbox msg_id → seq map returns the first seq), then marks it done. A
-//! group send's claim is also its durable intent: pending group claims
-//! of nodes that stopped heartbeating are completed by a survivor.
+//! On a single engine a client SEND is one script (`scripts::send`): it
+//! looks up `(device, client_msg_id)` in the sender's slot, checks the
+//! mute, appends to every recipient (idempotent per SEND), records the
+//! answer `d msg_id ts` and publishes the notifications, atomically. One
+//! round trip per SEND instead of three in turn, each waiting for the
+//! engine's `appendfsync always`: at 10,000 msg/s on the bench this took
+//! the cross-node p99 from seconds to ~12 ms and the CPU per message from
+//! 3.9–8.6× to 2.4–2.5× a single node's. Nothing is ever left half done,
+//! so such a SEND needs no group intent.
+//!
+//! On a Redis Cluster (the sender's keys and the recipients' inboxes are
+//! in different slots), and for groups larger than
+//! `rules::ONE_CALL_MAX_TARGETS`, a SEND first claims the id with the
+//! msg_id it will use and its recipients. A retry on any node finds the
+//! claim: `done` → the original SENDACK; `pending` (the first node died, or
+//! is still at it) → it re-runs the appends with the claimed msg_id, which
+//! the append script makes idempotent (a per-inbox append key → seq map
+//! returns the first seq), then marks it done. A group send's claim is
+//! also its durable intent: pending group claims of nodes that stopped
+//! heartbeating are completed by a survivor. The one-call path reads the
+//! same records, so it answers or finishes what the other path left.
+//!
+//! The engine keeps the last `max(dedup_per_device, 1024)` ids per
+//! device in 16 small hashes (compact encoding) that expire after
+//! `inbox_max_age_s`, at least a day, without a SEND of the device.
 //!
 //! ## Groups, mutes, idempotency keys, presence (FLEET.md point 7)
 //!
@@ -64,8 +81,8 @@
 //!   thread, before claiming. Why not a per-node cache with invalidation:
 //!   "in effect on every node before the answer" would then need every
 //!   live node to acknowledge each change (and a rule for a node that is
-//!   slow to), while a group SEND already makes several engine round trips
-//!   (claim, one append per member, done): one GET more per group SEND is
+//!   slow to), while a group SEND already makes an engine round trip: one
+//!   GET more per group SEND is
 //!   the simplest thing that is exactly right. The change is in effect the
 //!   moment the engine has it, which is before the admin's answer.
 //! - **Mutes** are `rg:{u}:m`, in the user's slot, and the claim script
