@@ -757,7 +757,8 @@ impl Eng {
     /// member. Returns how many were completed.
     async fn sweep_intents(&self, age_ms: u64) -> Result<usize, FleetError> {
         let cutoff = wall_ms().saturating_sub(age_ms);
-        let stale: Vec<String> = self.query(OP_CLAIM, redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32)).await?;
+        // The sweep's reads count as the heartbeat's (they run with it).
+        let stale: Vec<String> = self.query(OP_HEARTBEAT, redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32)).await?;
         let mut done = 0;
         for intent in stale {
             let Some((sender, device, cmid)) = rules::parse_intent(&intent) else {
@@ -769,7 +770,7 @@ impl Eng {
                 continue;
             };
             let dkey = scripts::dedup_key(sender, device, cmid);
-            let Ok(rec) = self.query::<Option<Vec<u8>>>(OP_CLAIM, redis::cmd("HGET").arg(&dkey).arg(cmid)).await else { continue };
+            let Ok(rec) = self.query::<Option<Vec<u8>>>(OP_HEARTBEAT, redis::cmd("HGET").arg(&dkey).arg(cmid)).await else { continue };
             if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
                 let (max, cutoff) = self.retention_args();
                 let from: Arc<str> = Arc::from(sender);

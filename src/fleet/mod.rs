@@ -31,7 +31,8 @@
 //!
 //! The append script publishes the new entry (payload included) on one
 //! channel, `rg:n`; every node's subscriber (a second, RESP3 connection
-//! that resubscribes after a reconnect) hands it to the user's home core,
+//! that subscribes again on the next seed URL when its connection dies)
+//! hands it to the user's home core,
 //! which adds it to the mirror if a device of the user is online there
 //! and pushes. PUB/SUB rather than streams: a notification is only a
 //! shortcut (the inbox in the engine is the truth), so losing one is

@@ -51,9 +51,10 @@ pub fn done_record(msg_id: u64, ts: u64) -> String {
 /// What makes an append idempotent in an inbox (`rg:{u}:i`): the SEND
 /// itself, `(sender, device, client_msg_id)`, which every attempt, retry
 /// and survivor's completion of it shares, and which no other SEND has.
-/// Not the msg_id: two nodes can mint the same one (its parts are time, a
-/// counter and the core index), and an append keyed by it took a second
-/// message for a retry of the first and dropped it while confirming it.
+/// Not the msg_id: before msg_ids carried a leased node index
+/// (`fleet_msg_id`) two nodes could mint the same one, and an append keyed
+/// by it took a second message for a retry of the first and dropped it
+/// while confirming it; the SEND is the identity that needs no such lease.
 pub fn append_key(sender: &str, device: &str, client_msg_id: impl std::fmt::Display) -> String {
     format!("{sender}\n{device}\n{client_msg_id}")
 }
