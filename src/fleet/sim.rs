@@ -1410,3 +1410,13 @@ fn many_seeds_keep_the_fleet_rules() {
         assert!(s.one_calls > 100, "the one-call SEND path was hardly run: {s:?}");
     }
 }
+
+/// Seed 642 once skipped a seq: a device's CONNECT on a core where another
+/// device of the same user was open and behind moved the shared mirror
+/// past a seq that device still lacked (`core/fleet.rs`, the load keeps the
+/// lowest open cursor now). Kept as a regression run.
+#[test]
+fn seed_642_a_connect_does_not_move_the_mirror_past_an_open_device() {
+    let mut w = World::new(642, Knobs::default());
+    w.run();
+}
