@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// The committed run the figures come from (repository path).
-pub const IDLE_RESULT_PATH: &str = "bench/results/idle-multi-2026-12-05T033211Z.json";
-const IDLE_RESULT: &str = include_str!("../bench/results/idle-multi-2026-12-05T033211Z.json");
+pub const IDLE_RESULT_PATH: &str = "bench/results/idle-multi-2026-12-05T080536Z.json";
+const IDLE_RESULT: &str = include_str!("../bench/results/idle-multi-2026-12-05T080536Z.json");
 
 /// What one idle TLS connection was measured to cost, and where.
 #[derive(Debug, Clone, PartialEq)]
