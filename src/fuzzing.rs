@@ -16,6 +16,7 @@ use crate::proto::frame::{self, Frame};
 use crate::proto::session::{EntryRef, Event, InboxRead, Phase, Session, SessionLimits};
 use crate::runtime::conn::{Conn, Tls};
 use crate::runtime::tls_record::Record13;
+use crate::runtime::transport::{Kernel, Sock};
 
 /// The frame decoder: never panics, and whatever it decodes re-encodes to
 /// the same bytes and decodes to the same frame.
@@ -308,7 +309,7 @@ pub fn conn_glue(data: &[u8]) {
     ours.set_nonblocking(true).expect("nonblocking");
     peer.set_nonblocking(true).expect("nonblocking");
     let lim = SessionLimits::default();
-    let mut conn = Conn::new(ours.as_raw_fd(), Tls::Accepting(fixture().server.clone()), Session::new(0, &lim));
+    let mut conn = Conn::new(Some(Sock::from_fd(ours.as_raw_fd())), Tls::Accepting(fixture().server.clone()), Session::new(0, &lim));
     let mut client = None;
     if mode & 1 == 1 {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
@@ -319,10 +320,10 @@ pub fn conn_glue(data: &[u8]) {
                     break;
                 }
             }
-            if conn.read_available().is_err() {
+            if conn.read_available(&mut Kernel).is_err() {
                 return;
             }
-            let _ = conn.flush();
+            let _ = conn.flush(&mut Kernel);
             let _ = c.read_tls(&mut peer);
             if c.process_new_packets().is_err() {
                 return;
@@ -355,7 +356,7 @@ pub fn conn_glue(data: &[u8]) {
         if peer.write_all(&sealed).is_err() {
             return;
         }
-        let status = conn.read_available();
+        let status = conn.read_available(&mut Kernel);
         // Keep the socket pair from filling up with what the server wrote.
         while matches!(peer.read(&mut sink), Ok(n) if n > 0) {}
         if status.is_err() {
@@ -368,7 +369,7 @@ pub fn conn_glue(data: &[u8]) {
             }
         }
         out.clear();
-        if conn.flush().is_err() {
+        if conn.flush(&mut Kernel).is_err() {
             return;
         }
     }

@@ -51,7 +51,7 @@ use crate::proto::frame::{Frame, Send, Utf8Bytes};
 use crate::runtime::core::sim::{Client, Sim};
 use crate::runtime::core::VirtualClock;
 use crate::runtime::mesh::CoreMsg;
-use crate::runtime::transport::mem;
+use crate::runtime::core::sim::net as mem;
 use crate::store::Retention;
 
 /// splitmix64: small, seedable, and enough for choosing faults.

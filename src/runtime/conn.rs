@@ -4,8 +4,9 @@
 //! (io_uring `recv`) pins a private buffer for as long as the connection is
 //! idle, and stream wrappers keep two 16 KiB TLS buffers for life. Here the
 //! connection task only waits for *readiness* (`readable()`, an io_uring
-//! PollAdd with no buffer attached), then this module does non-blocking
-//! `recv`/`send` syscalls itself:
+//! PollAdd with no buffer attached), then the driver's [`Transport`] does
+//! non-blocking `recv`/`send` on the buffers this module lends it (the
+//! driver owns the socket; see `transport.rs`):
 //!
 //! - ciphertext is read into `tls_in`; during the handshake whole records
 //!   are fed to rustls one at a time, so when the handshake completes rustls
@@ -20,7 +21,7 @@
 //! session, ~120 bytes of traffic keys, and a small task future. Measured
 //! figures are in docs/measurements.md.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, IoSlice, Write};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -30,7 +31,7 @@ use crate::proto::ack_wheel::TimerKey;
 use crate::proto::session::Session;
 use crate::runtime::framing::Framing;
 use crate::runtime::tls_record::{self, Opened, Record13, RecordError, TrafficSecrets};
-use crate::runtime::transport::{self, Transport};
+use crate::runtime::transport::{Sock, Transport};
 
 /// Most bytes read from one socket per readiness event, so one busy
 /// connection cannot starve the others on its core (the readiness op fires
@@ -91,8 +92,9 @@ impl std::ops::DerefMut for RustlsConn {
 }
 
 pub struct Conn {
-    /// The socket (or, in tests, a simulated pipe): see `transport`.
-    pub fd: Transport,
+    /// The driver's name for the socket (`transport::Sock`); None for a
+    /// long-poll session, whose bytes travel on its polls' connections.
+    pub sock: Option<Sock>,
     pub tls: Tls,
     /// Ciphertext read but not yet processed (a partial record); empty and
     /// unallocated while idle.
@@ -141,74 +143,30 @@ pub enum TransportError {
     Io(#[from] io::Error),
 }
 
-/// Non-blocking socket I/O on a raw fd: every call passes MSG_DONTWAIT, so
-/// the fd itself need not be O_NONBLOCK (accepted sockets are not).
-struct Fd(Transport);
+/// The connection's socket as an `io::Write` through the driver's
+/// transport, for rustls' `write_tls` (which gathers its queued records).
+/// No socket (a long-poll session): every write fails, which no path asks
+/// for (its output never reaches a socket write).
+struct Wire<'a> {
+    io: &'a mut dyn Transport,
+    sock: Option<Sock>,
+}
 
-impl Read for Fd {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // One arm outside tests, where no simulated transport exists.
-        #[allow(clippy::infallible_destructuring_match)]
-        let fd = match self.0 {
-            Transport::Fd(fd) => fd,
-            #[cfg(any(test, feature = "sim"))]
-            Transport::Mem(m) => return transport::mem::recv(m, buf),
-        };
-        if transport::rx_wait::on() {
-            return transport::rx_wait::recv(fd, buf.as_mut_ptr(), buf.len());
-        }
-        // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes and
-        // the fd stays open for the lifetime of the connection.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+impl Wire<'_> {
+    fn sock(&self) -> io::Result<Sock> {
+        self.sock.ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
 }
 
-impl Write for Fd {
+impl Write for Wire<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // One arm outside tests, where no simulated transport exists.
-        #[allow(clippy::infallible_destructuring_match)]
-        let fd = match self.0 {
-            Transport::Fd(fd) => fd,
-            #[cfg(any(test, feature = "sim"))]
-            Transport::Mem(m) => return transport::mem::send(m, buf),
-        };
-        // SAFETY: `buf` is a valid readable slice; MSG_NOSIGNAL turns a
-        // closed peer into EPIPE instead of killing the process.
-        let n = unsafe {
-            libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        let sock = self.sock()?;
+        self.io.send(sock, &[IoSlice::new(buf)])
     }
 
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        // One arm outside tests, where no simulated transport exists.
-        #[allow(clippy::infallible_destructuring_match)]
-        let fd = match self.0 {
-            Transport::Fd(fd) => fd,
-            #[cfg(any(test, feature = "sim"))]
-            Transport::Mem(m) => return transport::mem::send(m, bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..])),
-        };
-        // SAFETY: an all-zero msghdr is valid; iov points at `bufs`, whose
-        // layout IoSlice guarantees to match `struct iovec`.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-        // SAFETY: msg is initialised above and outlives the call.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let sock = self.sock()?;
+        self.io.send(sock, bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -230,9 +188,9 @@ pub enum ReadStatus {
 }
 
 impl Conn {
-    pub fn new(fd: impl Into<Transport>, tls: Tls, session: Session) -> Self {
+    pub fn new(sock: Option<Sock>, tls: Tls, session: Session) -> Self {
         Conn {
-            fd: fd.into(),
+            sock,
             tls,
             tls_in: BytesMut::new(),
             tls_out: BytesMut::new(),
@@ -287,7 +245,8 @@ impl Conn {
     /// the ciphertext buffer never grows past one largest TLS 1.2 record
     /// plus its header: an anonymous peer parked in a partial record holds
     /// at most that (~18 KiB), not a growing chain of 16 KiB chunks.
-    pub fn read_available(&mut self) -> Result<ReadStatus, TransportError> {
+    pub fn read_available(&mut self, io: &mut dyn Transport) -> Result<ReadStatus, TransportError> {
+        let Some(sock) = self.sock else { return Ok(ReadStatus::Open) };
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
@@ -316,7 +275,7 @@ impl Conn {
                 return Ok(ReadStatus::Open);
             }
             buf.reserve(want);
-            let r = recv_into(self.fd, buf, want);
+            let r = recv_into(io, sock, buf, want);
             match r {
                 Ok(0) => {
                     self.process_tls_in()?;
@@ -440,7 +399,7 @@ impl Conn {
 
     /// Sends `out` (through TLS when on). `Ok(true)`: everything is on the
     /// socket; `Ok(false)`: the socket pushed back, wait for writability.
-    pub fn flush(&mut self) -> Result<bool, TransportError> {
+    pub fn flush(&mut self, io: &mut dyn Transport) -> Result<bool, TransportError> {
         self.try_handoff()?;
         if let Some(done) = self.framing.wrap_out(&mut self.out) {
             // A long-poll session has no socket: its output waits for a poll.
@@ -448,16 +407,16 @@ impl Conn {
             return Ok(done);
         }
         let done = match &mut self.tls {
-            Tls::Off => write_all(self.fd, &mut self.out)?,
+            Tls::Off => write_all(io, self.sock, &mut self.out)?,
             // Nothing can be written before the handshake; frames wait in `out`.
             Tls::Accepting(_) => self.out.is_empty(),
             Tls::Records(r) => {
                 r.seal_all(&mut self.out, &mut self.tls_out)?;
-                write_all(self.fd, &mut self.tls_out)?
+                write_all(io, self.sock, &mut self.tls_out)?
             }
             Tls::Rustls(tls) => loop {
                 while tls.wants_write() {
-                    match tls.write_tls(&mut Fd(self.fd)) {
+                    match tls.write_tls(&mut Wire { io: &mut *io, sock: self.sock }) {
                         Ok(_) => {}
                         Err(e) if would_block(&e) => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -498,7 +457,7 @@ impl Conn {
     }
 
     /// Half-closes after our DISCONNECT: TLS close_notify, then FIN.
-    pub fn shutdown_write(&mut self) {
+    pub fn shutdown_write(&mut self, io: &mut dyn Transport) {
         if self.shut_wr {
             return;
         }
@@ -518,12 +477,14 @@ impl Conn {
             }
             Tls::Off | Tls::Accepting(_) => {}
         }
-        if !matches!(self.flush(), Ok(true)) {
+        if !matches!(self.flush(io), Ok(true)) {
             // Unsent bytes remain; FIN goes after them once writable.
             return;
         }
         self.shut_wr = true;
-        self.fd.shutdown_write();
+        if let Some(sock) = self.sock {
+            io.shutdown_write(sock);
+        }
     }
 
     /// Before the connection closes on a record error: sends the alert it
@@ -535,7 +496,7 @@ impl Conn {
     /// before that (and during a TLS 1.2 handshake) it goes in plaintext.
     /// A TLS 1.2 connection after its handshake gets none (rustls holds
     /// those keys; its own errors come with its own alerts).
-    pub fn send_record_alert(&mut self, err: &RecordError) {
+    pub fn send_record_alert(&mut self, err: &RecordError, io: &mut dyn Transport) {
         let Some(desc) = err.alert() else { return };
         let alert = match &mut self.tls {
             Tls::Records(r) => {
@@ -554,7 +515,7 @@ impl Conn {
         if let Some(a) = alert {
             self.tls_out.extend_from_slice(&a);
         }
-        let _ = write_all(self.fd, &mut self.tls_out);
+        let _ = write_all(io, self.sock, &mut self.tls_out);
         self.dead = true;
     }
 
@@ -562,19 +523,19 @@ impl Conn {
     /// our own close_notify first, best effort (RFC 8446 §6.1: each side
     /// sends one before closing its write side), unless an alert already
     /// went out. Frames still owed are sealed ahead of it, never after.
-    pub fn close_notify_now(&mut self) {
+    pub fn close_notify_now(&mut self, io: &mut dyn Transport) {
         match &mut self.tls {
             Tls::Records(r) => {
                 if r.seal_all(&mut self.out, &mut self.tls_out).is_ok() {
                     r.close_notify(&mut self.tls_out);
                 }
-                let _ = write_all(self.fd, &mut self.tls_out);
+                let _ = write_all(io, self.sock, &mut self.tls_out);
             }
             Tls::Rustls(t) if !t.is_handshaking() => {
                 // rustls sends it at most once, and never after its own alert.
                 t.send_close_notify();
                 while t.wants_write() {
-                    if t.write_tls(&mut Fd(self.fd)).is_err() {
+                    if t.write_tls(&mut Wire { io: &mut *io, sock: self.sock }).is_err() {
                         break;
                     }
                 }
@@ -584,10 +545,10 @@ impl Conn {
     }
 
     /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
-    pub fn send_alert(&mut self) {
+    pub fn send_alert(&mut self, io: &mut dyn Transport) {
         if let Tls::Rustls(tls) = &mut self.tls {
             while tls.wants_write() {
-                if tls.write_tls(&mut Fd(self.fd)).is_err() {
+                if tls.write_tls(&mut Wire { io: &mut *io, sock: self.sock }).is_err() {
                     break;
                 }
             }
@@ -623,20 +584,24 @@ impl Write for BytesMutWriter<'_> {
 
 /// One non-blocking `recv` of at most `want` bytes into `buf`'s spare
 /// capacity (which the caller reserved), extending `buf` by what arrived.
-fn recv_into(fd: Transport, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+fn recv_into(io: &mut dyn Transport, sock: Sock, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let want = want.min(spare.len());
-    // `spare` is writable memory of at least `want` bytes owned by `buf`.
-    let n = transport::recv(fd, &mut spare[..want])?;
+    // `spare` is writable memory of at least `want` bytes owned by `buf`:
+    // the driver receives straight into it (no copy).
+    let n = io.recv(sock, &mut spare[..want])?;
+    // A transport that claims more than it was lent is a driver bug, and
+    // `set_len` past the written bytes would expose uninitialised memory.
+    assert!(n <= want, "transport reported {n} bytes received into {want}");
     // SAFETY: recv initialised exactly `n <= want` bytes after the current length.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
 
 /// Writes `buf` until empty or the socket pushes back; true when empty.
-fn write_all(fd: Transport, buf: &mut BytesMut) -> Result<bool, TransportError> {
+fn write_all(io: &mut dyn Transport, sock: Option<Sock>, buf: &mut BytesMut) -> Result<bool, TransportError> {
     while !buf.is_empty() {
-        match Fd(fd).write(buf) {
+        match (Wire { io: &mut *io, sock }).write(buf) {
             Ok(n) => buf.advance(n),
             Err(e) if would_block(&e) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -48,6 +48,7 @@ mod sim_tests;
 use slab::Slab;
 
 use super::conn::{Conn, Identity, ReadStatus, Tls, TransportError};
+use super::transport::{Sock, Transport};
 use super::mesh::{home_core, Adopt, CoreMsg, Mesh};
 use super::reload::Live;
 use crate::limits::{AddrTable, AdmitError, TokenBucket};
@@ -362,6 +363,10 @@ pub struct Core {
     idle_dedup: dedup::PackQueue,
     /// Fleet mode (`core/fleet.rs`); None on the local log.
     fleet: Option<Box<fleet::CoreFleet>>,
+    /// The driver's answer to "who is at the other end of this socket"
+    /// (the admin API's presence, the fleet engine's connection record):
+    /// `transport::kernel_peer_addr` in the server, nobody by default.
+    pub peer_of: fn(Sock) -> Option<std::net::SocketAddr>,
 }
 
 impl Core {
@@ -409,6 +414,7 @@ impl Core {
             dirty: flush::Dirty::new(),
             idle_dedup: Default::default(),
             fleet: shared.fleet.clone().map(fleet::CoreFleet::new),
+            peer_of: |_| None,
             shared,
         }
     }
@@ -440,7 +446,7 @@ impl Core {
     /// pre-auth connection on this core is shed to make room: authenticated
     /// clients are never shed, and a legitimate login still gets in while
     /// anonymous connections hold the process near its fd limit.
-    pub fn accept(&mut self, fd: impl Into<super::transport::Transport>, peer: IpAddr) -> Result<ConnKey, AcceptError> {
+    pub fn accept(&mut self, sock: Sock, peer: IpAddr) -> Result<ConnKey, AcceptError> {
         let now = self.shared.clock.mono_ms();
         self.preauth_seq += 1;
         let seq = self.preauth_seq;
@@ -468,7 +474,7 @@ impl Core {
         self.stats.accepted += 1;
         self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(now, &self.shared.limits);
-        let key = self.insert(Conn::new(fd, tls, session));
+        let key = self.insert(Conn::new(Some(sock), tls, session));
         self.preauth_order.insert(seq, key);
         if let Some(slot) = self.conns.get_mut(key.idx as usize) {
             slot.preauth = Some((seq, peer));
@@ -709,8 +715,9 @@ impl Core {
         None
     }
 
-    /// Fires due timers.
-    pub fn on_tick(&mut self) {
+    /// Fires due timers. `io`: the driver's transport, for the last write
+    /// to a slow consumer before it is dropped.
+    pub fn on_tick(&mut self, io: &mut dyn Transport) {
         let now = self.shared.clock.mono_ms();
         if now.saturating_sub(self.last_prune_ms) >= 1_000 {
             self.addrs.prune(now);
@@ -743,7 +750,7 @@ impl Core {
                 // only if it ever reads that far); the connection is dropped
                 // now so its buffers are freed.
                 conn.session.close(now, DisconnectReason::SlowConsumer, "output above the high-water mark for too long", &mut conn.out);
-                let _ = conn.flush();
+                let _ = conn.flush(io);
                 conn.dead = true;
                 self.reject(REJ_SLOW_CONSUMER);
                 tracing::debug!(worker = self.id, "slow consumer closed");

@@ -149,7 +149,15 @@ pub fn is_session_path(p: &str) -> bool {
 
 /// A connection known to carry HTTP had I/O: answer the complete requests,
 /// flush, and release idle buffers.
-pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> Step {
+pub fn on_io(
+    conn: &mut super::conn::Conn,
+    gate: &Gate,
+    tls: bool,
+    mono_ms: u64,
+    wall_ms: u64,
+    eof: bool,
+    io: &mut dyn super::transport::Transport,
+) -> Step {
     loop {
         let Some(st) = conn.framing.http_mut() else { return Step::Close };
         let before = conn.rbuf.len();
@@ -160,15 +168,15 @@ pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64,
         }
         if let Some(req) = session {
             // The core answers it, then serves what follows.
-            return match conn.flush() {
+            return match conn.flush(io) {
                 Err(_) => Step::Close,
                 Ok(_) => Step::Session(req),
             };
         }
-        match conn.flush() {
+        match conn.flush(io) {
             Err(_) => return Step::Close,
             Ok(true) if close => {
-                conn.shutdown_write();
+                conn.shutdown_write(io);
                 return Step::Close;
             }
             // Everything went out and pipelined requests were left at the

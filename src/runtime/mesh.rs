@@ -19,8 +19,9 @@ use crate::store::{NewMessage, StoreError};
 
 /// A connection moving to its user's home core after CONNECT.
 pub struct Adopt {
-    /// The socket (or simulated pipe), handed over with the connection.
-    pub fd: crate::runtime::transport::Transport,
+    /// The driver's socket, handed over with the connection (its new
+    /// core's driver takes it over); None for a connection with no socket.
+    pub sock: Option<crate::runtime::transport::Sock>,
     pub tls: crate::runtime::conn::Tls,
     pub tls_in: bytes::BytesMut,
     pub tls_out: bytes::BytesMut,

@@ -1,99 +1,149 @@
-//! The byte transport under a connection, as a small `Copy` handle: a kernel socket in production, an in-memory pipe of the simulated network in tests.
+//! The byte transport under a connection, seen from the core: the driver's name for a socket ([`Sock`]) and the non-blocking I/O the driver performs on the slices the core lends it ([`Transport`]).
 //!
-//! `Conn` (TLS, frames, buffers) and `Core` (routing, dedup, acks) never
-//! touch a socket directly: every `recv`, `send` and half-close goes through
-//! a [`Transport`]. The handle is a plain enum, like a file descriptor: the
-//! `Fd` variant names a socket in the kernel's table, the `Mem` variant
-//! (tests only) names a pipe in the calling thread's simulated network
-//! (`mem`). So the hot path pays one `match` on a register-sized value, no
-//! allocation and no virtual call, and in a release build, where `Mem` does
-//! not exist, the match has one arm and the fd path is exactly the syscalls
-//! it always was.
+//! `Core` (routing, dedup, acks) and `Conn` (TLS, frames, buffers) own
+//! every buffer but no socket, no syscall and no simulated pipe: the driver
+//! of a core owns the sockets and hands each event that may move bytes a
+//! `&mut dyn Transport` (`Core::on_io`, `Core::flush_dirty`,
+//! `Core::on_tick`). Inside the event the core lends the driver its own
+//! memory — the spare capacity of the read buffer to `recv` into, the
+//! sealed output to `send` from — so the hot path stays zero-copy: the
+//! bytes go from the kernel straight into `rbuf`/`tls_in` and from
+//! `out`/`tls_out` straight to the kernel, as they did when the core made
+//! the syscalls itself. This is rustls' manner (`read_tls(&mut dyn Read)`,
+//! `write_tls(&mut dyn Write)`: the caller owns the socket and passes it in
+//! for the call), one level up. Three drivers use it: the monoio worker
+//! (`worker.rs`, [`Kernel`]: the fd syscalls with `MSG_DONTWAIT`), the
+//! simulation (`core::sim`, its in-memory pipes, which live there and
+//! nowhere in the runtime) and the fuzz targets (`crate::fuzzing`, a
+//! socket pair through [`Kernel`], or the simulation).
 //!
 //! What the core needs from a transport is small: non-blocking reads that
 //! can report "nothing now" (`WouldBlock`) and end of stream (`Ok(0)`),
-//! non-blocking writes that can push back (a short write or `WouldBlock`),
-//! and a half-close. Readiness (when to call `Core::on_io` again) belongs to
-//! the driver, not to the transport: the monoio task polls the socket, the
-//! simulation (`core::sim`) looks at its pipes.
+//! non-blocking gather writes that can push back (a short write or
+//! `WouldBlock`), and a half-close. Readiness (when to call `Core::on_io`
+//! again) and the wake-ups (`Core::wants_write`, `Core::poll_woken`, the
+//! ticker's `TICK_MS`) belong to the driver too.
 //!
-//! Other transports of the same core plug in here. A WebSocket already is
-//! one at the layer above (its framing wraps the frame bytes inside `Conn`,
-//! over an `Fd`); an SSE stream is the same with a different wrapping. A
-//! long-poll session outlives the HTTP requests that carry it, so its
-//! variant would name a *parked* outbox rather than a socket: writes land in
-//! a bounded buffer that reports `WouldBlock` when full (backpressure, and
-//! the slow-consumer timer, work unchanged), and a poll request drains it.
-//! The core's rules (routing, dedup, fsync-gated SENDACK, migration,
-//! replacement, retransmission) see only bytes in and bytes out, and stay
-//! as they are for every variant.
+//! A connection names its socket with a [`Sock`], a number the driver gave
+//! it at accept (the fd in the server, a pipe index in the simulation) and
+//! that the core only hands back: to the transport, and in the `Adopt` of a
+//! connection moving to another core. A long-poll session has none
+//! (`Conn::sock` is `None`): its input arrives in POSTs and its output
+//! leaves in the answers to polls, both on the requests' own connections.
+//! Per connection the name costs four bytes (`Option<Sock>` included).
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 
-/// Where a connection's bytes go. `Copy`: it is a name, not an owner (the
-/// connection task owns the socket and closes it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// A socket in the kernel's fd table, used only with MSG_DONTWAIT.
-    Fd(RawFd),
-    /// A pipe of this thread's simulated network.
-    #[cfg(any(test, feature = "sim"))]
-    Mem(mem::MemId),
-}
+/// The driver's name for a connection's socket: a kernel fd in the server,
+/// an index of the simulation's pipes. `Copy`: it is a name, not an owner
+/// (the driver owns the socket and closes it). Stored as the number + 1,
+/// so that `Option<Sock>` is four bytes like the number itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock(NonZeroU32);
 
-impl From<RawFd> for Transport {
-    fn from(fd: RawFd) -> Self {
-        Transport::Fd(fd)
+impl Sock {
+    /// The socket numbered `n` (non-negative; an fd or a pipe index).
+    pub fn new(n: u32) -> Sock {
+        Sock(NonZeroU32::new(n.wrapping_add(1)).unwrap_or(NonZeroU32::MAX))
+    }
+
+    /// A kernel socket.
+    pub fn from_fd(fd: RawFd) -> Sock {
+        Sock::new(fd as u32)
+    }
+
+    /// The number the driver gave.
+    pub fn get(self) -> u32 {
+        self.0.get() - 1
+    }
+
+    /// The number as a kernel fd (meaningful to the kernel driver only).
+    pub fn fd(self) -> RawFd {
+        self.get() as RawFd
     }
 }
 
-impl Transport {
-    /// The socket, for code that must hand it to the kernel or the runtime
-    /// (registration, `getpeername`); None for a simulated pipe.
-    pub fn raw_fd(self) -> Option<RawFd> {
-        match self {
-            Transport::Fd(fd) => Some(fd),
-            #[cfg(any(test, feature = "sim"))]
-            Transport::Mem(_) => None,
+/// The I/O a driver performs for the core on the slices the core lends it.
+/// Every call is non-blocking.
+pub trait Transport {
+    /// Receives into `buf` (spare capacity of one of the connection's
+    /// buffers): `Ok(n)` bytes written at its start, `Ok(0)` at end of
+    /// stream, `WouldBlock` when nothing is there now.
+    fn recv(&mut self, sock: Sock, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize>;
+    /// Sends the slices in order, as much as the socket takes: a short
+    /// count or `WouldBlock` is push-back; `BrokenPipe` and the like end
+    /// the connection.
+    fn send(&mut self, sock: Sock, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Half-closes our side (FIN after whatever was sent).
+    fn shutdown_write(&mut self, sock: Sock);
+}
+
+/// The kernel's sockets: [`Sock`] is an fd, used only with `MSG_DONTWAIT`
+/// (so the fd itself need not be `O_NONBLOCK`; accepted sockets are not).
+pub struct Kernel;
+
+impl Transport for Kernel {
+    #[inline]
+    fn recv(&mut self, sock: Sock, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        let fd = sock.fd();
+        if rx_wait::on() {
+            return rx_wait::recv(fd, buf.as_mut_ptr().cast(), buf.len());
+        }
+        // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
+        // writes at most that many, and the driver keeps the fd open while
+        // the connection lives.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
     }
 
-    /// Half-closes our side (FIN after whatever was written).
-    pub fn shutdown_write(self) {
-        match self {
-            // SAFETY: plain syscall on our own fd; an error (peer already
-            // gone) is harmless because the connection is closing anyway.
-            Transport::Fd(fd) => unsafe {
-                libc::shutdown(fd, libc::SHUT_WR);
-            },
-            #[cfg(any(test, feature = "sim"))]
-            Transport::Mem(m) => mem::shutdown_write(m),
+    #[inline]
+    fn send(&mut self, sock: Sock, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let fd = sock.fd();
+        let n = if let [one] = bufs {
+            // SAFETY: `one` is a valid readable slice; MSG_NOSIGNAL turns a
+            // closed peer into EPIPE instead of killing the process.
+            unsafe { libc::send(fd, one.as_ptr().cast(), one.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+        } else {
+            // SAFETY: an all-zero msghdr is valid; iov points at `bufs`,
+            // whose layout IoSlice guarantees to match `struct iovec`.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+            // SAFETY: msg is initialised above and outlives the call.
+            unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn shutdown_write(&mut self, sock: Sock) {
+        // SAFETY: plain syscall on the connection's fd; an error (peer
+        // already gone) is harmless because the connection is closing anyway.
+        unsafe {
+            libc::shutdown(sock.fd(), libc::SHUT_WR);
         }
     }
 }
 
-/// Non-blocking receive into `buf`.
-#[inline]
-pub(crate) fn recv(t: Transport, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-    match t {
-        Transport::Fd(fd) => {
-            if rx_wait::on() {
-                return rx_wait::recv(fd, buf.as_mut_ptr().cast(), buf.len());
-            }
-            // SAFETY: `buf` is writable memory of `buf.len()` bytes; recv
-            // writes at most that many, and the fd stays open for the
-            // connection's lifetime.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }
-        #[cfg(any(test, feature = "sim"))]
-        Transport::Mem(m) => mem::recv_uninit(m, buf),
-    }
+/// The peer address of a kernel socket (the admin API's presence, the
+/// fleet engine's record of a connection); the worker installs it as the
+/// core's `peer_of`.
+pub fn kernel_peer_addr(sock: Sock) -> Option<SocketAddr> {
+    // SAFETY: the fd is owned by a live connection for the duration of this
+    // call; the borrowed socket is not closed by SockRef.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.fd()) };
+    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }
 
 /// Stage trace (`RINGGATE_TRACE_STAGES=1`) of the receive side: how long
@@ -217,107 +267,14 @@ pub mod rx_wait {
     }
 }
 
-/// The simulated network: one table of pipes per thread (a simulation runs
-/// on one thread and never shares its pipes), addressed by `MemId` the way
-/// the kernel's sockets are addressed by fd.
-#[cfg(any(test, feature = "sim"))]
-pub mod mem {
-    use std::cell::RefCell;
-    use std::io;
+#[cfg(test)]
+mod tests {
+    use super::Sock;
 
-    use bytes::{Buf, BytesMut};
-
-    /// A pipe of this thread's simulated network.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-    pub struct MemId(u32);
-
-    /// Both directions of one simulated connection.
-    #[derive(Default)]
-    pub struct Pipe {
-        /// Client bytes the server has not read yet.
-        pub to_server: BytesMut,
-        /// The client half-closed: the server reads EOF once `to_server` is empty.
-        pub client_fin: bool,
-        /// Server bytes the client (the test) has not taken yet.
-        pub to_client: BytesMut,
-        /// Most bytes `to_client` holds before a server write would block
-        /// (the socket send buffer plus the peer's receive window).
-        pub capacity: usize,
-        /// The server half-closed (FIN after its last byte).
-        pub server_fin: bool,
-        /// The server dropped the socket (its connection task ended).
-        pub closed: bool,
-    }
-
-    thread_local! {
-        static NET: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Forgets every pipe of this thread (a new simulation starts).
-    pub fn reset() {
-        NET.with(|n| n.borrow_mut().clear());
-    }
-
-    /// A new pipe whose server side may hold `capacity` unread bytes.
-    pub fn open(capacity: usize) -> MemId {
-        NET.with(|n| {
-            let mut n = n.borrow_mut();
-            n.push(Pipe { capacity, ..Pipe::default() });
-            MemId((n.len() - 1) as u32)
-        })
-    }
-
-    /// Runs `f` on the pipe (the test's side of it).
-    pub fn with<R>(id: MemId, f: impl FnOnce(&mut Pipe) -> R) -> R {
-        NET.with(|n| f(&mut n.borrow_mut()[id.0 as usize]))
-    }
-
-    /// The server's `recv`: what the client wrote, EOF after its FIN,
-    /// `WouldBlock` otherwise.
-    pub(crate) fn recv(id: MemId, buf: &mut [u8]) -> io::Result<usize> {
-        with(id, |p| {
-            if p.to_server.is_empty() {
-                return if p.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
-            }
-            let n = buf.len().min(p.to_server.len());
-            buf[..n].copy_from_slice(&p.to_server[..n]);
-            p.to_server.advance(n);
-            Ok(n)
-        })
-    }
-
-    /// [`recv`] into memory not yet initialised (a buffer's spare capacity).
-    pub(crate) fn recv_uninit(id: MemId, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        with(id, |p| {
-            if p.to_server.is_empty() {
-                return if p.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
-            }
-            let n = buf.len().min(p.to_server.len());
-            for (d, s) in buf[..n].iter_mut().zip(&p.to_server[..n]) {
-                d.write(*s);
-            }
-            p.to_server.advance(n);
-            Ok(n)
-        })
-    }
-
-    /// The server's `send`: as much as the capacity leaves room for.
-    pub(crate) fn send(id: MemId, buf: &[u8]) -> io::Result<usize> {
-        with(id, |p| {
-            if p.server_fin || p.closed {
-                return Err(io::ErrorKind::BrokenPipe.into());
-            }
-            let room = p.capacity.saturating_sub(p.to_client.len());
-            if room == 0 && !buf.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(room);
-            p.to_client.extend_from_slice(&buf[..n]);
-            Ok(n)
-        })
-    }
-
-    pub(crate) fn shutdown_write(id: MemId) {
-        with(id, |p| p.server_fin = true);
+    #[test]
+    fn a_sock_is_its_number_and_an_absent_one_costs_nothing() {
+        assert_eq!(Sock::new(0).get(), 0);
+        assert_eq!(Sock::from_fd(7).fd(), 7);
+        assert_eq!(std::mem::size_of::<Option<Sock>>(), 4);
     }
 }

@@ -1,6 +1,12 @@
 //! One worker thread, the monoio driver of one `Core`: its runtime (io_uring or epoll), the accept loop, one task per connection waiting for readiness, the mailbox, the ticker and the flusher.
+//!
+//! The driver owns the sockets; the core owns the buffers. Each event that
+//! may move bytes gets the kernel transport (`transport::Kernel`), through
+//! which the core's reads and writes become non-blocking syscalls on its
+//! own buffers.
 
 use super::*;
+use super::transport::{Kernel, Sock};
 
 pub(super) fn run_worker(
     id: usize,
@@ -109,7 +115,9 @@ async fn worker_main(
     store: Box<dyn InboxStore + Send>,
     seed: Vec<DedupSeed>,
 ) {
-    let core = Rc::new(RefCell::new(Core::new(id, shared.clone(), store, seed)));
+    let mut core = Core::new(id, shared.clone(), store, seed);
+    core.peer_of = super::transport::kernel_peer_addr;
+    let core = Rc::new(RefCell::new(core));
     let stop = Rc::new(Flag::default());
     match TcpListener::from_std(listener) {
         Ok(l) => {
@@ -207,7 +215,7 @@ fn lost_in_move(core: &Rc<RefCell<Core>>) {
 }
 
 fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
-    let Some(fd) = a.fd.raw_fd() else {
+    let Some(fd) = a.sock.map(Sock::fd) else {
         lost_in_move(core);
         return;
     };
@@ -222,7 +230,7 @@ fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
             return;
         }
     };
-    let key = core.borrow_mut().adopt(a);
+    let key = core.borrow_mut().adopt(a, &mut Kernel);
     monoio::spawn(conn_task(core.clone(), stream, key));
 }
 
@@ -243,7 +251,7 @@ async fn ticker(core: Rc<RefCell<Core>>) {
         if panic_at.is_some_and(|t| std::time::Instant::now() >= t) {
             panic!("injected ticker panic (RINGGATE_FAULT_TICKER_PANIC_AFTER_MS)");
         }
-        core.borrow_mut().on_tick();
+        core.borrow_mut().on_tick(&mut Kernel);
     }
 }
 
@@ -254,7 +262,7 @@ async fn flusher(core: Rc<RefCell<Core>>) {
     let mut batch = Vec::new();
     loop {
         poll_fn(|cx| core.borrow_mut().poll_dirty(cx.waker(), &mut batch)).await;
-        core.borrow_mut().flush_dirty(&mut batch);
+        core.borrow_mut().flush_dirty(&mut batch, &mut Kernel);
     }
 }
 
@@ -299,7 +307,7 @@ async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Fl
                 if core.borrow().shutting_down {
                     continue;
                 }
-                let accepted = core.borrow_mut().accept(fd, peer.ip());
+                let accepted = core.borrow_mut().accept(Sock::from_fd(fd), peer.ip());
                 let key = match accepted {
                     Ok(k) => k,
                     // Refused by a limit: closed at once (dropping `stream`),
@@ -347,7 +355,7 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
         if let Some(adopt) = drive(&core, &stream, key, &abandoned).await {
             let home = adopt.target_core(core.borrow().shared.mesh.len());
             let mut adopt = adopt;
-            adopt.fd = if abandoned.get() {
+            adopt.sock = Some(if abandoned.get() {
                 // SAFETY: dup(2) of the fd `stream` owns; the copy is ours
                 // (the other core's task owns it from here) and monoio
                 // closes the original once the cancelled op is done.
@@ -358,10 +366,10 @@ async fn conn_task(core: Rc<RefCell<Core>>, stream: TcpStream, key: ConnKey) {
                     lost_in_move(&core);
                     return;
                 }
-                fd.into()
+                Sock::from_fd(fd)
             } else {
-                stream.into_raw_fd().into()
-            };
+                Sock::from_fd(stream.into_raw_fd())
+            });
             let shared = core.borrow().shared.clone();
             shared.mesh[home].post(CoreMsg::Adopt(adopt));
             return;
@@ -394,7 +402,7 @@ async fn drive(
     // the legacy driver). When nothing is there, this costs one recv that
     // says EAGAIN.
     loop {
-        match core.borrow_mut().on_io(key) {
+        match core.borrow_mut().on_io(key, &mut Kernel) {
             Outcome::Continue => {}
             Outcome::Close => return None,
             Outcome::Migrate(a) => return Some(a),

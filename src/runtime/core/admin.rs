@@ -217,7 +217,7 @@ impl Core {
                 devices.push(DeviceView {
                     device_id: d.id.clone(),
                     online: conn.is_some(),
-                    remote: conn.and_then(|c| c.fd.raw_fd()).and_then(peer_addr),
+                    remote: conn.and_then(|c| c.sock).and_then(self.peer_of),
                     connected_at_ms: d.connected_at_ms,
                     acked_seq: conn.map(|c| c.session.acked()).unwrap_or(d.acked_seq),
                 });
@@ -304,11 +304,4 @@ impl Core {
         };
         let _ = w.reply.send(result);
     }
-}
-
-pub(super) fn peer_addr(fd: std::os::fd::RawFd) -> Option<std::net::SocketAddr> {
-    // SAFETY: the fd is owned by a live connection for the duration of this
-    // call; the borrowed socket is not closed by SockRef.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }

@@ -41,7 +41,7 @@ impl Core {
         // entirely; the task hands over the fd.
         let c = self.detach(key);
         Some(Box::new(Adopt {
-            fd: c.fd,
+            sock: c.sock,
             tls: c.tls,
             tls_in: c.tls_in,
             tls_out: c.tls_out,
@@ -69,16 +69,18 @@ impl Core {
         slot.conn
     }
 
-    /// A connection moved here from another core: register it and open its session.
-    pub fn adopt(&mut self, a: Adopt) -> ConnKey {
-        let mut conn = Conn::new(a.fd, a.tls, a.session);
+    /// A connection moved here from another core: register it and open its
+    /// session. `io`: the driver's transport, which now serves its socket
+    /// (an HTTP connection's session request is answered at once).
+    pub fn adopt(&mut self, a: Adopt, io: &mut dyn Transport) -> ConnKey {
+        let mut conn = Conn::new(a.sock, a.tls, a.session);
         conn.tls_in = a.tls_in;
         conn.tls_out = a.tls_out;
         conn.rbuf = a.rbuf;
         conn.out = a.out;
         conn.framing = a.framing;
         if let Some(w) = a.web {
-            return self.adopt_http(conn, *w);
+            return self.adopt_http(conn, *w, io);
         }
         let key = self.insert(conn);
         self.open(key, a.user, a.req, a.token_exp_wall_ms);

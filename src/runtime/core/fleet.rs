@@ -42,7 +42,7 @@ impl Core {
             return false;
         }
         let device: Arc<str> = Arc::from(req.device_id.as_str());
-        let remote = self.conns.get(key.idx as usize).filter(|s| s.gen == key.gen).and_then(|s| s.conn.fd.raw_fd()).and_then(super::admin::peer_addr);
+        let remote = self.conns.get(key.idx as usize).filter(|s| s.gen == key.gen).and_then(|s| s.conn.sock).and_then(self.peer_of);
         let Some(f) = self.fleet.as_mut() else { return false };
         let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq, remote };
         match f.fleet.submit(r) {

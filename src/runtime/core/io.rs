@@ -5,8 +5,10 @@ use crate::runtime::framing::Framing;
 
 impl Core {
     /// The connection's socket is ready (or the core woke its task): read,
-    /// handle frames, write. Returns what the task must do next.
-    pub fn on_io(&mut self, key: ConnKey) -> Outcome {
+    /// handle frames, write. Returns what the task must do next. `io` is the
+    /// driver's transport: the reads land in this connection's buffers and
+    /// the writes leave from them (`transport.rs`).
+    pub fn on_io(&mut self, key: ConnKey, io: &mut dyn Transport) -> Outcome {
         let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.dead || conn.session.phase() == Phase::Finished {
@@ -16,26 +18,26 @@ impl Core {
             // Backpressure: while the peer does not read what we owe it, we
             // do not read what it sends (every PING or SEND would add to what
             // we owe). TCP then pushes back on the peer.
-            if conn.flush().is_err() {
+            if conn.flush(io).is_err() {
                 conn.dead = true;
                 return Outcome::Close;
             }
             if conn.unsent_bytes() > hw {
-                return self.after_io(key);
+                return self.after_io(key, io);
             }
         }
-        let status = match conn.read_available() {
+        let status = match conn.read_available(io) {
             Ok(s) => s,
             Err(TransportError::Tls(e)) => {
                 tracing::debug!(error = %e, "TLS failure");
-                conn.send_alert();
+                conn.send_alert(io);
                 self.stats.tls_failures += 1;
                 self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
             Err(TransportError::Record(e)) => {
                 tracing::debug!(error = %e, peer_fault = e.is_peer_fault(), alert = ?e.alert(), "TLS record failure");
-                conn.send_record_alert(&e);
+                conn.send_record_alert(&e, io);
                 let handshaking = conn.ident.is_none();
                 self.stats.tls_failures += 1;
                 if handshaking {
@@ -54,7 +56,7 @@ impl Core {
                 self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
-            return self.after_io(key);
+            return self.after_io(key, io);
         }
         let eof = status == ReadStatus::Eof;
         // The first bytes after TLS decide: HTTP (route endpoint) or frames.
@@ -69,9 +71,9 @@ impl Core {
         // Ingest, per framing: the one dispatch on the transport.
         match conn.framing {
             Framing::Native => {}
-            Framing::Http(_) => return self.on_http(key, eof),
-            Framing::Ws(_) => return self.on_ws(key, eof),
-            Framing::Sse(_) => return self.on_sse_io(key, eof),
+            Framing::Http(_) => return self.on_http(key, eof, io),
+            Framing::Ws(_) => return self.on_ws(key, eof, io),
+            Framing::Sse(_) => return self.on_sse_io(key, eof, io),
             // No socket: never registered with a task's readiness.
             Framing::LongPoll(_) => return Outcome::Close,
         }
@@ -82,27 +84,27 @@ impl Core {
             if let Some(c) = self.conn(key) {
                 // The device vanished; its messages stay in the inbox.
                 c.session.abort();
-                c.close_notify_now();
+                c.close_notify_now(io);
             }
             return Outcome::Close;
         }
-        self.after_io_deferred(key)
+        self.after_io_deferred(key, io)
     }
 
     /// An HTTP connection had I/O (see `gate_http::on_io`).
-    pub(super) fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
+    pub(super) fn on_http(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
         let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof);
+        let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof, io);
         if let Some(st) = conn.framing.http_mut().filter(|st| st.refused_origins > 0) {
             let (n, origin) = (std::mem::take(&mut st.refused_origins), st.refused_origin.take());
             self.origin_refused(n, origin.as_deref().unwrap_or(""), mono);
         }
         match step {
             crate::runtime::gate_http::Step::Close => Outcome::Close,
-            crate::runtime::gate_http::Step::Upgraded => self.upgrade_ws(key, eof),
-            crate::runtime::gate_http::Step::Session(req) => self.on_session_req(key, req, eof),
+            crate::runtime::gate_http::Step::Upgraded => self.upgrade_ws(key, eof, io),
+            crate::runtime::gate_http::Step::Session(req) => self.on_session_req(key, req, eof, io),
             crate::runtime::gate_http::Step::Continue => {
                 self.rearm(key);
                 Outcome::Continue
@@ -111,14 +113,14 @@ impl Core {
     }
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
-    pub(super) fn after_io(&mut self, key: ConnKey) -> Outcome {
+    pub(super) fn after_io(&mut self, key: ConnKey, io: &mut dyn Transport) -> Outcome {
         if let Some(o) = self.web_after_io(key) {
             return o;
         }
         let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let now = self.shared.clock.mono_ms();
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        if conn.flush().is_err() {
+        if conn.flush(io).is_err() {
             conn.dead = true;
             return Outcome::Close;
         }
@@ -138,11 +140,11 @@ impl Core {
                     // means the device's DISCONNECT ended it: 1000 (a
                     // server DISCONNECT's 4000 + reason went out before).
                     conn.framing.close_answer(&mut conn.out, None);
-                    conn.shutdown_write();
+                    conn.shutdown_write(io);
                 }
                 return Outcome::Close;
             }
-            Phase::Closing => conn.shutdown_write(),
+            Phase::Closing => conn.shutdown_write(io),
             _ => {}
         }
         conn.release_idle_buffers();
@@ -152,8 +154,8 @@ impl Core {
 
     /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
     /// it): flush, and wake the task if it must act (blocked write, close).
-    pub(super) fn flush_now(&mut self, key: ConnKey) {
-        let outcome = self.after_io(key);
+    pub(super) fn flush_now(&mut self, key: ConnKey, io: &mut dyn Transport) {
+        let outcome = self.after_io(key, io);
         let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
         if matches!(outcome, Outcome::Close) || blocked {
             if let Some(c) = self.conn(key) {

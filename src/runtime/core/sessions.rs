@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{ConnKey, Core, Outcome};
+use super::{ConnKey, Core, Outcome, Transport};
 use crate::proto::frame::{self, Frame};
 use crate::proto::session::{ConnectRequest, Phase, Session, MAX_PREAUTH_FRAME};
 use crate::proto::DisconnectReason;
@@ -61,7 +61,7 @@ fn open_phase(p: Phase) -> bool {
 impl Core {
     /// `gate_http` stopped at a session request on HTTP connection `key`:
     /// answer it, then go on serving what the connection sent after it.
-    pub(super) fn on_session_req(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool) -> Outcome {
+    pub(super) fn on_session_req(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool, io: &mut dyn Transport) -> Outcome {
         let mut req = req;
         loop {
             match self.session_req(key, req) {
@@ -71,17 +71,17 @@ impl Core {
                     self.rearm(key);
                     return Outcome::Continue;
                 }
-                Handled::Stream => return self.after_io(key),
+                Handled::Stream => return self.after_io(key, io),
                 Handled::Migrate(a) => return Outcome::Migrate(a),
                 Handled::Gone => return Outcome::Close,
             }
             let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
             let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
             let Some(conn) = self.conn(key) else { return Outcome::Close };
-            match gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+            match gate_http::on_io(conn, &gate, tls, mono, wall, eof, io) {
                 Step::Session(r) => req = r,
                 Step::Close => return Outcome::Close,
-                Step::Upgraded => return self.upgrade_ws(key, eof),
+                Step::Upgraded => return self.upgrade_ws(key, eof, io),
                 Step::Continue => {
                     self.rearm(key);
                     return Outcome::Continue;
@@ -161,7 +161,7 @@ impl Core {
             _ => Framing::Http(Box::new(gate_http::HttpState::new(0))),
         };
         Handled::Migrate(Box::new(Adopt {
-            fd: c.fd,
+            sock: c.sock,
             tls: c.tls,
             tls_in: c.tls_in,
             tls_out: c.tls_out,
@@ -182,7 +182,7 @@ impl Core {
     }
 
     /// An HTTP connection moved here for a session request: register it and answer.
-    pub(super) fn adopt_http(&mut self, conn: Conn, w: WebMove) -> ConnKey {
+    pub(super) fn adopt_http(&mut self, conn: Conn, w: WebMove, io: &mut dyn Transport) -> ConnKey {
         let key = self.insert(conn);
         if let Some(ip) = w.preauth_ip {
             // Still anonymous: the pre-auth limits of its address apply
@@ -207,7 +207,7 @@ impl Core {
                 slot.preauth = Some((seq, ip));
             }
         }
-        match self.on_session_req(key, w.req, false) {
+        match self.on_session_req(key, w.req, false, io) {
             Outcome::Continue => {}
             Outcome::Close => {
                 if let Some(c) = self.conn(key) {
@@ -366,7 +366,9 @@ impl Core {
         }
         let now = self.shared.clock.mono_ms();
         let sid = Sid::new(self.id);
-        let mut conn = Conn::new(-1, Tls::Off, Session::new(now, &self.shared.limits));
+        // No socket (`sock: None`): the session's input comes in POSTs and
+        // its output leaves in the answers to polls, on their connections.
+        let mut conn = Conn::new(None, Tls::Off, Session::new(now, &self.shared.limits));
         conn.framing = Framing::LongPoll(Box::new(LpState::new(sid)));
         conn.rbuf = connect;
         // A session counts as a connection (`remove` gives it back).
@@ -593,13 +595,13 @@ impl Core {
 
     /// I/O on an SSE stream's socket: the client sends nothing on it (its
     /// frames come in POSTs), so input is discarded; EOF ends the session.
-    pub(super) fn on_sse_io(&mut self, key: ConnKey, eof: bool) -> Outcome {
+    pub(super) fn on_sse_io(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
         let Some(c) = self.conn(key) else { return Outcome::Close };
         c.rbuf.clear();
         if eof {
             c.session.abort();
             return Outcome::Close;
         }
-        self.after_io(key)
+        self.after_io(key, io)
     }
 }

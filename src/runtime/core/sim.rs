@@ -5,12 +5,15 @@
 //! fsync-gated SENDACKs, migration, replacement, timers) through the same
 //! entry points the runtime uses, and nothing else:
 //!
-//! - a connection is a pipe of the simulated network
-//!   (`transport::mem`); the driver does what a connection task does in
-//!   `runtime/mod.rs` (`drive`/`conn_task`): when the pipe is ready for
+//! - a connection is a pipe of the simulated network ([`net`], which lives
+//!   here: the runtime knows only the `Transport` interface, and [`SimNet`]
+//!   is this driver's implementation of it, as `transport::Kernel` is the
+//!   worker's); the driver does what a connection task does in
+//!   `runtime/worker.rs` (`drive`/`conn_task`): when the pipe is ready for
 //!   the interest `Core::wants_write` names, or the core woke the
-//!   connection, it calls `Core::on_io` and acts on the outcome (close the
-//!   socket and `remove`, or post the `Adopt` to the home core);
+//!   connection, it calls `Core::on_io` with its transport and acts on the
+//!   outcome (close the socket and `remove`, or post the `Adopt` to the
+//!   home core);
 //! - mailboxes are the real `Mesh`; the test decides when and in which
 //!   order each core takes its messages (`deliver`, `deliver_one`), as the
 //!   mailbox task would, adopting moved connections like `adopt_conn`;
@@ -38,7 +41,7 @@ use crate::auth::{ClaimRules, JwtKey};
 use crate::config::Config;
 use crate::proto::frame::{self, ConnAck, Connect, Frame, Utf8Bytes};
 use crate::runtime::mesh::{home_core, CoreMsg, Mailbox, Mesh};
-use crate::runtime::transport::{mem, Transport};
+use crate::runtime::transport::{Sock, Transport};
 use crate::store::durable::{DurableStore, LogSettings};
 use crate::store::memory::MemoryStore;
 use crate::store::sim_disk::SimDisk;
@@ -64,7 +67,7 @@ pub enum StoreKind {
 pub struct Client(usize);
 
 struct ClientState {
-    pipe: mem::MemId,
+    pipe: Sock,
     /// Where its connection lives now: (core, key); None while it travels
     /// in an `Adopt` and after the server closed it.
     at: Option<(usize, ConnKey)>,
@@ -104,7 +107,7 @@ fn route_key_dir() -> std::path::PathBuf {
 impl Sim {
     /// `n` cores with `cfg` (TLS is turned off) and groups `groups`.
     pub fn new(n: usize, store: StoreKind, cfg: Config, groups: &[(&str, &[&str])]) -> Sim {
-        mem::reset();
+        net::reset();
         Sim::build(n, store, cfg, groups, VirtualClock::new(1_000, WALL_START_MS), None)
     }
 
@@ -232,14 +235,14 @@ impl Sim {
     /// [`Sim::connect_at`], or why the core refused the connection (its
     /// pipe is then closed, as the accept loop closes the socket).
     pub fn try_connect_at(&mut self, core: usize) -> Result<Client, super::AcceptError> {
-        let pipe = mem::open(DEFAULT_CAPACITY);
-        match self.cores[core].accept(Transport::Mem(pipe), IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+        let pipe = net::open(DEFAULT_CAPACITY);
+        match self.cores[core].accept(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST)) {
             Ok(key) => {
                 self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new() });
                 Ok(Client(self.clients.len() - 1))
             }
             Err(e) => {
-                mem::with(pipe, |p| p.closed = true);
+                net::with(pipe, |p| p.closed = true);
                 Err(e)
             }
         }
@@ -250,7 +253,7 @@ impl Sim {
     pub fn forget(&mut self, c: Client) {
         let st = &mut self.clients[c.0];
         st.rx = BytesMut::new();
-        mem::with(st.pipe, |p| {
+        net::with(st.pipe, |p| {
             p.to_client = BytesMut::new();
             p.to_server = BytesMut::new();
         });
@@ -258,14 +261,14 @@ impl Sim {
 
     /// Writes raw bytes on the client's side of the pipe.
     pub fn write_raw(&mut self, c: Client, bytes: &[u8]) {
-        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(bytes));
+        net::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(bytes));
     }
 
     /// Writes `f` on the client's side of the pipe (nothing runs yet).
     pub fn write(&mut self, c: Client, f: &Frame) {
         let mut b = BytesMut::new();
         f.encode(&mut b);
-        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
+        net::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
     }
 
     /// A CONNECT for `user`'s `device` with a valid token.
@@ -299,24 +302,24 @@ impl Sim {
 
     /// The client half-closes (FIN): the server reads EOF once it read the rest.
     pub fn hang_up(&mut self, c: Client) {
-        mem::with(self.clients[c.0].pipe, |p| p.client_fin = true);
+        net::with(self.clients[c.0].pipe, |p| p.client_fin = true);
     }
 
     /// What a server write may still put in the pipe before it blocks
     /// (the client stops or starts reading).
     pub fn set_capacity(&mut self, c: Client, bytes: usize) {
-        mem::with(self.clients[c.0].pipe, |p| p.capacity = bytes);
+        net::with(self.clients[c.0].pipe, |p| p.capacity = bytes);
     }
 
     /// Server bytes waiting in the pipe (not yet taken by `frames`).
     pub fn unread(&self, c: Client) -> usize {
-        mem::with(self.clients[c.0].pipe, |p| p.to_client.len())
+        net::with(self.clients[c.0].pipe, |p| p.to_client.len())
     }
 
     /// Every whole frame the server wrote since the last call.
     pub fn frames(&mut self, c: Client) -> Vec<Frame> {
         let st = &mut self.clients[c.0];
-        mem::with(st.pipe, |p| {
+        net::with(st.pipe, |p| {
             st.rx.extend_from_slice(&p.to_client);
             p.to_client.clear();
         });
@@ -337,7 +340,7 @@ impl Sim {
         let req = "GET /v1/ws HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
                    Sec-WebSocket-Protocol: ringgate.v1\r\n\r\n";
-        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(req.as_bytes()));
+        net::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(req.as_bytes()));
     }
 
     /// Writes `f` as one masked binary message.
@@ -364,7 +367,7 @@ impl Sim {
         }
         b.extend_from_slice(&mask);
         b.extend(body.iter().enumerate().map(|(i, x)| x ^ mask[i % 4]));
-        mem::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
+        net::with(self.clients[c.0].pipe, |p| p.to_server.extend_from_slice(&b));
     }
 
     /// The upgrade's status line, then every protocol frame carried by a
@@ -372,7 +375,7 @@ impl Sim {
     /// close frame came.
     pub fn ws_frames(&mut self, c: Client) -> (Option<String>, Vec<Frame>, Option<u16>) {
         let st = &mut self.clients[c.0];
-        mem::with(st.pipe, |p| {
+        net::with(st.pipe, |p| {
             st.rx.extend_from_slice(&p.to_client);
             p.to_client.clear();
         });
@@ -415,12 +418,12 @@ impl Sim {
 
     /// The server sent FIN (after its DISCONNECT).
     pub fn server_fin(&self, c: Client) -> bool {
-        mem::with(self.clients[c.0].pipe, |p| p.server_fin)
+        net::with(self.clients[c.0].pipe, |p| p.server_fin)
     }
 
     /// The server dropped the socket (its connection task ended).
     pub fn closed(&self, c: Client) -> bool {
-        mem::with(self.clients[c.0].pipe, |p| p.closed)
+        net::with(self.clients[c.0].pipe, |p| p.closed)
     }
 
     /// The core the client's connection lives on now (None while moving or closed).
@@ -444,7 +447,7 @@ impl Sim {
                 continue;
             };
             let woken = self.cores[core].poll_woken(key, Waker::noop());
-            let ready = mem::with(pipe, |p| {
+            let ready = net::with(pipe, |p| {
                 if write {
                     p.to_client.len() < p.capacity
                 } else {
@@ -455,7 +458,7 @@ impl Sim {
                 continue;
             }
             ran = true;
-            match self.cores[core].on_io(key) {
+            match self.cores[core].on_io(key, &mut SimNet) {
                 Outcome::Continue => {}
                 Outcome::Close => self.end_task(i),
                 Outcome::Migrate(a) => {
@@ -477,7 +480,7 @@ impl Sim {
         if let Some((core, key)) = self.clients[i].at.take() {
             self.cores[core].remove(key);
         }
-        mem::with(self.clients[i].pipe, |p| p.closed = true);
+        net::with(self.clients[i].pipe, |p| p.closed = true);
     }
 
     /// Messages waiting for `core` (posted and not yet handled).
@@ -498,8 +501,8 @@ impl Sim {
         let Some(msg) = self.queued[core].pop_front() else { return false };
         if let Some(a) = self.cores[core].on_message(msg) {
             // `adopt_conn`: register the moved socket here.
-            let Transport::Mem(pipe) = a.fd else { panic!("a real fd in a simulation") };
-            let key = self.cores[core].adopt(*a);
+            let Some(pipe) = a.sock else { panic!("a moved connection without its pipe") };
+            let key = self.cores[core].adopt(*a, &mut SimNet);
             if let Some(st) = self.clients.iter_mut().find(|s| s.pipe == pipe) {
                 st.at = Some((core, key));
             }
@@ -526,7 +529,7 @@ impl Sim {
         for core in self.cores.iter_mut() {
             if core.poll_dirty(Waker::noop(), &mut batch).is_ready() {
                 any = true;
-                core.flush_dirty(&mut batch);
+                core.flush_dirty(&mut batch, &mut SimNet);
             }
         }
         any
@@ -554,7 +557,7 @@ impl Sim {
     pub fn tick(&mut self) {
         self.clock.advance(TICK_MS);
         for core in self.cores.iter_mut() {
-            core.on_tick();
+            core.on_tick(&mut SimNet);
         }
     }
 
@@ -567,7 +570,7 @@ impl Sim {
             self.clock.advance(step);
             left -= step;
             for core in self.cores.iter_mut() {
-                core.on_tick();
+                core.on_tick(&mut SimNet);
             }
             self.run();
         }
@@ -585,7 +588,7 @@ impl Sim {
     /// simulation may have moved), then runs to quiescence.
     pub fn tick_at_now(&mut self) {
         for core in self.cores.iter_mut() {
-            core.on_tick();
+            core.on_tick(&mut SimNet);
         }
         self.run();
     }
@@ -614,5 +617,112 @@ impl Sim {
     pub fn head(&self, user: &str) -> u64 {
         let home = home_core(user, self.cores.len());
         self.cores[home].store.peek(user).bounds().1
+    }
+}
+
+/// This driver's transport: the core's reads and writes on the pipes of
+/// [`net`], named by the `Sock` each connection was accepted with.
+pub struct SimNet;
+
+impl Transport for SimNet {
+    fn recv(&mut self, sock: Sock, buf: &mut [std::mem::MaybeUninit<u8>]) -> std::io::Result<usize> {
+        net::recv(sock, buf)
+    }
+
+    fn send(&mut self, sock: Sock, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        // One slice per call, like a socket whose buffer takes a prefix:
+        // the core sends from one buffer at a time anyway.
+        net::send(sock, bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]))
+    }
+
+    fn shutdown_write(&mut self, sock: Sock) {
+        net::with(sock, |p| p.server_fin = true);
+    }
+}
+
+/// The simulated network: one table of pipes per thread (a simulation runs
+/// on one thread and never shares its pipes; the nodes of a fleet
+/// simulation share the table), addressed by `Sock` the way the kernel's
+/// sockets are addressed by fd.
+pub mod net {
+    use std::cell::RefCell;
+    use std::io;
+    use std::mem::MaybeUninit;
+
+    use bytes::{Buf, BytesMut};
+
+    use crate::runtime::transport::Sock;
+
+    /// Both directions of one simulated connection.
+    #[derive(Default)]
+    pub struct Pipe {
+        /// Client bytes the server has not read yet.
+        pub to_server: BytesMut,
+        /// The client half-closed: the server reads EOF once `to_server` is empty.
+        pub client_fin: bool,
+        /// Server bytes the client (the test) has not taken yet.
+        pub to_client: BytesMut,
+        /// Most bytes `to_client` holds before a server write would block
+        /// (the socket send buffer plus the peer's receive window).
+        pub capacity: usize,
+        /// The server half-closed (FIN after its last byte).
+        pub server_fin: bool,
+        /// The server dropped the socket (its connection task ended).
+        pub closed: bool,
+    }
+
+    thread_local! {
+        static NET: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Forgets every pipe of this thread (a new simulation starts).
+    pub fn reset() {
+        NET.with(|n| n.borrow_mut().clear());
+    }
+
+    /// A new pipe whose server side may hold `capacity` unread bytes.
+    pub fn open(capacity: usize) -> Sock {
+        NET.with(|n| {
+            let mut n = n.borrow_mut();
+            n.push(Pipe { capacity, ..Pipe::default() });
+            Sock::new((n.len() - 1) as u32)
+        })
+    }
+
+    /// Runs `f` on the pipe (the test's side of it).
+    pub fn with<R>(id: Sock, f: impl FnOnce(&mut Pipe) -> R) -> R {
+        NET.with(|n| f(&mut n.borrow_mut()[id.get() as usize]))
+    }
+
+    /// The server's `recv`: what the client wrote, EOF after its FIN,
+    /// `WouldBlock` otherwise.
+    pub(super) fn recv(id: Sock, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        with(id, |p| {
+            if p.to_server.is_empty() {
+                return if p.client_fin { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            let n = buf.len().min(p.to_server.len());
+            for (d, s) in buf[..n].iter_mut().zip(&p.to_server[..n]) {
+                d.write(*s);
+            }
+            p.to_server.advance(n);
+            Ok(n)
+        })
+    }
+
+    /// The server's `send`: as much as the capacity leaves room for.
+    pub(super) fn send(id: Sock, buf: &[u8]) -> io::Result<usize> {
+        with(id, |p| {
+            if p.server_fin || p.closed {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let room = p.capacity.saturating_sub(p.to_client.len());
+            if room == 0 && !buf.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(room);
+            p.to_client.extend_from_slice(&buf[..n]);
+            Ok(n)
+        })
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 
-use super::{ConnKey, Core, Outcome};
+use super::{ConnKey, Core, Outcome, Transport};
 use crate::proto::DisconnectReason;
 use crate::runtime::framing::Framing;
 use crate::runtime::web::ws::{Input, WsState};
@@ -11,16 +11,16 @@ impl Core {
     /// `gate_http` answered 101: from now on the connection carries
     /// WebSocket frames (anything pipelined behind the request is already
     /// in `rbuf`). The handshake deadline keeps running until CONNECT.
-    pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
+    pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
         let mode = self.live.gate.ws_mode;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         conn.framing = Framing::Ws(Box::new(WsState::new(conn.out.len(), mode)));
-        self.on_ws(key, eof)
+        self.on_ws(key, eof, io)
     }
 
     /// An upgraded connection had I/O: decode client messages, run the
     /// session over the frames they carried, flush.
-    pub(super) fn on_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
+    pub(super) fn on_ws(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
         let now = self.shared.clock.mono_ms();
         let max_msg = self.shared.limits.max_frame as usize + 4;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
@@ -31,7 +31,7 @@ impl Core {
                 // The client's close frame was echoed (or ours was already
                 // out): the device left; its messages stay in the inbox.
                 conn.session.abort();
-                let _ = conn.flush();
+                let _ = conn.flush(io);
                 return Outcome::Close;
             }
             Err(e) => {
@@ -48,7 +48,7 @@ impl Core {
                     }
                     None => conn.session.close(now, DisconnectReason::ProtocolError, "message is not exactly one frame", &mut conn.out),
                 }
-                return self.after_io(key);
+                return self.after_io(key, io);
             }
         }
         if let Some(m) = self.process_frames(key) {
@@ -64,6 +64,6 @@ impl Core {
         // (`flush.rs`), so what this step and the rest of the turn produce
         // for the connection (SENDACKs, PUSHes refilled by a PUSHACK, PUSHes
         // from other senders) leaves in one wrap, one seal, one `send`.
-        self.after_io_deferred(key)
+        self.after_io_deferred(key, io)
     }
 }
