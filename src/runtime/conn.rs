@@ -644,3 +644,75 @@ fn take_plaintext(tls: &mut rustls::ServerConnection, rbuf: &mut BytesMut) -> Re
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, IoSlice};
+    use std::mem::MaybeUninit;
+
+    use super::*;
+    use crate::proto::session::SessionLimits;
+    use crate::runtime::framing::Framing;
+    use crate::runtime::web::lp::LpState;
+    use crate::runtime::web::Sid;
+
+    /// A transport that must not be used.
+    struct NoSocket;
+
+    impl Transport for NoSocket {
+        fn recv(&mut self, _: Sock, _: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+            panic!("recv on a connection without a socket")
+        }
+        fn send(&mut self, _: Sock, _: &[IoSlice<'_>]) -> io::Result<usize> {
+            panic!("send on a connection without a socket")
+        }
+        fn shutdown_write(&mut self, _: Sock) {
+            panic!("shutdown on a connection without a socket")
+        }
+    }
+
+    /// A long-poll session has no socket: reading, flushing and closing it
+    /// never reach the driver's transport (its bytes travel on the polls).
+    #[test]
+    fn a_long_poll_session_never_touches_a_transport() {
+        let lim = SessionLimits::default();
+        let mut c = Conn::new(None, Tls::Off, Session::new(1, &lim));
+        c.framing = Framing::LongPoll(Box::new(LpState::new(Sid::new(0))));
+        assert_eq!(c.read_available(&mut NoSocket).unwrap(), ReadStatus::Open);
+        c.out.extend_from_slice(b"queued for a poll");
+        assert!(!c.flush(&mut NoSocket).unwrap(), "the output waits for a poll");
+        c.shutdown_write(&mut NoSocket);
+        c.close_notify_now(&mut NoSocket);
+        c.send_alert(&mut NoSocket);
+        assert_eq!(&c.out[..], b"queued for a poll");
+    }
+
+    /// Reads land in the connection's own buffer, lent to the transport.
+    #[test]
+    fn the_transport_receives_into_the_connections_buffer() {
+        struct Once(Vec<u8>, Option<*const u8>);
+        impl Transport for Once {
+            fn recv(&mut self, _: Sock, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                self.1 = Some(buf.as_ptr().cast());
+                let n = self.0.len().min(buf.len());
+                for (d, s) in buf.iter_mut().zip(self.0.drain(..n)) {
+                    d.write(s);
+                }
+                Ok(n)
+            }
+            fn send(&mut self, _: Sock, _: &[IoSlice<'_>]) -> io::Result<usize> {
+                unreachable!()
+            }
+            fn shutdown_write(&mut self, _: Sock) {}
+        }
+        let lim = SessionLimits::default();
+        let mut c = Conn::new(Some(Sock::new(3)), Tls::Off, Session::new(1, &lim));
+        let mut t = Once(b"hello".to_vec(), None);
+        assert_eq!(c.read_available(&mut t).unwrap(), ReadStatus::Open);
+        assert_eq!(&c.rbuf[..], b"hello");
+        assert_eq!(t.1, Some(c.rbuf.as_ptr()), "received in place, not copied");
+    }
+}
