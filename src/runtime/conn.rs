@@ -147,18 +147,18 @@ pub enum TransportError {
 /// transport, for rustls' `write_tls` (which gathers its queued records).
 /// No socket (a long-poll session): every write fails, which no path asks
 /// for (its output never reaches a socket write).
-struct Wire<'a> {
-    io: &'a mut dyn Transport,
+struct Wire<'a, T: Transport + ?Sized> {
+    io: &'a mut T,
     sock: Option<Sock>,
 }
 
-impl Wire<'_> {
+impl<T: Transport + ?Sized> Wire<'_, T> {
     fn sock(&self) -> io::Result<Sock> {
         self.sock.ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
 }
 
-impl Write for Wire<'_> {
+impl<T: Transport + ?Sized> Write for Wire<'_, T> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let sock = self.sock()?;
         self.io.send(sock, &[IoSlice::new(buf)])
@@ -245,7 +245,7 @@ impl Conn {
     /// the ciphertext buffer never grows past one largest TLS 1.2 record
     /// plus its header: an anonymous peer parked in a partial record holds
     /// at most that (~18 KiB), not a growing chain of 16 KiB chunks.
-    pub fn read_available(&mut self, io: &mut dyn Transport) -> Result<ReadStatus, TransportError> {
+    pub fn read_available<T: Transport + ?Sized>(&mut self, io: &mut T) -> Result<ReadStatus, TransportError> {
         let Some(sock) = self.sock else { return Ok(ReadStatus::Open) };
         let mut budget = READ_BUDGET;
         loop {
@@ -399,7 +399,7 @@ impl Conn {
 
     /// Sends `out` (through TLS when on). `Ok(true)`: everything is on the
     /// socket; `Ok(false)`: the socket pushed back, wait for writability.
-    pub fn flush(&mut self, io: &mut dyn Transport) -> Result<bool, TransportError> {
+    pub fn flush<T: Transport + ?Sized>(&mut self, io: &mut T) -> Result<bool, TransportError> {
         self.try_handoff()?;
         if let Some(done) = self.framing.wrap_out(&mut self.out) {
             // A long-poll session has no socket: its output waits for a poll.
@@ -457,7 +457,7 @@ impl Conn {
     }
 
     /// Half-closes after our DISCONNECT: TLS close_notify, then FIN.
-    pub fn shutdown_write(&mut self, io: &mut dyn Transport) {
+    pub fn shutdown_write<T: Transport + ?Sized>(&mut self, io: &mut T) {
         if self.shut_wr {
             return;
         }
@@ -496,7 +496,7 @@ impl Conn {
     /// before that (and during a TLS 1.2 handshake) it goes in plaintext.
     /// A TLS 1.2 connection after its handshake gets none (rustls holds
     /// those keys; its own errors come with its own alerts).
-    pub fn send_record_alert(&mut self, err: &RecordError, io: &mut dyn Transport) {
+    pub fn send_record_alert<T: Transport + ?Sized>(&mut self, err: &RecordError, io: &mut T) {
         let Some(desc) = err.alert() else { return };
         let alert = match &mut self.tls {
             Tls::Records(r) => {
@@ -523,7 +523,7 @@ impl Conn {
     /// our own close_notify first, best effort (RFC 8446 §6.1: each side
     /// sends one before closing its write side), unless an alert already
     /// went out. Frames still owed are sealed ahead of it, never after.
-    pub fn close_notify_now(&mut self, io: &mut dyn Transport) {
+    pub fn close_notify_now<T: Transport + ?Sized>(&mut self, io: &mut T) {
         match &mut self.tls {
             Tls::Records(r) => {
                 if r.seal_all(&mut self.out, &mut self.tls_out).is_ok() {
@@ -545,7 +545,7 @@ impl Conn {
     }
 
     /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
-    pub fn send_alert(&mut self, io: &mut dyn Transport) {
+    pub fn send_alert<T: Transport + ?Sized>(&mut self, io: &mut T) {
         if let Tls::Rustls(tls) = &mut self.tls {
             while tls.wants_write() {
                 if tls.write_tls(&mut Wire { io: &mut *io, sock: self.sock }).is_err() {
@@ -584,7 +584,7 @@ impl Write for BytesMutWriter<'_> {
 
 /// One non-blocking `recv` of at most `want` bytes into `buf`'s spare
 /// capacity (which the caller reserved), extending `buf` by what arrived.
-fn recv_into(io: &mut dyn Transport, sock: Sock, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+fn recv_into<T: Transport + ?Sized>(io: &mut T, sock: Sock, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let want = want.min(spare.len());
     // `spare` is writable memory of at least `want` bytes owned by `buf`:
@@ -599,7 +599,7 @@ fn recv_into(io: &mut dyn Transport, sock: Sock, buf: &mut BytesMut, want: usize
 }
 
 /// Writes `buf` until empty or the socket pushes back; true when empty.
-fn write_all(io: &mut dyn Transport, sock: Option<Sock>, buf: &mut BytesMut) -> Result<bool, TransportError> {
+fn write_all<T: Transport + ?Sized>(io: &mut T, sock: Option<Sock>, buf: &mut BytesMut) -> Result<bool, TransportError> {
     while !buf.is_empty() {
         match (Wire { io: &mut *io, sock }).write(buf) {
             Ok(n) => buf.advance(n),

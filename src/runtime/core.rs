@@ -717,7 +717,7 @@ impl Core {
 
     /// Fires due timers. `io`: the driver's transport, for the last write
     /// to a slow consumer before it is dropped.
-    pub fn on_tick(&mut self, io: &mut dyn Transport) {
+    pub fn on_tick<T: Transport + ?Sized>(&mut self, io: &mut T) {
         let now = self.shared.clock.mono_ms();
         if now.saturating_sub(self.last_prune_ms) >= 1_000 {
             self.addrs.prune(now);

@@ -149,14 +149,14 @@ pub fn is_session_path(p: &str) -> bool {
 
 /// A connection known to carry HTTP had I/O: answer the complete requests,
 /// flush, and release idle buffers.
-pub fn on_io(
+pub fn on_io<T: super::transport::Transport + ?Sized>(
     conn: &mut super::conn::Conn,
     gate: &Gate,
     tls: bool,
     mono_ms: u64,
     wall_ms: u64,
     eof: bool,
-    io: &mut dyn super::transport::Transport,
+    io: &mut T,
 ) -> Step {
     loop {
         let Some(st) = conn.framing.http_mut() else { return Step::Close };

@@ -2,16 +2,25 @@
 //!
 //! `Core` (routing, dedup, acks) and `Conn` (TLS, frames, buffers) own
 //! every buffer but no socket, no syscall and no simulated pipe: the driver
-//! of a core owns the sockets and hands each event that may move bytes a
-//! `&mut dyn Transport` (`Core::on_io`, `Core::flush_dirty`,
-//! `Core::on_tick`). Inside the event the core lends the driver its own
+//! of a core owns the sockets and hands each event that may move bytes its
+//! transport (`Core::on_io`, `Core::flush_dirty`, `Core::on_tick`,
+//! `Core::adopt`). Inside the event the core lends the driver its own
 //! memory — the spare capacity of the read buffer to `recv` into, the
 //! sealed output to `send` from — so the hot path stays zero-copy: the
 //! bytes go from the kernel straight into `rbuf`/`tls_in` and from
 //! `out`/`tls_out` straight to the kernel, as they did when the core made
 //! the syscalls itself. This is rustls' manner (`read_tls(&mut dyn Read)`,
 //! `write_tls(&mut dyn Write)`: the caller owns the socket and passes it in
-//! for the call), one level up. Three drivers use it: the monoio worker
+//! for the call), one level up, with one difference: the entry points are
+//! generic over the transport (`T: Transport + ?Sized`), not `dyn`, so the
+//! server's core is compiled for [`Kernel`] alone and its `recv`/`send` are
+//! direct, inlinable calls on the per-message path (the `dyn` version was
+//! suspected, in a noisy A/B, of a few percent of CPU per message at push
+//! saturation; the A/B on a quiet machine is to come). The price is
+//! a second copy of the core's I/O paths wherever a second transport is
+//! used — the simulation and the tests, not the server (the `sim` feature
+//! is off in it). A `&mut dyn Transport` still fits (`?Sized`) for a
+//! caller that prefers one copy. Three drivers use it: the monoio worker
 //! (`worker.rs`, [`Kernel`]: the fd syscalls with `MSG_DONTWAIT`), the
 //! simulation (`core::sim`, its in-memory pipes, which live there and
 //! nowhere in the runtime) and the fuzz targets (`crate::fuzzing`, a

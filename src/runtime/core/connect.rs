@@ -72,7 +72,7 @@ impl Core {
     /// A connection moved here from another core: register it and open its
     /// session. `io`: the driver's transport, which now serves its socket
     /// (an HTTP connection's session request is answered at once).
-    pub fn adopt(&mut self, a: Adopt, io: &mut dyn Transport) -> ConnKey {
+    pub fn adopt<T: Transport + ?Sized>(&mut self, a: Adopt, io: &mut T) -> ConnKey {
         let mut conn = Conn::new(a.sock, a.tls, a.session);
         conn.tls_in = a.tls_in;
         conn.tls_out = a.tls_out;

@@ -124,7 +124,7 @@ impl Core {
     /// at once: its write joins the turn's batch; the read buffers are
     /// released and the timer re-armed now. A closing or finished session
     /// takes the immediate path (`after_io`), which half-closes.
-    pub(super) fn after_io_deferred(&mut self, key: ConnKey, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn after_io_deferred<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         // A blocked socket is written by its own task, now: the task runs
         // because the socket became writable (or was woken), and deferring
@@ -158,7 +158,7 @@ impl Core {
 
     /// Writes every connection of `batch` once (emptying it), through the
     /// driver's transport `io`.
-    pub fn flush_dirty(&mut self, batch: &mut Vec<ConnKey>, io: &mut dyn Transport) {
+    pub fn flush_dirty<T: Transport + ?Sized>(&mut self, batch: &mut Vec<ConnKey>, io: &mut T) {
         self.dirty.turns += 1;
         let tracing = self.dirty.trace.is_some();
         let n = batch.len() as u64;

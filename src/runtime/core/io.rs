@@ -8,7 +8,7 @@ impl Core {
     /// handle frames, write. Returns what the task must do next. `io` is the
     /// driver's transport: the reads land in this connection's buffers and
     /// the writes leave from them (`transport.rs`).
-    pub fn on_io(&mut self, key: ConnKey, io: &mut dyn Transport) -> Outcome {
+    pub fn on_io<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
         let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.dead || conn.session.phase() == Phase::Finished {
@@ -92,7 +92,7 @@ impl Core {
     }
 
     /// An HTTP connection had I/O (see `gate_http::on_io`).
-    pub(super) fn on_http(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn on_http<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
         let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
@@ -113,7 +113,7 @@ impl Core {
     }
 
     /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
-    pub(super) fn after_io(&mut self, key: ConnKey, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn after_io<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
         if let Some(o) = self.web_after_io(key) {
             return o;
         }
@@ -154,7 +154,7 @@ impl Core {
 
     /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
     /// it): flush, and wake the task if it must act (blocked write, close).
-    pub(super) fn flush_now(&mut self, key: ConnKey, io: &mut dyn Transport) {
+    pub(super) fn flush_now<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) {
         let outcome = self.after_io(key, io);
         let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
         if matches!(outcome, Outcome::Close) || blocked {

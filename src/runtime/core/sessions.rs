@@ -61,7 +61,7 @@ fn open_phase(p: Phase) -> bool {
 impl Core {
     /// `gate_http` stopped at a session request on HTTP connection `key`:
     /// answer it, then go on serving what the connection sent after it.
-    pub(super) fn on_session_req(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn on_session_req<T: Transport + ?Sized>(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool, io: &mut T) -> Outcome {
         let mut req = req;
         loop {
             match self.session_req(key, req) {
@@ -182,7 +182,7 @@ impl Core {
     }
 
     /// An HTTP connection moved here for a session request: register it and answer.
-    pub(super) fn adopt_http(&mut self, conn: Conn, w: WebMove, io: &mut dyn Transport) -> ConnKey {
+    pub(super) fn adopt_http<T: Transport + ?Sized>(&mut self, conn: Conn, w: WebMove, io: &mut T) -> ConnKey {
         let key = self.insert(conn);
         if let Some(ip) = w.preauth_ip {
             // Still anonymous: the pre-auth limits of its address apply
@@ -595,7 +595,7 @@ impl Core {
 
     /// I/O on an SSE stream's socket: the client sends nothing on it (its
     /// frames come in POSTs), so input is discarded; EOF ends the session.
-    pub(super) fn on_sse_io(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn on_sse_io<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
         let Some(c) = self.conn(key) else { return Outcome::Close };
         c.rbuf.clear();
         if eof {

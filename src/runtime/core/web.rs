@@ -11,7 +11,7 @@ impl Core {
     /// `gate_http` answered 101: from now on the connection carries
     /// WebSocket frames (anything pipelined behind the request is already
     /// in `rbuf`). The handshake deadline keeps running until CONNECT.
-    pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn upgrade_ws<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
         let mode = self.live.gate.ws_mode;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         conn.framing = Framing::Ws(Box::new(WsState::new(conn.out.len(), mode)));
@@ -20,7 +20,7 @@ impl Core {
 
     /// An upgraded connection had I/O: decode client messages, run the
     /// session over the frames they carried, flush.
-    pub(super) fn on_ws(&mut self, key: ConnKey, eof: bool, io: &mut dyn Transport) -> Outcome {
+    pub(super) fn on_ws<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
         let now = self.shared.clock.mono_ms();
         let max_msg = self.shared.limits.max_frame as usize + 4;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
