@@ -59,6 +59,23 @@ impl World {
         1 + self.rng.below(self.k.max_call_ms)
     }
 
+    /// The next stage of a SEND whose claim found `existing` (the rule is
+    /// `rules::after_claim`): a retry of a done send gets the original
+    /// answer and nothing else (a group send forgets the intent it wrote);
+    /// a pending or fresh claim goes on to its appends. Err: the rule
+    /// refused the record (the call fails as the engine would).
+    fn claimed(&mut self, node: usize, core: usize, req: u64, existing: Option<&[u8]>, msg: &crate::store::NewMessage, targets: Vec<Arc<str>>) -> Result<Option<SendStage>, ()> {
+        Ok(match rules::after_claim(existing, msg, targets) {
+            None => return Err(()),
+            Some(AfterClaim::Answer(stored)) if msg.group.is_some() => Some(SendStage::Forget { stored }),
+            Some(AfterClaim::Answer(stored)) => {
+                self.post(node, core, Event::Sent { req, result: Ok(stored) });
+                None
+            }
+            Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
+        })
+    }
+
     pub(super) fn post(&mut self, node: usize, core: usize, ev: Event) {
         if let Some(sim) = self.nodes[node].sim.as_ref() {
             sim.mesh[core].post(CoreMsg::Fleet(Box::new(ev)));
@@ -224,20 +241,7 @@ impl World {
                             if fails {
                                 return Err(());
                             }
-                            match rules::after_claim(existing.as_deref(), &msg, targets.clone()) {
-                                None => return Err(()),
-                                Some(AfterClaim::Answer(stored)) => {
-                                    // A retry of a done send: the original answer, nothing
-                                    // else (a group send forgets the intent it wrote).
-                                    if msg.group.is_some() {
-                                        Some(SendStage::Forget { stored })
-                                    } else {
-                                        self.post(node, core, Event::Sent { req, result: Ok(stored) });
-                                        None
-                                    }
-                                }
-                                Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
-                            }
+                            self.claimed(node, core, req, existing.as_deref(), &msg, targets.clone())?
                         }
                         SendStage::One => {
                             let existing = self.engine.record(sender, dev, msg.client_msg_id);
@@ -265,18 +269,7 @@ impl World {
                                     return Err(());
                                 }
                                 // Found: done answers, pending is finished step by step.
-                                match rules::after_claim(existing.as_deref(), &msg, targets.clone()) {
-                                    None => return Err(()),
-                                    Some(AfterClaim::Answer(stored)) => {
-                                        if msg.group.is_some() {
-                                            Some(SendStage::Forget { stored })
-                                        } else {
-                                            self.post(node, core, Event::Sent { req, result: Ok(stored) });
-                                            None
-                                        }
-                                    }
-                                    Some(AfterClaim::Append { msg_id, ts, targets, .. }) => Some(SendStage::Append { msg_id, ts, targets, seqs: Vec::new() }),
-                                }
+                                self.claimed(node, core, req, existing.as_deref(), &msg, targets.clone())?
                             }
                         }
                         SendStage::Intent => {
