@@ -1,0 +1,122 @@
+//! The fake engine: the engine's data as the Lua scripts of `scripts.rs`
+//! keep it (inboxes with dense seqs and an append index, dedup claims,
+//! group intents), re-expressed over plain maps. Separate from the world
+//! that drives it because it is the model of Redis the simulation trusts;
+//! it must read like the scripts, not like the simulation.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::super::{Entry, Loaded};
+
+/// Entries one CONNECT or fetch returns at most (`engine.rs` LOAD_LIMIT).
+pub(super) const LOAD_LIMIT: usize = 1024;
+
+#[derive(Clone, Default)]
+pub(super) struct Inbox {
+    pub(super) head: u64,
+    pub(super) entries: BTreeMap<u64, Entry>,
+    /// append key → seq (`rg:{u}:i`).
+    pub(super) index: HashMap<String, u64>,
+}
+
+impl Inbox {
+    pub(super) fn oldest(&self) -> u64 {
+        self.entries.keys().next().copied().unwrap_or(self.head + 1)
+    }
+    pub(super) fn above(&self, after: u64) -> Vec<Entry> {
+        self.entries.range(after + 1..).take(LOAD_LIMIT).map(|(_, e)| e.clone()).collect()
+    }
+}
+
+#[derive(Clone, Default)]
+pub(super) struct Dedup {
+    pub(super) records: HashMap<u64, Vec<u8>>,
+    pub(super) order: VecDeque<u64>,
+}
+
+/// The engine's data, as the scripts of `scripts.rs` keep it (retention is
+/// not simulated: nothing is trimmed, so every gap is a bug).
+#[derive(Clone, Default)]
+pub(super) struct Engine {
+    pub(super) inboxes: HashMap<String, Inbox>,
+    pub(super) dedup: HashMap<(String, String), Dedup>,
+    /// Pending group sends: intent → claim time.
+    pub(super) intents: BTreeMap<String, u64>,
+}
+
+impl Engine {
+    /// `scripts::append`: `(seq, new)`.
+    pub(super) fn append(&mut self, user: &str, key: &str, e: Entry) -> (u64, bool) {
+        let ib = self.inboxes.entry(user.to_string()).or_default();
+        if let Some(s) = ib.index.get(key) {
+            return (*s, false);
+        }
+        ib.head += 1;
+        let seq = ib.head;
+        ib.index.insert(key.to_string(), seq);
+        ib.entries.insert(seq, Entry { seq, ..e });
+        (seq, true)
+    }
+
+    /// `scripts::connect`: the floor raise, then the entries above `last_seq`.
+    pub(super) fn connect(&mut self, user: &str, last_seq: u64, raise_floor: bool) -> Loaded {
+        let ib = self.inboxes.entry(user.to_string()).or_default();
+        let mut raised = false;
+        if raise_floor && last_seq > ib.head {
+            ib.head = last_seq;
+            ib.entries.retain(|s, _| *s > last_seq);
+            raised = true;
+        }
+        let oldest = ib.oldest();
+        ib.index.retain(|_, s| *s >= oldest);
+        Loaded { oldest, head: ib.head, raised, entries: ib.above(last_seq) }
+    }
+
+    /// `scripts::FETCH`.
+    pub(super) fn fetch(&self, user: &str, after: u64) -> (u64, u64, Vec<Entry>) {
+        match self.inboxes.get(user) {
+            Some(ib) => (ib.oldest(), ib.head, ib.above(after)),
+            None => (1, 0, Vec::new()),
+        }
+    }
+
+    pub(super) fn head(&self, user: &str) -> Option<u64> {
+        self.inboxes.get(user).map(|i| i.head)
+    }
+
+    /// `scripts::CLAIM`: the existing record, or None when claimed now.
+    pub(super) fn claim(&mut self, sender: &str, device: &str, cmid: u64, rec: Vec<u8>, keep: usize) -> Option<Vec<u8>> {
+        let d = self.dedup.entry((sender.to_string(), device.to_string())).or_default();
+        if let Some(r) = d.records.get(&cmid) {
+            return Some(r.clone());
+        }
+        d.records.insert(cmid, rec);
+        d.order.push_back(cmid);
+        if d.order.len() > keep {
+            if let Some(old) = d.order.pop_front() {
+                d.records.remove(&old);
+            }
+        }
+        None
+    }
+
+    pub(super) fn record(&self, sender: &str, device: &str, cmid: u64) -> Option<Vec<u8>> {
+        self.dedup.get(&(sender.to_string(), device.to_string()))?.records.get(&cmid).cloned()
+    }
+
+    /// `scripts::DONE`.
+    pub(super) fn done(&mut self, sender: &str, device: &str, cmid: u64, rec: String) {
+        if let Some(r) = self.dedup.get_mut(&(sender.to_string(), device.to_string())).and_then(|d| d.records.get_mut(&cmid)) {
+            *r = rec.into_bytes();
+        }
+    }
+}
+
+/// The claim record `scripts::CLAIM` writes: `p msg_id ts node len(targets) targets payload`.
+pub(super) fn claim_record(msg_id: u64, ts: u64, node: &str, targets: &[Arc<str>], payload: &[u8]) -> Vec<u8> {
+    let joined = targets.iter().map(|t| &**t).collect::<Vec<_>>().join("\n");
+    let mut v = format!("p {msg_id} {ts} {node} {} {joined}", joined.len()).into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
