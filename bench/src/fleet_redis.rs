@@ -145,6 +145,16 @@ pub struct FleetRun {
     pub engine_cpu_us_per_msg: f64,
     /// Commands the engine processed in the window ÷ messages delivered (`INFO stats` total_commands_processed).
     pub engine_cmds_per_msg: Option<f64>,
+    /// AOF rewrites that ran in the window (`INFO persistence`: finished
+    /// in it, or still running at its end). Redis starts one whenever the
+    /// AOF doubled past 64 MB; its child writes the whole dataset next to
+    /// the per-turn fsync, which shows in the p99 (docs/fleet.md, "Latency").
+    #[serde(default)]
+    pub engine_aof_rewrites: Option<u64>,
+    /// AOF bytes the engine wrote in the window ÷ messages delivered
+    /// (`aof_current_size` growth; unknown when a rewrite reset it).
+    #[serde(default)]
+    pub engine_aof_bytes_per_msg: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -239,6 +249,16 @@ pub fn appendfsync() -> String {
     std::env::var("RINGGATE_BENCH_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into())
 }
 
+/// Whether each fleet run starts on a freshly rewritten AOF (the default),
+/// so that Redis's automatic rewrite (due whenever the AOF doubled past
+/// 64 MB: every ~100,000 messages here) does not land in a measured window
+/// by chance: one rewrite in a 5 s window took its p99 from 10.6 to 71.8
+/// ms (docs/fleet.md, "Latency"). Each run still records the rewrites that
+/// ran in it; `RINGGATE_BENCH_REDIS_REWRITE_IN_WINDOW=1` leaves them to chance.
+pub fn rewrite_before_runs() -> bool {
+    std::env::var_os("RINGGATE_BENCH_REDIS_REWRITE_IN_WINDOW").is_none_or(|v| v != "1")
+}
+
 pub fn redis_server_bin() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("RINGGATE_REDIS_SERVER") {
         return Some(PathBuf::from(p));
@@ -305,6 +325,22 @@ impl Redis {
             }
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `BGREWRITEAOF`, then waits (at most 30 s) until no rewrite runs or is scheduled.
+    pub fn rewrite_aof_now(&self) -> Result<()> {
+        self.cmd(&["BGREWRITEAOF"])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let t = self.cmd(&["INFO", "persistence"])?;
+            if info_field(&t, "aof_rewrite_in_progress") == Some(0.0) && info_field(&t, "aof_rewrite_scheduled") == Some(0.0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the engine's AOF rewrite did not finish in 30 s");
+            }
+        }
     }
 
     /// A numeric field of `INFO section`.
@@ -436,11 +472,12 @@ fn push_run(
     redis: Option<&Redis>,
     rate: Option<f64>,
     prefix: &str,
-) -> Result<(PushTally, f64, f64, Option<f64>)> {
+) -> Result<(PushTally, f64, f64, Option<f64>, Option<(u64, Option<f64>)>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let tally = Rc::new(RefCell::new(PushTally::default()));
     let cpu = Rc::new(Cell::new((0.0f64, 0.0f64, 0.0f64)));
     let cmds = Rc::new(Cell::new(None::<f64>));
+    let aof = Rc::new(Cell::new(None::<(u64, Option<f64>)>));
     rt.block_on(tokio::task::LocalSet::new().run_until(async {
         let mut pairs = Vec::new();
         for i in 0..o.pairs as usize {
@@ -585,16 +622,23 @@ fn push_run(
             let nodes = procfs::sample_procs(node_pids).cpu_s;
             let engine = redis.map_or(0.0, |r| procfs::sample_procs(&[r.pid()]).cpu_s);
             let cmds = redis.and_then(|r| r.info("stats", "total_commands_processed").ok());
-            (nodes, engine, cmds)
+            let aof = redis.and_then(|r| r.cmd(&["INFO", "persistence"]).ok()).and_then(|t| {
+                Some((info_field(&t, "aof_rewrites")?, info_field(&t, "aof_rewrite_in_progress")?, info_field(&t, "aof_current_size")?))
+            });
+            (nodes, engine, cmds, aof)
         };
         tokio::time::sleep(Duration::from_nanos(win.from.saturating_sub(mono_ns()))).await;
-        let (n0, e0, c0) = sample();
+        let (n0, e0, c0, a0) = sample();
         tokio::time::sleep(Duration::from_nanos(win.to.saturating_sub(mono_ns()))).await;
-        let (n1, e1, c1) = sample();
+        let (n1, e1, c1, a1) = sample();
         cpu.set((n1 - n0, e1 - e0, 0.0));
         if let (Some(a), Some(b)) = (c0, c1) {
-            // Less the two INFO calls themselves.
-            cmds.set(Some(b - a - 1.0));
+            // Less the two INFO calls of the first sample (each counted once it ran).
+            cmds.set(Some(b - a - 2.0));
+        }
+        if let (Some((r0, _, s0)), Some((r1, busy1, s1))) = (a0, a1) {
+            let rewrites = (r1 - r0).max(0.0) as u64 + busy1 as u64;
+            aof.set(Some((rewrites, (rewrites == 0 && s1 >= s0).then_some(s1 - s0))));
         }
         for t in tasks {
             let _ = t.await;
@@ -604,7 +648,7 @@ fn push_run(
     drop(rt);
     let t = Rc::try_unwrap(tally).map_err(|_| anyhow!("push tally still shared"))?.into_inner();
     let (nodes, engine, _) = cpu.get();
-    Ok((t, nodes, engine, cmds.get()))
+    Ok((t, nodes, engine, cmds.get(), aof.get()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -620,7 +664,10 @@ fn measured_run(
     rate: Option<f64>,
 ) -> Result<FleetRun> {
     let prefix = format!("f{}{}{}_", &setup[..1], round, mono_ns() % 1_000_000);
-    let (t, nodes_cpu_s, engine_cpu_s, cmds) = push_run(net, o, snd, rcv, node_pids, redis, rate, &prefix)?;
+    if let Some(r) = redis.filter(|_| rewrite_before_runs()) {
+        r.rewrite_aof_now()?;
+    }
+    let (t, nodes_cpu_s, engine_cpu_s, cmds, aof) = push_run(net, o, snd, rcv, node_pids, redis, rate, &prefix)?;
     if let Some(f) = t.failed.first() {
         bail!("{setup} round {round}: {f} ({} failures)", t.failed.len());
     }
@@ -642,6 +689,8 @@ fn measured_run(
         cpu_us_per_msg: per(nodes_cpu_s + engine_cpu_s),
         engine_cpu_us_per_msg: per(engine_cpu_s),
         engine_cmds_per_msg: cmds.filter(|_| d > 0).map(|c| c / d as f64),
+        engine_aof_rewrites: aof.map(|a| a.0),
+        engine_aof_bytes_per_msg: aof.and_then(|a| a.1).filter(|_| d > 0).map(|b| b / d as f64),
     })
 }
 
@@ -1249,6 +1298,22 @@ pub fn markdown(r: &FleetResult) -> String {
         r.cpu_ratio,
         if r.cpu_target_met { "met" } else { "missed" }
     );
+    let fleet_runs: Vec<&FleetRun> = r.runs.iter().filter(|x| x.setup == "fleet").collect();
+    if fleet_runs.iter().any(|x| x.engine_aof_rewrites.is_some()) {
+        let per_run: Vec<String> = fleet_runs
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} round {}: {} rewrite(s){}",
+                    x.mode,
+                    x.round,
+                    x.engine_aof_rewrites.map_or("?".into(), |n| n.to_string()),
+                    x.engine_aof_bytes_per_msg.map_or(String::new(), |b| format!(", {b:.0} B of AOF per message"))
+                )
+            })
+            .collect();
+        s += &format!("\nEngine AOF in the fleet windows (a rewrite writes the whole dataset beside the per-turn fsync): {}.\n", per_run.join("; "));
+    }
     if let Some(k) = &r.kill {
         s += &format!(
             "\nNode kill (SIGKILL of n3 at {:.0} s of {:.0} s of paced load, {} pairs at {} msg/s, each receiver on another node than its sender): its {} clients back on another node and caught up after **{:.0} ms** (last CONNACK {:.0} ms; median per client {:.0} ms); {} SENDs retried with their ids; {} confirmed, **{} lost, {} duplicates**, {} clients not back.\n",
@@ -1328,6 +1393,8 @@ mod tests {
             cpu_us_per_msg: cpu,
             engine_cpu_us_per_msg: cpu / 3.0,
             engine_cmds_per_msg: Some(4.0),
+            engine_aof_rewrites: Some(1),
+            engine_aof_bytes_per_msg: None,
         };
         let r = FleetResult {
             opts: FleetOpts::default(),
@@ -1358,5 +1425,15 @@ mod tests {
         assert!(md.contains("**3.00×** (target ≤ 4×: met)"), "{md}");
         assert!(md.contains("**812 ms**") && md.contains("**0 lost, 0 duplicates**"), "{md}");
         assert!(md.contains("**300 B per offline user**") && md.contains("**200 B per retained message**"), "{md}");
+        assert!(md.contains("Engine AOF in the fleet windows") && md.contains("paced round 0: 1 rewrite(s)"), "{md}");
+    }
+
+    /// Results written before the AOF fields existed still load (plan and
+    /// render read the committed ones).
+    #[test]
+    fn runs_without_aof_fields_still_parse() {
+        let v: serde_json::Value = serde_json::from_str(include_str!("../results/fleet-2026-12-05T072903Z.json")).expect("the committed result is JSON");
+        let d: FleetResult = serde_json::from_value(v["fleet"][0].clone()).expect("fleet[0] parses");
+        assert!(d.runs.iter().all(|r| r.engine_aof_rewrites.is_none() && r.engine_aof_bytes_per_msg.is_none()));
     }
 }
