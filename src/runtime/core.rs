@@ -709,6 +709,7 @@ impl Core {
                 // New connections and CONNECTs see it from here on;
                 // connections keep what they were set up with.
                 self.addrs.set_limits(&live.limits_cfg, self.shared.mesh.len());
+                live.applied.fetch_add(1, std::sync::atomic::Ordering::Release);
                 self.live = live;
             }
         }

@@ -21,7 +21,8 @@
 //! token expires (the token's `exp` was taken at CONNECT).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use super::gate_http::Gate;
@@ -32,7 +33,12 @@ use crate::limits::LimitsConfig;
 use crate::tls::Resumption;
 use crate::tls_tickets::FileTicketer;
 
-/// Everything a reload may change, as the cores read it. Immutable.
+/// How long a reload waits for every core to take the new snapshot before
+/// it reports (bounded: the main thread also handles shutdown signals).
+const RELOAD_APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything a reload may change, as the cores read it. Immutable but for
+/// the count of cores that took it.
 pub struct Live {
     pub jwt: TokenKeys,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -41,6 +47,11 @@ pub struct Live {
     pub max_connections: u64,
     /// HTTP on the gateway port (route endpoint, origins).
     pub gate: Arc<Gate>,
+    /// Cores that have taken this snapshot: a reload is reported (logged,
+    /// counted in `ringgate_config_reloads_total`, which `ringgate reload`
+    /// and the admin API read) only once every core runs with it, so a
+    /// SEND right after the report meets the new limits.
+    pub applied: AtomicUsize,
 }
 
 /// Keys that may change live: a whole section (`auth`), or one key.
@@ -240,7 +251,7 @@ impl Reloader {
             0 => self.fd_max_connections,
             n => n,
         };
-        Ok((Live { jwt, tls, limits_cfg: cfg.limits.clone(), max_connections, gate }, file_ticketer, certs))
+        Ok((Live { jwt, tls, limits_cfg: cfg.limits.clone(), max_connections, gate, applied: AtomicUsize::new(0) }, file_ticketer, certs))
     }
 
     /// Reads the file again and, when all of it is good, publishes the new
@@ -283,6 +294,16 @@ impl Reloader {
         let live = Arc::new(live);
         for m in mesh.iter() {
             m.post(CoreMsg::Reload(live.clone()));
+        }
+        // A core takes it on its next turn, normally within a millisecond;
+        // one that is busy longer than the bound still takes it, later.
+        let deadline = Instant::now() + RELOAD_APPLY_WAIT;
+        while live.applied.load(Ordering::Acquire) < mesh.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let taken = live.applied.load(Ordering::Acquire);
+        if taken < mesh.len() {
+            tracing::warn!(taken, cores = mesh.len(), waited_ms = RELOAD_APPLY_WAIT.as_millis() as u64, "not every core has taken the new configuration yet; the rest take it when their current work is done");
         }
         for c in &certs {
             tracing::info!(path = %c.path.display(), sha256 = %c.sha256_fingerprint, server_name = c.server_name.as_deref().unwrap_or("*"), "TLS certificate");

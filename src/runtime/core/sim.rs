@@ -148,6 +148,7 @@ impl Sim {
                     m => m,
                 },
                 gate,
+                applied: Default::default(),
             }),
             groups: groups
                 .iter()
