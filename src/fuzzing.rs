@@ -515,14 +515,14 @@ fn check_ws_server_frames(mut b: &[u8]) -> Vec<Vec<u8>> {
 /// Whole cores (`runtime::core::sim`) driven by a fuzzer-chosen event
 /// stream: the first two bytes pick the knobs (cores, store, window,
 /// high-water mark, mailbox, frame size, ...), then each event is decoded
-/// from two or three bytes (connect, send, retry, read, ping, stop/resume
+/// from two or three bytes (connect over any transport, send, retry, read, ping, stop/resume
 /// reading or acking, hang up, garbage, the driver's I/O pass, a mailbox
 /// message, a flush, a sync, a tick, a checkpoint). Every invariant of the
 /// random simulation (`core::sim_random`) is checked after every event and
 /// at the end. Panics with the violation.
 #[cfg(any(test, feature = "sim"))]
 pub fn core_events(data: &[u8]) {
-    use crate::runtime::core::sim_random::{Action, Knobs, Rng, World};
+    use crate::runtime::core::sim_random::{Action, Knobs, Rng, Via, World};
     let Some((&[k0, k1], mut rest)) = data.split_first_chunk::<2>().map(|(k, r)| (k, r)) else { return };
     let mut w = World::new(Knobs::random(&mut Rng::new(u64::from(u16::from_be_bytes([k0, k1])))));
     let mut events = 0;
@@ -531,7 +531,9 @@ pub fn core_events(data: &[u8]) {
         rest = tail;
         let dev = usize::from(arg);
         let a = match op % 20 {
-            0 => Action::Connect { dev, core: usize::from(op / 20), ws: op & 0x80 != 0 },
+            // The transport from the op's top two bits: 0..60 native,
+            // 80..120 WebSocket, 140..180 SSE, 200..240 long-poll.
+            0 => Action::Connect { dev, core: usize::from(op / 20), via: Via::from_top_bits(op) },
             1 | 2 => {
                 let (len, tail) = rest.split_first().map_or((0, rest), |(a, t)| (*a, t));
                 rest = tail;

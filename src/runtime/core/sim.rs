@@ -73,6 +73,40 @@ struct ClientState {
     at: Option<(usize, ConnKey)>,
     /// Server bytes taken from the pipe and not yet decoded.
     rx: BytesMut,
+    /// An SSE stream's state past its response head (`sse_events`).
+    sse: Option<Box<SseRx>>,
+}
+
+/// What an SSE client has decoded of its stream so far.
+#[derive(Default)]
+struct SseRx {
+    /// The event text un-chunked and not yet split into events.
+    text: String,
+    /// The last chunk came.
+    ended: bool,
+}
+
+/// One whole HTTP response (`http_responses`).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One SSE event (`sse_events`): its `event:`, `data:` and `id:` fields.
+#[derive(Debug, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+    pub id: Option<String>,
 }
 
 pub struct Sim {
@@ -239,7 +273,7 @@ impl Sim {
         let pipe = net::open(DEFAULT_CAPACITY);
         match self.cores[core].accept(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST)) {
             Ok(key) => {
-                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new() });
+                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None });
                 Ok(Client(self.clients.len() - 1))
             }
             Err(e) => {
@@ -254,6 +288,7 @@ impl Sim {
     pub fn forget(&mut self, c: Client) {
         let st = &mut self.clients[c.0];
         st.rx = BytesMut::new();
+        st.sse = None;
         net::with(st.pipe, |p| {
             p.to_client = BytesMut::new();
             p.to_server = BytesMut::new();
@@ -415,6 +450,112 @@ impl Sim {
             }
         }
         (status, frames, close)
+    }
+
+    // ----- SSE + POST and long-poll clients (WEB.md) -----------------
+
+    /// Writes `GET /v1/sse?connect=<base64url of f>` (no Origin: a native
+    /// client); the stream is read with [`Sim::sse_events`].
+    pub fn sse_open(&mut self, c: Client, f: &Frame) {
+        use base64::Engine as _;
+        let mut b = BytesMut::new();
+        f.encode(&mut b);
+        let q = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b);
+        let req = format!("GET /v1/sse?connect={q} HTTP/1.1\r\nHost: sim\r\nAccept: text/event-stream\r\n\r\n");
+        self.write_raw(c, req.as_bytes());
+    }
+
+    /// Writes `POST <path>` with `body` (Content-Length, keep-alive).
+    pub fn http_post(&mut self, c: Client, path: &str, body: &[u8]) {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: sim\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.write_raw(c, &req);
+    }
+
+    /// Every whole response (head and Content-Length body; none for 204)
+    /// the server wrote since the last call.
+    pub fn http_responses(&mut self, c: Client) -> Vec<HttpResponse> {
+        let st = &mut self.clients[c.0];
+        net::with(st.pipe, |p| {
+            st.rx.extend_from_slice(&p.to_client);
+            p.to_client.clear();
+        });
+        let mut out = Vec::new();
+        while let Some((status, headers, head_len)) = parse_head(&st.rx) {
+            let len = match headers.iter().find(|(n, _)| n == "content-length") {
+                Some((_, v)) => v.parse::<usize>().unwrap_or_else(|_| panic!("Content-Length {v:?}")),
+                None => 0,
+            };
+            assert!(
+                !headers.iter().any(|(n, _)| n == "transfer-encoding"),
+                "a chunked answer to a POST: {headers:?}"
+            );
+            if st.rx.len() < head_len + len {
+                break;
+            }
+            let mut r = st.rx.split_to(head_len + len);
+            let body = r.split_off(head_len).to_vec();
+            out.push(HttpResponse { status, headers, body });
+        }
+        out
+    }
+
+    /// An SSE stream: the response's status and headers (the first call
+    /// that finds them whole), every whole event since the last call (a
+    /// comment is an event with no field), and whether the last chunk came.
+    pub fn sse_events(&mut self, c: Client) -> (Option<HttpResponse>, Vec<SseEvent>, bool) {
+        let st = &mut self.clients[c.0];
+        net::with(st.pipe, |p| {
+            st.rx.extend_from_slice(&p.to_client);
+            p.to_client.clear();
+        });
+        let mut head = None;
+        if st.sse.is_none() {
+            let Some((status, headers, head_len)) = parse_head(&st.rx) else { return (None, Vec::new(), false) };
+            let _ = st.rx.split_to(head_len);
+            st.sse = Some(Box::default());
+            head = Some(HttpResponse { status, headers, body: Vec::new() });
+        }
+        let Some(sse) = st.sse.as_mut() else { return (head, Vec::new(), false) };
+        // Un-chunk what is whole.
+        while !sse.ended {
+            let Some(eol) = st.rx.windows(2).position(|w| w == b"\r\n") else { break };
+            let n = std::str::from_utf8(&st.rx[..eol])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("bad chunk size line {:?}", String::from_utf8_lossy(&st.rx[..eol])));
+            if st.rx.len() < eol + 2 + n + 2 {
+                break;
+            }
+            let chunk = st.rx.split_to(eol + 2 + n + 2);
+            assert_eq!(&chunk[eol + 2 + n..], b"\r\n", "a chunk not followed by CRLF");
+            if n == 0 {
+                sse.ended = true;
+                break;
+            }
+            sse.text.push_str(std::str::from_utf8(&chunk[eol + 2..eol + 2 + n]).expect("event text is UTF-8"));
+        }
+        let mut events = Vec::new();
+        while let Some(end) = sse.text.find("\n\n") {
+            let block: String = sse.text.drain(..end + 2).collect();
+            let mut e = SseEvent::default();
+            for line in block.lines() {
+                match line.split_once(": ") {
+                    _ if line.starts_with(':') => {}
+                    Some(("event", v)) => e.event = Some(v.to_string()),
+                    Some(("data", v)) => e.data.push_str(v),
+                    Some(("id", v)) => e.id = Some(v.to_string()),
+                    _ if line.is_empty() => {}
+                    _ => panic!("an SSE line the server should not write: {line:?}"),
+                }
+            }
+            events.push(e);
+        }
+        (head, events, sse.ended)
     }
 
     /// The server sent FIN (after its DISCONNECT).
@@ -619,6 +760,25 @@ impl Sim {
         let home = home_core(user, self.cores.len());
         self.cores[home].store.peek(user).bounds().1
     }
+}
+
+/// A whole response head at the start of `b`: status, headers (names in
+/// lower case) and the head's length.
+fn parse_head(b: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+    let end = b.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&b[..end]).expect("a response head is ASCII");
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some((status, headers, end + 4))
 }
 
 /// This driver's transport: the core's reads and writes on the pipes of

@@ -1,4 +1,4 @@
-//! The seeded random simulation of whole cores: random clients (native frames and WebSocket) connect, send, read, ack, stall, drop and reconnect while the driver interleaves the cores' I/O, mailboxes, timers and syncs at random; the delivery and bound invariants are checked after every step.
+//! The seeded random simulation of whole cores: random clients (native frames, WebSocket, SSE + POST and long-poll) connect, send, read, ack, stall, drop and reconnect while the driver interleaves the cores' I/O, mailboxes, timers and syncs at random; the delivery and bound invariants are checked after every step.
 //!
 //! quinn tests endpoints against each other in virtual time and FoundationDB
 //! made seeded simulation the way to find ordering bugs: a seed picks the
@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use super::sim::{Client, Sim, StoreKind, DEFAULT_CAPACITY};
+use super::sim::{Client, HttpResponse, Sim, StoreKind, DEFAULT_CAPACITY};
 use crate::config::Config;
 use crate::proto::error::sendack;
 use crate::proto::frame::{self, Frame, Utf8Bytes, FLAG_REDELIVERY};
@@ -133,13 +133,39 @@ impl Knobs {
     }
 }
 
+/// How a client reaches the server (WEB.md): the same frames and session
+/// rules over every one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Frames on the socket.
+    Native,
+    /// One binary message per frame after a `/v1/ws` upgrade.
+    Ws,
+    /// Server frames as events of a `GET /v1/sse` stream, client frames in
+    /// `POST /v1/send` bodies on keep-alive HTTP connections of their own.
+    Sse,
+    /// `POST /v1/lp/connect`, then `POST /v1/lp` polls on keep-alive HTTP
+    /// connections: client frames in their bodies, server frames in the
+    /// answers. The "connection" is the session.
+    LongPoll,
+}
+
+impl Via {
+    pub const ALL: [Via; 4] = [Via::Native, Via::Ws, Via::Sse, Via::LongPoll];
+
+    /// The transport named by a byte's top two bits (the fuzz target).
+    pub fn from_top_bits(b: u8) -> Via {
+        Via::ALL[usize::from(b >> 6)]
+    }
+}
+
 /// One step of the world.
 #[derive(Clone, Copy, Debug)]
 pub enum Action {
-    /// A device opens a new connection on `core` (WebSocket if `ws`),
-    /// CONNECT with its `last_seq`. If it has one already, the old one is
-    /// replaced (the server closes it with DISCONNECT 6).
-    Connect { dev: usize, core: usize, ws: bool },
+    /// A device opens a new connection on `core` over `via`, CONNECT with
+    /// its `last_seq`. If it has one already, the old one is replaced (the
+    /// server closes it with DISCONNECT 6).
+    Connect { dev: usize, core: usize, via: Via },
     /// A new SEND to user or group `to` (users first, then groups) with a
     /// payload of `len` bytes (clamped to at least the 12-byte tag).
     Send { dev: usize, to: usize, len: usize },
@@ -152,7 +178,8 @@ pub enum Action {
     /// server's output buffer).
     ToggleRead { dev: usize },
     ToggleAck { dev: usize },
-    /// The device half-closes its connection (FIN) and forgets it.
+    /// The device half-closes its connection (FIN) and forgets it (SSE:
+    /// the stream and its POST connections; long-poll: stops polling).
     HangUp { dev: usize },
     /// Bytes that are not a valid frame (a broken client).
     Garbage { dev: usize, byte: u8 },
@@ -178,8 +205,11 @@ enum Phase {
 }
 
 struct Conn {
+    /// The socket (SSE: the stream; long-poll: the connect request's).
     client: Client,
-    ws: bool,
+    via: Via,
+    /// SSE and long-poll: the session's HTTP side.
+    web: Option<Box<WebConn>>,
     phase: Phase,
     /// The CONNECT's last_seq.
     last_seq: u64,
@@ -188,11 +218,34 @@ struct Conn {
     acked_sent: u64,
     reading: bool,
     acking: bool,
-    /// The upgrade's 101 came (WebSocket).
-    upgraded: bool,
     /// The client half-closed it; what still arrives is read and checked.
     hung: bool,
     id: u64,
+}
+
+/// The HTTP side of an SSE or long-poll session.
+#[derive(Default)]
+struct WebConn {
+    /// From the stream's `session` event (SSE) or `X-Ringgate-Session`.
+    sid: Option<String>,
+    /// Keep-alive HTTP connections for POSTs (SSE) or polls (long-poll),
+    /// each with the request it has unanswered: one at a time on each, so
+    /// a held poll never holds frames up behind it.
+    http: Vec<(Client, Option<Req>)>,
+    /// Client frames not sent yet: written before the sid was known, or
+    /// refused with 429, or on a connection that closed unanswered.
+    backlog: Vec<u8>,
+    /// The core the next HTTP connection is accepted on (they move to the
+    /// session's core with their first request).
+    next_core: usize,
+    /// Long-poll: the server said the sid is unknown (404).
+    gone: bool,
+}
+
+struct Req {
+    /// `POST /v1/lp/connect` (its answer is the CONNACK).
+    connect: bool,
+    body: Vec<u8>,
 }
 
 struct Pending {
@@ -316,36 +369,96 @@ impl World {
         self.devices[dev].conns.last_mut().filter(|c| c.phase != Phase::Done && !c.hung)
     }
 
-    fn write(&mut self, c: Client, ws: bool, f: &Frame) {
-        if ws {
-            self.sim.ws_write(c, f);
-        } else {
-            self.sim.write(c, f);
+    /// The index of `dev`'s current connection.
+    fn current_at(&self, dev: usize) -> Option<usize> {
+        let conns = &self.devices[dev].conns;
+        conns.last().filter(|c| c.phase != Phase::Done && !c.hung).map(|_| conns.len() - 1)
+    }
+
+    /// Writes `f` on connection `i` of `dev`, framed for its transport.
+    fn write(&mut self, dev: usize, i: usize, f: &Frame) {
+        let c = &self.devices[dev].conns[i];
+        match c.via {
+            Via::Native => self.sim.write(c.client, f),
+            Via::Ws => self.sim.ws_write(c.client, f),
+            Via::Sse | Via::LongPoll => {
+                let mut b = bytes::BytesMut::new();
+                f.encode(&mut b);
+                self.web_send(dev, i, &b);
+            }
         }
+    }
+
+    /// Client frames for an SSE or long-poll session: in the body of a
+    /// request on an idle HTTP connection (a new one if none is idle), or
+    /// kept until the sid is known.
+    fn web_send(&mut self, dev: usize, i: usize, frames: &[u8]) {
+        let cores = self.sim.cores.len();
+        let c = &mut self.devices[dev].conns[i];
+        let via = c.via;
+        let Some(w) = c.web.as_mut() else { return };
+        w.backlog.extend_from_slice(frames);
+        let Some(sid) = w.sid.clone() else { return };
+        let body = std::mem::take(&mut w.backlog);
+        let sim = &mut self.sim;
+        // Idle connections the server closed (keep-alive idle) are dropped.
+        w.http.retain(|(h, req)| {
+            let dead = req.is_none() && (sim.closed(*h) || sim.server_fin(*h));
+            if dead {
+                sim.hang_up(*h);
+                sim.forget(*h);
+            }
+            !dead
+        });
+        let at = match w.http.iter().position(|(_, r)| r.is_none()) {
+            Some(at) => at,
+            None => {
+                let core = w.next_core % cores;
+                w.next_core = w.next_core.wrapping_add(1);
+                match sim.try_connect_at(core) {
+                    Ok(h) => {
+                        w.http.push((h, None));
+                        w.http.len() - 1
+                    }
+                    Err(_) => {
+                        w.backlog = body;
+                        return;
+                    }
+                }
+            }
+        };
+        let path = match via {
+            Via::Sse => format!("/v1/send?sid={sid}"),
+            _ => format!("/v1/lp?sid={sid}"),
+        };
+        sim.http_post(w.http[at].0, &path, &body);
+        w.http[at].1 = Some(Req { connect: false, body });
     }
 
     /// Applies one action, then checks the bounds.
     pub fn apply(&mut self, a: Action) -> Result<(), Violation> {
         self.tally.events += 1;
         match a {
-            Action::Connect { dev, core, ws } => self.connect(dev % self.devices.len(), core % self.sim.cores.len(), ws),
+            Action::Connect { dev, core, via } => self.connect(dev % self.devices.len(), core % self.sim.cores.len(), via),
             Action::Send { dev, to, len } => self.send(dev % self.devices.len(), to % self.target_count(), len),
             Action::Retry { dev } => self.retry(dev % self.devices.len()),
             Action::Read { dev } => self.read(dev % self.devices.len())?,
             Action::Ping { dev } => {
                 let dev = dev % self.devices.len();
-                if let Some(c) = self.current(dev).filter(|c| c.phase == Phase::Open) {
-                    let (client, ws) = (c.client, c.ws);
-                    self.write(client, ws, &Frame::Ping { nonce: 7 });
+                if let Some(i) = self.current_at(dev).filter(|&i| self.devices[dev].conns[i].phase == Phase::Open) {
+                    self.write(dev, i, &Frame::Ping { nonce: 7 });
                 }
             }
             Action::ToggleRead { dev } => {
                 let dev = dev % self.devices.len();
                 if let Some(c) = self.current(dev) {
                     c.reading = !c.reading;
-                    let (client, reading) = (c.client, c.reading);
-                    // A reader that stops takes (almost) nothing more from the socket.
-                    self.sim.set_capacity(client, if reading { DEFAULT_CAPACITY } else { 64 });
+                    let (client, reading, via) = (c.client, c.reading, c.via);
+                    // A reader that stops takes (almost) nothing more from the
+                    // socket (long-poll: it stops polling).
+                    if via != Via::LongPoll {
+                        self.sim.set_capacity(client, if reading { DEFAULT_CAPACITY } else { 64 });
+                    }
                 }
             }
             Action::ToggleAck { dev } => {
@@ -356,24 +469,32 @@ impl World {
             }
             Action::HangUp { dev } => {
                 let dev = dev % self.devices.len();
-                if let Some(c) = self.current(dev) {
+                if let Some(i) = self.current_at(dev) {
+                    let c = &mut self.devices[dev].conns[i];
                     c.hung = true;
-                    let client = c.client;
-                    self.sim.hang_up(client);
+                    Self::hang_up_conn(&mut self.sim, c);
                 }
             }
             Action::Garbage { dev, byte } => {
                 let dev = dev % self.devices.len();
-                if let Some(c) = self.current(dev) {
-                    let (client, ws) = (c.client, c.ws);
+                if let Some(i) = self.current_at(dev) {
+                    let c = &self.devices[dev].conns[i];
+                    let (client, via) = (c.client, c.via);
                     // Length 2, type `byte`: an unknown type or a truncated
                     // frame, a protocol error either way (DISCONNECT 1).
                     let bad = [0, 0, 0, 2, byte | 0x80, 0];
-                    if ws {
+                    match via {
                         // Not one frame per message: DISCONNECT 1, close 4001.
-                        self.sim.ws_write_raw_message(client, &bad[..5]);
-                    } else {
-                        self.sim.write_raw(client, &bad);
+                        Via::Ws => self.sim.ws_write_raw_message(client, &bad[..5]),
+                        Via::Native => self.sim.write_raw(client, &bad),
+                        // A POST or poll body that breaks the protocol: 400,
+                        // DISCONNECT 1 on the stream or the next poll (only
+                        // once the sid is known: before, it is not sent yet).
+                        Via::Sse | Via::LongPoll => {
+                            if self.devices[dev].conns[i].web.as_ref().is_some_and(|w| w.sid.is_some() && w.backlog.is_empty()) {
+                                self.web_send(dev, i, &bad);
+                            }
+                        }
                     }
                 }
             }
@@ -401,7 +522,29 @@ impl World {
         self.check_bounds()
     }
 
-    fn connect(&mut self, dev: usize, core: usize, ws: bool) {
+    /// The client closes every socket of `c` (FIN).
+    fn hang_up_conn(sim: &mut Sim, c: &Conn) {
+        if c.via != Via::LongPoll {
+            sim.hang_up(c.client);
+        }
+        for (h, _) in c.web.iter().flat_map(|w| w.http.iter()) {
+            sim.hang_up(*h);
+        }
+    }
+
+    /// The server is done with every socket of `c`.
+    fn all_closed(sim: &Sim, c: &Conn) -> bool {
+        (c.via == Via::LongPoll || sim.closed(c.client)) && c.web.iter().flat_map(|w| w.http.iter()).all(|(h, _)| sim.closed(*h))
+    }
+
+    fn forget_conn(sim: &mut Sim, c: &Conn) {
+        sim.forget(c.client);
+        for (h, _) in c.web.iter().flat_map(|w| w.http.iter()) {
+            sim.forget(*h);
+        }
+    }
+
+    fn connect(&mut self, dev: usize, core: usize, via: Via) {
         // A device keeps at most two connections (the new one and the one
         // it replaces): connections it is done with are dropped unread.
         if self.devices[dev].conns.len() >= 2 {
@@ -409,8 +552,8 @@ impl World {
             self.devices[dev].conns.retain(|c| {
                 let drop = c.phase == Phase::Done || c.hung;
                 if drop {
-                    sim.hang_up(c.client);
-                    sim.forget(c.client);
+                    Self::hang_up_conn(sim, c);
+                    Self::forget_conn(sim, c);
                 }
                 !drop
             });
@@ -422,22 +565,37 @@ impl World {
         self.tally.connects += 1;
         let d = &self.devices[dev];
         let f = self.sim.connect_frame(&self.users[d.user], &d.name, 0, d.have);
-        if ws {
-            self.sim.ws_upgrade(client);
+        let mut web = None;
+        match via {
+            Via::Native => self.sim.write(client, &f),
+            Via::Ws => {
+                self.sim.ws_upgrade(client);
+                self.sim.ws_write(client, &f);
+            }
+            Via::Sse => {
+                self.sim.sse_open(client, &f);
+                web = Some(Box::new(WebConn { next_core: core + 1, ..WebConn::default() }));
+            }
+            Via::LongPoll => {
+                let mut body = bytes::BytesMut::new();
+                f.encode(&mut body);
+                self.sim.http_post(client, "/v1/lp/connect", &body);
+                let req = Req { connect: true, body: body.to_vec() };
+                web = Some(Box::new(WebConn { next_core: core + 1, http: vec![(client, Some(req))], ..WebConn::default() }));
+            }
         }
-        self.write(client, ws, &f);
         let (have, id) = (self.devices[dev].have, self.next_conn_id);
         self.next_conn_id += 1;
         self.devices[dev].conns.push(Conn {
             client,
-            ws,
+            via,
+            web,
             phase: Phase::Connecting,
             last_seq: have,
             highest: have,
             acked_sent: have,
             reading: true,
             acking: true,
-            upgraded: !ws,
             hung: false,
             id,
         });
@@ -457,8 +615,8 @@ impl World {
     }
 
     fn send(&mut self, dev: usize, to: usize, len: usize) {
-        let Some(c) = self.current(dev).filter(|c| c.phase == Phase::Open) else { return };
-        let (client, ws, on) = (c.client, c.ws, c.id);
+        let Some(i) = self.current_at(dev).filter(|&i| self.devices[dev].conns[i].phase == Phase::Open) else { return };
+        let on = self.devices[dev].conns[i].id;
         // Dedup remembers the last 1024 ids per device: an id older than
         // that may legitimately be stored twice, so it is not retried.
         if self.devices[dev].unconfirmed.len() >= 64 {
@@ -468,19 +626,19 @@ impl World {
         let cmid = self.devices[dev].next_cmid;
         self.devices[dev].next_cmid += 1;
         let f = self.send_frame(dev, cmid, to, len);
-        self.write(client, ws, &f);
+        self.write(dev, i, &f);
         self.devices[dev].unconfirmed.insert(cmid, Pending { to, len, on });
         self.tally.sends += 1;
     }
 
     fn retry(&mut self, dev: usize) {
-        let Some(c) = self.current(dev).filter(|c| c.phase == Phase::Open) else { return };
-        let (client, ws, on) = (c.client, c.ws, c.id);
+        let Some(i) = self.current_at(dev).filter(|&i| self.devices[dev].conns[i].phase == Phase::Open) else { return };
+        let on = self.devices[dev].conns[i].id;
         let Some((&cmid, p)) = self.devices[dev].unconfirmed.iter_mut().next() else { return };
         p.on = on;
         let (to, len) = (p.to, p.len);
         let f = self.send_frame(dev, cmid, to, len);
-        self.write(client, ws, &f);
+        self.write(dev, i, &f);
     }
 
     /// Reads every connection of `dev` that reads, checks what came, acks.
@@ -490,46 +648,202 @@ impl World {
             if !c.reading && c.phase != Phase::Done && !c.hung {
                 continue;
             }
-            let (client, ws) = (c.client, c.ws);
-            let (status, frames, close) = if ws {
-                self.sim.ws_frames(client)
-            } else {
-                (None, self.sim.frames(client), None)
-            };
-            if let Some(s) = status {
-                if !s.starts_with("HTTP/1.1 101") {
-                    return Err(format!("device {dev}: upgrade answered {s:?}"));
+            let (client, via) = (c.client, c.via);
+            let (frames, ended) = match via {
+                Via::Native => (self.sim.frames(client), false),
+                Via::Ws => {
+                    let (status, frames, close) = self.sim.ws_frames(client);
+                    if let Some(s) = status {
+                        if !s.starts_with("HTTP/1.1 101") {
+                            return Err(format!("device {dev}: upgrade answered {s:?}"));
+                        }
+                    }
+                    (frames, close.is_some())
                 }
-                self.devices[dev].conns[i].upgraded = true;
-            }
+                Via::Sse => self.sse_read(dev, i)?,
+                Via::LongPoll => self.lp_read(dev, i)?,
+            };
             for f in frames {
                 self.on_frame(dev, i, f)?;
             }
             let c = &mut self.devices[dev].conns[i];
-            if close.is_some() || self.sim.server_fin(client) || self.sim.closed(client) {
+            let lost = match via {
+                // A long-poll session has no socket: it ended when a poll
+                // answered 404 (its final DISCONNECT was not polled in time).
+                Via::LongPoll => c.web.as_ref().is_some_and(|w| w.gone),
+                _ => self.sim.server_fin(client) || self.sim.closed(client),
+            };
+            if ended || lost {
                 c.phase = Phase::Done;
             }
             if c.phase == Phase::Done && !c.hung {
-                // A client closes its socket once the server said goodbye.
+                // A client closes its sockets once the server said goodbye.
                 c.hung = true;
-                self.sim.hang_up(client);
+                Self::hang_up_conn(&mut self.sim, c);
             }
             if c.phase == Phase::Open && !c.hung && c.acking && c.highest > c.acked_sent {
                 c.acked_sent = c.highest;
                 let seq = c.highest;
-                self.write(client, ws, &Frame::PushAck { seq });
+                self.write(dev, i, &Frame::PushAck { seq });
+            }
+            let c = &self.devices[dev].conns[i];
+            if c.phase == Phase::Open && !c.hung && c.web.as_ref().is_some_and(|w| !w.backlog.is_empty()) {
+                // Frames held back (no sid yet, 429, a lost request) go now.
+                self.web_send(dev, i, &[]);
+            }
+            let c = &self.devices[dev].conns[i];
+            if c.via == Via::LongPoll && c.phase == Phase::Open && !c.hung {
+                // A polling client keeps one poll open.
+                if c.web.as_ref().is_some_and(|w| w.sid.is_some() && w.http.iter().all(|(_, r)| r.is_none())) {
+                    self.web_send(dev, i, &[]);
+                }
             }
         }
         // Closed connections the server is done with are forgotten.
         let sim = &mut self.sim;
         self.devices[dev].conns.retain(|c| {
-            let gone = (c.phase == Phase::Done || c.hung) && sim.closed(c.client);
+            let gone = (c.phase == Phase::Done || c.hung) && Self::all_closed(sim, c);
             if gone {
-                sim.forget(c.client);
+                Self::forget_conn(sim, c);
             }
             !gone
         });
         Ok(())
+    }
+
+    /// The answers on `dev`'s connection `i`'s HTTP connections, checked:
+    /// each one's request is done (a body refused with 429, or left
+    /// unanswered by a connection that closed, goes back to the backlog;
+    /// closed connections are dropped). Returns (request, answer) pairs.
+    fn http_answers(&mut self, dev: usize, i: usize) -> Result<Vec<(Req, HttpResponse)>, Violation> {
+        let sim = &mut self.sim;
+        let Some(w) = self.devices[dev].conns[i].web.as_mut() else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (h, req) in w.http.iter_mut() {
+            for r in sim.http_responses(*h) {
+                let Some(q) = req.take() else {
+                    return Err(format!("device {dev}: an HTTP answer {} to no request", r.status));
+                };
+                if r.status == 429 {
+                    w.backlog.extend_from_slice(&q.body);
+                }
+                out.push((q, r));
+            }
+            if sim.closed(*h) || sim.server_fin(*h) {
+                if let Some(q) = req.take() {
+                    if q.connect {
+                        return Err(format!("device {dev}: the long-poll connect request's connection closed unanswered"));
+                    }
+                    w.backlog.extend_from_slice(&q.body);
+                }
+            }
+        }
+        w.http.retain(|(h, req)| {
+            let dead = req.is_none() && (sim.closed(*h) || sim.server_fin(*h));
+            if dead {
+                sim.hang_up(*h);
+                sim.forget(*h);
+            }
+            !dead
+        });
+        Ok(out)
+    }
+
+    /// An SSE session: its stream's events (frames, the sid) and the
+    /// answers to its POSTs. Returns the frames and whether the stream ended.
+    fn sse_read(&mut self, dev: usize, i: usize) -> Result<(Vec<Frame>, bool), Violation> {
+        let client = self.devices[dev].conns[i].client;
+        let (head, events, ended) = self.sim.sse_events(client);
+        if let Some(h) = head {
+            if h.status != 200 || h.header("content-type") != Some("text/event-stream") {
+                return Err(format!("device {dev}: GET /v1/sse answered {} {:?}", h.status, h.headers));
+            }
+        }
+        let mut frames = Vec::new();
+        for e in events {
+            match e.event.as_deref() {
+                Some("frame") => {
+                    use base64::Engine as _;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(&e.data)
+                        .map_err(|x| format!("device {dev}: SSE data not base64 ({x}): {:?}", e.data))?;
+                    let mut b = bytes::BytesMut::from(&raw[..]);
+                    let f = match frame::decode(&mut b, u32::MAX) {
+                        Ok(Some(f)) if b.is_empty() => f,
+                        other => return Err(format!("device {dev}: an SSE event that is not exactly one frame: {other:?}")),
+                    };
+                    let want = match &f {
+                        Frame::Push(p) => Some(p.seq.to_string()),
+                        _ => None,
+                    };
+                    if e.id != want {
+                        return Err(format!("device {dev}: SSE event id {:?} on {f:?}", e.id));
+                    }
+                    frames.push(f);
+                }
+                Some("session") => {
+                    let w = self.devices[dev].conns[i].web.as_mut().expect("an SSE connection has its web side");
+                    if w.sid.is_some() || e.data.is_empty() {
+                        return Err(format!("device {dev}: a second or empty session event {:?}", e.data));
+                    }
+                    w.sid = Some(e.data);
+                }
+                None if e.data.is_empty() && e.id.is_none() => {}
+                _ => return Err(format!("device {dev}: unexpected SSE event {e:?}")),
+            }
+        }
+        for (_, r) in self.http_answers(dev, i)? {
+            // 204 done; 400 a broken body (DISCONNECT 1 on the stream);
+            // 404 the session ended (its stream says how); 429 resent.
+            if !matches!(r.status, 204 | 400 | 404 | 429) {
+                return Err(format!("device {dev}: POST /v1/send answered {} {:?}", r.status, String::from_utf8_lossy(&r.body)));
+            }
+        }
+        Ok((frames, ended))
+    }
+
+    /// A long-poll session: the answers to its connect request and polls.
+    /// Returns the frames they carried (never "ended": see `WebConn::gone`).
+    fn lp_read(&mut self, dev: usize, i: usize) -> Result<(Vec<Frame>, bool), Violation> {
+        let mut frames = Vec::new();
+        for (q, r) in self.http_answers(dev, i)? {
+            let decode = |body: &[u8]| -> Result<Vec<Frame>, Violation> {
+                let mut b = bytes::BytesMut::from(body);
+                let mut fs = Vec::new();
+                loop {
+                    match frame::decode(&mut b, u32::MAX) {
+                        Ok(Some(f)) => fs.push(f),
+                        Ok(None) if b.is_empty() => return Ok(fs),
+                        other => return Err(format!("device {dev}: a poll body that is not whole frames: {other:?}")),
+                    }
+                }
+            };
+            let w = self.devices[dev].conns[i].web.as_mut().expect("a long-poll connection has its web side");
+            match (q.connect, r.status) {
+                (true, 200) => {
+                    let fs = decode(&r.body)?;
+                    let ok = matches!(&fs[..], [Frame::ConnAck(a)] if a.status == 0);
+                    if !matches!(&fs[..], [Frame::ConnAck(_)]) {
+                        return Err(format!("device {dev}: /v1/lp/connect answered {fs:?}, not one CONNACK"));
+                    }
+                    match (ok, r.header("x-ringgate-session")) {
+                        (true, Some(sid)) => w.sid = Some(sid.to_string()),
+                        (false, None) => {}
+                        (_, sid) => return Err(format!("device {dev}: CONNACK {fs:?} with session header {sid:?}")),
+                    }
+                    frames.extend(fs);
+                }
+                (false, 200) => frames.extend(decode(&r.body)?),
+                // The poll ran its time or a newer one ended it; a broken
+                // body (DISCONNECT 1 on the next poll); resent after 429.
+                (false, 204 | 400 | 429) => {}
+                (false, 404) => w.gone = true,
+                (_, s) => {
+                    return Err(format!("device {dev}: long-poll request answered {s} {:?}", String::from_utf8_lossy(&r.body)));
+                }
+            }
+        }
+        Ok((frames, false))
     }
 
     fn on_frame(&mut self, dev: usize, i: usize, f: Frame) -> Result<(), Violation> {
@@ -777,7 +1091,7 @@ impl World {
                     }
                 }
                 let core = dev % self.sim.cores.len();
-                self.connect(dev, core, dev % 2 == 1);
+                self.connect(dev, core, Via::ALL[dev % Via::ALL.len()]);
             }
             self.checkpoint()?;
         }
@@ -812,7 +1126,16 @@ impl World {
         let dev = rng.below(self.devices.len() as u64) as usize;
         let core = rng.below(self.sim.cores.len() as u64) as usize;
         match rng.below(1000) {
-            0..=39 => Action::Connect { dev, core, ws: rng.chance(400) },
+            0..=39 => {
+                // Native a third of the time; the rest over the web transports.
+                let via = match rng.below(12) {
+                    0..=3 => Via::Native,
+                    4..=6 => Via::Ws,
+                    7..=9 => Via::Sse,
+                    _ => Via::LongPoll,
+                };
+                Action::Connect { dev, core, via }
+            }
             40..=219 => {
                 let max = self.knobs.max_payload_bytes as usize;
                 let len = match rng.below(10) {
