@@ -75,6 +75,8 @@ struct ClientState {
     rx: BytesMut,
     /// An SSE stream's state past its response head (`sse_events`).
     sse: Option<Box<SseRx>>,
+    /// Server bytes ever moved into `rx` (the offset of `rx`'s end).
+    taken: u64,
 }
 
 /// What an SSE client has decoded of its stream so far.
@@ -89,6 +91,9 @@ struct SseRx {
 /// One whole HTTP response (`http_responses`).
 #[derive(Debug)]
 pub struct HttpResponse {
+    /// When the server wrote it (the network's write counter): answers on
+    /// different connections are ordered by it, as a client sees them arrive.
+    pub written_at: u64,
     pub status: u16,
     /// Names in lower case.
     pub headers: Vec<(String, String)>,
@@ -273,7 +278,7 @@ impl Sim {
         let pipe = net::open(DEFAULT_CAPACITY);
         match self.cores[core].accept(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST)) {
             Ok(key) => {
-                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None });
+                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None, taken: 0 });
                 Ok(Client(self.clients.len() - 1))
             }
             Err(e) => {
@@ -474,6 +479,7 @@ impl Sim {
         .into_bytes();
         req.extend_from_slice(body);
         self.write_raw(c, &req);
+        net::with(self.clients[c.0].pipe, |p| p.stamped = true);
     }
 
     /// Every whole response (head and Content-Length body; none for 204)
@@ -482,6 +488,7 @@ impl Sim {
         let st = &mut self.clients[c.0];
         net::with(st.pipe, |p| {
             st.rx.extend_from_slice(&p.to_client);
+            st.taken += p.to_client.len() as u64;
             p.to_client.clear();
         });
         let mut out = Vec::new();
@@ -499,7 +506,15 @@ impl Sim {
             }
             let mut r = st.rx.split_to(head_len + len);
             let body = r.split_off(head_len).to_vec();
-            out.push(HttpResponse { status, headers, body });
+            // The write its first byte came in.
+            let at = st.taken - (st.rx.len() + r.len()) as u64;
+            let written_at = net::with(st.pipe, |p| {
+                while p.stamps.len() > 1 && p.stamps[1].0 <= at {
+                    p.stamps.pop_front();
+                }
+                p.stamps.front().map_or(0, |s| s.1)
+            });
+            out.push(HttpResponse { written_at, status, headers, body });
         }
         out
     }
@@ -518,7 +533,7 @@ impl Sim {
             let Some((status, headers, head_len)) = parse_head(&st.rx) else { return (None, Vec::new(), false) };
             let _ = st.rx.split_to(head_len);
             st.sse = Some(Box::default());
-            head = Some(HttpResponse { status, headers, body: Vec::new() });
+            head = Some(HttpResponse { written_at: 0, status, headers, body: Vec::new() });
         }
         let Some(sse) = st.sse.as_mut() else { return (head, Vec::new(), false) };
         // Un-chunk what is whole.
@@ -830,10 +845,18 @@ pub mod net {
         pub server_fin: bool,
         /// The server dropped the socket (its connection task ended).
         pub closed: bool,
+        /// Record when each server write happened (HTTP request pipes).
+        pub stamped: bool,
+        /// Server bytes ever written (the offset of `to_client`'s end).
+        pub sent_total: u64,
+        /// (offset of a write's first byte, the write's number), while stamped.
+        pub stamps: std::collections::VecDeque<(u64, u64)>,
     }
 
     thread_local! {
         static NET: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+        /// Server writes so far, on every pipe (the stamps' clock).
+        static WRITES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     /// Forgets every pipe of this thread (a new simulation starts).
@@ -883,6 +906,14 @@ pub mod net {
             }
             let n = buf.len().min(room);
             p.to_client.extend_from_slice(&buf[..n]);
+            if p.stamped && n > 0 {
+                let w = WRITES.with(|c| {
+                    c.set(c.get() + 1);
+                    c.get()
+                });
+                p.stamps.push_back((p.sent_total, w));
+            }
+            p.sent_total += n as u64;
             Ok(n)
         })
     }

@@ -714,7 +714,8 @@ impl World {
     /// The answers on `dev`'s connection `i`'s HTTP connections, checked:
     /// each one's request is done (a body refused with 429, or left
     /// unanswered by a connection that closed, goes back to the backlog;
-    /// closed connections are dropped). Returns (request, answer) pairs.
+    /// closed connections are dropped). Returns (request, answer) pairs in
+    /// the order the server wrote the answers, as a client sees them come.
     fn http_answers(&mut self, dev: usize, i: usize) -> Result<Vec<(Req, HttpResponse)>, Violation> {
         let sim = &mut self.sim;
         let Some(w) = self.devices[dev].conns[i].web.as_mut() else { return Ok(Vec::new()) };
@@ -746,6 +747,7 @@ impl World {
             }
             !dead
         });
+        out.sort_by_key(|(_, r)| r.written_at);
         Ok(out)
     }
 
@@ -878,7 +880,7 @@ impl World {
                     }
                     self.tally.redeliveries += 1;
                 } else if p.seq != c.highest + 1 {
-                    return Err(format!("device {dev}: seq {} after {}: a gap", p.seq, c.highest));
+                    return Err(format!("device {dev}: seq {} after {}: a gap ({:?}, connection {})", p.seq, c.highest, c.via, i + 1));
                 } else {
                     c.highest = p.seq;
                 }
