@@ -573,6 +573,20 @@ impl Sim {
         (head, events, sse.ended)
     }
 
+    /// The client's connection as the server holds it, for a failing
+    /// simulation's report.
+    pub fn describe(&self, c: Client) -> String {
+        let st = &self.clients[c.0];
+        let server = st.at.and_then(|(core, key)| {
+            let slot = self.cores[core].conns.get(key.idx as usize).filter(|s| s.gen == key.gen)?;
+            let conn = &slot.conn;
+            let http = conn.framing.http().map(|h| format!(" parked {} closing {} deadline {}", h.parked, h.closing, h.deadline_ms)).unwrap_or_default();
+            Some(format!("core {core}: {}{http} rbuf {} out {} dead {} woken {}", conn.framing.name(), conn.rbuf.len(), conn.unsent_bytes(), conn.dead, conn.woken))
+        });
+        let pipe = net::with(st.pipe, |p| format!("to_server {} to_client {} fin {} closed {}", p.to_server.len(), p.to_client.len(), p.client_fin, p.closed));
+        format!("{c:?} at {:?} [{}] {pipe}", st.at.map(|a| a.0), server.unwrap_or_default())
+    }
+
     /// The server sent FIN (after its DISCONNECT).
     pub fn server_fin(&self, c: Client) -> bool {
         net::with(self.clients[c.0].pipe, |p| p.server_fin)
