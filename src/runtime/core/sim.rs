@@ -581,7 +581,7 @@ impl Sim {
             let slot = self.cores[core].conns.get(key.idx as usize).filter(|s| s.gen == key.gen)?;
             let conn = &slot.conn;
             let http = conn.framing.http().map(|h| format!(" parked {} closing {} deadline {}", h.parked, h.closing, h.deadline_ms)).unwrap_or_default();
-            Some(format!("core {core}: {}{http} rbuf {} out {} dead {} woken {}", conn.framing.name(), conn.rbuf.len(), conn.unsent_bytes(), conn.dead, conn.woken))
+            Some(format!("core {core}: {}{http} rbuf {} out {} dead {} woken {} write_blocked {}", conn.framing.name(), conn.rbuf.len(), conn.unsent_bytes(), conn.dead, conn.woken, conn.write_blocked))
         });
         let pipe = net::with(st.pipe, |p| format!("to_server {} to_client {} fin {} closed {}", p.to_server.len(), p.to_client.len(), p.client_fin, p.closed));
         format!("{c:?} at {:?} [{}] {pipe}", st.at.map(|a| a.0), server.unwrap_or_default())
