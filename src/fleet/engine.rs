@@ -1,4 +1,9 @@
 //! The engine thread: a current-thread tokio runtime that runs every engine request of this node, the heartbeat and the notification subscriber.
+//!
+//! Here: the data connection (one engine or a Redis Cluster), the scripts,
+//! and a core's requests (SEND, CONNECT, fetch, repair, seq floor). The
+//! heartbeat is `heartbeat.rs`, the `rg:n` subscriber and the fleet-wide
+//! kick `pubsub.rs`, the admin API's operations `admin.rs`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -11,6 +16,13 @@ use redis::{Cmd, RedisFuture, Script, Value};
 use super::rules::{self, Cursor};
 use super::*;
 use crate::runtime::mesh::{home_core, CoreMsg, Mesh};
+
+mod admin;
+mod heartbeat;
+mod pubsub;
+
+use heartbeat::heartbeat;
+use pubsub::{subscriber, Control, MAX_CONTROLS};
 
 /// Entries one CONNECT or fetch loads at most; the rest follow by fetch.
 const LOAD_LIMIT: usize = 1024;
@@ -79,19 +91,6 @@ struct Eng {
     /// most (`admin.max_connections` bounds it).
     kicks: Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<(String, u64)>>>,
 }
-
-/// Work the subscriber hands to the engine thread (it needs engine calls
-/// or waits, which a push callback must not make).
-enum Control {
-    /// Another node's admin API kicks `user` fleet-wide: close here, answer `asker`.
-    Kick { asker: String, req: String, user: Arc<str> },
-    /// A node's answer to this node's kick `req`.
-    Kicked { req: String, node: String, closed: u64 },
-}
-
-/// Controls queued from the subscriber; beyond it they are dropped like a
-/// lost notification (an unanswered kick is a 503 the operator retries).
-const MAX_CONTROLS: usize = 1024;
 
 /// Starts the engine thread; returns at once (the engine may be down:
 /// requests then fail with typed errors until it is back).
@@ -500,137 +499,6 @@ impl Eng {
         self.timed(op, cmd.query_async::<T>(&mut c)).await
     }
 
-    /// A group's members; None when absent. The raw value is returned too
-    /// (a member edit compares and sets against it).
-    async fn group_raw(&self, group: &str) -> Result<Option<(String, Vec<String>)>, FleetError> {
-        let v: Option<String> = self.query(OP_GROUP, redis::cmd("GET").arg(scripts::group_key(group))).await?;
-        match v {
-            None => Ok(None),
-            Some(raw) => {
-                let m: Vec<String> =
-                    serde_json::from_str(&raw).map_err(|e| FleetError::Engine(format!("unreadable group {group:?}: {e}")))?;
-                Ok(Some((raw, m)))
-            }
-        }
-    }
-
-    async fn group_get(&self, group: &str) -> Result<Option<Vec<String>>, FleetError> {
-        Ok(self.group_raw(group).await?.map(|(_, m)| m))
-    }
-
-    /// The admin API's operations (module docs, "Groups, mutes, ...").
-    async fn admin(&self, op: AdminOp) -> Result<AdminAnswer, FleetError> {
-        match op {
-            AdminOp::GroupGet(g) => Ok(AdminAnswer::Members(self.group_get(&g).await?)),
-            AdminOp::GroupPut(g, members) => {
-                let raw = serde_json::to_string(&members).unwrap_or_else(|_| "[]".into());
-                let _: () = self.query(OP_GROUP, redis::cmd("SET").arg(scripts::group_key(&g)).arg(raw)).await?;
-                Ok(AdminAnswer::Members(Some(members)))
-            }
-            AdminOp::GroupEdit { group, add, remove } => {
-                // Compare and set: another node's edit in between makes
-                // this one start over on the newer list (bounded by the
-                // caller's engine_timeout_ms).
-                loop {
-                    let Some((raw, cur)) = self.group_raw(&group).await? else { return Ok(AdminAnswer::Members(None)) };
-                    let next = edit_members(cur, &add, &remove);
-                    let new = serde_json::to_string(&next).unwrap_or_else(|_| "[]".into());
-                    let set: i64 =
-                        self.invoke(OP_GROUP, self.scripts.group_cas.key(scripts::group_key(&group)).arg(&raw).arg(&new)).await?;
-                    if set == 1 {
-                        return Ok(AdminAnswer::Members(Some(next)));
-                    }
-                }
-            }
-            AdminOp::GroupDelete(g) => {
-                let n: i64 = self.query(OP_GROUP, redis::cmd("DEL").arg(scripts::group_key(&g))).await?;
-                Ok(AdminAnswer::Deleted(n > 0))
-            }
-            AdminOp::Mute { user, until_ms } => {
-                let key = scripts::mute_key(&user);
-                if until_ms > wall_ms() {
-                    // Expires by itself when the mute ends.
-                    let _: () = self.query(OP_MUTE, redis::cmd("SET").arg(&key).arg(until_ms).arg("PXAT").arg(until_ms)).await?;
-                } else {
-                    let _: i64 = self.query(OP_MUTE, redis::cmd("DEL").arg(&key)).await?;
-                }
-                Ok(AdminAnswer::Done)
-            }
-            AdminOp::User(user) => Ok(AdminAnswer::User(self.user_view(&user).await?)),
-            AdminOp::IdemClaim { key, pending, ttl_ms } => {
-                let v: Option<String> =
-                    self.invoke(OP_IDEM, self.scripts.idem_claim.key(scripts::idem_key(&key)).arg(&pending).arg(ttl_ms.max(1))).await?;
-                Ok(AdminAnswer::Idem(v))
-            }
-            AdminOp::Kick(user) => Ok(AdminAnswer::Kicked(self.kick(&user).await?)),
-            AdminOp::IdemFinish { key, pending, done, ttl_ms } => {
-                let _: i64 = self
-                    .invoke(OP_IDEM, self.scripts.idem_finish.key(scripts::idem_key(&key)).arg(&pending).arg(&done).arg(ttl_ms.max(1)))
-                    .await?;
-                Ok(AdminAnswer::Done)
-            }
-        }
-    }
-
-    /// The user's record (their slot) and the live nodes (the nodes' slot),
-    /// read together.
-    async fn user_view(&self, user: &str) -> Result<UserView, FleetError> {
-        let ttl = self.fleet.cfg.heartbeat_ms * 3;
-        let keys = ["h", "e", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
-        let mut pinv = self.scripts.presence.key(&keys[0]);
-        pinv.key(&keys[1]).key(&keys[2]).key(scripts::mute_key(user));
-        let mut linv = self.scripts.live.key("rg:{nodes}:z");
-        linv.arg(ttl);
-        let (p, live) = futures_util::future::join(self.invoke::<Value>(OP_PRESENCE, &mut pinv), self.invoke::<Vec<String>>(OP_PRESENCE, &mut linv)).await;
-        let (p, live) = (p?, live?);
-        let Value::Array(a) = p else { return Err(FleetError::Engine("unexpected presence reply".into())) };
-        let now = wall_ms();
-        let muted = int(a.get(2));
-        let mut view = UserView {
-            head_seq: int(a.first()),
-            oldest_seq: int(a.get(1)),
-            muted_until_ms: if muted > now { muted } else { 0 },
-            devices: Vec::new(),
-        };
-        if let Some(Value::Array(h)) = a.get(3) {
-            for pair in h.chunks(2) {
-                let (Some(Value::BulkString(d)), Some(Value::BulkString(r))) = (pair.first(), pair.get(1)) else { continue };
-                let (Ok(d), Ok(r)) = (std::str::from_utf8(d), std::str::from_utf8(r)) else { continue };
-                if let Some(rec) = parse_presence(d, r, &live) {
-                    view.devices.push(rec);
-                }
-            }
-        }
-        view.devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        Ok(view)
-    }
-
-    /// Once per engine: the config's `[groups]` seed an engine no node has
-    /// seeded yet (like an empty data directory on one node); afterwards
-    /// the engine's state wins. True when done (or nothing to do).
-    async fn seed_groups(&self) -> bool {
-        let first: Result<Option<String>, _> =
-            self.query(OP_GROUP, redis::cmd("SET").arg("rg:{groups}:seeded").arg(&*self.fleet.node_id).arg("NX")).await;
-        match first {
-            Ok(Some(_)) => {
-                for (g, m) in &self.seed_groups {
-                    let raw = serde_json::to_string(m).unwrap_or_else(|_| "[]".into());
-                    let r: Result<Option<String>, _> =
-                        self.query(OP_GROUP, redis::cmd("SET").arg(scripts::group_key(g)).arg(raw).arg("NX")).await;
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, group = %g, "cannot seed a group in the fleet engine");
-                    }
-                }
-                if !self.seed_groups.is_empty() {
-                    tracing::info!(groups = self.seed_groups.len(), "seeded the fleet engine's groups from [groups]");
-                }
-                true
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        }
-    }
-
     /// Raises `user`'s head past `floor` for the devices connected through
     /// an engine data loss, moving `moved` above it (`scripts::FLOOR`),
     /// then hands the inbox above `floor` to the core (the moved messages
@@ -654,141 +522,9 @@ impl Eng {
         }
     }
 
-    /// `DELETE /v1/users/{u}/connections` on the other live nodes: asks
-    /// them on `rg:n` (`X <me> <req> <len(user)> <user>`) and waits for each
-    /// one's answer (`C <node> <me> <req> <closed>`), asking once more
-    /// halfway (a subscriber may have been reconnecting). A live node that
-    /// does not answer makes it an error (503): the operator cannot be told
-    /// the user is off when a node may still hold a connection.
-    async fn kick(&self, user: &str) -> Result<u64, FleetError> {
-        let me = &*self.fleet.node_id;
-        let others: Vec<String> = self.fleet.live_nodes().iter().filter(|n| n.id != me).map(|n| n.id.clone()).collect();
-        if others.is_empty() {
-            return Ok(0);
-        }
-        let mut nonce = [0u8; 8];
-        let _ = getrandom::getrandom(&mut nonce);
-        let req = hex::encode(nonce);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Ok(mut k) = self.kicks.lock() {
-            k.insert(req.clone(), tx);
-        }
-        let ask = format!("X {me} {req} {} {user}", user.len());
-        let result = async {
-            let t0 = tokio::time::Instant::now();
-            let budget = self.timeout * 3 / 4;
-            let mut answered: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-            for round in 1..=2u32 {
-                let _: i64 = self.query(OP_PRESENCE, redis::cmd("PUBLISH").arg("rg:n").arg(&ask)).await?;
-                let until = t0 + budget * round / 2;
-                while !others.iter().all(|n| answered.contains_key(n)) {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some((node, closed))) => {
-                            let n = answered.entry(node).or_default();
-                            *n = (*n).max(closed);
-                        }
-                        _ => break,
-                    }
-                }
-                if others.iter().all(|n| answered.contains_key(n)) {
-                    return Ok(answered.values().sum());
-                }
-            }
-            let missing: Vec<&String> = others.iter().filter(|n| !answered.contains_key(*n)).collect();
-            Err(FleetError::Engine(format!("live nodes {missing:?} did not confirm the kick")))
-        }
-        .await;
-        if let Ok(mut k) = self.kicks.lock() {
-            k.remove(&req);
-        }
-        result
-    }
-
-    /// What the subscriber handed over (see [`Control`]).
-    async fn control(&self, c: Control) {
-        match c {
-            Control::Kick { asker, req, user } => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let core = home_core(&user, self.mesh.len());
-                self.mesh[core].post(CoreMsg::Admin(Box::new(crate::runtime::core::admin::AdminCmd::Kick { user, reply: tx })));
-                let wait = self.timeout / 2;
-                let Ok(Ok(closed)) = tokio::task::spawn_blocking(move || rx.recv_timeout(wait)).await else { return };
-                let answer = format!("C {} {asker} {req} {closed}", self.fleet.node_id);
-                if let Err(e) = self.query::<i64>(OP_PRESENCE, redis::cmd("PUBLISH").arg("rg:n").arg(answer)).await {
-                    tracing::warn!(error = %e, "fleet: cannot answer another node's kick");
-                }
-            }
-            Control::Kicked { req, node, closed } => {
-                if let Some(tx) = self.kicks.lock().ok().and_then(|k| k.get(&req).cloned()) {
-                    let _ = tx.send((node, closed));
-                }
-            }
-        }
-    }
-
-    /// Takes or renews this node's msg_id index (`fleet_msg_id`), every
-    /// heartbeat. While none is held the node mints no msg_id (SENDACK 5).
-    async fn renew_lease(&self, ttl_ms: u64) {
-        let asked = Instant::now();
-        let held = self.fleet.node_index().map_or(-1, |i| i as i64);
-        let mut inv = self.scripts.lease.key("rg:{nodes}:x");
-        inv.arg(&*self.fleet.node_id).arg(ttl_ms).arg(held).arg(1u64 << NODE_INDEX_BITS);
-        match self.invoke::<i64>(OP_HEARTBEAT, &mut inv).await {
-            Ok(i) if i >= 0 => {
-                if held != i {
-                    tracing::info!(index = i, "fleet: msg_id node index leased");
-                }
-                self.fleet.set_lease(i as u64, asked, ttl_ms);
-            }
-            Ok(_) => tracing::error!("fleet: every msg_id node index is held by a live node (at most {} nodes): SENDs get SENDACK 5", 1u64 << NODE_INDEX_BITS),
-            Err(e) => tracing::debug!(error = %e, "fleet: msg_id index lease not renewed"),
-        }
-    }
-
     async fn forget_intent(&self, intent: &str) {
         // Errors ignored: a leftover intent is forgotten by the sweep.
         let _ = self.query::<i64>(OP_DONE, redis::cmd("ZREM").arg(INTENTS).arg(intent)).await;
-    }
-
-    /// Completes group sends whose claim is older than `age_ms` and still
-    /// pending: the node that claimed them died (or its request failed)
-    /// before every copy was appended. Appends are idempotent by msg_id,
-    /// so a completion racing a client's retry still stores one copy per
-    /// member. Returns how many were completed.
-    async fn sweep_intents(&self, age_ms: u64) -> Result<usize, FleetError> {
-        let cutoff = wall_ms().saturating_sub(age_ms);
-        // The sweep's reads count as the heartbeat's (they run with it).
-        let stale: Vec<String> = self.query(OP_HEARTBEAT, redis::cmd("ZRANGEBYSCORE").arg(INTENTS).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(32)).await?;
-        let mut done = 0;
-        for intent in stale {
-            let Some((sender, device, cmid)) = rules::parse_intent(&intent) else {
-                self.forget_intent(&intent).await;
-                continue;
-            };
-            let Ok(cmid) = cmid.parse::<u64>() else {
-                self.forget_intent(&intent).await;
-                continue;
-            };
-            let dkey = scripts::dedup_key(sender, device, cmid);
-            let Ok(rec) = self.query::<Option<Vec<u8>>>(OP_HEARTBEAT, redis::cmd("HGET").arg(&dkey).arg(cmid)).await else { continue };
-            if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
-                let (max, cutoff) = self.retention_args();
-                let from: Arc<str> = Arc::from(sender);
-                let payload = Bytes::from(r.payload);
-                let targets: Vec<Arc<str>> = r.targets.into_iter().map(Arc::from).collect();
-                let key = rules::append_key(sender, device, cmid);
-                let appends = targets.iter().map(|t| self.append(t, &key, r.msg_id, r.ts, &from, &payload, max, cutoff));
-                if futures_util::future::join_all(appends).await.iter().any(|x| x.is_err()) {
-                    continue;
-                }
-                let rec = rules::done_record(r.msg_id, r.ts);
-                let _: i64 = self.invoke(OP_DONE, self.scripts.done.key(&dkey).arg(cmid).arg(rec)).await?;
-                tracing::info!(sender, device, client_msg_id = cmid, msg_id = r.msg_id, members = targets.len(), "completed a group send a node left unfinished");
-                done += 1;
-            }
-            self.forget_intent(&intent).await;
-        }
-        Ok(done)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -925,32 +661,6 @@ fn parse_entries(v: Option<&Value>) -> Result<Vec<Entry>, FleetError> {
     Ok(out)
 }
 
-/// A member edit: `add` appended (in order, once), then `remove` taken out.
-fn edit_members(cur: Vec<String>, add: &[String], remove: &[String]) -> Vec<String> {
-    let gone: std::collections::HashSet<&String> = remove.iter().collect();
-    let mut out: Vec<String> = cur.into_iter().filter(|m| !gone.contains(m)).collect();
-    let mut have: std::collections::HashSet<String> = out.iter().cloned().collect();
-    for a in add {
-        if !gone.contains(a) && have.insert(a.clone()) {
-            out.push(a.clone());
-        }
-    }
-    out
-}
-
-/// A presence record `node connected_at_ms acked_seq online [remote]`;
-/// online only while its node is in `live`.
-fn parse_presence(device: &str, rec: &str, live: &[String]) -> Option<DeviceRecord> {
-    let mut w = rec.split(' ');
-    let node = w.next()?.to_string();
-    let connected_at_ms = w.next()?.parse().ok()?;
-    let acked_seq = w.next()?.parse().ok()?;
-    let connected = w.next()? == "1";
-    let remote = w.next().filter(|r| !r.is_empty() && *r != "-").map(String::from);
-    let online = connected && live.iter().any(|n| *n == node);
-    Some(DeviceRecord { device_id: device.to_string(), node, connected_at_ms, acked_seq, online, remote })
-}
-
 fn int(v: Option<&Value>) -> u64 {
     match v {
         Some(Value::Int(i)) => (*i).max(0) as u64,
@@ -961,220 +671,6 @@ fn int(v: Option<&Value>) -> u64 {
 
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Every `heartbeat_ms`: record this node, list the live ones, readiness.
-async fn heartbeat(eng: Arc<Eng>) {
-    let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
-    let ttl = eng.fleet.cfg.heartbeat_ms * 3;
-    let mut durability_checked = false;
-    let mut seeded = false;
-    let mut tick = tokio::time::interval(hb);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let r: Result<Vec<String>, FleetError> = eng
-            .invoke(
-                OP_HEARTBEAT,
-                eng.scripts.heartbeat.key("rg:{nodes}:z").key("rg:{nodes}:i").arg(&*eng.fleet.node_id).arg(&eng.node_info).arg(ttl),
-            )
-            .await;
-        match r {
-            Ok(list) => {
-                eng.renew_lease(ttl).await;
-                if !seeded {
-                    seeded = eng.seed_groups().await;
-                }
-                let nodes: Vec<Node> = list
-                    .chunks(2)
-                    .filter_map(|p| {
-                        let mut w = p.get(1)?.split(' ');
-                        Some(Node {
-                            id: p[0].clone(),
-                            host: w.next()?.to_string(),
-                            port: w.next()?.parse().ok()?,
-                            transport: w.next()?.to_string(),
-                        })
-                    })
-                    .collect();
-                eng.fleet.set_live(nodes);
-                if !eng.fleet.engine_ok.swap(true, Relaxed) {
-                    tracing::info!("fleet engine reachable: serving");
-                }
-                eng.health.health.engine_down.store(false, Relaxed);
-                if !durability_checked {
-                    durability_checked = check_durability(&eng).await;
-                }
-                // Unfinished group sends older than a dead node's heartbeat
-                // window plus a request's longest life.
-                if let Err(e) = eng.sweep_intents(ttl + eng.fleet.cfg.engine_timeout_ms).await {
-                    tracing::debug!(error = %e, "group intent sweep");
-                }
-            }
-            Err(e) => {
-                if eng.fleet.engine_ok.swap(false, Relaxed) {
-                    tracing::error!(error = %e, "fleet engine unreachable: SENDs get SENDACK 5 and /readyz 503 until it is back");
-                }
-                eng.health.health.engine_down.store(true, Relaxed);
-            }
-        }
-    }
-}
-
-/// Reads `appendonly` and `appendfsync`: only `yes` + `always` loses
-/// nothing confirmed when the engine is killed. Returns false when the
-/// settings could not be read (tried again on the next heartbeat).
-async fn check_durability(eng: &Eng) -> bool {
-    let Ok(mut c) = eng.conn() else { return false };
-    let get = |c: &mut Conn, k: &'static str| {
-        let mut c = c.clone();
-        async move { redis::cmd("CONFIG").arg("GET").arg(k).query_async::<Vec<String>>(&mut c).await }
-    };
-    let (a, f) = (get(&mut c, "appendonly").await, get(&mut c, "appendfsync").await);
-    match (a, f) {
-        (Ok(a), Ok(f)) => {
-            let (a, f) = (a.get(1).cloned().unwrap_or_default(), f.get(1).cloned().unwrap_or_default());
-            let durable = a == "yes" && f == "always";
-            eng.fleet.metrics.durable.store(durable as u64, Relaxed);
-            if !durable {
-                let window = match (a.as_str(), f.as_str()) {
-                    ("yes", "everysec") => "about the last second of confirmed messages",
-                    ("yes", _) => "whatever the OS has not written back (appendfsync no)",
-                    _ => "everything since the last RDB snapshot (appendonly no)",
-                };
-                tracing::warn!(appendonly = %a, appendfsync = %f, "fleet engine settings allow loss: a kill -9 of the engine loses {window}; run it with appendonly yes, appendfsync always");
-            }
-            true
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "fleet engine: cannot read its persistence settings (CONFIG GET): treated as not durable");
-            eng.fleet.metrics.durable.store(0, Relaxed);
-            true
-        }
-    }
-}
-
-/// The notification subscriber: a RESP3 connection subscribed to `rg:n`,
-/// whose pushes go straight to the home cores' mailboxes (kicks to the
-/// engine thread). A PING every heartbeat notices a dead connection; then
-/// it subscribes again on the next seed URL that answers (a Redis Cluster
-/// broadcasts every PUBLISH to all of its nodes, so any reachable one will
-/// do, and a dead shard only moves the subscriber). What is published
-/// while it is away is found by the heartbeat's gap repair.
-async fn subscriber(eng: Arc<Eng>, ctl: tokio::sync::mpsc::Sender<Control>) {
-    let seeds = eng.fleet.cfg.redis.len().max(1);
-    let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
-    let mut seed = 0;
-    let mut failed = 0;
-    loop {
-        match subscribe_on(&eng, seed % seeds, &ctl).await {
-            Ok(()) => failed = 0,
-            Err(e) => {
-                tracing::debug!(seed = seed % seeds, error = %e, "fleet subscriber: seed not reachable");
-                failed += 1;
-            }
-        }
-        seed += 1;
-        if failed >= seeds {
-            // Every seed refused: wait a heartbeat before the next round.
-            failed = 0;
-            tokio::time::sleep(hb).await;
-        }
-    }
-}
-
-/// Subscribes on seed URL number `seed` and stays there while it answers
-/// PING. Ok when it was subscribed and then lost; Err when it never was.
-async fn subscribe_on(eng: &Arc<Eng>, seed: usize, ctl: &tokio::sync::mpsc::Sender<Control>) -> Result<(), String> {
-    let url = eng.fleet.cfg.redis.get(seed).ok_or("no seed URL")?;
-    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| e.to_string())?;
-    let rs = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(rs)).map_err(|e| e.to_string())?;
-    let me = eng.fleet.node_id.clone();
-    let mesh = eng.mesh.clone();
-    let ctl = ctl.clone();
-    let sender = move |p: redis::PushInfo| -> Result<(), redis::aio::SendError> {
-        if p.kind == redis::PushKind::Message {
-            if let Some(Value::BulkString(b)) = p.data.get(1) {
-                on_notification(&me, &mesh, &ctl, b);
-            }
-        }
-        Ok(())
-    };
-    let t = eng.timeout;
-    let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(t)).set_response_timeout(Some(t)).set_push_sender(sender);
-    let mut c = match tokio::time::timeout(t, client.get_multiplexed_async_connection_with_config(&cfg)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("connect timed out".into()),
-    };
-    match tokio::time::timeout(t, c.subscribe("rg:n")).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("SUBSCRIBE timed out".into()),
-    }
-    tracing::info!(seed, "fleet subscriber: subscribed to rg:n");
-    let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
-    loop {
-        tokio::time::sleep(hb).await;
-        if !matches!(tokio::time::timeout(t, redis::cmd("PING").query_async::<Value>(&mut c)).await, Ok(Ok(_))) {
-            tracing::warn!(seed, "fleet subscriber: connection lost; subscribing again (gap repair covers the meantime)");
-            return Ok(());
-        }
-    }
-}
-
-/// One message of `rg:n` (`scripts.rs`): hands it to the user's home core,
-/// or a kick to the engine thread.
-fn on_notification(me: &str, mesh: &Mesh, ctl: &tokio::sync::mpsc::Sender<Control>, b: &[u8]) {
-    let mut c = Cursor(b);
-    let Some(kind) = c.word() else { return };
-    let Some(node) = c.word() else { return };
-    if node == me.as_bytes() {
-        return;
-    }
-    let text = |w: &[u8]| std::str::from_utf8(w).ok().map(String::from);
-    match kind {
-        b"A" => {
-            let Some(seq) = c.num() else { return };
-            let Some(n) = c.num() else { return };
-            let Some(user) = c.take(n as usize).and_then(|u| std::str::from_utf8(u).ok()) else { return };
-            let user: Arc<str> = Arc::from(user);
-            let Some(entry) = parse_entry(seq, c.rest()) else { return };
-            let core = home_core(&user, mesh.len());
-            mesh[core].post(CoreMsg::Fleet(Box::new(Event::Entries {
-                user,
-                oldest: 0,
-                head: 0,
-                entries: vec![entry],
-                fetched: false,
-                repaired: false,
-            })));
-        }
-        b"K" => {
-            let Some(n) = c.num() else { return };
-            let Some(user) = c.take(n as usize).and_then(|u| std::str::from_utf8(u).ok()) else { return };
-            let Ok(device) = std::str::from_utf8(c.rest()) else { return };
-            let user: Arc<str> = Arc::from(user);
-            let core = home_core(&user, mesh.len());
-            mesh[core].post(CoreMsg::Fleet(Box::new(Event::Kick { user, device: Arc::from(device) })));
-        }
-        b"X" => {
-            let (Some(asker), Some(req)) = (text(node), c.word().and_then(text)) else { return };
-            let Some(n) = c.num() else { return };
-            let Some(user) = c.take(n as usize).and_then(|u| std::str::from_utf8(u).ok()) else { return };
-            let _ = ctl.try_send(Control::Kick { asker, req, user: Arc::from(user) });
-        }
-        b"C" => {
-            let Some(replier) = text(node) else { return };
-            let (Some(asker), Some(req)) = (c.word(), c.word().and_then(text)) else { return };
-            let Some(closed) = std::str::from_utf8(c.rest()).ok().and_then(|n| n.parse().ok()) else { return };
-            if asker == me.as_bytes() {
-                let _ = ctl.try_send(Control::Kicked { req, node: replier, closed });
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]
@@ -1192,17 +688,5 @@ mod tests {
         assert_eq!((c.msg_id, c.ts, c.targets), (9, 8, vec!["bob".to_string(), "car".to_string()]));
         let c = Claim::parse(b"d 9 8 n1 0 ").unwrap();
         assert!(c.done && c.targets.is_empty());
-    }
-
-    #[test]
-    fn member_edits_and_presence_records() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(edit_members(s(&["a", "b"]), &s(&["c", "a", "d"]), &s(&["b", "d"])), s(&["a", "c"]));
-        let live = s(&["n1", "n2"]);
-        let r = parse_presence("d1", "n2 100 7 1 127.0.0.1:5", &live).unwrap();
-        assert_eq!((r.node.as_str(), r.connected_at_ms, r.acked_seq, r.online, r.remote.as_deref()), ("n2", 100, 7, true, Some("127.0.0.1:5")));
-        assert!(!parse_presence("d1", "n3 100 7 1 -", &live).unwrap().online, "its node is not live");
-        let old = parse_presence("d1", "n1 100 7 0", &live).unwrap();
-        assert!(!old.online && old.remote.is_none(), "a record from before remote was kept");
     }
 }
