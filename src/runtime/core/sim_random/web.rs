@@ -21,14 +21,7 @@ impl World {
         let body = std::mem::take(&mut w.backlog);
         let sim = &mut self.sim;
         // Idle connections the server closed (keep-alive idle) are dropped.
-        w.http.retain(|(h, req)| {
-            let dead = req.is_none() && (sim.closed(*h) || sim.server_fin(*h));
-            if dead {
-                sim.hang_up(*h);
-                sim.forget(*h);
-            }
-            !dead
-        });
+        drop_closed_idle(sim, &mut w.http);
         let at = match w.http.iter().position(|(_, r)| r.is_none()) {
             Some(at) => at,
             None => {
@@ -82,14 +75,7 @@ impl World {
                 }
             }
         }
-        w.http.retain(|(h, req)| {
-            let dead = req.is_none() && (sim.closed(*h) || sim.server_fin(*h));
-            if dead {
-                sim.hang_up(*h);
-                sim.forget(*h);
-            }
-            !dead
-        });
+        drop_closed_idle(sim, &mut w.http);
         out.sort_by_key(|(_, r)| r.written_at);
         Ok(out)
     }
@@ -190,4 +176,17 @@ impl World {
         }
         Ok((frames, false))
     }
+}
+
+/// Forgets the session's idle HTTP connections that the server closed
+/// (keep-alive idle); one with a request in flight stays until answered.
+fn drop_closed_idle(sim: &mut Sim, http: &mut Vec<(Client, Option<Req>)>) {
+    http.retain(|(h, req)| {
+        let dead = req.is_none() && (sim.closed(*h) || sim.server_fin(*h));
+        if dead {
+            sim.hang_up(*h);
+            sim.forget(*h);
+        }
+        !dead
+    });
 }
