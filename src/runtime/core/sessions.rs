@@ -442,15 +442,25 @@ impl Core {
             self.kick(v);
             return self.answer_text(key, &req, 400, &why);
         }
+        // Frames handed to an earlier poll whose answer is not written yet
+        // (it waits for the end of the turn, or for its socket) go first:
+        // this poll, answered and written now, would overtake them, and the
+        // client would see a seq gap. It waits as an open poll instead, and
+        // the session's flush (`lp_after_io`) answers it after that write.
+        let earlier = self.conn(v).and_then(|c| c.framing.lp_mut()).and_then(|l| l.answered).filter(|a| *a != key);
+        let behind = earlier.is_some_and(|a| self.conn(a).is_some_and(|h| h.unsent_bytes() > 0));
         let Some(c) = self.conn(v) else {
             // Ended by this poll's own frames (the device's DISCONNECT).
             self.answer(key, &req, 204, None, Vec::new());
             return Handled::Answered;
         };
         let closed = !open_phase(c.session.phase());
-        if !c.out.is_empty() {
+        if !c.out.is_empty() && !behind {
             let body = mem::take(&mut c.out);
             c.write_blocked = false;
+            if let Some(l) = c.framing.lp_mut() {
+                l.answered = Some(key);
+            }
             self.answer(key, &req, 200, Some(("application/octet-stream", &body)), Vec::new());
             if closed {
                 self.remove(v);
@@ -459,7 +469,7 @@ impl Core {
             }
             return Handled::Answered;
         }
-        if closed {
+        if closed && !behind {
             self.remove(v);
             self.answer(key, &req, 204, None, Vec::new());
             return Handled::Answered;
@@ -477,6 +487,11 @@ impl Core {
             h.parked = true;
             h.poll_cross = req.cross.take();
             h.deadline_ms = until + keepalive;
+        }
+        if behind {
+            // Queued behind the earlier answer's write: the flush hands
+            // the frames over after it.
+            self.kick(v);
         }
         self.rearm(v);
         Handled::Parked
@@ -573,6 +588,8 @@ impl Core {
                         if let Some(c) = self.conn(v) {
                             c.out = body;
                         }
+                    } else if let Some(l) = self.conn(v).and_then(|c| c.framing.lp_mut()) {
+                        l.answered = Some(p);
                     }
                 } else {
                     self.answer_poll(p, None);

@@ -73,11 +73,11 @@ impl Via {
     }
 }
 
-/// Whether long-poll clients are drawn (`RINGGATE_SIM_LONG_POLL=1`): off by
-/// default while the stall they find is open.
+/// Whether long-poll clients are drawn: yes unless
+/// `RINGGATE_SIM_LONG_POLL=0` (to tell a long-poll failure from others).
 pub fn long_poll_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RINGGATE_SIM_LONG_POLL").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("RINGGATE_SIM_LONG_POLL").map_or(true, |v| v != "0"))
 }
 
 /// One step of the world.
@@ -161,6 +161,10 @@ struct WebConn {
     next_core: usize,
     /// Long-poll: the server said the sid is unknown (404).
     gone: bool,
+    /// Long-poll: a poll carrying frames got 429 (the session's queue is
+    /// over the high-water mark: "poll it empty, then resend"), so polls
+    /// go empty until one is answered with the queue.
+    drain_first: bool,
 }
 
 struct Req {
@@ -878,10 +882,7 @@ impl World {
         match rng.below(1000) {
             0..=39 => {
                 // Native a third of the time; the rest over the web
-                // transports. Long-poll is drawn only with
-                // RINGGATE_SIM_LONG_POLL=1 until the stall it finds is
-                // fixed (an HTTP connection with a whole poll request
-                // waiting that the core never reads; see the commit log).
+                // transports.
                 let via = match rng.below(12) {
                     0..=3 => Via::Native,
                     4..=6 => Via::Ws,
@@ -970,5 +971,19 @@ mod tests {
             }
         }
         eprintln!("random simulation: {total} events in {:?}", started.elapsed());
+    }
+
+    /// Kept seeds, each of which once found a fault (replayed as they were;
+    /// a change to the generator changes what a seed does).
+    /// 4912188811799015082: a long-poll poll answered and written at once
+    /// overtook the frames handed to the previous poll whose answer still
+    /// waited for the end of the turn ("seq 122 after 120" at event 4,668).
+    #[test]
+    fn kept_seeds_stay_green() {
+        for (seed, events) in [(4_912_188_811_799_015_082, 6_000)] {
+            if let Err((e, t)) = run_seed(seed, events) {
+                panic!("seed {seed} failed: {e}\n  {t:?}");
+            }
+        }
     }
 }

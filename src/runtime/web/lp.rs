@@ -20,11 +20,15 @@ pub struct LpState {
     pub over_hw_since_ms: u64,
     /// The slow-consumer deadline while over the high-water mark.
     pub slow_deadline_ms: u64,
+    /// The HTTP connection the session's frames were last handed to. While
+    /// that answer is not written yet, a newer poll is not answered ahead
+    /// of it (see `Core::lp_poll`).
+    pub answered: Option<ConnKey>,
 }
 
 impl LpState {
     pub fn new(sid: Sid) -> Self {
-        LpState { sid, poll: None, closed_expiry_ms: 0, over_hw_since_ms: 0, slow_deadline_ms: 0 }
+        LpState { sid, poll: None, closed_expiry_ms: 0, over_hw_since_ms: 0, slow_deadline_ms: 0, answered: None }
     }
 
     pub fn deadline(&self) -> Option<u64> {

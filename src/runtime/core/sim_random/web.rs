@@ -18,7 +18,15 @@ impl World {
         let Some(w) = c.web.as_mut() else { return };
         w.backlog.extend_from_slice(frames);
         let Some(sid) = w.sid.clone() else { return };
-        let body = std::mem::take(&mut w.backlog);
+        let body = if via == Via::LongPoll && w.drain_first {
+            // Drain first: one empty poll at a time, the frames wait.
+            if w.http.iter().any(|(_, r)| r.is_some()) {
+                return;
+            }
+            Vec::new()
+        } else {
+            std::mem::take(&mut w.backlog)
+        };
         let sim = &mut self.sim;
         // Idle connections the server closed (keep-alive idle) are dropped.
         drop_closed_idle(sim, &mut w.http);
@@ -33,7 +41,9 @@ impl World {
                         w.http.len() - 1
                     }
                     Err(_) => {
-                        w.backlog = body;
+                        if !body.is_empty() {
+                            w.backlog = body;
+                        }
                         return;
                     }
                 }
@@ -63,6 +73,10 @@ impl World {
                 };
                 if r.status == 429 {
                     w.backlog.extend_from_slice(&q.body);
+                    w.drain_first = true;
+                } else if r.status == 200 && q.body.is_empty() && !q.connect {
+                    // The empty poll took the queue: frames may go again.
+                    w.drain_first = false;
                 }
                 out.push((q, r));
             }
