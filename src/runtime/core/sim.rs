@@ -126,21 +126,28 @@ pub struct Sim {
     queued: Vec<VecDeque<CoreMsg>>,
 }
 
-/// Where the route signing key of every simulation in this process lives:
+/// Where the route signing key of every simulation on this thread lives:
 /// made once (an Ed25519 key and a file per `Sim` would dominate a fuzz
-/// target that builds one per input), removed never (one small file per
-/// test process under the temp dir).
+/// target that builds one per input), removed when the thread ends (test
+/// threads end with their test; a fuzzing process's main thread never
+/// runs its destructors, which leaves one small directory per process).
 fn route_key_dir() -> std::path::PathBuf {
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     // One per thread: tests run in parallel threads, and two creating the
     // same key file at once would race (AlreadyExists).
     thread_local! {
-        static DIR: std::path::PathBuf = {
+        static DIR: Dir = {
             let dir = std::env::temp_dir().join(format!("ringgate-sim-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
             std::fs::create_dir_all(&dir).expect("simulation temp dir");
-            dir
+            Dir(dir)
         };
     }
-    DIR.with(|d| d.clone())
+    DIR.with(|d| d.0.clone())
 }
 
 impl Sim {
