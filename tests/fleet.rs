@@ -331,6 +331,71 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
 }
 
+/// A rolling upgrade: nodes of the previous version kept a device's dedup
+/// records in one hash (`rg:{u}:d:{device}`, record `d msg_id ts node 0 `
+/// once done, `p msg_id ts node len(targets) targets payload` while
+/// pending). A retry that reaches this version finds them there: the
+/// original SENDACK and no second copy; a pending one is finished once,
+/// under the old msg_id; a group send an old node left half done is
+/// completed by a survivor.
+#[test]
+fn a_retry_of_a_send_an_older_version_stored_gets_its_answer() {
+    let Some(bin) = redis_or_skip("a_retry_of_a_send_an_older_version_stored_gets_its_answer") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let ok = |args: &[&str]| assert!(redis.cmd(args).is_some_and(|r| r.starts_with(':') || r == "+OK"), "{args:?}");
+    // What an old node wrote for alice/a1's SEND 5 to bob (msg_id 9005),
+    // stored and answered, and for SEND 6 (msg_id 9006), claimed by an old
+    // node that died before appending. (The old node also published SEND
+    // 5; bob is not connected yet and replays it.)
+    let ts = unix_now_ms() - 5_000;
+    ok(&["SET", "rg:{bob}:h", "1"]);
+    ok(&["ZADD", "rg:{bob}:e", "1", &format!("9005 {ts} 5 aliceold")]);
+    ok(&["ZADD", "rg:{bob}:i", "1", "alice\na1\n5"]);
+    ok(&["HSET", "rg:{alice}:d:a1", "5", &format!("d 9005 {ts} old 0 ")]);
+    ok(&["HSET", "rg:{alice}:d:a1", "6", &format!("p 9006 {ts} old 3 bob")]);
+    ok(&["RPUSH", "rg:{alice}:q:a1", "5", "6"]);
+    // And a group send (msg_id 9077) an old node claimed, with its intent,
+    // and died before any copy.
+    ok(&["HSET", "rg:{alice}:d:a1", "77", &format!("p 9077 {ts} old 9 bob\ncarolleft behind")]);
+
+    let (mut bob, ack) = f.nodes[1].login("bob", "b1", 0);
+    assert_eq!(ack.head_seq, 1);
+    assert_eq!(collect(&mut bob, 1, WAIT).get(&1).map(|p| p.0), Some(9005));
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    let retry = alice.send_ok(5, "bob", b"old");
+    assert_eq!(retry.msg_id, 9005, "the answer the old node recorded");
+    let pending = alice.send_ok(6, "bob", b"old");
+    assert_eq!(pending.msg_id, 9006, "a pending old claim is finished under its msg_id");
+    let got = collect(&mut bob, 2, Duration::from_millis(800));
+    assert_eq!(got.iter().map(|(s, p)| (*s, p.0)).collect::<Vec<_>>(), vec![(2, 9006)], "SEND 5 not again, SEND 6 once");
+    // The finished one is done in this version's bucket; the old hash is only read.
+    assert_eq!(redis.cmd(&["HGET", "rg:{alice}:d:a1:6", "6"]).as_deref(), Some(&*format!("${}", format!("d 9006 {ts}").len())));
+    assert_eq!(alice.send_ok(6, "bob", b"old").msg_id, 9006);
+    assert_eq!(alice.send_ok(5, "bob", b"old").msg_id, 9005);
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "retried again: still nothing new");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{bob}:e"]).as_deref(), Some(":2"), "one inbox entry per SEND");
+    assert_eq!(redis.cmd(&["HLEN", "rg:{alice}:d:a1"]).as_deref(), Some(":3"), "the old hash is not written");
+
+    // The old node's group intent: a survivor completes it once.
+    let (mut carol, _) = f.nodes[1].login("carol", "c1", 0);
+    ok(&["ZADD", "rg:{intents}:z", &ts.to_string(), "alice\na1\n77"]);
+    let got = collect(&mut bob, 1, WAIT);
+    assert_eq!(got.get(&3).map(|p| (p.0, p.1.clone())), Some((9077, b"left behind".to_vec())), "{got:?}");
+    assert_eq!(collect(&mut carol, 1, WAIT).get(&1).map(|p| p.0), Some(9077));
+    alice.send_frame(&send_to_group(77, "team", b"left behind"));
+    let a = alice.expect_sendack(77);
+    assert_eq!((a.status, a.msg_id), (0, 9077), "the late retry gets the original SENDACK");
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
+    // A fresh SEND still gets a fresh answer.
+    assert_ne!(alice.send_ok(7, "bob", b"new").msg_id, 9005);
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![4]);
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
 #[test]
 fn redis_cluster_of_three_masters() {
     let Some(bin) = redis_or_skip("redis_cluster_of_three_masters") else { return };

@@ -341,6 +341,13 @@ impl Eng {
         let dkey = scripts::dedup_key(sender, device, msg.client_msg_id);
         let qkey = scripts::dedup_queue(sender, device);
         let dprefix = scripts::dedup_prefix(sender, device);
+        // The previous version's records of the device (`scripts::dedup_lookup`);
+        // the bucket again, not read, where that name is ambiguous.
+        let legacy = scripts::legacy_dedup_key(sender, device);
+        let (lkey, lflag) = match &legacy {
+            Some(k) => (k.as_str(), "1"),
+            None => (dkey.as_str(), "0"),
+        };
         // A group SEND: its members now, from the engine (module docs,
         // "Groups"); a refusal still looks for a stored original first.
         let mut refusal = None;
@@ -365,7 +372,7 @@ impl Eng {
             // one is claimed, appended and marked done atomically, so it
             // needs no group intent (nothing can be left half done).
             let mut inv = self.scripts.send.key(&dkey);
-            inv.key(&qkey).key(scripts::mute_key(sender));
+            inv.key(&qkey).key(scripts::mute_key(sender)).key(lkey);
             for t in &targets {
                 inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i"));
             }
@@ -382,7 +389,8 @@ impl Eng {
                 .arg(cutoff)
                 .arg(&key)
                 .arg(self.dedup_ttl_ms())
-                .arg(&dprefix);
+                .arg(&dprefix)
+                .arg(lflag);
             for t in &targets {
                 inv.arg(&**t);
             }
@@ -431,6 +439,7 @@ impl Eng {
                         .key(&dkey)
                         .key(&qkey)
                         .key(scripts::mute_key(sender))
+                        .key(lkey)
                         .arg(msg.client_msg_id)
                         .arg(msg.msg_id)
                         .arg(msg.timestamp_ms)
@@ -441,7 +450,8 @@ impl Eng {
                         .arg(wall_ms())
                         .arg(if refusal.is_some() { "0" } else { "1" })
                         .arg(self.dedup_ttl_ms())
-                        .arg(&dprefix),
+                        .arg(&dprefix)
+                        .arg(lflag),
                 )
                 .await?;
             if claim.as_deref() == Some(&b"m"[..]) {
