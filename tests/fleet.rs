@@ -331,6 +331,63 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
 }
 
+/// A group larger than one SEND script takes (`rules::ONE_CALL_MAX_TARGETS`,
+/// 64) takes the multi-step path on one engine too: the durable intent,
+/// the claim, one append per member, done, the intent removed before the
+/// SENDACK, each step counted. Every member gets the message once, a
+/// retry gets the original SENDACK and stores nothing.
+#[test]
+fn a_group_beyond_one_script_writes_and_removes_its_intent() {
+    let Some(bin) = redis_or_skip("a_group_beyond_one_script_writes_and_removes_its_intent") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let (n1, n2) = (&f.nodes[0], &f.nodes[1]);
+    let members: Vec<String> = (0..69).map(|i| format!("m{i:02}")).collect();
+    let mut all = vec!["alice".to_string()];
+    all.extend(members.iter().cloned());
+    let (a1, tok1) = admin(n1);
+    let body = serde_json::json!({ "members": all }).to_string();
+    let (st, answer) = http(a1, "PUT", "/v1/groups/big", Some(&tok1), Some(&body));
+    assert_eq!(st, 200, "{answer}");
+    let (mut near, _) = n1.login("m00", "d", 0);
+    let (mut far, _) = n2.login("m68", "d", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let ops = |op: &str| metric(n1, &format!("ringgate_fleet_engine_requests_total{{op=\"{op}\",result=\"ok\"}}"));
+    let before: Vec<f64> = ["send", "claim", "append", "done"].iter().map(|o| ops(o)).collect();
+    alice.send_frame(&send_to_group(1, "big", b"to 69"));
+    let a = alice.expect_sendack(1);
+    assert_eq!(a.status, 0, "{a:?}");
+    // Forgotten before the SENDACK: no sweep has had to see it.
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "the intent is removed once every copy is in");
+    let after: Vec<f64> = ["send", "claim", "append", "done"].iter().map(|o| ops(o)).collect();
+    let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, vec![0.0, 2.0, 69.0, 2.0], "send, claim (intent + claim), append (one per member), done (done + intent removed)");
+    for m in &members {
+        assert_eq!(redis.cmd(&["ZCARD", &format!("rg:{{{m}}}:e")]).as_deref(), Some(":1"), "{m} holds one copy");
+        assert_eq!(redis.cmd(&["ZSCORE", &format!("rg:{{{m}}}:i"), "alice\na1\n1"]).as_deref(), Some("$1"), "{m}'s copy is this SEND's");
+    }
+    // Bucket (1 mod 100) mod 16 = 1: marked done, targets and payload dropped.
+    // (`d msg_id ts`: about 35 bytes; pending, it held 69 names and the payload.)
+    let len = redis.cmd(&["HGET", "rg:{alice}:d:a1:1", "1"]).and_then(|l| l.strip_prefix('$')?.parse::<usize>().ok());
+    assert!(len.is_some_and(|n| n < 40), "the dedup record is marked done: {len:?} bytes");
+    for c in [&mut near, &mut far] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.iter().map(|(s, p)| (*s, p.0)).collect::<Vec<_>>(), vec![(1, a.msg_id)], "live on both nodes");
+    }
+    // A retry: the original SENDACK, no copy, no intent left.
+    alice.send_frame(&send_to_group(1, "big", b"to 69"));
+    let r = alice.expect_sendack(1);
+    assert_eq!((r.status, r.msg_id), (0, a.msg_id));
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"));
+    assert!(collect(&mut far, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    for m in &members {
+        assert_eq!(redis.cmd(&["ZCARD", &format!("rg:{{{m}}}:e")]).as_deref(), Some(":1"), "{m}: the retry stored nothing");
+    }
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
 /// A rolling upgrade: nodes of the previous version kept a device's dedup
 /// records in one hash (`rg:{u}:d:{device}`, record `d msg_id ts node 0 `
 /// once done, `p msg_id ts node len(targets) targets payload` while
