@@ -331,6 +331,139 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
 }
 
+/// A raw RESP subscriber, to see which channel each notification takes.
+struct Listener(TcpStream, Vec<u8>);
+
+impl Listener {
+    fn subscribe(redis: &Redis, channels: &[&str]) -> Listener {
+        let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        let mut req = format!("*{}\r\n$9\r\nSUBSCRIBE\r\n", channels.len() + 1);
+        for c in channels {
+            req += &format!("${}\r\n{c}\r\n", c.len());
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut l = Listener(s, Vec::new());
+        // One confirmation per channel.
+        let confirmed = l.read(Duration::from_millis(300)).iter().filter(|(kind, _, _)| kind == "subscribe").count();
+        assert_eq!(confirmed, channels.len());
+        l
+    }
+
+    /// Pushes read until `quiet` passes without one: (kind, channel, payload).
+    fn read(&mut self, quiet: Duration) -> Vec<(String, String, String)> {
+        self.0.set_read_timeout(Some(quiet)).unwrap();
+        let mut buf = [0u8; 65536];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(n) if n > 0 => self.1.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        // Each push: *3 $kind $channel ($payload | :count).
+        let text = String::from_utf8_lossy(&self.1).to_string();
+        self.1.clear();
+        let mut out = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("*3\r\n") {
+            rest = &rest[at + 4..];
+            let mut parts = Vec::new();
+            for _ in 0..3 {
+                let (head, tail) = rest.split_once("\r\n").unwrap();
+                if let Some(len) = head.strip_prefix('$') {
+                    let len: usize = len.parse().unwrap();
+                    parts.push(tail[..len].to_string());
+                    rest = &tail[len + 2..];
+                } else {
+                    parts.push(head[1..].to_string());
+                    rest = tail;
+                }
+            }
+            out.push((parts[0].clone(), parts[1].clone(), parts[2].clone()));
+        }
+        out
+    }
+}
+
+/// Where the recipient's presence says its devices are, and only there:
+/// an append notifies the other nodes holding a device of the recipient
+/// on their own channels, not every node on `rg:n`. A stale presence
+/// record is covered by the heartbeat's gap repair; while a node of the
+/// previous version (which hears only `rg:n`) is live, every node is told.
+#[test]
+fn notifications_go_only_to_the_nodes_holding_the_recipient() {
+    let Some(bin) = redis_or_skip("notifications_go_only_to_the_nodes_holding_the_recipient") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    let (n1, n2, n3) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    let deadline = Instant::now() + WAIT;
+    while f.nodes.iter().any(|s| metric(s, "ringgate_fleet_nodes") != 3.0) {
+        assert!(Instant::now() < deadline, "nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A heartbeat after every node was seen: targeted from now on.
+    std::thread::sleep(Duration::from_millis(450));
+    let mut ears = Listener::subscribe(&redis, &["rg:n", "rg:n:n1", "rg:n:n2", "rg:n:n3"]);
+    let appends = |ears: &mut Listener| -> Vec<String> {
+        ears.read(Duration::from_millis(400)).into_iter().filter(|(k, _, p)| k == "message" && p.starts_with("A ")).map(|(_, c, _)| c).collect()
+    };
+    let (mut bob, _) = n2.login("bob", "b1", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    alice.send_ok(1, "bob", b"one");
+    assert_eq!(collect(&mut bob, 1, WAIT).len(), 1);
+    assert_eq!(appends(&mut ears), vec!["rg:n:n2"], "only bob's node, on its own channel");
+    // No presence at all (never connected): every node. Known and offline: none.
+    alice.send_ok(2, "carol", b"unknown");
+    assert_eq!(appends(&mut ears), vec!["rg:n"]);
+    drop(n3.login("carol", "c1", 0).0);
+    std::thread::sleep(Duration::from_millis(300));
+    alice.send_ok(3, "carol", b"offline");
+    assert_eq!(appends(&mut ears), Vec::<String>::new());
+    // bob on three nodes: the two others told; the sender's own node never
+    // (it hands its appends to its cores itself).
+    let (mut bob3, _) = n3.login("bob", "b3", 1);
+    let (mut bob1, _) = n1.login("bob", "b0", 1);
+    alice.send_ok(4, "bob", b"two");
+    let mut chans = appends(&mut ears);
+    chans.sort();
+    assert_eq!(chans, vec!["rg:n:n2", "rg:n:n3"]);
+    for c in [&mut bob, &mut bob3, &mut bob1] {
+        assert_eq!(collect(c, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![2]);
+    }
+    drop(bob1);
+    drop(bob3);
+
+    // A presence record that is wrong (bob's b1 is on n2, the engine says
+    // n3): n2 is not told, and repairs the gap from the inbox.
+    std::thread::sleep(Duration::from_millis(300));
+    let repairs = metric(n2, "ringgate_fleet_gap_repairs_total");
+    assert!(redis.cmd(&["HSET", "rg:{bob}:p", "b1", "n3 1 0 1 -"]).is_some());
+    let t0 = Instant::now();
+    alice.send_ok(5, "bob", b"stale");
+    assert_eq!(appends(&mut ears), vec!["rg:n:n3"]);
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![3], "delivered by the gap repair");
+    eprintln!("stale presence: delivered after {:?} (heartbeat 200 ms)", t0.elapsed());
+    assert!(metric(n2, "ringgate_fleet_gap_repairs_total") > repairs);
+
+    // A live node of the previous version (its address without
+    // `own-channel`): every notification on `rg:n` again.
+    assert!(redis.cmd(&["HSET", "rg:{nodes}:i", "old", "127.0.0.1 1 tcp"]).is_some());
+    let beat = |redis: &Redis| assert!(redis.cmd(&["ZADD", "rg:{nodes}:z", &unix_now_ms().to_string(), "old"]).is_some());
+    beat(&redis);
+    let deadline = Instant::now() + WAIT;
+    while metric(n1, "ringgate_fleet_nodes") != 4.0 {
+        assert!(Instant::now() < deadline, "the old node never counted");
+        beat(&redis);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    beat(&redis);
+    alice.send_ok(6, "bob", b"mixed");
+    assert_eq!(appends(&mut ears), vec!["rg:n"], "a mixed fleet: everyone hears it");
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![4]);
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
 /// A group larger than one SEND script takes (`rules::ONE_CALL_MAX_TARGETS`,
 /// 64) takes the multi-step path on one engine too: the durable intent,
 /// the claim, one append per member, done, the intent removed before the

@@ -83,6 +83,10 @@ struct Eng {
     scripts: Scripts,
     timeout: Duration,
     node_info: String,
+    /// Every live node listens on its own channel (`scripts::NOTIFY`):
+    /// appends notify only the nodes the recipient is online on. Off
+    /// while a node of the previous version (only `rg:n`) is live.
+    targeted: std::sync::atomic::AtomicBool,
     health: Arc<crate::metrics::Metrics>,
     /// The config's `[groups]`: written to an engine that was never seeded.
     seed_groups: std::collections::BTreeMap<String, Vec<String>>,
@@ -129,7 +133,8 @@ pub fn start(
             idem_finish: Script::new(scripts::IDEM_FINISH),
         },
         timeout: Duration::from_millis(cfg.engine_timeout_ms),
-        node_info: format!("{} {} {}", me.host, me.port, me.transport),
+        node_info: format!("{} {} {} {OWN_CHANNEL}", me.host, me.port, me.transport),
+        targeted: std::sync::atomic::AtomicBool::new(false),
         health: metrics,
         seed_groups,
         kicks: Mutex::new(std::collections::HashMap::new()),
@@ -374,7 +379,7 @@ impl Eng {
             let mut inv = self.scripts.send.key(&dkey);
             inv.key(&qkey).key(scripts::mute_key(sender)).key(lkey);
             for t in &targets {
-                inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i"));
+                inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i")).key(format!("rg:{{{t}}}:p"));
             }
             inv.arg(msg.client_msg_id)
                 .arg(msg.msg_id)
@@ -390,7 +395,8 @@ impl Eng {
                 .arg(&key)
                 .arg(self.dedup_ttl_ms())
                 .arg(&dprefix)
-                .arg(lflag);
+                .arg(lflag)
+                .arg(self.targeted());
             for t in &targets {
                 inv.arg(&**t);
             }
@@ -488,6 +494,15 @@ impl Eng {
         Ok(Stored { refused: None, msg_id, timestamp_ms: ts, seqs })
     }
 
+    /// `scripts::NOTIFY`'s `targeted` argument.
+    fn targeted(&self) -> &'static str {
+        if self.targeted.load(Relaxed) {
+            "1"
+        } else {
+            "0"
+        }
+    }
+
     /// How long the engine keeps a device's dedup records after its last
     /// SEND: the inbox retention age (a retry older than every copy of its
     /// message is past any use of the answer), and never under a day.
@@ -539,7 +554,7 @@ impl Eng {
 
     #[allow(clippy::too_many_arguments)]
     async fn append(&self, user: &Arc<str>, key: &str, msg_id: u64, ts: u64, from: &Arc<str>, payload: &Bytes, max: u64, cutoff: u64) -> Result<u64, FleetError> {
-        let (h, e, i) = (format!("rg:{{{user}}}:h"), format!("rg:{{{user}}}:e"), format!("rg:{{{user}}}:i"));
+        let [h, e, i, p] = ["h", "e", "i", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
         let (seq, new): (u64, u64) = self
             .invoke(
                 OP_APPEND,
@@ -548,6 +563,7 @@ impl Eng {
                     .key(h)
                     .key(e)
                     .key(i)
+                    .key(p)
                     .arg(msg_id)
                     .arg(ts)
                     .arg(&**from)
@@ -556,7 +572,8 @@ impl Eng {
                     .arg(cutoff)
                     .arg(&*self.fleet.node_id)
                     .arg(&**user)
-                    .arg(key),
+                    .arg(key)
+                    .arg(self.targeted()),
             )
             .await?;
         if new == 1 {
@@ -635,6 +652,16 @@ impl Eng {
             }
         }
     }
+}
+
+/// The word a node adds to its heartbeat's address (`host port transport
+/// own-channel`) when it listens on `rg:n:<node>` besides `rg:n`; the
+/// previous version ignores words after the third.
+const OWN_CHANNEL: &str = "own-channel";
+
+/// A node's own notification channel (`scripts::NOTIFY`).
+fn own_channel(node: &str) -> String {
+    format!("rg:n:{node}")
 }
 
 /// The shortest time the engine keeps a device's dedup records after its last SEND.

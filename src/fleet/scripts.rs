@@ -24,10 +24,12 @@
 //! A user named like `g:x` shares the slot of group `x`, harmlessly: the
 //! suffixes differ, so no key is shared.
 //!
-//! Notifications go out on the channel `rg:n` from inside the append
-//! script (so an append and its notification are one engine operation):
-//! `A <node> <seq> <len(user)> <user><entry>` for an append, `K <node>
-//! <len(user)> <user><device>` for a replacement.
+//! Notifications go out from inside the append script (so an append and
+//! its notification are one engine operation): `A <node> <seq> <len(user)>
+//! <user><entry>` for an append, on the channel `rg:n:<node>` of each other
+//! node the recipient's presence shows a device online on (`NOTIFY`), and
+//! `K <node> <len(user)> <user><device>` for a replacement, on `rg:n`,
+//! which every node hears.
 
 /// Removes entries beyond `max` and older than the cutoff (ARGV given by
 /// the caller), and the append keys of removed entries; returns the oldest
@@ -62,15 +64,48 @@ local function trim(e, i, h, max, cutoff, force)
 end
 "#;
 
-/// KEYS: h, e, i. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
-/// node, user, key. Returns `{seq, new}`: the entry's seq, and 0 when this
+/// Publishes an append's notification `msg` (module docs). With
+/// `targeted` `1` (every live node listens on its own channel: the node's
+/// heartbeat says so, `engine.rs`), only to the channels of the nodes other
+/// than `me` that the recipient's presence `p` shows a device online on:
+/// a node holds a user's mirror only while a device of the user is
+/// connected there, and the CONNECT script that makes it so writes the
+/// presence in the same atomic step as it loads the inbox, so a device
+/// that connects anywhere either is listed here or has loaded this entry.
+/// Should a presence record be stale anyway, the node's heartbeat gap
+/// repair fetches the entry (within 2 x heartbeat_ms). No presence at all
+/// (never connected, or the engine lost it): every node, on `rg:n`, as
+/// when a live node of the previous version (which hears only `rg:n`) is
+/// in the fleet. Shared prelude.
+const NOTIFY: &str = r#"
+local function notify(p, me, msg, targeted)
+  if targeted == '1' then
+    local recs = redis.call('HVALS', p)
+    if #recs > 0 then
+      local sent = {}
+      for _, r in ipairs(recs) do
+        local node, online = string.match(r, '^(%S+) %S+ %S+ (%S+)')
+        if online == '1' and node ~= me and not sent[node] then
+          sent[node] = true
+          redis.call('PUBLISH', 'rg:n:' .. node, msg)
+        end
+      end
+      return
+    end
+  end
+  redis.call('PUBLISH', 'rg:n', msg)
+end
+"#;
+
+/// KEYS: h, e, i, p. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
+/// node, user, key, targeted (`NOTIFY`). Returns `{seq, new}`: the entry's seq, and 0 when this
 /// key was already appended (its first seq; nothing written). The key
 /// names the SEND (`rules::append_key`), not its msg_id: msg_ids of two
 /// nodes can be equal (time, counter and core index, no node), and two
 /// messages must never be taken for one.
 pub fn append() -> String {
     format!(
-        "{TRIM}{}",
+        "{TRIM}{NOTIFY}{}",
         r#"
 local s = redis.call('ZSCORE', KEYS[3], ARGV[9])
 if s then return {tonumber(s), 0} end
@@ -79,7 +114,7 @@ local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. 
 redis.call('ZADD', KEYS[2], seq, entry)
 redis.call('ZADD', KEYS[3], seq, ARGV[9])
 trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
-redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry)
+notify(KEYS[4], ARGV[7], 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry, ARGV[10])
 return {seq, 1}
 "#
     )
@@ -88,13 +123,13 @@ return {seq, 1}
 /// The whole client SEND in one script, for a single engine (not a
 /// Cluster: the sender's dedup keys and the recipients' inboxes are in
 /// different slots). KEYS: d (the claim's bucket, `dedup_key`), q, m, the
-/// previous version's hash (`legacy_dedup_key`, or d again), then h, e, i
-/// of each target. ARGV: cmid, msg_id, ts, node, keep, now_ms, claim
+/// previous version's hash (`legacy_dedup_key`, or d again), then h, e, i,
+/// p of each target. ARGV: cmid, msg_id, ts, node, keep, now_ms, claim
 /// (`0`: a refused group send only looks for its stored original), from,
 /// payload, max_messages, cutoff_ms, append key, dedup ttl (ms), d's
 /// prefix (`rg:{u}:d:{device}:`, for evicting from another bucket),
-/// legacy (`1`: look in the previous version's hash too), then one user
-/// per target. Returns `{0, record}` when the id is already
+/// legacy (`1`: look in the previous version's hash too), targeted
+/// (`NOTIFY`), then one user per target. Returns `{0, record}` when the id is already
 /// claimed (done: the original answer; pending: a multi-step attempt the
 /// caller finishes), `{2}` muted, `{3}` nothing found (claim `0`), else
 /// `{1, seq, new, seq, new, ...}` per target: claimed, appended (each
@@ -102,7 +137,7 @@ return {seq, 1}
 /// one atomic step, so nothing is ever left pending.
 pub fn send() -> String {
     format!(
-        "{TRIM}{}",
+        "{TRIM}{NOTIFY}{}",
         r#"
 DEDUP_LOOKUP
 if v then return {0, v} end
@@ -112,8 +147,8 @@ if ARGV[7] ~= '1' then return {3} end
 local entry = ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[9]
 local max, cutoff = tonumber(ARGV[10]), tonumber(ARGV[11])
 local out = {1}
-for t = 1, #ARGV - 15 do
-  local h, e, i = KEYS[3 * t + 2], KEYS[3 * t + 3], KEYS[3 * t + 4]
+for t = 1, #ARGV - 16 do
+  local h, e, i, p = KEYS[4 * t + 1], KEYS[4 * t + 2], KEYS[4 * t + 3], KEYS[4 * t + 4]
   local s = redis.call('ZSCORE', i, ARGV[12])
   if s then
     out[#out + 1] = tonumber(s)
@@ -123,8 +158,8 @@ for t = 1, #ARGV - 15 do
     redis.call('ZADD', e, seq, entry)
     redis.call('ZADD', i, seq, ARGV[12])
     trim(e, i, h, max, cutoff, false)
-    local u = ARGV[15 + t]
-    redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[4] .. ' ' .. seq .. ' ' .. #u .. ' ' .. u .. entry)
+    local u = ARGV[16 + t]
+    notify(p, ARGV[4], 'A ' .. ARGV[4] .. ' ' .. seq .. ' ' .. #u .. ' ' .. u .. entry, ARGV[16])
     out[#out + 1] = seq
     out[#out + 1] = 1
   end

@@ -119,6 +119,8 @@ pub(super) async fn heartbeat(eng: Arc<Eng>) {
                         })
                     })
                     .collect();
+                // Targeted notifications once every live node hears its own channel.
+                eng.targeted.store(list.chunks(2).all(|p| p.get(1).is_some_and(|i| i.split(' ').nth(3) == Some(OWN_CHANNEL))), Relaxed);
                 eng.fleet.set_live(nodes);
                 if !eng.fleet.engine_ok.swap(true, Relaxed) {
                     tracing::info!("fleet engine reachable: serving");
