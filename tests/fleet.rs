@@ -331,6 +331,261 @@ fn group_sends_fan_out_across_nodes_and_a_dead_nodes_are_completed() {
     assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
 }
 
+/// A raw RESP subscriber, to see which channel each notification takes.
+struct Listener(TcpStream, Vec<u8>);
+
+impl Listener {
+    fn subscribe(redis: &Redis, channels: &[&str]) -> Listener {
+        let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        let mut req = format!("*{}\r\n$9\r\nSUBSCRIBE\r\n", channels.len() + 1);
+        for c in channels {
+            req += &format!("${}\r\n{c}\r\n", c.len());
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut l = Listener(s, Vec::new());
+        // One confirmation per channel.
+        let confirmed = l.read(Duration::from_millis(300)).iter().filter(|(kind, _, _)| kind == "subscribe").count();
+        assert_eq!(confirmed, channels.len());
+        l
+    }
+
+    /// Pushes read until `quiet` passes without one: (kind, channel, payload).
+    fn read(&mut self, quiet: Duration) -> Vec<(String, String, String)> {
+        self.0.set_read_timeout(Some(quiet)).unwrap();
+        let mut buf = [0u8; 65536];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(n) if n > 0 => self.1.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        // Each push: *3 $kind $channel ($payload | :count).
+        let text = String::from_utf8_lossy(&self.1).to_string();
+        self.1.clear();
+        let mut out = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("*3\r\n") {
+            rest = &rest[at + 4..];
+            let mut parts = Vec::new();
+            for _ in 0..3 {
+                let (head, tail) = rest.split_once("\r\n").unwrap();
+                if let Some(len) = head.strip_prefix('$') {
+                    let len: usize = len.parse().unwrap();
+                    parts.push(tail[..len].to_string());
+                    rest = &tail[len + 2..];
+                } else {
+                    parts.push(head[1..].to_string());
+                    rest = tail;
+                }
+            }
+            out.push((parts[0].clone(), parts[1].clone(), parts[2].clone()));
+        }
+        out
+    }
+}
+
+/// Where the recipient's presence says its devices are, and only there:
+/// an append notifies the other nodes holding a device of the recipient
+/// on their own channels, not every node on `rg:n`. A stale presence
+/// record is covered by the heartbeat's gap repair; while a node of the
+/// previous version (which hears only `rg:n`) is live, every node is told.
+#[test]
+fn notifications_go_only_to_the_nodes_holding_the_recipient() {
+    let Some(bin) = redis_or_skip("notifications_go_only_to_the_nodes_holding_the_recipient") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 3);
+    let (n1, n2, n3) = (&f.nodes[0], &f.nodes[1], &f.nodes[2]);
+    let deadline = Instant::now() + WAIT;
+    while f.nodes.iter().any(|s| metric(s, "ringgate_fleet_nodes") != 3.0) {
+        assert!(Instant::now() < deadline, "nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A heartbeat after every node was seen: targeted from now on.
+    std::thread::sleep(Duration::from_millis(450));
+    let mut ears = Listener::subscribe(&redis, &["rg:n", "rg:n:n1", "rg:n:n2", "rg:n:n3"]);
+    let appends = |ears: &mut Listener| -> Vec<String> {
+        ears.read(Duration::from_millis(400)).into_iter().filter(|(k, _, p)| k == "message" && p.starts_with("A ")).map(|(_, c, _)| c).collect()
+    };
+    let (mut bob, _) = n2.login("bob", "b1", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    alice.send_ok(1, "bob", b"one");
+    assert_eq!(collect(&mut bob, 1, WAIT).len(), 1);
+    assert_eq!(appends(&mut ears), vec!["rg:n:n2"], "only bob's node, on its own channel");
+    // No presence at all (never connected): every node. Known and offline: none.
+    alice.send_ok(2, "carol", b"unknown");
+    assert_eq!(appends(&mut ears), vec!["rg:n"]);
+    drop(n3.login("carol", "c1", 0).0);
+    std::thread::sleep(Duration::from_millis(300));
+    alice.send_ok(3, "carol", b"offline");
+    assert_eq!(appends(&mut ears), Vec::<String>::new());
+    // bob on three nodes: the two others told; the sender's own node never
+    // (it hands its appends to its cores itself).
+    let (mut bob3, _) = n3.login("bob", "b3", 1);
+    let (mut bob1, _) = n1.login("bob", "b0", 1);
+    alice.send_ok(4, "bob", b"two");
+    let mut chans = appends(&mut ears);
+    chans.sort();
+    assert_eq!(chans, vec!["rg:n:n2", "rg:n:n3"]);
+    for c in [&mut bob, &mut bob3, &mut bob1] {
+        assert_eq!(collect(c, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![2]);
+    }
+    drop(bob1);
+    drop(bob3);
+
+    // A presence record that is wrong (bob's b1 is on n2, the engine says
+    // n3): n2 is not told, and repairs the gap from the inbox.
+    std::thread::sleep(Duration::from_millis(300));
+    let repairs = metric(n2, "ringgate_fleet_gap_repairs_total");
+    assert!(redis.cmd(&["HSET", "rg:{bob}:p", "b1", "n3 1 0 1 -"]).is_some());
+    let t0 = Instant::now();
+    alice.send_ok(5, "bob", b"stale");
+    assert_eq!(appends(&mut ears), vec!["rg:n:n3"]);
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![3], "delivered by the gap repair");
+    eprintln!("stale presence: delivered after {:?} (heartbeat 200 ms)", t0.elapsed());
+    assert!(metric(n2, "ringgate_fleet_gap_repairs_total") > repairs);
+
+    // A live node of the previous version (its address without
+    // `own-channel`): every notification on `rg:n` again.
+    assert!(redis.cmd(&["HSET", "rg:{nodes}:i", "old", "127.0.0.1 1 tcp"]).is_some());
+    let beat = |redis: &Redis| assert!(redis.cmd(&["ZADD", "rg:{nodes}:z", &unix_now_ms().to_string(), "old"]).is_some());
+    beat(&redis);
+    let deadline = Instant::now() + WAIT;
+    while metric(n1, "ringgate_fleet_nodes") != 4.0 {
+        assert!(Instant::now() < deadline, "the old node never counted");
+        beat(&redis);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    beat(&redis);
+    alice.send_ok(6, "bob", b"mixed");
+    assert_eq!(appends(&mut ears), vec!["rg:n"], "a mixed fleet: everyone hears it");
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![4]);
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
+/// A group larger than one SEND script takes (`rules::ONE_CALL_MAX_TARGETS`,
+/// 64) takes the multi-step path on one engine too: the durable intent,
+/// the claim, one append per member, done, the intent removed before the
+/// SENDACK, each step counted. Every member gets the message once, a
+/// retry gets the original SENDACK and stores nothing.
+#[test]
+fn a_group_beyond_one_script_writes_and_removes_its_intent() {
+    let Some(bin) = redis_or_skip("a_group_beyond_one_script_writes_and_removes_its_intent") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let (n1, n2) = (&f.nodes[0], &f.nodes[1]);
+    let members: Vec<String> = (0..69).map(|i| format!("m{i:02}")).collect();
+    let mut all = vec!["alice".to_string()];
+    all.extend(members.iter().cloned());
+    let (a1, tok1) = admin(n1);
+    let body = serde_json::json!({ "members": all }).to_string();
+    let (st, answer) = http(a1, "PUT", "/v1/groups/big", Some(&tok1), Some(&body));
+    assert_eq!(st, 200, "{answer}");
+    let (mut near, _) = n1.login("m00", "d", 0);
+    let (mut far, _) = n2.login("m68", "d", 0);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let ops = |op: &str| metric(n1, &format!("ringgate_fleet_engine_requests_total{{op=\"{op}\",result=\"ok\"}}"));
+    let before: Vec<f64> = ["send", "claim", "append", "done"].iter().map(|o| ops(o)).collect();
+    alice.send_frame(&send_to_group(1, "big", b"to 69"));
+    let a = alice.expect_sendack(1);
+    assert_eq!(a.status, 0, "{a:?}");
+    // Forgotten before the SENDACK: no sweep has had to see it.
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "the intent is removed once every copy is in");
+    let after: Vec<f64> = ["send", "claim", "append", "done"].iter().map(|o| ops(o)).collect();
+    let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, vec![0.0, 2.0, 69.0, 2.0], "send, claim (intent + claim), append (one per member), done (done + intent removed)");
+    for m in &members {
+        assert_eq!(redis.cmd(&["ZCARD", &format!("rg:{{{m}}}:e")]).as_deref(), Some(":1"), "{m} holds one copy");
+        assert_eq!(redis.cmd(&["ZSCORE", &format!("rg:{{{m}}}:i"), "alice\na1\n1"]).as_deref(), Some("$1"), "{m}'s copy is this SEND's");
+    }
+    // Bucket (1 mod 100) mod 16 = 1: marked done, targets and payload dropped.
+    // (`d msg_id ts`: about 35 bytes; pending, it held 69 names and the payload.)
+    let len = redis.cmd(&["HGET", "rg:{alice}:d:a1:1", "1"]).and_then(|l| l.strip_prefix('$')?.parse::<usize>().ok());
+    assert!(len.is_some_and(|n| n < 40), "the dedup record is marked done: {len:?} bytes");
+    for c in [&mut near, &mut far] {
+        let got = collect(c, 1, WAIT);
+        assert_eq!(got.iter().map(|(s, p)| (*s, p.0)).collect::<Vec<_>>(), vec![(1, a.msg_id)], "live on both nodes");
+    }
+    // A retry: the original SENDACK, no copy, no intent left.
+    alice.send_frame(&send_to_group(1, "big", b"to 69"));
+    let r = alice.expect_sendack(1);
+    assert_eq!((r.status, r.msg_id), (0, a.msg_id));
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"));
+    assert!(collect(&mut far, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    for m in &members {
+        assert_eq!(redis.cmd(&["ZCARD", &format!("rg:{{{m}}}:e")]).as_deref(), Some(":1"), "{m}: the retry stored nothing");
+    }
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
+/// A rolling upgrade: nodes of the previous version kept a device's dedup
+/// records in one hash (`rg:{u}:d:{device}`, record `d msg_id ts node 0 `
+/// once done, `p msg_id ts node len(targets) targets payload` while
+/// pending). A retry that reaches this version finds them there: the
+/// original SENDACK and no second copy; a pending one is finished once,
+/// under the old msg_id; a group send an old node left half done is
+/// completed by a survivor.
+#[test]
+fn a_retry_of_a_send_an_older_version_stored_gets_its_answer() {
+    let Some(bin) = redis_or_skip("a_retry_of_a_send_an_older_version_stored_gets_its_answer") else { return };
+    let redis = Redis::start(bin);
+    let f = Fleet::start(&redis, 2);
+    let ok = |args: &[&str]| assert!(redis.cmd(args).is_some_and(|r| r.starts_with(':') || r == "+OK"), "{args:?}");
+    // What an old node wrote for alice/a1's SEND 5 to bob (msg_id 9005),
+    // stored and answered, and for SEND 6 (msg_id 9006), claimed by an old
+    // node that died before appending. (The old node also published SEND
+    // 5; bob is not connected yet and replays it.)
+    let ts = unix_now_ms() - 5_000;
+    ok(&["SET", "rg:{bob}:h", "1"]);
+    ok(&["ZADD", "rg:{bob}:e", "1", &format!("9005 {ts} 5 aliceold")]);
+    ok(&["ZADD", "rg:{bob}:i", "1", "alice\na1\n5"]);
+    ok(&["HSET", "rg:{alice}:d:a1", "5", &format!("d 9005 {ts} old 0 ")]);
+    ok(&["HSET", "rg:{alice}:d:a1", "6", &format!("p 9006 {ts} old 3 bob")]);
+    ok(&["RPUSH", "rg:{alice}:q:a1", "5", "6"]);
+    // And a group send (msg_id 9077) an old node claimed, with its intent,
+    // and died before any copy.
+    ok(&["HSET", "rg:{alice}:d:a1", "77", &format!("p 9077 {ts} old 9 bob\ncarolleft behind")]);
+
+    let (mut bob, ack) = f.nodes[1].login("bob", "b1", 0);
+    assert_eq!(ack.head_seq, 1);
+    assert_eq!(collect(&mut bob, 1, WAIT).get(&1).map(|p| p.0), Some(9005));
+    let (mut alice, _) = f.nodes[0].login("alice", "a1", 0);
+    let retry = alice.send_ok(5, "bob", b"old");
+    assert_eq!(retry.msg_id, 9005, "the answer the old node recorded");
+    let pending = alice.send_ok(6, "bob", b"old");
+    assert_eq!(pending.msg_id, 9006, "a pending old claim is finished under its msg_id");
+    let got = collect(&mut bob, 2, Duration::from_millis(800));
+    assert_eq!(got.iter().map(|(s, p)| (*s, p.0)).collect::<Vec<_>>(), vec![(2, 9006)], "SEND 5 not again, SEND 6 once");
+    // The finished one is done in this version's bucket; the old hash is only read.
+    assert_eq!(redis.cmd(&["HGET", "rg:{alice}:d:a1:6", "6"]).as_deref(), Some(&*format!("${}", format!("d 9006 {ts}").len())));
+    assert_eq!(alice.send_ok(6, "bob", b"old").msg_id, 9006);
+    assert_eq!(alice.send_ok(5, "bob", b"old").msg_id, 9005);
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "retried again: still nothing new");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{bob}:e"]).as_deref(), Some(":2"), "one inbox entry per SEND");
+    assert_eq!(redis.cmd(&["HLEN", "rg:{alice}:d:a1"]).as_deref(), Some(":3"), "the old hash is not written");
+
+    // The old node's group intent: a survivor completes it once.
+    let (mut carol, _) = f.nodes[1].login("carol", "c1", 0);
+    ok(&["ZADD", "rg:{intents}:z", &ts.to_string(), "alice\na1\n77"]);
+    let got = collect(&mut bob, 1, WAIT);
+    assert_eq!(got.get(&3).map(|p| (p.0, p.1.clone())), Some((9077, b"left behind".to_vec())), "{got:?}");
+    assert_eq!(collect(&mut carol, 1, WAIT).get(&1).map(|p| p.0), Some(9077));
+    alice.send_frame(&send_to_group(77, "team", b"left behind"));
+    let a = alice.expect_sendack(77);
+    assert_eq!((a.status, a.msg_id), (0, 9077), "the late retry gets the original SENDACK");
+    assert!(collect(&mut bob, 1, Duration::from_millis(600)).is_empty(), "delivered once");
+    assert_eq!(redis.cmd(&["ZCARD", "rg:{intents}:z"]).as_deref(), Some(":0"), "no intent left");
+    // A fresh SEND still gets a fresh answer.
+    assert_ne!(alice.send_ok(7, "bob", b"new").msg_id, 9005);
+    assert_eq!(collect(&mut bob, 1, WAIT).keys().copied().collect::<Vec<_>>(), vec![4]);
+    for s in &f.nodes {
+        s.assert_no_panic();
+    }
+}
+
 #[test]
 fn redis_cluster_of_three_masters() {
     let Some(bin) = redis_or_skip("redis_cluster_of_three_masters") else { return };

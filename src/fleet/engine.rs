@@ -83,6 +83,10 @@ struct Eng {
     scripts: Scripts,
     timeout: Duration,
     node_info: String,
+    /// Every live node listens on its own channel (`scripts::NOTIFY`):
+    /// appends notify only the nodes the recipient is online on. Off
+    /// while a node of the previous version (only `rg:n`) is live.
+    targeted: std::sync::atomic::AtomicBool,
     health: Arc<crate::metrics::Metrics>,
     /// The config's `[groups]`: written to an engine that was never seeded.
     seed_groups: std::collections::BTreeMap<String, Vec<String>>,
@@ -129,7 +133,8 @@ pub fn start(
             idem_finish: Script::new(scripts::IDEM_FINISH),
         },
         timeout: Duration::from_millis(cfg.engine_timeout_ms),
-        node_info: format!("{} {} {}", me.host, me.port, me.transport),
+        node_info: format!("{} {} {} {OWN_CHANNEL}", me.host, me.port, me.transport),
+        targeted: std::sync::atomic::AtomicBool::new(false),
         health: metrics,
         seed_groups,
         kicks: Mutex::new(std::collections::HashMap::new()),
@@ -341,6 +346,13 @@ impl Eng {
         let dkey = scripts::dedup_key(sender, device, msg.client_msg_id);
         let qkey = scripts::dedup_queue(sender, device);
         let dprefix = scripts::dedup_prefix(sender, device);
+        // The previous version's records of the device (`scripts::dedup_lookup`);
+        // the bucket again, not read, where that name is ambiguous.
+        let legacy = scripts::legacy_dedup_key(sender, device);
+        let (lkey, lflag) = match &legacy {
+            Some(k) => (k.as_str(), "1"),
+            None => (dkey.as_str(), "0"),
+        };
         // A group SEND: its members now, from the engine (module docs,
         // "Groups"); a refusal still looks for a stored original first.
         let mut refusal = None;
@@ -365,9 +377,9 @@ impl Eng {
             // one is claimed, appended and marked done atomically, so it
             // needs no group intent (nothing can be left half done).
             let mut inv = self.scripts.send.key(&dkey);
-            inv.key(&qkey).key(scripts::mute_key(sender));
+            inv.key(&qkey).key(scripts::mute_key(sender)).key(lkey);
             for t in &targets {
-                inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i"));
+                inv.key(format!("rg:{{{t}}}:h")).key(format!("rg:{{{t}}}:e")).key(format!("rg:{{{t}}}:i")).key(format!("rg:{{{t}}}:p"));
             }
             inv.arg(msg.client_msg_id)
                 .arg(msg.msg_id)
@@ -382,7 +394,9 @@ impl Eng {
                 .arg(cutoff)
                 .arg(&key)
                 .arg(self.dedup_ttl_ms())
-                .arg(&dprefix);
+                .arg(&dprefix)
+                .arg(lflag)
+                .arg(self.targeted());
             for t in &targets {
                 inv.arg(&**t);
             }
@@ -431,6 +445,7 @@ impl Eng {
                         .key(&dkey)
                         .key(&qkey)
                         .key(scripts::mute_key(sender))
+                        .key(lkey)
                         .arg(msg.client_msg_id)
                         .arg(msg.msg_id)
                         .arg(msg.timestamp_ms)
@@ -441,7 +456,8 @@ impl Eng {
                         .arg(wall_ms())
                         .arg(if refusal.is_some() { "0" } else { "1" })
                         .arg(self.dedup_ttl_ms())
-                        .arg(&dprefix),
+                        .arg(&dprefix)
+                        .arg(lflag),
                 )
                 .await?;
             if claim.as_deref() == Some(&b"m"[..]) {
@@ -476,6 +492,15 @@ impl Eng {
             self.forget_intent(&intent).await;
         }
         Ok(Stored { refused: None, msg_id, timestamp_ms: ts, seqs })
+    }
+
+    /// `scripts::NOTIFY`'s `targeted` argument.
+    fn targeted(&self) -> &'static str {
+        if self.targeted.load(Relaxed) {
+            "1"
+        } else {
+            "0"
+        }
     }
 
     /// How long the engine keeps a device's dedup records after its last
@@ -529,7 +554,7 @@ impl Eng {
 
     #[allow(clippy::too_many_arguments)]
     async fn append(&self, user: &Arc<str>, key: &str, msg_id: u64, ts: u64, from: &Arc<str>, payload: &Bytes, max: u64, cutoff: u64) -> Result<u64, FleetError> {
-        let (h, e, i) = (format!("rg:{{{user}}}:h"), format!("rg:{{{user}}}:e"), format!("rg:{{{user}}}:i"));
+        let [h, e, i, p] = ["h", "e", "i", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
         let (seq, new): (u64, u64) = self
             .invoke(
                 OP_APPEND,
@@ -538,6 +563,7 @@ impl Eng {
                     .key(h)
                     .key(e)
                     .key(i)
+                    .key(p)
                     .arg(msg_id)
                     .arg(ts)
                     .arg(&**from)
@@ -546,7 +572,8 @@ impl Eng {
                     .arg(cutoff)
                     .arg(&*self.fleet.node_id)
                     .arg(&**user)
-                    .arg(key),
+                    .arg(key)
+                    .arg(self.targeted()),
             )
             .await?;
         if new == 1 {
@@ -625,6 +652,16 @@ impl Eng {
             }
         }
     }
+}
+
+/// The word a node adds to its heartbeat's address (`host port transport
+/// own-channel`) when it listens on `rg:n:<node>` besides `rg:n`; the
+/// previous version ignores words after the third.
+const OWN_CHANNEL: &str = "own-channel";
+
+/// A node's own notification channel (`scripts::NOTIFY`).
+fn own_channel(node: &str) -> String {
+    format!("rg:n:{node}")
 }
 
 /// The shortest time the engine keeps a device's dedup records after its last SEND.

@@ -29,19 +29,24 @@
 //!
 //! ## Delivery across nodes
 //!
-//! The append script publishes the new entry (payload included) on one
-//! channel, `rg:n`; every node's subscriber (a second, RESP3 connection
-//! that subscribes again on the next seed URL when its connection dies)
-//! hands it to the user's home core,
+//! The append script publishes the new entry (payload included) to the
+//! nodes the recipient's presence shows a device online on, each on its
+//! own channel `rg:n:<node>` (every node while a node of the previous
+//! version, which hears only `rg:n`, is live, or when the recipient has no
+//! presence at all: `scripts::NOTIFY`); the node's subscriber (a second,
+//! RESP3 connection that subscribes again on the next seed URL when its
+//! connection dies) hands it to the user's home core,
 //! which adds it to the mirror if a device of the user is online there
 //! and pushes. PUB/SUB rather than streams: a notification is only a
 //! shortcut (the inbox in the engine is the truth), so losing one is
 //! harmless: every heartbeat each core compares its mirrors' heads with
 //! the engine's and fetches what is missing (`ringgate_fleet_gap_repairs_total`).
 //! Streams would add a per-node consumer cursor to keep and trim for no
-//! gain in what the devices get. One channel for all nodes costs every
-//! node every notification; with `?user=` routing (rendezvous hash) a
-//! user's devices meet on one node, and a fleet of a few nodes pays little.
+//! gain in what the devices get. One channel for all nodes cost every
+//! node every notification (2.5 µs per message on a node that holds no
+//! recipient, docs/fleet.md "Latency"); a presence record that is stale
+//! (a device online on a node it does not say) only delays that device's
+//! message to the next gap repair.
 //!
 //! ## Dedup across nodes (PROTOCOL.md rule 4)
 //!

@@ -12,6 +12,7 @@
 //! | `rg:{u}:m` | string | muted until (epoch ms), expiring then by itself (`PXAT`) |
 //! | `rg:{u}:d:{device}:{b}` | hash | dedup: client_msg_id → `p msg_id ts node targets...` or `d msg_id ts`, bucket b = (client_msg_id % 100) % 16; expires `dedup_ttl_ms` after the device's last SEND |
 //! | `rg:{u}:q:{device}` | list | dedup ids in claim order (evicts beyond the bound), expiring with them |
+//! | `rg:{u}:d:{device}` | hash | the previous version's dedup records of a device (one hash, no expiry): only read here (`legacy_dedup_key`) |
 //! | `rg:{nodes}:z` | zset | node id → server time (ms) of its last heartbeat |
 //! | `rg:{nodes}:i` | hash | node id → `host port transport` |
 //! | `rg:{nodes}:x` | hash | msg_id index → `node expires_ms` (leases, `LEASE`) |
@@ -23,10 +24,12 @@
 //! A user named like `g:x` shares the slot of group `x`, harmlessly: the
 //! suffixes differ, so no key is shared.
 //!
-//! Notifications go out on the channel `rg:n` from inside the append
-//! script (so an append and its notification are one engine operation):
-//! `A <node> <seq> <len(user)> <user><entry>` for an append, `K <node>
-//! <len(user)> <user><device>` for a replacement.
+//! Notifications go out from inside the append script (so an append and
+//! its notification are one engine operation): `A <node> <seq> <len(user)>
+//! <user><entry>` for an append, on the channel `rg:n:<node>` of each other
+//! node the recipient's presence shows a device online on (`NOTIFY`), and
+//! `K <node> <len(user)> <user><device>` for a replacement, on `rg:n`,
+//! which every node hears.
 
 /// Removes entries beyond `max` and older than the cutoff (ARGV given by
 /// the caller), and the append keys of removed entries; returns the oldest
@@ -61,15 +64,48 @@ local function trim(e, i, h, max, cutoff, force)
 end
 "#;
 
-/// KEYS: h, e, i. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
-/// node, user, key. Returns `{seq, new}`: the entry's seq, and 0 when this
+/// Publishes an append's notification `msg` (module docs). With
+/// `targeted` `1` (every live node listens on its own channel: the node's
+/// heartbeat says so, `engine.rs`), only to the channels of the nodes other
+/// than `me` that the recipient's presence `p` shows a device online on:
+/// a node holds a user's mirror only while a device of the user is
+/// connected there, and the CONNECT script that makes it so writes the
+/// presence in the same atomic step as it loads the inbox, so a device
+/// that connects anywhere either is listed here or has loaded this entry.
+/// Should a presence record be stale anyway, the node's heartbeat gap
+/// repair fetches the entry (within 2 x heartbeat_ms). No presence at all
+/// (never connected, or the engine lost it): every node, on `rg:n`, as
+/// when a live node of the previous version (which hears only `rg:n`) is
+/// in the fleet. Shared prelude.
+const NOTIFY: &str = r#"
+local function notify(p, me, msg, targeted)
+  if targeted == '1' then
+    local recs = redis.call('HVALS', p)
+    if #recs > 0 then
+      local sent = {}
+      for _, r in ipairs(recs) do
+        local node, online = string.match(r, '^(%S+) %S+ %S+ (%S+)')
+        if online == '1' and node ~= me and not sent[node] then
+          sent[node] = true
+          redis.call('PUBLISH', 'rg:n:' .. node, msg)
+        end
+      end
+      return
+    end
+  end
+  redis.call('PUBLISH', 'rg:n', msg)
+end
+"#;
+
+/// KEYS: h, e, i, p. ARGV: msg_id, ts, from, payload, max_messages, cutoff_ms,
+/// node, user, key, targeted (`NOTIFY`). Returns `{seq, new}`: the entry's seq, and 0 when this
 /// key was already appended (its first seq; nothing written). The key
 /// names the SEND (`rules::append_key`), not its msg_id: msg_ids of two
 /// nodes can be equal (time, counter and core index, no node), and two
 /// messages must never be taken for one.
 pub fn append() -> String {
     format!(
-        "{TRIM}{}",
+        "{TRIM}{NOTIFY}{}",
         r#"
 local s = redis.call('ZSCORE', KEYS[3], ARGV[9])
 if s then return {tonumber(s), 0} end
@@ -78,7 +114,7 @@ local entry = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. #ARGV[3] .. ' ' .. ARGV[3] .. 
 redis.call('ZADD', KEYS[2], seq, entry)
 redis.call('ZADD', KEYS[3], seq, ARGV[9])
 trim(KEYS[2], KEYS[3], KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
-redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry)
+notify(KEYS[4], ARGV[7], 'A ' .. ARGV[7] .. ' ' .. seq .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. entry, ARGV[10])
 return {seq, 1}
 "#
     )
@@ -86,12 +122,14 @@ return {seq, 1}
 
 /// The whole client SEND in one script, for a single engine (not a
 /// Cluster: the sender's dedup keys and the recipients' inboxes are in
-/// different slots). KEYS: d (the claim's bucket, `dedup_key`), q, m, then
-/// h, e, i of each target. ARGV: cmid, msg_id, ts, node, keep, now_ms,
-/// claim (`0`: a refused group send only looks for its stored original),
-/// from, payload, max_messages, cutoff_ms, append key, dedup ttl (ms), d's
-/// prefix (`rg:{u}:d:{device}:`, for evicting from another bucket), then
-/// one user per target. Returns `{0, record}` when the id is already
+/// different slots). KEYS: d (the claim's bucket, `dedup_key`), q, m, the
+/// previous version's hash (`legacy_dedup_key`, or d again), then h, e, i,
+/// p of each target. ARGV: cmid, msg_id, ts, node, keep, now_ms, claim
+/// (`0`: a refused group send only looks for its stored original), from,
+/// payload, max_messages, cutoff_ms, append key, dedup ttl (ms), d's
+/// prefix (`rg:{u}:d:{device}:`, for evicting from another bucket),
+/// legacy (`1`: look in the previous version's hash too), targeted
+/// (`NOTIFY`), then one user per target. Returns `{0, record}` when the id is already
 /// claimed (done: the original answer; pending: a multi-step attempt the
 /// caller finishes), `{2}` muted, `{3}` nothing found (claim `0`), else
 /// `{1, seq, new, seq, new, ...}` per target: claimed, appended (each
@@ -99,9 +137,9 @@ return {seq, 1}
 /// one atomic step, so nothing is ever left pending.
 pub fn send() -> String {
     format!(
-        "{TRIM}{}",
+        "{TRIM}{NOTIFY}{}",
         r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
+DEDUP_LOOKUP
 if v then return {0, v} end
 local m = redis.call('GET', KEYS[3])
 if m and tonumber(m) > tonumber(ARGV[6]) then return {2} end
@@ -109,8 +147,8 @@ if ARGV[7] ~= '1' then return {3} end
 local entry = ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. #ARGV[8] .. ' ' .. ARGV[8] .. ARGV[9]
 local max, cutoff = tonumber(ARGV[10]), tonumber(ARGV[11])
 local out = {1}
-for t = 1, #ARGV - 14 do
-  local h, e, i = KEYS[3 * t + 1], KEYS[3 * t + 2], KEYS[3 * t + 3]
+for t = 1, #ARGV - 16 do
+  local h, e, i, p = KEYS[4 * t + 1], KEYS[4 * t + 2], KEYS[4 * t + 3], KEYS[4 * t + 4]
   local s = redis.call('ZSCORE', i, ARGV[12])
   if s then
     out[#out + 1] = tonumber(s)
@@ -120,8 +158,8 @@ for t = 1, #ARGV - 14 do
     redis.call('ZADD', e, seq, entry)
     redis.call('ZADD', i, seq, ARGV[12])
     trim(e, i, h, max, cutoff, false)
-    local u = ARGV[14 + t]
-    redis.call('PUBLISH', 'rg:n', 'A ' .. ARGV[4] .. ' ' .. seq .. ' ' .. #u .. ' ' .. u .. entry)
+    local u = ARGV[16 + t]
+    notify(p, ARGV[4], 'A ' .. ARGV[4] .. ' ' .. seq .. ' ' .. #u .. ' ' .. u .. entry, ARGV[16])
     out[#out + 1] = seq
     out[#out + 1] = 1
   end
@@ -130,7 +168,33 @@ DEDUP_RECORD
 return out
 "#
     )
+    .replace("DEDUP_LOOKUP", &dedup_lookup("ARGV[1]", "ARGV[15]", "ARGV[5]", "ARGV[13]", "ARGV[14]"))
     .replace("DEDUP_RECORD", &dedup_record("'d ' .. ARGV[2] .. ' ' .. ARGV[3]", "ARGV[1]", "ARGV[5]", "ARGV[13]", "ARGV[14]"))
+}
+
+/// Lua that sets `v` to the dedup record of `cmid`: from the claim's
+/// bucket (KEYS[1]), else, when `legacy` is `1`, from the one hash per
+/// device in which the previous version kept them (KEYS[4],
+/// `legacy_dedup_key`), so a retry that crosses versions during a rolling
+/// upgrade gets the answer an old node recorded instead of being stored
+/// again. The legacy hash is only read (the old nodes still running own
+/// it). A *pending* record found there (an old node died between its claim
+/// and its last copy) is copied into the bucket, queued and expiring like
+/// any record, so the retry or survivor that finishes it marks it done
+/// where `DONE` looks: left pending, every later retry would append it
+/// again, a second copy once retention had trimmed the first's append key.
+fn dedup_lookup(cmid: &str, legacy: &str, keep: &str, ttl: &str, prefix: &str) -> String {
+    format!(
+        r#"
+local v = redis.call('HGET', KEYS[1], {cmid})
+if not v and {legacy} == '1' then
+  v = redis.call('HGET', KEYS[4], {cmid})
+  if v and string.sub(v, 1, 2) == 'p ' then
+{adopt}  end
+end
+"#,
+        adopt = dedup_record("v", cmid, keep, ttl, prefix)
+    )
 }
 
 /// Lua that stores `rec` for `cmid` in the claim's bucket (KEYS[1]),
@@ -192,11 +256,14 @@ local e = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'WITHSCOR
 return {oldest, head, e}
 "#;
 
-/// KEYS: d (the claim's bucket, `dedup_key`), q, m. ARGV: cmid, msg_id,
+/// KEYS: d (the claim's bucket, `dedup_key`), q, m, the previous
+/// version's hash (`legacy_dedup_key`, or d again). ARGV: cmid, msg_id,
 /// ts, node, keep, targets (joined by '\n'), payload (group sends only: a
 /// survivor completes them without the client), now_ms, claim (`1`; `0`
 /// only looks: a group send the engine refuses must still find its stored
-/// original), dedup ttl (ms), d's prefix. Claims the client_msg_id of a
+/// original, and the intent sweep reads a record this way), dedup ttl
+/// (ms), d's prefix, legacy (`1`: look in the previous version's hash
+/// too, `dedup_lookup`). Claims the client_msg_id of a
 /// sending device: returns nil when claimed now (or, with claim `0`, when
 /// there is nothing to find), `m` when the sender is muted (checked after
 /// the lookup: a SEND accepted before the mute and retried keeps its
@@ -205,9 +272,9 @@ return {oldest, head, e}
 /// The multi-step path (a Cluster, or a group too large for one script).
 pub fn claim() -> String {
     format!(
-        "{}{}return false\n",
+        "{}{}{}return false\n",
+        dedup_lookup("ARGV[1]", "ARGV[12]", "ARGV[5]", "ARGV[10]", "ARGV[11]"),
         r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return v end
 local m = redis.call('GET', KEYS[3])
 if m and tonumber(m) > tonumber(ARGV[8]) then return 'm' end
@@ -417,6 +484,18 @@ pub fn dedup_prefix(user: &str, device: &str) -> String {
     format!("rg:{{{user}}}:d:{device}:")
 }
 
+/// The one hash per device in which the previous version kept a device's
+/// dedup records (no buckets, no expiry), read as a fallback during a
+/// rolling upgrade (`dedup_lookup`). None when that name is also a bucket
+/// of another device (`x:3`'s old hash is bucket 3 of device `x`): such a
+/// device's retries across versions are not recognised, rather than
+/// answered with another device's record.
+pub fn legacy_dedup_key(user: &str, device: &str) -> Option<String> {
+    // Exactly how `dedup_key` writes a bucket: 0..=15, no leading zero.
+    let bucket_like = device.rsplit_once(':').is_some_and(|(_, b)| b.parse::<u64>().is_ok_and(|n| n < DEDUP_BUCKETS && n.to_string() == b));
+    (!bucket_like).then(|| format!("rg:{{{user}}}:d:{device}"))
+}
+
 /// The queue of a device's dedup ids in claim order.
 pub fn dedup_queue(user: &str, device: &str) -> String {
     format!("rg:{{{user}}}:q:{device}")
@@ -425,4 +504,20 @@ pub fn dedup_queue(user: &str, device: &str) -> String {
 /// A user's mute key (the user's slot: the claim script reads it).
 pub fn mute_key(user: &str) -> String {
     format!("rg:{{{user}}}:m")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_legacy_dedup_hash_is_never_another_devices_bucket() {
+        assert_eq!(legacy_dedup_key("u", "a1").as_deref(), Some("rg:{u}:d:a1"));
+        assert_eq!(dedup_key("u", "x", 3), "rg:{u}:d:x:3");
+        assert_eq!(legacy_dedup_key("u", "x:3"), None, "bucket 3 of device x");
+        assert_eq!(legacy_dedup_key("u", "x:15"), None);
+        for d in ["x:16", "x:03", "x:", "x:-1", "3", "a:b"] {
+            assert_eq!(legacy_dedup_key("u", d), Some(format!("rg:{{u}}:d:{d}")), "{d} names no bucket");
+        }
+    }
 }

@@ -96,9 +96,10 @@ impl Eng {
     }
 }
 
-/// The notification subscriber: a RESP3 connection subscribed to `rg:n`,
-/// whose pushes go straight to the home cores' mailboxes (kicks to the
-/// engine thread). A PING every heartbeat notices a dead connection; then
+/// The notification subscriber: a RESP3 connection subscribed to `rg:n`
+/// and this node's own channel (`rg:n:<node>`, `scripts::NOTIFY`), whose
+/// pushes go straight to the home cores' mailboxes (kicks to the engine
+/// thread). A PING every heartbeat notices a dead connection; then
 /// it subscribes again on the next seed URL that answers (a Redis Cluster
 /// broadcasts every PUBLISH to all of its nodes, so any reachable one will
 /// do, and a dead shard only moves the subscriber). What is published
@@ -150,12 +151,12 @@ async fn subscribe_on(eng: &Arc<Eng>, seed: usize, ctl: &tokio::sync::mpsc::Send
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("connect timed out".into()),
     };
-    match tokio::time::timeout(t, c.subscribe("rg:n")).await {
+    match tokio::time::timeout(t, c.subscribe(vec!["rg:n".to_string(), own_channel(&eng.fleet.node_id)])).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("SUBSCRIBE timed out".into()),
     }
-    tracing::info!(seed, "fleet subscriber: subscribed to rg:n");
+    tracing::info!(seed, "fleet subscriber: subscribed to rg:n and its own channel");
     let hb = Duration::from_millis(eng.fleet.cfg.heartbeat_ms);
     loop {
         tokio::time::sleep(hb).await;
