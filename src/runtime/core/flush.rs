@@ -1,4 +1,4 @@
-//! One write per connection per loop turn: frames produced while the core handles events only mark their connection dirty; the core's flusher task seals and writes each dirty connection once, after the tasks already ready have run.
+//! One write per connection per loop turn: frames produced while the core handles events only mark their connection dirty; the core's flusher task turns each dirty connection into one transmit (sealed and written by the driver right after, `transmit.rs`), after the tasks already ready have run.
 //!
 //! Why: a fan-out, a burst of SENDs from several senders to one receiver,
 //! or a PUSHACK that refills the window each used to end in its own
@@ -44,7 +44,8 @@ pub struct Dirty {
 pub struct StageTrace {
     /// When the dirty list became non-empty this turn (wall, thread CPU µs).
     dirty_since: Option<(Instant, u64)>,
-    /// First `kick` of a turn → its batch written.
+    /// First `kick` of a turn → its batch queued for the driver's writes
+    /// (which follow at once, in the same borrow of the core).
     pub outbox_wait: Log2Hist,
     /// The same span in this thread's CPU time: much less than the wall
     /// time means the thread was preempted (a busy machine), not working.
