@@ -79,6 +79,12 @@ struct ClientState {
     sse: Option<Box<SseRx>>,
     /// Server bytes ever moved into `rx` (the offset of `rx`'s end).
     taken: u64,
+    /// The interest its task waits with since its last step (`drive` reads
+    /// `wants_write` once after `on_io` and waits on that readiness until
+    /// it fires or the core wakes the task): a change of interest the core
+    /// does not wake the task for stays unseen, as in the worker. None
+    /// before the task's first step here.
+    parked_write: Option<bool>,
 }
 
 /// What an SSE client has decoded of its stream so far.
@@ -280,7 +286,7 @@ impl Sim {
         let pipe = net::open(DEFAULT_CAPACITY);
         match self.cores[core].accept(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST)) {
             Ok(key) => {
-                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None, taken: 0 });
+                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None, taken: 0, parked_write: None });
                 Ok(Client(self.clients.len() - 1))
             }
             Err(e) => {
@@ -614,11 +620,12 @@ impl Sim {
             let Some((core, key)) = self.clients[i].at else { continue };
             let pipe = self.clients[i].pipe;
             // `drive`: the interest, then the wait (socket readiness or a wake-up).
-            let Some(write) = self.cores[core].wants_write(key) else {
+            let Some(now_write) = self.cores[core].wants_write(key) else {
                 self.end_task(i);
                 ran = true;
                 continue;
             };
+            let write = self.clients[i].parked_write.unwrap_or(now_write);
             let woken = self.cores[core].poll_woken(key, Waker::noop());
             let ready = net::with(pipe, |p| {
                 if write {
@@ -636,6 +643,8 @@ impl Sim {
             transmit(c);
             let outcome = c.on_io(key, &mut SimNet);
             transmit(c);
+            // `drive`: the interest is read once, after the step's writes.
+            self.clients[i].parked_write = c.wants_write(key);
             match outcome {
                 Outcome::Continue => {}
                 Outcome::Close => self.end_task(i),
@@ -686,6 +695,7 @@ impl Sim {
             transmit(&mut self.cores[core]);
             if let Some(st) = self.clients.iter_mut().find(|s| s.pipe == pipe) {
                 st.at = Some((core, key));
+                st.parked_write = None;
             }
         }
         // One message is one turn here: its output is written behind it.
