@@ -323,7 +323,7 @@ pub fn conn_glue(data: &[u8]) {
             if conn.read_available(&mut Kernel).is_err() {
                 return;
             }
-            let _ = conn.flush(&mut Kernel);
+            let _ = write_out(&mut conn);
             let _ = c.read_tls(&mut peer);
             if c.process_new_packets().is_err() {
                 return;
@@ -369,11 +369,40 @@ pub fn conn_glue(data: &[u8]) {
             }
         }
         out.clear();
-        if conn.flush(&mut Kernel).is_err() {
+        if write_out(&mut conn).is_err() {
             return;
         }
     }
     drop(ours);
+}
+
+/// The driver's write of a lone connection (the core's transmit loop,
+/// `core/transmit.rs`, without the core): stage, send what the connection
+/// lends until the socket pushes back, report each count.
+fn write_out(conn: &mut Conn) -> std::io::Result<()> {
+    use std::io::{ErrorKind, IoSlice};
+    if !conn.stage().map_err(std::io::Error::other)? {
+        return Ok(());
+    }
+    let Some(sock) = conn.sock else { return Ok(()) };
+    while conn.has_sendable() {
+        let [a, b] = conn.sendable();
+        let bufs = [IoSlice::new(a), IoSlice::new(b)];
+        let bufs = match (a.is_empty(), b.is_empty()) {
+            (false, true) => &bufs[..1],
+            (true, false) => &bufs[1..],
+            _ => &bufs[..],
+        };
+        match Kernel::send(sock, bufs) {
+            Ok(0) => break,
+            Ok(n) => conn.on_sent(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.write_ended();
+    Ok(())
 }
 
 /// The one HTTP/1.1 request parser (`crate::http`: head, Content-Length

@@ -5,8 +5,10 @@
 //! idle, and stream wrappers keep two 16 KiB TLS buffers for life. Here the
 //! connection task only waits for *readiness* (`readable()`, an io_uring
 //! PollAdd with no buffer attached), then the driver's [`Transport`] does
-//! non-blocking `recv`/`send` on the buffers this module lends it (the
-//! driver owns the socket; see `transport.rs`):
+//! a non-blocking `recv` into the buffer this module lends it, and the
+//! driver sends what [`Conn::sendable`] lends it and reports back through
+//! [`Conn::on_sent`] (the driver owns the socket; see `transport.rs` and
+//! `core/transmit.rs`):
 //!
 //! - ciphertext is read into `tls_in`; during the handshake whole records
 //!   are fed to rustls one at a time, so when the handshake completes rustls
@@ -14,14 +16,15 @@
 //!   record layer (`tls_record`), dropping rustls' ~8 KB of state;
 //! - plaintext lands in `rbuf`, frames are split off it as `Bytes`
 //!   (zero-copy decode), and once `rbuf` is empty its allocation is released;
-//! - frames to send are encoded into `out`, sealed into `tls_out`, written
+//! - frames to send are encoded into `out`, sealed into `tls_out` when the
+//!   driver asks what to transmit ([`Conn::stage`]), written from there
 //!   until the socket pushes back, and both are released once empty.
 //!
 //! So an idle, authenticated TLS 1.3 connection owns: this struct, the
 //! session, ~120 bytes of traffic keys, and a small task future. Measured
 //! figures are in docs/measurements.md.
 
-use std::io::{self, BufRead, IoSlice, Write};
+use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -114,6 +117,9 @@ pub struct Conn {
     pub write_blocked: bool,
     /// Our side has sent FIN (after DISCONNECT).
     pub shut_wr: bool,
+    /// FIN is owed once the output drains ([`Conn::prepare_shutdown`]):
+    /// the driver's next transmit for the connection is then a FIN.
+    pub fin_wanted: bool,
     /// Transport is gone: drop without writing.
     pub dead: bool,
     pub ident: Option<Box<Identity>>,
@@ -141,37 +147,6 @@ pub enum TransportError {
     Record(#[from] RecordError),
     #[error("socket: {0}")]
     Io(#[from] io::Error),
-}
-
-/// The connection's socket as an `io::Write` through the driver's
-/// transport, for rustls' `write_tls` (which gathers its queued records).
-/// No socket (a long-poll session): every write fails, which no path asks
-/// for (its output never reaches a socket write).
-struct Wire<'a, T: Transport + ?Sized> {
-    io: &'a mut T,
-    sock: Option<Sock>,
-}
-
-impl<T: Transport + ?Sized> Wire<'_, T> {
-    fn sock(&self) -> io::Result<Sock> {
-        self.sock.ok_or_else(|| io::ErrorKind::NotConnected.into())
-    }
-}
-
-impl<T: Transport + ?Sized> Write for Wire<'_, T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let sock = self.sock()?;
-        self.io.send(sock, &[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let sock = self.sock()?;
-        self.io.send(sock, bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -202,6 +177,7 @@ impl Conn {
             woken: false,
             write_blocked: false,
             shut_wr: false,
+            fin_wanted: false,
             dead: false,
             ident: None,
             send_bucket: crate::limits::TokenBucket::full(0, 0),
@@ -397,56 +373,100 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends `out` (through TLS when on). `Ok(true)`: everything is on the
-    /// socket; `Ok(false)`: the socket pushed back, wait for writability.
-    pub fn flush<T: Transport + ?Sized>(&mut self, io: &mut T) -> Result<bool, TransportError> {
+    /// Prepares the output for the driver's next write (`core/transmit.rs`):
+    /// the TLS hand-off when due, then the framing's wrap, then sealing —
+    /// `out` into `tls_out` by our record layer, or rustls' own records
+    /// moved into `tls_out`. Returns false when the connection has no
+    /// socket (a long-poll session: its output waits in `out` for a poll;
+    /// `write_blocked` then says whether anything waits).
+    ///
+    /// Staged, nothing is on the wire yet: [`Conn::sendable`] lends the
+    /// bytes, the driver writes them, [`Conn::on_sent`] takes the count.
+    /// Nothing may touch `out` between the stage and the report (the
+    /// driver makes no other call into the core in between), which is what
+    /// lets `framed_len` stay right.
+    ///
+    /// The one copy this adds: rustls keeps the records it produces (the
+    /// handshake flight; every record of a TLS 1.2 connection) in a buffer
+    /// of its own that it only hands to an `io::Write`, so they are copied
+    /// into `tls_out` here, as the session tickets were before. A TLS 1.3
+    /// connection after the hand-off and plain TCP are sent from their own
+    /// buffers, without a copy.
+    pub fn stage(&mut self) -> Result<bool, TransportError> {
         self.try_handoff()?;
         if let Some(done) = self.framing.wrap_out(&mut self.out) {
             // A long-poll session has no socket: its output waits for a poll.
             self.write_blocked = !done;
-            return Ok(done);
+            return Ok(false);
         }
-        let done = match &mut self.tls {
-            Tls::Off => write_all(io, self.sock, &mut self.out)?,
-            // Nothing can be written before the handshake; frames wait in `out`.
-            Tls::Accepting(_) => self.out.is_empty(),
-            Tls::Records(r) => {
-                r.seal_all(&mut self.out, &mut self.tls_out)?;
-                write_all(io, self.sock, &mut self.tls_out)?
-            }
+        match &mut self.tls {
+            // Plain TCP sends `out` itself; nothing can be written before
+            // the handshake (frames wait in `out`).
+            Tls::Off | Tls::Accepting(_) => {}
+            Tls::Records(r) => r.seal_all(&mut self.out, &mut self.tls_out)?,
             Tls::Rustls(tls) => loop {
+                let mut w = BytesMutWriter(&mut self.tls_out);
                 while tls.wants_write() {
-                    match tls.write_tls(&mut Wire { io: &mut *io, sock: self.sock }) {
-                        Ok(_) => {}
-                        Err(e) if would_block(&e) => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if tls.wants_write() {
-                    break false;
+                    tls.write_tls(&mut w)?;
                 }
                 if self.out.is_empty() || tls.is_handshaking() {
                     // Frames written before the handshake completes wait in
                     // `out`; rustls would buffer them unencrypted otherwise.
-                    break self.out.is_empty();
+                    break;
                 }
                 let n = tls.writer().write(&self.out)?;
                 self.out.advance(n);
                 if n == 0 && !tls.wants_write() {
                     // rustls refused plaintext without queueing anything:
-                    // nothing to wait for, report as blocked and retry later.
-                    break false;
+                    // what is left waits for the next stage.
+                    break;
                 }
             },
-        };
-        // Idle connections hold no output buffers.
+        }
+        // What is left in `out` was all wrapped.
+        self.framing.after_flush(self.out.len());
+        Ok(true)
+    }
+
+    /// The staged bytes to write now, in order, borrowed from the
+    /// connection's own buffers (no copy): the sealed `tls_out`, then on
+    /// plain TCP `out` itself. Empty slices when nothing is staged.
+    pub fn sendable(&self) -> [&[u8]; 2] {
+        let plain: &[u8] = if matches!(self.tls, Tls::Off) { &self.out } else { &[] };
+        [&self.tls_out, plain]
+    }
+
+    /// Whether staged bytes wait for the socket.
+    pub fn has_sendable(&self) -> bool {
+        !self.tls_out.is_empty() || (matches!(self.tls, Tls::Off) && !self.out.is_empty())
+    }
+
+    /// Everything produced is on the socket (what `flush` used to call
+    /// done): nothing staged, nothing waiting to be staged.
+    pub fn drained(&self) -> bool {
+        self.tls_out.is_empty() && self.out.is_empty()
+    }
+
+    /// The driver wrote `n` bytes of [`Conn::sendable`]: they leave the
+    /// buffers, which are released once empty.
+    pub fn on_sent(&mut self, n: usize) {
+        let sealed = n.min(self.tls_out.len());
+        self.tls_out.advance(sealed);
+        let plain = n - sealed;
+        if plain > 0 && matches!(self.tls, Tls::Off) {
+            self.out.advance(plain.min(self.out.len()));
+            // What is left in `out` was all wrapped before the write.
+            self.framing.after_flush(self.out.len());
+        }
+    }
+
+    /// The write round ended (drained, or the socket pushed back): idle
+    /// connections hold no output buffers, and the task learns whether to
+    /// wait for writability.
+    pub fn write_ended(&mut self) {
         release_if_empty(&mut self.out);
         release_if_empty(&mut self.tls_out);
-        // What is left in `out` was all wrapped before the writes.
-        self.framing.after_flush(self.out.len());
-        self.write_blocked = !done;
-        Ok(done)
+        self.write_blocked = !self.drained();
     }
 
     /// Releases the read buffers when no partial frame or record is left.
@@ -456,8 +476,12 @@ impl Conn {
         self.framing.release_idle_buffers();
     }
 
-    /// Half-closes after our DISCONNECT: TLS close_notify, then FIN.
-    pub fn shutdown_write<T: Transport + ?Sized>(&mut self, io: &mut T) {
+    /// Half-close after our DISCONNECT, prepared: the transport's close
+    /// answer and TLS close_notify go behind what `out` holds, and FIN is
+    /// owed once everything drained (`fin_wanted`; the driver sends it as
+    /// the connection's last transmit). Idempotent: the close answer and
+    /// close_notify are each sealed once.
+    pub fn prepare_shutdown(&mut self) {
         if self.shut_wr {
             return;
         }
@@ -468,7 +492,7 @@ impl Conn {
             Tls::Rustls(tls) => tls.send_close_notify(),
             Tls::Records(r) => {
                 // Whatever `out` holds goes first, then the alert (once: a
-                // second call after a blocked flush seals nothing more).
+                // second call after a blocked write seals nothing more).
                 if r.seal_all(&mut self.out, &mut self.tls_out).is_err() {
                     self.dead = true;
                 } else {
@@ -477,26 +501,22 @@ impl Conn {
             }
             Tls::Off | Tls::Accepting(_) => {}
         }
-        if !matches!(self.flush(io), Ok(true)) {
-            // Unsent bytes remain; FIN goes after them once writable.
-            return;
-        }
-        self.shut_wr = true;
-        if let Some(sock) = self.sock {
-            io.shutdown_write(sock);
+        if self.sock.is_some() {
+            self.fin_wanted = true;
         }
     }
 
-    /// Before the connection closes on a record error: sends the alert it
-    /// calls for ([`RecordError::alert`]), best effort, at most once per
-    /// connection. After the hand-off it is sealed by our record layer
-    /// (after any bytes still owed). During a TLS 1.3 handshake whose
-    /// server flight is out, rustls already protects what it sends with the
-    /// server's first application key, so the alert is sealed under it;
-    /// before that (and during a TLS 1.2 handshake) it goes in plaintext.
-    /// A TLS 1.2 connection after its handshake gets none (rustls holds
-    /// those keys; its own errors come with its own alerts).
-    pub fn send_record_alert<T: Transport + ?Sized>(&mut self, err: &RecordError, io: &mut T) {
+    /// Before the connection closes on a record error: stages the alert it
+    /// calls for ([`RecordError::alert`]) for a best-effort write, at most
+    /// once per connection, and marks the connection dead. After the
+    /// hand-off it is sealed by our record layer (after any bytes still
+    /// owed). During a TLS 1.3 handshake whose server flight is out, rustls
+    /// already protects what it sends with the server's first application
+    /// key, so the alert is sealed under it; before that (and during a TLS
+    /// 1.2 handshake) it goes in plaintext. A TLS 1.2 connection after its
+    /// handshake gets none (rustls holds those keys; its own errors come
+    /// with its own alerts).
+    pub fn stage_record_alert(&mut self, err: &RecordError) {
         let Some(desc) = err.alert() else { return };
         let alert = match &mut self.tls {
             Tls::Records(r) => {
@@ -515,27 +535,27 @@ impl Conn {
         if let Some(a) = alert {
             self.tls_out.extend_from_slice(&a);
         }
-        let _ = write_all(io, self.sock, &mut self.tls_out);
         self.dead = true;
     }
 
     /// The peer closed (its close_notify, or EOF) and the connection goes:
-    /// our own close_notify first, best effort (RFC 8446 §6.1: each side
-    /// sends one before closing its write side), unless an alert already
-    /// went out. Frames still owed are sealed ahead of it, never after.
-    pub fn close_notify_now<T: Transport + ?Sized>(&mut self, io: &mut T) {
+    /// our own close_notify is staged first, for a best-effort write (RFC
+    /// 8446 §6.1: each side sends one before closing its write side),
+    /// unless an alert already went out. Frames still owed are sealed
+    /// ahead of it, never after.
+    pub fn stage_close_notify(&mut self) {
         match &mut self.tls {
             Tls::Records(r) => {
                 if r.seal_all(&mut self.out, &mut self.tls_out).is_ok() {
                     r.close_notify(&mut self.tls_out);
                 }
-                let _ = write_all(io, self.sock, &mut self.tls_out);
             }
             Tls::Rustls(t) if !t.is_handshaking() => {
                 // rustls sends it at most once, and never after its own alert.
                 t.send_close_notify();
+                let mut w = BytesMutWriter(&mut self.tls_out);
                 while t.wants_write() {
-                    if t.write_tls(&mut Wire { io: &mut *io, sock: self.sock }).is_err() {
+                    if t.write_tls(&mut w).is_err() {
                         break;
                     }
                 }
@@ -544,11 +564,13 @@ impl Conn {
         }
     }
 
-    /// Sends pending TLS alerts (e.g. after a handshake failure) best-effort.
-    pub fn send_alert<T: Transport + ?Sized>(&mut self, io: &mut T) {
+    /// rustls' pending alerts (e.g. after a handshake failure), staged for
+    /// a best-effort write.
+    pub fn stage_alert(&mut self) {
         if let Tls::Rustls(tls) = &mut self.tls {
+            let mut w = BytesMutWriter(&mut self.tls_out);
             while tls.wants_write() {
-                if tls.write_tls(&mut Wire { io: &mut *io, sock: self.sock }).is_err() {
+                if tls.write_tls(&mut w).is_err() {
                     break;
                 }
             }
@@ -598,19 +620,6 @@ fn recv_into<T: Transport + ?Sized>(io: &mut T, sock: Sock, buf: &mut BytesMut, 
     Ok(n)
 }
 
-/// Writes `buf` until empty or the socket pushes back; true when empty.
-fn write_all<T: Transport + ?Sized>(io: &mut T, sock: Option<Sock>, buf: &mut BytesMut) -> Result<bool, TransportError> {
-    while !buf.is_empty() {
-        match (Wire { io: &mut *io, sock }).write(buf) {
-            Ok(n) => buf.advance(n),
-            Err(e) if would_block(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(buf.is_empty())
-}
-
 /// Length of the complete record at the front of `buf` during the
 /// handshake, if it is all there. Records of the types that are plaintext
 /// while the handshake runs (handshake, alert, change_cipher_spec) are
@@ -647,7 +656,7 @@ fn take_plaintext(tls: &mut rustls::ServerConnection, rbuf: &mut BytesMut) -> Re
 
 #[cfg(test)]
 mod tests {
-    use std::io::{self, IoSlice};
+    use std::io;
     use std::mem::MaybeUninit;
 
     use super::*;
@@ -663,16 +672,11 @@ mod tests {
         fn recv(&mut self, _: Sock, _: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
             panic!("recv on a connection without a socket")
         }
-        fn send(&mut self, _: Sock, _: &[IoSlice<'_>]) -> io::Result<usize> {
-            panic!("send on a connection without a socket")
-        }
-        fn shutdown_write(&mut self, _: Sock) {
-            panic!("shutdown on a connection without a socket")
-        }
     }
 
-    /// A long-poll session has no socket: reading, flushing and closing it
-    /// never reach the driver's transport (its bytes travel on the polls).
+    /// A long-poll session has no socket: reading never reaches the
+    /// driver's transport, and staging its output, a shutdown or an alert
+    /// never give the driver anything to write (its bytes travel on the polls).
     #[test]
     fn a_long_poll_session_never_touches_a_transport() {
         let lim = SessionLimits::default();
@@ -680,11 +684,34 @@ mod tests {
         c.framing = Framing::LongPoll(Box::new(LpState::new(Sid::new(0))));
         assert_eq!(c.read_available(&mut NoSocket).unwrap(), ReadStatus::Open);
         c.out.extend_from_slice(b"queued for a poll");
-        assert!(!c.flush(&mut NoSocket).unwrap(), "the output waits for a poll");
-        c.shutdown_write(&mut NoSocket);
-        c.close_notify_now(&mut NoSocket);
-        c.send_alert(&mut NoSocket);
+        assert!(!c.stage().unwrap(), "no socket to write");
+        assert!(c.write_blocked, "the output waits for a poll");
+        c.prepare_shutdown();
+        c.stage_close_notify();
+        c.stage_alert();
+        assert!(!c.fin_wanted, "no FIN without a socket");
+        assert!(c.tls_out.is_empty());
         assert_eq!(&c.out[..], b"queued for a poll");
+    }
+
+    /// The driver writes from the connection's own buffer (no copy), and
+    /// what it reports written leaves it; a partial write leaves the rest.
+    #[test]
+    fn the_driver_sends_from_the_connections_buffer() {
+        let lim = SessionLimits::default();
+        let mut c = Conn::new(Some(Sock::new(3)), Tls::Off, Session::new(1, &lim));
+        c.out.extend_from_slice(b"hello world");
+        assert!(c.stage().unwrap());
+        let [sealed, plain] = c.sendable();
+        assert!(sealed.is_empty());
+        assert_eq!(plain.as_ptr(), c.out.as_ptr(), "lent in place, not copied");
+        c.on_sent(6);
+        assert_eq!(c.sendable()[1], b"world");
+        c.on_sent(5);
+        assert!(!c.has_sendable() && c.drained());
+        c.write_ended();
+        assert!(!c.write_blocked);
+        assert_eq!(c.out.capacity(), 0, "an empty output buffer is released");
     }
 
     /// Reads land in the connection's own buffer, lent to the transport.
@@ -703,10 +730,6 @@ mod tests {
                 }
                 Ok(n)
             }
-            fn send(&mut self, _: Sock, _: &[IoSlice<'_>]) -> io::Result<usize> {
-                unreachable!()
-            }
-            fn shutdown_write(&mut self, _: Sock) {}
         }
         let lim = SessionLimits::default();
         let mut c = Conn::new(Some(Sock::new(3)), Tls::Off, Session::new(1, &lim));

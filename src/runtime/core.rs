@@ -37,6 +37,8 @@ mod send;
 mod sessions;
 mod flush;
 pub use flush::Log2Hist;
+mod transmit;
+pub use transmit::{Slices, Transmit, Tx};
 mod web;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -174,6 +176,9 @@ struct Slot {
     preauth: Option<(u64, IpAddr)>,
     /// In the core's dirty list: written at the end of this turn (`flush.rs`).
     dirty: bool,
+    /// In the transmit queue, with the follow-ups of its write (bits of
+    /// `transmit::then`).
+    tx: u8,
     /// Stage trace only: when the oldest unacknowledged PUSH was written.
     written_at: Option<Instant>,
 }
@@ -359,6 +364,8 @@ pub struct Core {
     web_sids: HashMap<super::web::Sid, ConnKey>,
     /// Connections to write at the end of this turn (`flush.rs`).
     pub dirty: flush::Dirty,
+    /// Writes the driver is to perform (`transmit.rs`).
+    tx: transmit::Transmits,
     /// Devices whose dedup table is to be packed (`core/dedup.rs`).
     idle_dedup: dedup::PackQueue,
     /// Fleet mode (`core/fleet.rs`); None on the local log.
@@ -412,6 +419,7 @@ impl Core {
             origin_log: (0, 0),
             web_sids: HashMap::new(),
             dirty: flush::Dirty::new(),
+            tx: transmit::Transmits::default(),
             idle_dedup: Default::default(),
             fleet: shared.fleet.clone().map(fleet::CoreFleet::new),
             peer_of: |_| None,
@@ -434,7 +442,7 @@ impl Core {
     pub fn insert(&mut self, conn: Conn) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false, written_at: None }) as u32;
+        let idx = self.conns.insert(Slot { gen, conn, preauth: None, dirty: false, tx: 0, written_at: None }) as u32;
         let key = ConnKey { idx, gen };
         self.rearm(key);
         self.m().conns.set(self.conns.len() as u64);
@@ -716,9 +724,9 @@ impl Core {
         None
     }
 
-    /// Fires due timers. `io`: the driver's transport, for the last write
-    /// to a slow consumer before it is dropped.
-    pub fn on_tick<T: Transport + ?Sized>(&mut self, io: &mut T) {
+    /// Fires due timers. The last write to a slow consumer, and what the
+    /// timers produce, are transmits the driver performs after the call.
+    pub fn on_tick(&mut self) {
         let now = self.shared.clock.mono_ms();
         if now.saturating_sub(self.last_prune_ms) >= 1_000 {
             self.addrs.prune(now);
@@ -751,8 +759,9 @@ impl Core {
                 // only if it ever reads that far); the connection is dropped
                 // now so its buffers are freed.
                 conn.session.close(now, DisconnectReason::SlowConsumer, "output above the high-water mark for too long", &mut conn.out);
-                let _ = conn.flush(io);
                 conn.dead = true;
+                // One last write, best effort, before the task drops it.
+                self.transmit(key, 0);
                 self.reject(REJ_SLOW_CONSUMER);
                 tracing::debug!(worker = self.id, "slow consumer closed");
                 self.wake(key);

@@ -89,6 +89,10 @@ pub struct HttpState {
     /// (`ringgate_rejections_total{reason="origin"}`) and logs one, rate-limited.
     pub refused_origins: u32,
     pub refused_origin: Option<String>,
+    /// Requests were left behind the output high-water mark and the
+    /// answers before them all went out: the next step serves them before
+    /// reading more (set by the core when the write is reported).
+    pub resume: bool,
 }
 
 impl HttpState {
@@ -103,6 +107,7 @@ impl HttpState {
             continued: false,
             refused_origins: 0,
             refused_origin: None,
+            resume: false,
         }
     }
 }
@@ -119,13 +124,19 @@ impl HttpState {
 /// What the connection does after an HTTP I/O step.
 #[derive(Debug)]
 pub enum Step {
-    Continue,
-    /// Done (a response said `Connection: close`, a bad request, or EOF) and everything was written.
+    /// Serve on: the answers wait in `out` for the connection's write.
+    /// `more`: requests were left behind the output high-water mark, to be
+    /// served as soon as everything written so far is out.
+    Continue { more: bool },
+    /// Done (a response said `Connection: close`, a bad request, or EOF):
+    /// once everything is written, close_notify and FIN, then close.
+    Closing,
+    /// Not an HTTP connection (any more): close.
     Close,
-    /// Switched to WebSocket; the 101 is in (or through) `out`.
+    /// Switched to WebSocket; the 101 is in `out`.
     Upgraded,
     /// A session request (SSE, send, long-poll) for the core to answer;
-    /// the requests before it are answered and flushed.
+    /// the requests before it are answered into `out`.
     Session(Box<SessionReq>),
 }
 
@@ -147,47 +158,31 @@ pub fn is_session_path(p: &str) -> bool {
     matches!(p, "/v1/sse" | "/v1/send" | "/v1/lp/connect" | "/v1/lp")
 }
 
-/// A connection known to carry HTTP had I/O: answer the complete requests,
-/// flush, and release idle buffers.
-pub fn on_io<T: super::transport::Transport + ?Sized>(
-    conn: &mut super::conn::Conn,
-    gate: &Gate,
-    tls: bool,
-    mono_ms: u64,
-    wall_ms: u64,
-    eof: bool,
-    io: &mut T,
-) -> Step {
-    loop {
-        let Some(st) = conn.framing.http_mut() else { return Step::Close };
-        let before = conn.rbuf.len();
-        let mut session = None;
-        let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms, &mut session) || eof;
-        if st.upgraded {
-            return Step::Upgraded;
-        }
-        if let Some(req) = session {
-            // The core answers it, then serves what follows.
-            return match conn.flush(io) {
-                Err(_) => Step::Close,
-                Ok(_) => Step::Session(req),
-            };
-        }
-        match conn.flush(io) {
-            Err(_) => return Step::Close,
-            Ok(true) if close => {
-                conn.shutdown_write(io);
-                return Step::Close;
-            }
-            // Everything went out and pipelined requests were left at the
-            // output high-water mark: answer them now, not at the next
-            // (maybe never) readable event.
-            Ok(true) if !conn.rbuf.is_empty() && conn.rbuf.len() < before => {}
-            Ok(_) => break,
-        }
+/// A connection known to carry HTTP had I/O: answer the complete requests
+/// into `out` and release idle read buffers. Writes nothing: the core turns
+/// the step into the connection's transmit and its follow-up
+/// (`core/transmit.rs`).
+pub fn on_io(conn: &mut super::conn::Conn, gate: &Gate, tls: bool, mono_ms: u64, wall_ms: u64, eof: bool) -> Step {
+    let Some(st) = conn.framing.http_mut() else { return Step::Close };
+    let before = conn.rbuf.len();
+    let mut session = None;
+    let close = serve(&mut conn.rbuf, &mut conn.out, st, gate, tls, mono_ms, wall_ms, &mut session) || eof;
+    if st.upgraded {
+        return Step::Upgraded;
     }
+    if let Some(req) = session {
+        // The core answers it, then serves what follows.
+        return Step::Session(req);
+    }
+    if close {
+        return Step::Closing;
+    }
+    // Pipelined requests were left at the output high-water mark: they
+    // are answered once the answers before them went out, not at the next
+    // (maybe never) readable event.
+    let more = !conn.rbuf.is_empty() && conn.rbuf.len() < before;
     conn.release_idle_buffers();
-    Step::Continue
+    Step::Continue { more }
 }
 
 /// Handles every complete request in `rbuf`, appending responses to `out`.

@@ -1,46 +1,48 @@
-//! The byte transport under a connection, seen from the core: the driver's name for a socket ([`Sock`]) and the non-blocking I/O the driver performs on the slices the core lends it ([`Transport`]).
+//! The byte transport under a connection, seen from the core: the driver's name for a socket ([`Sock`]), the non-blocking read the driver performs into the buffer the core lends it ([`Transport`]), and the kernel's writes the server's driver performs for the core's transmits ([`Kernel::send`], [`Kernel::shutdown_write`]).
 //!
 //! `Core` (routing, dedup, acks) and `Conn` (TLS, frames, buffers) own
 //! every buffer but no socket, no syscall and no simulated pipe: the driver
-//! of a core owns the sockets and hands each event that may move bytes its
-//! transport (`Core::on_io`, `Core::flush_dirty`, `Core::on_tick`,
-//! `Core::adopt`). Inside the event the core lends the driver its own
-//! memory — the spare capacity of the read buffer to `recv` into, the
-//! sealed output to `send` from — so the hot path stays zero-copy: the
-//! bytes go from the kernel straight into `rbuf`/`tls_in` and from
-//! `out`/`tls_out` straight to the kernel, as they did when the core made
-//! the syscalls itself. This is rustls' manner (`read_tls(&mut dyn Read)`,
-//! `write_tls(&mut dyn Write)`: the caller owns the socket and passes it in
-//! for the call), one level up, with one difference: the entry points are
-//! generic over the transport (`T: Transport + ?Sized`), not `dyn`, so the
-//! server's core is compiled for [`Kernel`] alone and its `recv`/`send` are
-//! direct, inlinable calls on the per-message path (on a quiet machine,
-//! push saturation, 6 alternated pairs, 2026-12-05: 1.97 µs per message
-//! against 2.04 before the change, new ≤ old in every pair:
-//! `bench/results/sansio-ab-2026-12-05/`). The price is
-//! a second copy of the core's I/O paths wherever a second transport is
-//! used — the simulation and the tests, not the server (the `sim` feature
-//! is off in it). A `&mut dyn Transport` still fits (`?Sized`) for a
-//! caller that prefers one copy. Three drivers use it: the monoio worker
-//! (`worker.rs`, [`Kernel`]: the fd syscalls with `MSG_DONTWAIT`), the
-//! simulation (`core::sim`, its in-memory pipes, which live there and
-//! nowhere in the runtime) and the fuzz targets (`crate::fuzzing`, a
-//! socket pair through [`Kernel`], or the simulation).
+//! of a core owns the sockets.
 //!
-//! What the core needs from a transport is small: non-blocking reads that
-//! can report "nothing now" (`WouldBlock`) and end of stream (`Ok(0)`),
-//! non-blocking gather writes that can push back (a short write or
-//! `WouldBlock`), and a half-close. Readiness (when to call `Core::on_io`
+//! **Reads** stay inside the core's call: the driver hands `Core::on_io`
+//! its transport, and the core lends it the spare capacity of the read
+//! buffer to `recv` into, so the bytes go from the kernel straight into
+//! `rbuf`/`tls_in` (zero-copy). This is rustls' `read_tls(&mut dyn Read)`
+//! one level up, generic (`T: Transport + ?Sized`) rather than `dyn`, so
+//! the server's core is compiled for [`Kernel`] alone and its `recv` is a
+//! direct, inlinable call (push saturation, 2026-12-05: 1.97 µs per
+//! message against 2.04 with the core's own transport enum,
+//! `bench/results/sansio-ab-2026-12-05/`).
+//!
+//! **Writes** are the driver's, quinn's way (`core/transmit.rs`): the core
+//! queues what each connection has to write, the driver asks for it
+//! (`Core::poll_transmit`: the connection's `Sock` and slices of its sealed
+//! output, or a FIN), performs it, and reports the result
+//! (`Core::on_sent`), in which the core's follow-ups run (advance the
+//! buffer, half-close after the flush, wake a blocked task, the
+//! slow-consumer clock). So the core needs nothing from a transport but
+//! `recv`; `send` and `shutdown_write` are plain functions of the driver
+//! (here for the kernel; the simulation's pipes have their own).
+//!
+//! Three drivers: the monoio worker (`worker.rs`, [`Kernel`]: the fd
+//! syscalls with `MSG_DONTWAIT`), the simulation (`core::sim`, its
+//! in-memory pipes, which live there and nowhere in the runtime) and the
+//! fuzz targets (`crate::fuzzing`, a socket pair through [`Kernel`], or the
+//! simulation).
+//!
+//! What the core needs from a read is small: "nothing now" (`WouldBlock`)
+//! and end of stream (`Ok(0)`). Readiness (when to call `Core::on_io`
 //! again) and the wake-ups (`Core::wants_write`, `Core::poll_woken`, the
 //! ticker's `TICK_MS`) belong to the driver too.
 //!
 //! A connection names its socket with a [`Sock`], a number the driver gave
 //! it at accept (the fd in the server, a pipe index in the simulation) and
-//! that the core only hands back: to the transport, and in the `Adopt` of a
-//! connection moving to another core. A long-poll session has none
-//! (`Conn::sock` is `None`): its input arrives in POSTs and its output
-//! leaves in the answers to polls, both on the requests' own connections.
-//! Per connection the name costs four bytes (`Option<Sock>` included).
+//! that the core only hands back: in a transmit, to the transport, and in
+//! the `Adopt` of a connection moving to another core. A long-poll session
+//! has none (`Conn::sock` is `None`): its input arrives in POSTs and its
+//! output leaves in the answers to polls, both on the requests' own
+//! connections. Per connection the name costs four bytes (`Option<Sock>`
+//! included).
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -77,19 +79,13 @@ impl Sock {
     }
 }
 
-/// The I/O a driver performs for the core on the slices the core lends it.
-/// Every call is non-blocking.
+/// The read a driver performs for the core into the buffer the core lends
+/// it. Non-blocking.
 pub trait Transport {
     /// Receives into `buf` (spare capacity of one of the connection's
     /// buffers): `Ok(n)` bytes written at its start, `Ok(0)` at end of
     /// stream, `WouldBlock` when nothing is there now.
     fn recv(&mut self, sock: Sock, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize>;
-    /// Sends the slices in order, as much as the socket takes: a short
-    /// count or `WouldBlock` is push-back; `BrokenPipe` and the like end
-    /// the connection.
-    fn send(&mut self, sock: Sock, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    /// Half-closes our side (FIN after whatever was sent).
-    fn shutdown_write(&mut self, sock: Sock);
 }
 
 /// The kernel's sockets: [`Sock`] is an fd, used only with `MSG_DONTWAIT`
@@ -113,9 +109,14 @@ impl Transport for Kernel {
             Ok(n as usize)
         }
     }
+}
 
+impl Kernel {
+    /// Sends the slices in order, as much as the socket takes: a short
+    /// count or `WouldBlock` is push-back; `BrokenPipe` and the like end
+    /// the connection. One slice is a `send`, more a `sendmsg`.
     #[inline]
-    fn send(&mut self, sock: Sock, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub fn send(sock: Sock, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let fd = sock.fd();
         let n = if let [one] = bufs {
             // SAFETY: `one` is a valid readable slice; MSG_NOSIGNAL turns a
@@ -137,7 +138,8 @@ impl Transport for Kernel {
         }
     }
 
-    fn shutdown_write(&mut self, sock: Sock) {
+    /// Half-closes our side (FIN after whatever was sent).
+    pub fn shutdown_write(sock: Sock) {
         // SAFETY: plain syscall on the connection's fd; an error (peer
         // already gone) is harmless because the connection is closing anyway.
         unsafe {

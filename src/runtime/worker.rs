@@ -1,12 +1,14 @@
 //! One worker thread, the monoio driver of one `Core`: its runtime (io_uring or epoll), the accept loop, one task per connection waiting for readiness, the mailbox, the ticker and the flusher.
 //!
-//! The driver owns the sockets; the core owns the buffers. Each event that
-//! may move bytes gets the kernel transport (`transport::Kernel`), through
-//! which the core's reads and writes become non-blocking syscalls on its
-//! own buffers.
+//! The driver owns the sockets; the core owns the buffers. A readiness
+//! event gets the kernel transport (`transport::Kernel`), through which the
+//! core's reads become non-blocking `recv`s into its own buffers; after
+//! every call into the core the driver performs the writes the core queued
+//! ([`transmit`]: `poll_transmit`, `send`, `on_sent`, `core/transmit.rs`).
 
 use super::*;
 use super::transport::{Kernel, Sock};
+use super::core::Tx;
 
 pub(super) fn run_worker(
     id: usize,
@@ -198,7 +200,12 @@ fn handle_batch(core: &Rc<RefCell<Core>>, batch: &mut Vec<CoreMsg>, stop: &Rc<Fl
         if matches!(msg, CoreMsg::Shutdown) {
             stop.raise();
         }
-        let adopt = core.borrow_mut().on_message(msg);
+        let adopt = {
+            let mut c = core.borrow_mut();
+            let a = c.on_message(msg);
+            transmit(&mut c);
+            a
+        };
         if let Some(a) = adopt {
             adopt_conn(core, *a);
         }
@@ -230,7 +237,12 @@ fn adopt_conn(core: &Rc<RefCell<Core>>, a: mesh::Adopt) {
             return;
         }
     };
-    let key = core.borrow_mut().adopt(a, &mut Kernel);
+    let key = {
+        let mut c = core.borrow_mut();
+        let key = c.adopt(a);
+        transmit(&mut c);
+        key
+    };
     monoio::spawn(conn_task(core.clone(), stream, key));
 }
 
@@ -251,7 +263,9 @@ async fn ticker(core: Rc<RefCell<Core>>) {
         if panic_at.is_some_and(|t| std::time::Instant::now() >= t) {
             panic!("injected ticker panic (RINGGATE_FAULT_TICKER_PANIC_AFTER_MS)");
         }
-        core.borrow_mut().on_tick(&mut Kernel);
+        let mut c = core.borrow_mut();
+        c.on_tick();
+        transmit(&mut c);
     }
 }
 
@@ -262,8 +276,43 @@ async fn flusher(core: Rc<RefCell<Core>>) {
     let mut batch = Vec::new();
     loop {
         poll_fn(|cx| core.borrow_mut().poll_dirty(cx.waker(), &mut batch)).await;
-        core.borrow_mut().flush_dirty(&mut batch, &mut Kernel);
+        let mut c = core.borrow_mut();
+        c.flush_dirty(&mut batch);
+        transmit(&mut c);
     }
+}
+
+/// Performs every write `core` queued (`core/transmit.rs`), at once, after
+/// each call into it: the core hands out one connection's socket and the
+/// slices of its sealed output (or a FIN), this sends them with
+/// `MSG_DONTWAIT`, and the core takes the result (and acts on it: advance,
+/// half-close, wake a blocked task).
+#[inline]
+fn transmit(core: &mut Core) {
+    while let Some(t) = core.poll_transmit() {
+        let key = t.key;
+        let r = match &t.what {
+            Tx::Data(d) => Kernel::send(t.sock, d.slices()),
+            Tx::Fin => {
+                Kernel::shutdown_write(t.sock);
+                Ok(0)
+            }
+        };
+        core.on_sent(key, r);
+    }
+}
+
+/// One readiness step of connection `key`: its backpressure write first
+/// (`before_io`), then the read and the frames (`on_io`), each followed by
+/// the writes it queued, so the outcome is acted on only after the
+/// connection's last bytes went out.
+fn io_step(core: &Rc<RefCell<Core>>, key: ConnKey) -> Outcome {
+    let mut c = core.borrow_mut();
+    c.before_io(key);
+    transmit(&mut c);
+    let outcome = c.on_io(key, &mut Kernel);
+    transmit(&mut c);
+    outcome
 }
 
 async fn accept_loop(core: Rc<RefCell<Core>>, listener: TcpListener, stop: Rc<Flag>) {
@@ -402,7 +451,7 @@ async fn drive(
     // the legacy driver). When nothing is there, this costs one recv that
     // says EAGAIN.
     loop {
-        match core.borrow_mut().on_io(key, &mut Kernel) {
+        match io_step(core, key) {
             Outcome::Continue => {}
             Outcome::Close => return None,
             Outcome::Migrate(a) => return Some(a),

@@ -70,9 +70,9 @@ impl Core {
     }
 
     /// A connection moved here from another core: register it and open its
-    /// session. `io`: the driver's transport, which now serves its socket
-    /// (an HTTP connection's session request is answered at once).
-    pub fn adopt<T: Transport + ?Sized>(&mut self, a: Adopt, io: &mut T) -> ConnKey {
+    /// session (an HTTP connection's session request is answered at once;
+    /// the driver performs the transmits after the call).
+    pub fn adopt(&mut self, a: Adopt) -> ConnKey {
         let mut conn = Conn::new(a.sock, a.tls, a.session);
         conn.tls_in = a.tls_in;
         conn.tls_out = a.tls_out;
@@ -80,7 +80,7 @@ impl Core {
         conn.out = a.out;
         conn.framing = a.framing;
         if let Some(w) = a.web {
-            return self.adopt_http(conn, *w, io);
+            return self.adopt_http(conn, *w);
         }
         let key = self.insert(conn);
         self.open(key, a.user, a.req, a.token_exp_wall_ms);

@@ -1,4 +1,4 @@
-//! One write per connection per loop turn: frames produced while the core handles events only mark their connection dirty; the core's flusher task seals and writes each dirty connection once, after the tasks already ready have run.
+//! One write per connection per loop turn: frames produced while the core handles events only mark their connection dirty; the core's flusher task turns each dirty connection into one transmit (sealed and written by the driver right after, `transmit.rs`), after the tasks already ready have run.
 //!
 //! Why: a fan-out, a burst of SENDs from several senders to one receiver,
 //! or a PUSHACK that refills the window each used to end in its own
@@ -18,7 +18,7 @@
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
-use super::{ConnKey, Core, Outcome, Tls, Transport};
+use super::{ConnKey, Core, Outcome, Tls};
 use crate::proto::session::Phase;
 
 /// The dirty list and the flusher's waker.
@@ -44,7 +44,8 @@ pub struct Dirty {
 pub struct StageTrace {
     /// When the dirty list became non-empty this turn (wall, thread CPU µs).
     dirty_since: Option<(Instant, u64)>,
-    /// First `kick` of a turn → its batch written.
+    /// First `kick` of a turn → its batch queued for the driver's writes
+    /// (which follow at once, in the same borrow of the core).
     pub outbox_wait: Log2Hist,
     /// The same span in this thread's CPU time: much less than the wall
     /// time means the thread was preempted (a busy machine), not working.
@@ -124,14 +125,14 @@ impl Core {
     /// at once: its write joins the turn's batch; the read buffers are
     /// released and the timer re-armed now. A closing or finished session
     /// takes the immediate path (`after_io`), which half-closes.
-    pub(super) fn after_io_deferred<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
+    pub(super) fn after_io_deferred(&mut self, key: ConnKey) -> Outcome {
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         // A blocked socket is written by its own task, now: the task runs
         // because the socket became writable (or was woken), and deferring
         // would let the flusher find it blocked again and wake the task
         // again — a busy loop for as long as the peer does not read.
         if conn.dead || conn.write_blocked || matches!(conn.session.phase(), Phase::Closing | Phase::Finished) {
-            return self.after_io(key, io);
+            return self.after_io(key);
         }
         // rustls (the handshake, TLS 1.2) may hold records of its own.
         if conn.unsent_bytes() > 0 || matches!(conn.tls, Tls::Rustls(_) | Tls::Accepting(_)) {
@@ -156,9 +157,9 @@ impl Core {
         Poll::Ready(())
     }
 
-    /// Writes every connection of `batch` once (emptying it), through the
-    /// driver's transport `io`.
-    pub fn flush_dirty<T: Transport + ?Sized>(&mut self, batch: &mut Vec<ConnKey>, io: &mut T) {
+    /// Queues the write of every connection of `batch` once (emptying it):
+    /// the driver performs them as transmits right after (`transmit.rs`).
+    pub fn flush_dirty(&mut self, batch: &mut Vec<ConnKey>) {
         self.dirty.turns += 1;
         let tracing = self.dirty.trace.is_some();
         let n = batch.len() as u64;
@@ -169,7 +170,7 @@ impl Core {
                 slot.written_at = Some(Instant::now());
             }
             self.dirty.flushes += 1;
-            self.flush_now(key, io);
+            self.flush_now(key);
         }
         if let Some(t) = self.dirty.trace.as_mut() {
             if let Some((since, cpu)) = t.dirty_since.take() {

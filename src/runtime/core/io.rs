@@ -5,40 +5,53 @@ use crate::runtime::framing::Framing;
 
 impl Core {
     /// The connection's socket is ready (or the core woke its task): read,
-    /// handle frames, write. Returns what the task must do next. `io` is the
-    /// driver's transport: the reads land in this connection's buffers and
-    /// the writes leave from them (`transport.rs`).
+    /// handle frames, queue the writes. Returns what the task must do next.
+    /// `io` is the driver's transport: the reads land in this connection's
+    /// buffers (`transport.rs`). The writes are the driver's too: it
+    /// performs what `poll_transmit` hands out after this call, then looks
+    /// at `wants_write` (`transmit.rs`), before acting on the outcome (a
+    /// closing connection's last bytes go out before its socket is
+    /// dropped). Call `before_io` (and transmit) first: backpressure.
     pub fn on_io<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
+        self.tx.task = Some(key);
+        let outcome = self.on_io_step(key, io);
+        self.tx.task = None;
+        outcome
+    }
+
+    fn on_io_step<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
         let hw = self.live.limits_cfg.output_high_water_bytes as usize;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         if conn.dead || conn.session.phase() == Phase::Finished {
             return Outcome::Close;
         }
         if conn.unsent_bytes() > hw {
-            // Backpressure: while the peer does not read what we owe it, we
-            // do not read what it sends (every PING or SEND would add to what
-            // we owe). TCP then pushes back on the peer.
-            if conn.flush(io).is_err() {
-                conn.dead = true;
-                return Outcome::Close;
-            }
-            if conn.unsent_bytes() > hw {
-                return self.after_io(key, io);
-            }
+            // Backpressure: the write `before_io` asked for did not bring
+            // the connection under the mark, so nothing is read (every PING
+            // or SEND would add to what we owe). TCP then pushes back on
+            // the peer.
+            return self.after_io(key);
         }
-        let status = match conn.read_available(io) {
+        // Requests were left behind HTTP's output mark and everything went
+        // out since: serve them before reading more, as the old write loop
+        // did in one go.
+        let resume = conn.framing.http_mut().is_some_and(|h| std::mem::take(&mut h.resume));
+        let read = if resume { Ok(ReadStatus::Open) } else { conn.read_available(io) };
+        let status = match read {
             Ok(s) => s,
             Err(TransportError::Tls(e)) => {
                 tracing::debug!(error = %e, "TLS failure");
-                conn.send_alert(io);
+                conn.stage_alert();
+                self.transmit(key, 0);
                 self.stats.tls_failures += 1;
                 self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
             Err(TransportError::Record(e)) => {
                 tracing::debug!(error = %e, peer_fault = e.is_peer_fault(), alert = ?e.alert(), "TLS record failure");
-                conn.send_record_alert(&e, io);
+                conn.stage_record_alert(&e);
                 let handshaking = conn.ident.is_none();
+                self.transmit(key, 0);
                 self.stats.tls_failures += 1;
                 if handshaking {
                     self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
@@ -56,7 +69,7 @@ impl Core {
                 self.m().handshakes[crate::metrics::HS_TLS_ERROR].inc();
                 return Outcome::Close;
             }
-            return self.after_io(key, io);
+            return self.after_io(key);
         }
         let eof = status == ReadStatus::Eof;
         // The first bytes after TLS decide: HTTP (route endpoint) or frames.
@@ -71,9 +84,9 @@ impl Core {
         // Ingest, per framing: the one dispatch on the transport.
         match conn.framing {
             Framing::Native => {}
-            Framing::Http(_) => return self.on_http(key, eof, io),
-            Framing::Ws(_) => return self.on_ws(key, eof, io),
-            Framing::Sse(_) => return self.on_sse_io(key, eof, io),
+            Framing::Http(_) => return self.on_http(key, eof),
+            Framing::Ws(_) => return self.on_ws(key, eof),
+            Framing::Sse(_) => return self.on_sse_io(key, eof),
             // No socket: never registered with a task's readiness.
             Framing::LongPoll(_) => return Outcome::Close,
         }
@@ -84,52 +97,61 @@ impl Core {
             if let Some(c) = self.conn(key) {
                 // The device vanished; its messages stay in the inbox.
                 c.session.abort();
-                c.close_notify_now(io);
+                c.stage_close_notify();
+                self.transmit(key, 0);
             }
             return Outcome::Close;
         }
-        self.after_io_deferred(key, io)
+        self.after_io_deferred(key)
     }
 
     /// An HTTP connection had I/O (see `gate_http::on_io`).
-    pub(super) fn on_http<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
+    pub(super) fn on_http(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
         let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
         let Some(conn) = self.conn(key) else { return Outcome::Close };
-        let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof, io);
+        let step = crate::runtime::gate_http::on_io(conn, &gate, tls, mono, wall, eof);
         if let Some(st) = conn.framing.http_mut().filter(|st| st.refused_origins > 0) {
             let (n, origin) = (std::mem::take(&mut st.refused_origins), st.refused_origin.take());
             self.origin_refused(n, origin.as_deref().unwrap_or(""), mono);
         }
+        self.http_step(key, step, eof)
+    }
+
+    /// Acts on what `gate_http::on_io` answered: its writes become the
+    /// connection's transmit, with the follow-up the answer calls for.
+    pub(super) fn http_step(&mut self, key: ConnKey, step: crate::runtime::gate_http::Step, eof: bool) -> Outcome {
+        use crate::runtime::gate_http::Step;
         match step {
-            crate::runtime::gate_http::Step::Close => Outcome::Close,
-            crate::runtime::gate_http::Step::Upgraded => self.upgrade_ws(key, eof, io),
-            crate::runtime::gate_http::Step::Session(req) => self.on_session_req(key, req, eof, io),
-            crate::runtime::gate_http::Step::Continue => {
+            Step::Close => Outcome::Close,
+            Step::Upgraded => self.upgrade_ws(key, eof),
+            Step::Session(req) => {
+                // The answers before it go out first (its own answer joins
+                // them if the connection stays here).
+                self.transmit(key, 0);
+                self.on_session_req(key, req, eof)
+            }
+            Step::Closing => {
+                // FIN and the close once everything is written; until then
+                // the task waits for writability and serves nothing more.
+                self.transmit(key, transmit::then::CLOSE_IF_DRAINED);
+                self.rearm(key);
+                Outcome::Continue
+            }
+            Step::Continue { more } => {
+                self.transmit(key, if more { transmit::then::MORE_IF_DRAINED } else { 0 });
                 self.rearm(key);
                 Outcome::Continue
             }
         }
     }
 
-    /// Flushes, half-closes a closing session, releases idle buffers, re-arms the timer.
-    pub(super) fn after_io<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) -> Outcome {
+    /// Queues the write (with the over-high-water bookkeeping on what it
+    /// leaves), half-closes a closing session behind it, releases idle
+    /// buffers, re-arms the timer.
+    pub(super) fn after_io(&mut self, key: ConnKey) -> Outcome {
         if let Some(o) = self.web_after_io(key) {
             return o;
-        }
-        let hw = self.live.limits_cfg.output_high_water_bytes as usize;
-        let now = self.shared.clock.mono_ms();
-        let Some(conn) = self.conn(key) else { return Outcome::Close };
-        if conn.flush(io).is_err() {
-            conn.dead = true;
-            return Outcome::Close;
-        }
-        if conn.unsent_bytes() > hw {
-            if conn.over_hw_since_ms == 0 {
-                conn.over_hw_since_ms = now.max(1);
-            }
-        } else {
-            conn.over_hw_since_ms = 0;
         }
         self.count_close(key);
         let Some(conn) = self.conn(key) else { return Outcome::Close };
@@ -140,28 +162,28 @@ impl Core {
                     // means the device's DISCONNECT ended it: 1000 (a
                     // server DISCONNECT's 4000 + reason went out before).
                     conn.framing.close_answer(&mut conn.out, None);
-                    conn.shutdown_write(io);
+                    conn.prepare_shutdown();
                 }
+                // The driver writes what is owed before it drops the socket.
+                self.transmit(key, 0);
                 return Outcome::Close;
             }
-            Phase::Closing => conn.shutdown_write(io),
-            _ => {}
+            Phase::Closing => self.transmit(key, transmit::then::HW | transmit::then::SHUTDOWN),
+            _ => self.transmit(key, transmit::then::HW),
         }
+        let Some(conn) = self.conn(key) else { return Outcome::Close };
         conn.release_idle_buffers();
         self.rearm(key);
         Outcome::Continue
     }
 
     /// The flusher's write of a dirty connection (`flush.rs`; `kick` marks
-    /// it): flush, and wake the task if it must act (blocked write, close).
-    pub(super) fn flush_now<T: Transport + ?Sized>(&mut self, key: ConnKey, io: &mut T) {
-        let outcome = self.after_io(key, io);
-        let blocked = self.conn(key).is_some_and(|c| c.write_blocked);
-        if matches!(outcome, Outcome::Close) || blocked {
+    /// it): queue its write (a blocked one wakes the task when reported,
+    /// `transmit.rs`), and wake the task now if the connection is to close.
+    pub(super) fn flush_now(&mut self, key: ConnKey) {
+        if let Outcome::Close = self.after_io(key) {
             if let Some(c) = self.conn(key) {
-                if matches!(outcome, Outcome::Close) {
-                    c.dead = true;
-                }
+                c.dead = true;
             }
             self.wake(key);
         }

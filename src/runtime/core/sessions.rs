@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{ConnKey, Core, Outcome, Transport};
+use super::{ConnKey, Core, Outcome};
 use crate::proto::frame::{self, Frame};
 use crate::proto::session::{ConnectRequest, Phase, Session, MAX_PREAUTH_FRAME};
 use crate::proto::DisconnectReason;
@@ -61,7 +61,7 @@ fn open_phase(p: Phase) -> bool {
 impl Core {
     /// `gate_http` stopped at a session request on HTTP connection `key`:
     /// answer it, then go on serving what the connection sent after it.
-    pub(super) fn on_session_req<T: Transport + ?Sized>(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool, io: &mut T) -> Outcome {
+    pub(super) fn on_session_req(&mut self, key: ConnKey, req: Box<SessionReq>, eof: bool) -> Outcome {
         let mut req = req;
         loop {
             match self.session_req(key, req) {
@@ -71,21 +71,20 @@ impl Core {
                     self.rearm(key);
                     return Outcome::Continue;
                 }
-                Handled::Stream => return self.after_io(key, io),
+                Handled::Stream => return self.after_io(key),
                 Handled::Migrate(a) => return Outcome::Migrate(a),
                 Handled::Gone => return Outcome::Close,
             }
             let (mono, wall) = (self.shared.clock.mono_ms(), self.shared.clock.wall_ms());
             let (gate, tls) = (self.live.gate.clone(), self.live.tls.is_some());
             let Some(conn) = self.conn(key) else { return Outcome::Close };
-            match gate_http::on_io(conn, &gate, tls, mono, wall, eof, io) {
-                Step::Session(r) => req = r,
-                Step::Close => return Outcome::Close,
-                Step::Upgraded => return self.upgrade_ws(key, eof, io),
-                Step::Continue => {
-                    self.rearm(key);
-                    return Outcome::Continue;
+            match gate_http::on_io(conn, &gate, tls, mono, wall, eof) {
+                Step::Session(r) => {
+                    // The answers so far go out first.
+                    self.transmit(key, 0);
+                    req = r;
                 }
+                step => return self.http_step(key, step, eof),
             }
         }
     }
@@ -182,7 +181,7 @@ impl Core {
     }
 
     /// An HTTP connection moved here for a session request: register it and answer.
-    pub(super) fn adopt_http<T: Transport + ?Sized>(&mut self, conn: Conn, w: WebMove, io: &mut T) -> ConnKey {
+    pub(super) fn adopt_http(&mut self, conn: Conn, w: WebMove) -> ConnKey {
         let key = self.insert(conn);
         if let Some(ip) = w.preauth_ip {
             // Still anonymous: the pre-auth limits of its address apply
@@ -207,7 +206,7 @@ impl Core {
                 slot.preauth = Some((seq, ip));
             }
         }
-        match self.on_session_req(key, w.req, false, io) {
+        match self.on_session_req(key, w.req, false) {
             Outcome::Continue => {}
             Outcome::Close => {
                 if let Some(c) = self.conn(key) {
@@ -612,13 +611,13 @@ impl Core {
 
     /// I/O on an SSE stream's socket: the client sends nothing on it (its
     /// frames come in POSTs), so input is discarded; EOF ends the session.
-    pub(super) fn on_sse_io<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
+    pub(super) fn on_sse_io(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let Some(c) = self.conn(key) else { return Outcome::Close };
         c.rbuf.clear();
         if eof {
             c.session.abort();
             return Outcome::Close;
         }
-        self.after_io(key, io)
+        self.after_io(key)
     }
 }

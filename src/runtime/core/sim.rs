@@ -6,14 +6,16 @@
 //! entry points the runtime uses, and nothing else:
 //!
 //! - a connection is a pipe of the simulated network ([`net`], which lives
-//!   here: the runtime knows only the `Transport` interface, and [`SimNet`]
-//!   is this driver's implementation of it, as `transport::Kernel` is the
-//!   worker's); the driver does what a connection task does in
-//!   `runtime/worker.rs` (`drive`/`conn_task`): when the pipe is ready for
-//!   the interest `Core::wants_write` names, or the core woke the
-//!   connection, it calls `Core::on_io` with its transport and acts on the
-//!   outcome (close the socket and `remove`, or post the `Adopt` to the
-//!   home core);
+//!   here: the runtime knows only the `Transport` interface for reads and
+//!   the transmits it hands out for writes, and [`SimNet`] is this
+//!   driver's side of both, as `transport::Kernel` is the worker's); the
+//!   driver does what a connection task does in `runtime/worker.rs`
+//!   (`drive`/`conn_task`): when the pipe is ready for the interest
+//!   `Core::wants_write` names, or the core woke the connection, it calls
+//!   `Core::before_io` and `Core::on_io` with its transport, performs the
+//!   transmits after each, and acts on the outcome (close the socket and
+//!   `remove`, or post the `Adopt` to the home core); after every other
+//!   call into a core it performs that core's transmits too ([`transmit`]);
 //! - mailboxes are the real `Mesh`; the test decides when and in which
 //!   order each core takes its messages (`deliver`, `deliver_one`), as the
 //!   mailbox task would, adopting moved connections like `adopt_conn`;
@@ -36,7 +38,7 @@ use std::task::Waker;
 
 use bytes::BytesMut;
 
-use super::{Clock, ConnKey, Core, Outcome, Shared, VirtualClock, TICK_MS};
+use super::{Clock, ConnKey, Core, Outcome, Shared, Tx, VirtualClock, TICK_MS};
 use crate::auth::{ClaimRules, JwtKey};
 use crate::config::Config;
 use crate::proto::frame::{self, ConnAck, Connect, Frame, Utf8Bytes};
@@ -77,6 +79,12 @@ struct ClientState {
     sse: Option<Box<SseRx>>,
     /// Server bytes ever moved into `rx` (the offset of `rx`'s end).
     taken: u64,
+    /// The interest its task waits with since its last step (`drive` reads
+    /// `wants_write` once after `on_io` and waits on that readiness until
+    /// it fires or the core wakes the task): a change of interest the core
+    /// does not wake the task for stays unseen, as in the worker. None
+    /// before the task's first step here.
+    parked_write: Option<bool>,
 }
 
 /// What an SSE client has decoded of its stream so far.
@@ -285,7 +293,7 @@ impl Sim {
         let pipe = net::open(DEFAULT_CAPACITY);
         match self.cores[core].accept(pipe, IpAddr::V4(Ipv4Addr::LOCALHOST)) {
             Ok(key) => {
-                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None, taken: 0 });
+                self.clients.push(ClientState { pipe, at: Some((core, key)), rx: BytesMut::new(), sse: None, taken: 0, parked_write: None });
                 Ok(Client(self.clients.len() - 1))
             }
             Err(e) => {
@@ -619,11 +627,12 @@ impl Sim {
             let Some((core, key)) = self.clients[i].at else { continue };
             let pipe = self.clients[i].pipe;
             // `drive`: the interest, then the wait (socket readiness or a wake-up).
-            let Some(write) = self.cores[core].wants_write(key) else {
+            let Some(now_write) = self.cores[core].wants_write(key) else {
                 self.end_task(i);
                 ran = true;
                 continue;
             };
+            let write = self.clients[i].parked_write.unwrap_or(now_write);
             let woken = self.cores[core].poll_woken(key, Waker::noop());
             let ready = net::with(pipe, |p| {
                 if write {
@@ -636,7 +645,14 @@ impl Sim {
                 continue;
             }
             ran = true;
-            match self.cores[core].on_io(key, &mut SimNet) {
+            let c = &mut self.cores[core];
+            c.before_io(key);
+            transmit(c);
+            let outcome = c.on_io(key, &mut SimNet);
+            transmit(c);
+            // `drive`: the interest is read once, after the step's writes.
+            self.clients[i].parked_write = c.wants_write(key);
+            match outcome {
                 Outcome::Continue => {}
                 Outcome::Close => self.end_task(i),
                 Outcome::Migrate(a) => {
@@ -677,12 +693,16 @@ impl Sim {
     pub fn deliver_one(&mut self, core: usize) -> bool {
         self.collect(core);
         let Some(msg) = self.queued[core].pop_front() else { return false };
-        if let Some(a) = self.cores[core].on_message(msg) {
+        let adopt = self.cores[core].on_message(msg);
+        transmit(&mut self.cores[core]);
+        if let Some(a) = adopt {
             // `adopt_conn`: register the moved socket here.
             let Some(pipe) = a.sock else { panic!("a moved connection without its pipe") };
-            let key = self.cores[core].adopt(*a, &mut SimNet);
+            let key = self.cores[core].adopt(*a);
+            transmit(&mut self.cores[core]);
             if let Some(st) = self.clients.iter_mut().find(|s| s.pipe == pipe) {
                 st.at = Some((core, key));
+                st.parked_write = None;
             }
         }
         // One message is one turn here: its output is written behind it.
@@ -707,7 +727,8 @@ impl Sim {
         for core in self.cores.iter_mut() {
             if core.poll_dirty(Waker::noop(), &mut batch).is_ready() {
                 any = true;
-                core.flush_dirty(&mut batch, &mut SimNet);
+                core.flush_dirty(&mut batch);
+                transmit(core);
             }
         }
         any
@@ -735,7 +756,8 @@ impl Sim {
     pub fn tick(&mut self) {
         self.clock.advance(TICK_MS);
         for core in self.cores.iter_mut() {
-            core.on_tick(&mut SimNet);
+            core.on_tick();
+            transmit(core);
         }
     }
 
@@ -748,7 +770,8 @@ impl Sim {
             self.clock.advance(step);
             left -= step;
             for core in self.cores.iter_mut() {
-                core.on_tick(&mut SimNet);
+                core.on_tick();
+            transmit(core);
             }
             self.run();
         }
@@ -766,7 +789,8 @@ impl Sim {
     /// simulation may have moved), then runs to quiescence.
     pub fn tick_at_now(&mut self) {
         for core in self.cores.iter_mut() {
-            core.on_tick(&mut SimNet);
+            core.on_tick();
+            transmit(core);
         }
         self.run();
     }
@@ -817,23 +841,31 @@ fn parse_head(b: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
     Some((status, headers, end + 4))
 }
 
-/// This driver's transport: the core's reads and writes on the pipes of
-/// [`net`], named by the `Sock` each connection was accepted with.
+/// This driver's transport: the core's reads from the pipes of [`net`],
+/// named by the `Sock` each connection was accepted with.
 pub struct SimNet;
 
 impl Transport for SimNet {
     fn recv(&mut self, sock: Sock, buf: &mut [std::mem::MaybeUninit<u8>]) -> std::io::Result<usize> {
         net::recv(sock, buf)
     }
+}
 
-    fn send(&mut self, sock: Sock, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        // One slice per call, like a socket whose buffer takes a prefix:
-        // the core sends from one buffer at a time anyway.
-        net::send(sock, bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]))
-    }
-
-    fn shutdown_write(&mut self, sock: Sock) {
-        net::with(sock, |p| p.server_fin = true);
+/// Performs every write `core` queued, on the pipes (the worker's
+/// `transmit`): after each call into a core, as the worker does.
+pub fn transmit(core: &mut Core) {
+    while let Some(t) = core.poll_transmit() {
+        let key = t.key;
+        let r = match &t.what {
+            // One slice per call, like a socket whose buffer takes a
+            // prefix: the core lends one buffer at a time anyway.
+            Tx::Data(d) => net::send(t.sock, d.slices().iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..])),
+            Tx::Fin => {
+                net::with(t.sock, |p| p.server_fin = true);
+                Ok(0)
+            }
+        };
+        core.on_sent(key, r);
     }
 }
 

@@ -352,6 +352,27 @@ fn a_push_into_a_socket_that_does_not_drain_closes_as_slow_consumer_instead_of_r
     assert_eq!(disconnects(&f), vec![DisconnectReason::SlowConsumer.code()]);
 }
 
+/// A write the flusher could not finish (the socket took part of it, then
+/// pushed back) is reported to the core by the driver, which wakes the
+/// connection's task: it was waiting to read and now waits to write, so
+/// the rest goes out as soon as the reader drains — with no tick and no
+/// byte from the reader (an SSE stream, a client that only listens).
+#[test]
+fn a_write_the_flusher_could_not_finish_goes_out_when_the_reader_drains() {
+    let mut sim = Sim::new(1, StoreKind::Memory, Config::default(), &[]);
+    let (a, _, _) = sim.login(0, "alice", "phone");
+    let (b, _, _) = sim.login(0, "bob", "phone");
+    sim.set_capacity(b, 10);
+    sim.write(a, &send(1, "bob", "longer than the ten bytes bob's socket takes"));
+    sim.run();
+    assert_eq!(sendacks(&sim.frames(a)).len(), 1);
+    assert_eq!(sim.unread(b), 10, "the socket took a part: {}", sim.describe(b));
+    sim.set_capacity(b, super::sim::DEFAULT_CAPACITY);
+    sim.run();
+    let f = sim.frames(b);
+    assert_eq!(pushes(&f).len(), 1, "{f:?} {}", sim.describe(b));
+}
+
 #[test]
 fn an_idle_connection_is_closed_at_2_5_heartbeats_and_a_ping_restarts_the_count() {
     let mut sim = Sim::new(1, StoreKind::Memory, Config::default(), &[]);

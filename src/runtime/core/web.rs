@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 
-use super::{ConnKey, Core, Outcome, Transport};
+use super::{ConnKey, Core, Outcome};
 use crate::proto::DisconnectReason;
 use crate::runtime::framing::Framing;
 use crate::runtime::web::ws::{Input, WsState};
@@ -11,16 +11,16 @@ impl Core {
     /// `gate_http` answered 101: from now on the connection carries
     /// WebSocket frames (anything pipelined behind the request is already
     /// in `rbuf`). The handshake deadline keeps running until CONNECT.
-    pub(super) fn upgrade_ws<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
+    pub(super) fn upgrade_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let mode = self.live.gate.ws_mode;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
         conn.framing = Framing::Ws(Box::new(WsState::new(conn.out.len(), mode)));
-        self.on_ws(key, eof, io)
+        self.on_ws(key, eof)
     }
 
     /// An upgraded connection had I/O: decode client messages, run the
-    /// session over the frames they carried, flush.
-    pub(super) fn on_ws<T: Transport + ?Sized>(&mut self, key: ConnKey, eof: bool, io: &mut T) -> Outcome {
+    /// session over the frames they carried, queue the write.
+    pub(super) fn on_ws(&mut self, key: ConnKey, eof: bool) -> Outcome {
         let now = self.shared.clock.mono_ms();
         let max_msg = self.shared.limits.max_frame as usize + 4;
         let Some(conn) = self.conn(key) else { return Outcome::Close };
@@ -31,7 +31,8 @@ impl Core {
                 // The client's close frame was echoed (or ours was already
                 // out): the device left; its messages stay in the inbox.
                 conn.session.abort();
-                let _ = conn.flush(io);
+                // The echo (or our close) goes out before the socket is dropped.
+                self.transmit(key, 0);
                 return Outcome::Close;
             }
             Err(e) => {
@@ -48,7 +49,7 @@ impl Core {
                     }
                     None => conn.session.close(now, DisconnectReason::ProtocolError, "message is not exactly one frame", &mut conn.out),
                 }
-                return self.after_io(key, io);
+                return self.after_io(key);
             }
         }
         if let Some(m) = self.process_frames(key) {
@@ -64,6 +65,6 @@ impl Core {
         // (`flush.rs`), so what this step and the rest of the turn produce
         // for the connection (SENDACKs, PUSHes refilled by a PUSHACK, PUSHes
         // from other senders) leaves in one wrap, one seal, one `send`.
-        self.after_io_deferred(key, io)
+        self.after_io_deferred(key)
     }
 }
