@@ -437,29 +437,8 @@ impl Eng {
                 // Counted with the claim it precedes (one more write of the SEND).
                 let _: i64 = self.query(OP_CLAIM, redis::cmd("ZADD").arg(INTENTS).arg(wall_ms()).arg(&intent)).await?;
             }
-            let claim: Option<Vec<u8>> = self
-                .invoke(
-                    OP_CLAIM,
-                    self.scripts
-                        .claim
-                        .key(&dkey)
-                        .key(&qkey)
-                        .key(scripts::mute_key(sender))
-                        .key(lkey)
-                        .arg(msg.client_msg_id)
-                        .arg(msg.msg_id)
-                        .arg(msg.timestamp_ms)
-                        .arg(&*self.fleet.node_id)
-                        .arg(self.fleet.dedup_keep)
-                        .arg(&joined)
-                        .arg(group_payload)
-                        .arg(wall_ms())
-                        .arg(if refusal.is_some() { "0" } else { "1" })
-                        .arg(self.dedup_ttl_ms())
-                        .arg(&dprefix)
-                        .arg(lflag),
-                )
-                .await?;
+            let mut inv = self.claim_call(sender, device, msg.client_msg_id, msg.msg_id, msg.timestamp_ms, &joined, group_payload, refusal.is_none());
+            let claim: Option<Vec<u8>> = self.invoke(OP_CLAIM, &mut inv).await?;
             if claim.as_deref() == Some(&b"m"[..]) {
                 return Ok(Stored { refused: Some(Refused::Muted), msg_id: 0, timestamp_ms: 0, seqs: Vec::new() });
             }
@@ -492,6 +471,24 @@ impl Eng {
             self.forget_intent(&intent).await;
         }
         Ok(Stored { refused: None, msg_id, timestamp_ms: ts, seqs })
+    }
+
+    /// The claim script's call (`scripts::claim`) for `sender`'s `device`
+    /// and `cmid`: with `claim` false it only looks the record up (a
+    /// refused group send looking for its stored original; the intent
+    /// sweep). One place builds its keys and positional arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn claim_call(&self, sender: &str, device: &str, cmid: u64, msg_id: u64, ts: u64, targets: &str, payload: &[u8], claim: bool) -> redis::ScriptInvocation<'_> {
+        let dkey = scripts::dedup_key(sender, device, cmid);
+        // The previous version's records of the device (`scripts::dedup_lookup`);
+        // the bucket again, not read, where that name is ambiguous.
+        let legacy = scripts::legacy_dedup_key(sender, device);
+        let mut inv = self.scripts.claim.key(&dkey);
+        inv.key(scripts::dedup_queue(sender, device)).key(scripts::mute_key(sender)).key(legacy.as_deref().unwrap_or(&dkey));
+        inv.arg(cmid).arg(msg_id).arg(ts).arg(&*self.fleet.node_id).arg(self.fleet.dedup_keep).arg(targets).arg(payload).arg(wall_ms());
+        inv.arg(if claim { "1" } else { "0" }).arg(self.dedup_ttl_ms()).arg(scripts::dedup_prefix(sender, device));
+        inv.arg(if legacy.is_some() { "1" } else { "0" });
+        inv
     }
 
     /// `scripts::NOTIFY`'s `targeted` argument.

@@ -48,7 +48,7 @@ impl Eng {
                 continue;
             };
             let dkey = scripts::dedup_key(sender, device, cmid);
-            let Ok(rec) = self.lookup(sender, device, cmid, &dkey).await else { continue };
+            let Ok(rec) = self.lookup(sender, device, cmid).await else { continue };
             if let rules::Sweep::Complete(r) = rules::sweep(rec.as_deref()) {
                 let (max, cutoff) = self.retention_args();
                 let from: Arc<str> = Arc::from(sender);
@@ -74,12 +74,8 @@ impl Eng {
     /// version's hash, whose pending record is copied into the bucket so
     /// that the completion's `DONE` marks it (an intent an old node left
     /// during a rolling upgrade is completed once, like any other).
-    async fn lookup(&self, sender: &str, device: &str, cmid: u64, dkey: &str) -> Result<Option<Vec<u8>>, FleetError> {
-        let legacy = scripts::legacy_dedup_key(sender, device);
-        let mut inv = self.scripts.claim.key(dkey);
-        inv.key(scripts::dedup_queue(sender, device)).key(scripts::mute_key(sender)).key(legacy.as_deref().unwrap_or(dkey));
-        inv.arg(cmid).arg(0).arg(0).arg(&*self.fleet.node_id).arg(self.fleet.dedup_keep).arg("").arg("").arg(wall_ms()).arg("0");
-        inv.arg(self.dedup_ttl_ms()).arg(scripts::dedup_prefix(sender, device)).arg(if legacy.is_some() { "1" } else { "0" });
+    async fn lookup(&self, sender: &str, device: &str, cmid: u64) -> Result<Option<Vec<u8>>, FleetError> {
+        let mut inv = self.claim_call(sender, device, cmid, 0, 0, "", b"", false);
         // `m` (muted, no record) reads as no record: nothing to complete.
         Ok(self.invoke::<Option<Vec<u8>>>(OP_HEARTBEAT, &mut inv).await?.filter(|r| r != b"m"))
     }
