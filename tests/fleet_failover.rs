@@ -210,6 +210,67 @@ fn a_device_connected_through_a_flushall_gets_the_next_messages() {
     n2.assert_no_panic();
 }
 
+/// A device connected through a loss whose node holds nothing of its
+/// inbox yet (it connected with a cursor and nothing new came since): the
+/// messages appended after the loss get seqs below the first one the node
+/// would mirror. They are recognised by their time (appended after the
+/// device's CONNECT) and moved above its cursor.
+#[test]
+fn a_device_connected_with_a_cursor_through_a_flushall_gets_the_next_messages() {
+    let Some(bin) = redis_or_skip("a_device_connected_with_a_cursor_through_a_flushall_gets_the_next_messages") else { return };
+    let redis = Redis::start(bin);
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = shared_key(key_dir.path());
+    // A heartbeat long enough that the sends below reach the engine before
+    // the node's gap check sees the flush (this is the notification path).
+    let n1 = node_config_hb(&[redis.url()], "n1", &key, 3000, "").start();
+    let n2 = node_config_hb(&[redis.url()], "n2", &key, 3000, "").start();
+    wait_ready(&n1, true);
+    wait_ready(&n2, true);
+    let (mut alice, _) = n1.login("alice", "a1", 0);
+    let (mut bob, _) = n1.login("bob", "b1", 0);
+    for i in 1..=5u64 {
+        alice.send_ok(i, "bob", format!("m{i}").as_bytes());
+    }
+    assert_eq!(collect(&mut bob, 5, WAIT).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    drop(bob);
+    // Back with its cursor on the other node: n2 mirrors bob from seq 6
+    // on, empty.
+    let (mut bob, ack) = n2.login("bob", "b1", 5);
+    assert_eq!(ack.head_seq, 5);
+    // Once n1 has forgotten its mirror of bob (at its next heartbeat: no
+    // device of bob's there; a node still holding seqs 1..5 would see
+    // other messages at them and act on that) and later than the clock
+    // margin after bob's CONNECT, the engine forgets everything and alice
+    // sends: seqs 1..3 again, below bob's cursor.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(redis.cmd(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    let sent: Vec<u64> = (6..=8u64).map(|i| alice.send_ok(i, "bob", format!("m{i}").as_bytes()).msg_id).collect();
+    let got = collect(&mut bob, 3, WAIT);
+    assert!(got.keys().all(|s| *s > 5), "new messages above bob's cursor: {got:?}");
+    let mut ids: Vec<u64> = got.values().map(|p| p.0).collect();
+    ids.sort();
+    assert_eq!(ids, sent, "every message sent after the flush reaches bob, once: {got:?}");
+    assert!(metric(&n2, "ringgate_fleet_seq_floor_raises_total") >= 1.0, "the raise is counted");
+    let top = *got.keys().max().unwrap();
+
+    // Again, and now the notifications are lost too (the subscribers'
+    // connections die with the loss, as in a failover): only the node's
+    // gap check sees the engine's head below bob's. The messages it finds
+    // at seqs bob has — below its node's mirror and within it — move
+    // above them.
+    assert_eq!(redis.cmd(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    assert!(redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).is_some_and(|r| r.starts_with(':')));
+    let sent: Vec<u64> = (9..=9 + top).map(|i| alice.send_ok(i, "bob", format!("m{i}").as_bytes()).msg_id).collect();
+    let got = collect(&mut bob, sent.len(), WAIT);
+    assert!(got.keys().all(|s| *s > top), "new messages above every seq bob has ({top}): {got:?}");
+    let mut ids: Vec<u64> = got.values().map(|p| p.0).collect();
+    ids.sort();
+    assert_eq!(ids, sent, "every message sent after the second flush reaches bob, once: {got:?}");
+    n1.assert_no_panic();
+    n2.assert_no_panic();
+}
+
 /// Logs in, again after a CONNACK 3 (the engine not reachable yet), as a
 /// device would after its backoff; any other refusal fails.
 fn login_when_served(node: &Server, user: &str, device: &str, last_seq: u64) -> (Client, ConnAck) {

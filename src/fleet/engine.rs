@@ -311,8 +311,8 @@ impl Eng {
             Request::Repair { core, users } => {
                 let _ = tokio::time::timeout(deadline, self.repair(core, users)).await;
             }
-            Request::Floor { core, user, floor, moved } => {
-                let _ = tokio::time::timeout(deadline, self.raise_floor(core, &user, floor, &moved)).await;
+            Request::Floor { core, user, floor, held, below, after_ms } => {
+                let _ = tokio::time::timeout(deadline, self.raise_floor(core, &user, floor, &held, (below, after_ms))).await;
             }
             Request::Offline { user, device, acked } => {
                 let mut inv = self.scripts.offline.key(format!("rg:{{{user}}}:p"));
@@ -522,13 +522,28 @@ impl Eng {
     }
 
     /// Raises `user`'s head past `floor` for the devices connected through
-    /// an engine data loss, moving `moved` above it (`scripts::FLOOR`),
-    /// then hands the inbox above `floor` to the core (the moved messages
-    /// among it). Logged and counted like CONNECT's raise.
-    async fn raise_floor(&self, core: usize, user: &Arc<str>, floor: u64, moved: &[u64]) {
+    /// an engine data loss, then hands the inbox above `floor` to the core.
+    /// Moved above it first (`scripts::FLOOR`): the messages the engine
+    /// holds at seqs of `held` with another msg_id than the devices have
+    /// there (read here, so that one a notification did not bring is found
+    /// too), and those below `newer.0` appended after `newer.1` ms. Logged
+    /// and counted like CONNECT's raise.
+    async fn raise_floor(&self, core: usize, user: &Arc<str>, floor: u64, held: &[(u64, u64)], newer: (u64, u64)) {
+        let mut moved = Vec::new();
+        if let Some(&(first, _)) = held.first() {
+            match self.fetch(user, first - 1).await {
+                Ok((_, _, entries)) => {
+                    let held: std::collections::HashMap<u64, u64> = held.iter().copied().collect();
+                    moved = entries.iter().filter(|e| e.seq <= floor && held.get(&e.seq).is_some_and(|m| *m != e.msg_id)).map(|e| e.seq).collect();
+                }
+                // The raise goes on without them: new appends stay above
+                // what the devices have; these are found at the next check.
+                Err(e) => tracing::debug!(error = %e, "fleet: entries at the mirror's seqs not read"),
+            }
+        }
         let mut inv = self.scripts.floor.key(format!("rg:{{{user}}}:h"));
-        inv.key(format!("rg:{{{user}}}:e")).key(format!("rg:{{{user}}}:i")).arg(floor);
-        for s in moved {
+        inv.key(format!("rg:{{{user}}}:e")).key(format!("rg:{{{user}}}:i")).arg(floor).arg(newer.0).arg(newer.1);
+        for s in &moved {
             inv.arg(*s);
         }
         let (changed, head): (u64, u64) = match self.invoke(OP_CONNECT, &mut inv).await {
@@ -633,18 +648,37 @@ impl Eng {
         self.fleet.metrics.record(OP_FETCH, heads.iter().any(|h| h.is_err()) as usize, t0.elapsed());
         // A head below what a mirror holds: the engine lost data (a missing
         // key reads as 0: a flush) while devices stayed connected here.
-        let lost: Vec<(Arc<str>, u64)> = users
+        let lost: Vec<(Arc<str>, u64, u64)> = users
             .iter()
             .zip(&heads)
-            .filter(|((_, have), h)| matches!(h, Ok(h) if h.unwrap_or(0) < *have))
-            .map(|((u, have), _)| (u.clone(), *have))
+            .filter_map(|((u, have), h)| match h {
+                Ok(h) if h.unwrap_or(0) < *have => Some((u.clone(), *have, h.unwrap_or(0))),
+                _ => None,
+            })
             .collect();
-        for (user, have) in lost {
-            self.raise_floor(core, &user, have, &[]).await;
+        for (user, have, head) in lost {
+            // Messages appended since the loss sit at seqs the devices
+            // here have, and their notifications may be lost with it (a
+            // failover drops the subscriber too): the core compares them
+            // with its mirror and asks for the raise that moves them
+            // (`Event::Entries` → `Request::Floor`). With nothing appended
+            // yet, the head is raised at once.
+            let fetched = if head > 0 { self.fetch(&user, head.saturating_sub(LOAD_LIMIT as u64)).await.ok() } else { None };
+            match fetched {
+                Some((oldest, head, entries)) => {
+                    self.post_core(core, Event::Entries { user, oldest, head, entries, fetched: false, repaired: false });
+                }
+                None => self.raise_floor(core, &user, have, &[], (0, u64::MAX)).await,
+            }
         }
         let heads: Vec<Option<u64>> = heads.into_iter().map(|h| h.ok().flatten()).collect();
         for (user, have) in rules::repairs(users, &heads) {
-            if let Ok((oldest, head, entries)) = self.fetch(&user, have).await {
+            // From the mirror's own head on: the engine's entry at that seq
+            // shows whether it is still the mirror's (or one the devices
+            // had, below the mirror) — else the engine lost data and its
+            // head passed the mirror's again before this check, with the
+            // notifications lost (the core asks for the raise).
+            if let Ok((oldest, head, entries)) = self.fetch(&user, have.saturating_sub(1)).await {
                 self.post_core(core, Event::Entries { user, oldest, head, entries, fetched: true, repaired: true });
             }
         }

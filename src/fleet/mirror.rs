@@ -35,6 +35,15 @@ pub struct Entry {
 /// and fetched again with the gap (the engine has them).
 const MAX_AHEAD: usize = 4096;
 
+/// How far the nodes' wall clocks may disagree (an entry's timestamp is
+/// its SENDACK's, from the clock of the node that appended it). An entry
+/// below a mirror's `base` is taken for one appended after an engine data
+/// loss only when it is this much newer than what the mirror vouches for:
+/// a larger skew makes a late notification of an old message look new
+/// (it would be moved and reach the devices twice); a loss within this
+/// long of a device's CONNECT is not recognised below its cursor.
+pub const CLOCK_MARGIN_MS: u64 = 1000;
+
 /// One user's mirrored inbox.
 #[derive(Debug, Default)]
 pub struct MirrorInbox {
@@ -49,6 +58,13 @@ pub struct MirrorInbox {
     pub engine_head: u64,
     /// A fetch of the gap above `head` is in flight.
     pub fetching: bool,
+    /// Wall-clock ms up to which the seqs below `base` are accounted for:
+    /// the last CONNECT load (the device had everything below its cursor,
+    /// appended before that) and the newest entry dropped here since. An
+    /// entry below `base` appended later than this cannot be one of them:
+    /// the engine lost data and handed its seq out again
+    /// ([`MirrorInbox::reused_below`]).
+    known_ms: u64,
 }
 
 impl MirrorInbox {
@@ -66,8 +82,7 @@ impl MirrorInbox {
             self.base = oldest;
         }
         while self.base < oldest && !self.entries.is_empty() {
-            self.entries.pop_front();
-            self.base += 1;
+            self.drop_front();
         }
         if self.entries.is_empty() && self.base < oldest {
             // Everything here is older than the engine keeps.
@@ -83,13 +98,15 @@ impl MirrorInbox {
     /// seqs for ones retention dropped. When the batch cannot join what is
     /// here (a far older cursor and a truncated load), the mirror restarts
     /// at `after` and the rest is fetched.
-    pub fn load(&mut self, after: u64, oldest: u64, head: u64, entries: Vec<Entry>) {
+    /// `now_ms`: the wall clock when the engine answered the load.
+    pub fn load(&mut self, after: u64, oldest: u64, head: u64, entries: Vec<Entry>, now_ms: u64) {
         let after = after.min(head).max(oldest.saturating_sub(1));
+        self.known_ms = self.known_ms.max(now_ms);
         let joins = self.entries.is_empty() && self.ahead.is_empty()
             || self.base <= after + 1
             || entries.last().is_some_and(|e| e.seq + 1 >= self.base) && entries.first().is_some_and(|e| e.seq == after + 1);
         if !joins || (self.entries.is_empty() && self.head != after) {
-            *self = MirrorInbox { engine_head: self.engine_head, ..MirrorInbox::new() };
+            *self = MirrorInbox { engine_head: self.engine_head, known_ms: self.known_ms, ..MirrorInbox::new() };
             self.head = after;
             self.base = after + 1;
         }
@@ -143,9 +160,38 @@ impl MirrorInbox {
     /// there too; this bounds the mirror's memory the same way).
     pub fn trim(&mut self, max: u64) {
         while self.entries.len() as u64 > max.max(1) {
-            self.entries.pop_front();
+            self.drop_front();
+        }
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.known_ms = self.known_ms.max(e.timestamp_ms);
             self.base += 1;
         }
+    }
+
+    /// `batch` has an entry below `base` appended after everything this
+    /// mirror accounts for there ([`MirrorInbox::accounted_below`]): the
+    /// engine lost data and gave out again a seq the devices here already
+    /// have (they would drop that message as a duplicate). What joins the
+    /// run from below (an older cursor's load) is older than that.
+    pub fn reused_below(&self, batch: &[Entry]) -> bool {
+        let (below, after_ms) = self.accounted_below();
+        batch.iter().any(|e| e.seq < below && e.timestamp_ms > after_ms)
+    }
+
+    /// `(seq, msg_id)` of the contiguous run: what the devices here have
+    /// at those seqs (compared with the engine's after a data loss).
+    pub fn held(&self) -> Vec<(u64, u64)> {
+        self.entries.iter().map(|e| (e.seq, e.msg_id)).collect()
+    }
+
+    /// `(base, ms)`: every message the devices here have below `base` was
+    /// appended by `ms` (`known_ms` with the clocks' margin); the engine
+    /// moves later ones found there (`scripts::FLOOR`).
+    pub fn accounted_below(&self) -> (u64, u64) {
+        (self.base, self.known_ms.saturating_add(CLOCK_MARGIN_MS))
     }
 
     /// The contiguous head.
@@ -253,6 +299,31 @@ mod tests {
         assert_eq!(m.bounds(), (1, 3));
         assert!(!m.insert(vec![e(2), e(3)]), "duplicates change nothing");
         assert_eq!(m.get(2).unwrap().msg_id, 1002);
+    }
+
+    /// What a mirror vouches for below its first seq: everything appended
+    /// by its last load, and by the newest entry it dropped since.
+    #[test]
+    fn below_the_run_only_later_entries_are_reuses() {
+        let at = |seq: u64, ts: u64| Entry { timestamp_ms: ts, ..e(seq) };
+        let mut m = MirrorInbox::new();
+        m.load(5, 1, 5, Vec::new(), 10_000);
+        assert_eq!(m.bounds(), (6, 5));
+        assert_eq!(m.accounted_below(), (6, 10_000 + CLOCK_MARGIN_MS));
+        // A late notification of a message from before the load: not a reuse.
+        assert!(!m.reused_below(&[at(5, 9_999)]));
+        // Within the clocks' margin: not told apart.
+        assert!(!m.reused_below(&[at(3, 10_000 + CLOCK_MARGIN_MS)]));
+        assert!(m.reused_below(&[at(3, 10_001 + CLOCK_MARGIN_MS)]));
+        // New entries above the run are not below it.
+        assert!(!m.reused_below(&[at(6, 50_000)]));
+        m.insert((6..=9).map(|s| at(s, 20_000 + s)).collect());
+        m.trim(2);
+        assert_eq!(m.bounds(), (8, 9));
+        assert_eq!(m.held(), vec![(8, 1008), (9, 1009)]);
+        // Seqs 6 and 7 were dropped here: their times are vouched for now.
+        assert_eq!(m.accounted_below(), (8, 20_007 + CLOCK_MARGIN_MS));
+        assert!(!m.reused_below(&[at(7, 20_007)]));
     }
 
     #[test]

@@ -145,11 +145,13 @@ pub enum Request {
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: mirrored users and their heads.
     Repair { core: usize, users: Vec<(Arc<str>, u64)> },
-    /// The engine lost data under connected devices (their mirror is at
-    /// `floor`; the engine's head is below it, or `moved` are seqs at or
-    /// below it holding other messages than the mirror's): raise the head
-    /// past `floor`, moving those messages above it (`scripts::FLOOR`).
-    Floor { core: usize, user: Arc<str>, floor: u64, moved: Vec<u64> },
+    /// The engine lost data under connected devices whose mirror holds
+    /// `held` (seq, msg_id) up to `floor`: the engine's head is below it,
+    /// or it holds another message at one of those seqs, or one below the
+    /// mirror's first seq `below` appended after `after_ms` (by when the
+    /// devices had everything there). Raise the head past `floor`, moving
+    /// every such message above it (`Engine::raise_floor`, `scripts::FLOOR`).
+    Floor { core: usize, user: Arc<str>, floor: u64, held: Vec<(u64, u64)>, below: u64, after_ms: u64 },
     /// A device's connection ended here: presence shows it offline.
     Offline { user: Arc<str>, device: Arc<str>, acked: u64 },
     /// From the admin API (a blocking thread waiting on `reply`).

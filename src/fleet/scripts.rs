@@ -316,13 +316,17 @@ end
 return out
 "#;
 
-/// KEYS: h, e, i. ARGV: floor, seqs to move... A node found that the
-/// engine lost data under a device that stayed connected: its mirror holds
-/// seqs up to `floor`, and the engine's head is below it, or holds a
-/// different message at one of `seqs` (appended after the loss, at a seq
-/// the device already has). Each such message is moved above the head
-/// (its append key follows it, so a retry still finds it), the head is
-/// raised to at least `floor`. What is left at or below `floor` stays
+/// KEYS: h, e, i. ARGV: floor, below, after_ms, seqs to move... A node
+/// found that the engine lost data under a device that stayed connected:
+/// its mirror holds seqs up to `floor`, and the engine's head is below it,
+/// or holds a different message at one of `seqs` (appended after the loss,
+/// at a seq the device already has), or one below the mirror's first seq
+/// `below` appended after `after_ms` (the devices had everything there by
+/// then: their CONNECT cursors, the entries the mirror dropped). Each such
+/// message — the listed seqs, and every entry below `below` with a
+/// timestamp past `after_ms` — is moved above the head (its append key
+/// follows it, so a retry still finds it), the head is raised to at least
+/// `floor`. What is left at or below `floor` stays
 /// (retention trims it): the node may not have seen every message appended
 /// since the loss when it asks — a fast sender's next appends can reach the
 /// engine before their notifications reach the node — and those must still
@@ -332,11 +336,22 @@ return out
 /// already past `floor` with nothing to move).
 pub const FLOOR: &str = r#"
 local floor = tonumber(ARGV[1])
+local below = tonumber(ARGV[2])
+local after_ms = tonumber(ARGV[3])
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local changed = 0
 if head < floor then head = floor; changed = 1 end
-for k = 2, #ARGV do
-  local s = tonumber(ARGV[k])
+local seqs = {}
+if below > 1 then
+  local low = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. below, 'WITHSCORES')
+  for k = 1, #low, 2 do
+    local a = string.find(low[k], ' ', 1, true)
+    local b = string.find(low[k], ' ', a + 1, true)
+    if tonumber(string.sub(low[k], a + 1, b - 1)) > after_ms then seqs[#seqs + 1] = tonumber(low[k + 1]) end
+  end
+end
+for k = 4, #ARGV do seqs[#seqs + 1] = tonumber(ARGV[k]) end
+for _, s in ipairs(seqs) do
   if s <= floor then
     local m = redis.call('ZRANGEBYSCORE', KEYS[2], s, s)
     if #m > 0 then

@@ -169,9 +169,14 @@ pub struct Fleet {
 }
 
 pub fn node_config(redis: &[String], id: &str, key: &Path, extra_fleet: &str) -> Config {
+    node_config_hb(redis, id, key, 200, extra_fleet)
+}
+
+/// `node_config` with another `heartbeat_ms` (a test that must act between two gap checks).
+pub fn node_config_hb(redis: &[String], id: &str, key: &Path, heartbeat_ms: u64, extra_fleet: &str) -> Config {
     let urls: Vec<String> = redis.iter().map(|u| format!("\"{u}\"")).collect();
     Config::default().tls(false).workers(2).set("route", format!("signing_key_file = \"{}\"", key.display())).extra(&format!(
-        "[fleet]\nredis = [{}]\nnode_id = \"{id}\"\nadvertise_host = \"127.0.0.1\"\nheartbeat_ms = 200\nengine_timeout_ms = 700\n{extra_fleet}",
+        "[fleet]\nredis = [{}]\nnode_id = \"{id}\"\nadvertise_host = \"127.0.0.1\"\nheartbeat_ms = {heartbeat_ms}\nengine_timeout_ms = 700\n{extra_fleet}",
         urls.join(", ")
     ))
 }

@@ -198,7 +198,7 @@ impl Core {
                             Some(st) => {
                                 let m = st.mirror(&user);
                                 let before = m.head();
-                                m.load(after, l.oldest, l.head, l.entries);
+                                m.load(after, l.oldest, l.head, l.entries, self.shared.clock.wall_ms());
                                 (m.behind(), m.head() > before)
                             }
                             None => (false, false),
@@ -230,21 +230,23 @@ impl Core {
                 }
                 // The engine lost data while devices here stayed connected:
                 // it reports a head below what this mirror holds, or hands
-                // out a seq the mirror already has for another message
-                // (appended after the loss: the devices would drop it as a
-                // duplicate). The head is raised past the mirror's and such
+                // out a seq the devices already have for another message
+                // (appended after the loss: they would drop it as a
+                // duplicate) — one the mirror holds with another msg_id, or
+                // one below the mirror appended after what it accounts for
+                // there. The head is raised past the mirror's and such
                 // messages move above it before more are appended at seqs
                 // the devices have (FLEET.md "Seqs are never reused").
                 let (base, top) = crate::proto::session::InboxRead::bounds(&*m);
-                let reused: Vec<u64> = entries
+                let reused = entries
                     .iter()
                     .filter(|e| e.seq >= base && e.seq <= top)
-                    .filter(|e| crate::proto::session::InboxRead::get(&*m, e.seq).is_some_and(|x| x.msg_id != e.msg_id))
-                    .map(|e| e.seq)
-                    .collect();
-                if !reused.is_empty() || (head > 0 && head < top) {
+                    .any(|e| crate::proto::session::InboxRead::get(&*m, e.seq).is_some_and(|x| x.msg_id != e.msg_id));
+                if reused || m.reused_below(&entries) || (head > 0 && head < top) {
                     if let Some(f) = &self.fleet {
-                        let _ = f.fleet.submit(Request::Floor { core: self.id, user: user.clone(), floor: top, moved: reused });
+                        let (below, after_ms) = m.accounted_below();
+                        let held = m.held();
+                        let _ = f.fleet.submit(Request::Floor { core: self.id, user: user.clone(), floor: top, held, below, after_ms });
                     }
                 }
                 if head > 0 {
