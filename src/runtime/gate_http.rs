@@ -93,6 +93,10 @@ pub struct HttpState {
     /// answers before them all went out: the next step serves them before
     /// reading more (set by the core when the write is reported).
     pub resume: bool,
+    /// A long-poll session whose frames this connection's unwritten answer
+    /// carries, and whose newer poll waits behind it (`Core::lp_behind`):
+    /// kicked when this connection's output has gone out.
+    pub lp_waiting: Option<crate::runtime::core::ConnKey>,
 }
 
 impl HttpState {
@@ -108,6 +112,7 @@ impl HttpState {
             refused_origins: 0,
             refused_origin: None,
             resume: false,
+            lp_waiting: None,
         }
     }
 }

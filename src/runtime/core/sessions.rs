@@ -446,8 +446,7 @@ impl Core {
         // this poll, answered and written now, would overtake them, and the
         // client would see a seq gap. It waits as an open poll instead, and
         // the session's flush (`lp_after_io`) answers it after that write.
-        let earlier = self.conn(v).and_then(|c| c.framing.lp_mut()).and_then(|l| l.answered).filter(|a| *a != key);
-        let behind = earlier.is_some_and(|a| self.conn(a).is_some_and(|h| h.unsent_bytes() > 0));
+        let behind = self.lp_behind(v, key);
         let Some(c) = self.conn(v) else {
             // Ended by this poll's own frames (the device's DISCONNECT).
             self.answer(key, &req, 204, None, Vec::new());
@@ -494,6 +493,19 @@ impl Core {
         }
         self.rearm(v);
         Handled::Parked
+    }
+
+    /// Session `v`'s frames were last handed to another poll than `p` whose
+    /// answer is not all written yet: `p` must not be answered with frames
+    /// before it (the client would see a seq gap). That connection kicks
+    /// `v` once its output has gone out (`HttpState::lp_waiting`).
+    fn lp_behind(&mut self, v: ConnKey, p: ConnKey) -> bool {
+        let Some(a) = self.conn(v).and_then(|c| c.framing.lp_mut()).and_then(|l| l.answered).filter(|a| *a != p) else { return false };
+        let Some(h) = self.conn(a).filter(|h| h.unsent_bytes() > 0) else { return false };
+        if let Some(http) = h.framing.http_mut() {
+            http.lp_waiting = Some(v);
+        }
+        true
     }
 
     /// Answers the open poll on HTTP connection `p`: 200 with `body`, or 204.
@@ -576,12 +588,19 @@ impl Core {
             l.closed_expiry_ms = now + idle_ms.max(1);
         }
         let expired = closed && (now >= l.closed_expiry_ms || shutting);
-        if let Some((p, until)) = l.poll {
-            let has = !c.out.is_empty();
-            if has || closed || now >= until {
+        let poll = l.poll;
+        let has = !c.out.is_empty();
+        // Frames wait while an earlier answer carrying frames is unwritten
+        // (`lp_behind`); a poll that ran its time meanwhile ends empty.
+        let behind = matches!(poll, Some((p, _)) if (has || closed) && self.lp_behind(v, p));
+        let Some(c) = self.conn(v) else { return Outcome::Close };
+        let Some(l) = c.framing.lp_mut() else { return Outcome::Close };
+        if let Some((p, until)) = poll {
+            let has = has && !behind;
+            if has || (closed && !behind) || now >= until {
                 l.poll = None;
-                let body = mem::take(&mut c.out);
                 if has {
+                    let body = mem::take(&mut c.out);
                     if !self.answer_poll(p, Some(&body)) {
                         // The poll's connection is gone: the frames stay queued.
                         if let Some(c) = self.conn(v) {

@@ -340,9 +340,14 @@ impl Core {
         } else {
             After::Nothing
         };
+        // A long-poll session's newer poll waited behind this answer.
+        let lp = if drained { conn.framing.http_mut().and_then(|h| h.lp_waiting.take()) } else { None };
         if bits & HW != 0 {
             // The slow-consumer deadline may have moved.
             self.rearm(key);
+        }
+        if let Some(v) = lp {
+            self.kick(v);
         }
         match after {
             After::Again(b) => self.enqueue(key, b),
