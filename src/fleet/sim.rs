@@ -16,9 +16,18 @@
 //!   becomes a chain of engine calls, each run after a random delay, so
 //!   the calls of several nodes interleave; any call may fail (the node
 //!   answers SENDACK 5), and a node may crash between any two of them
-//!   (claim done, some appends done, no SENDACK). Notifications (`rg:n`)
-//!   to other nodes are dropped, delayed, reordered and duplicated; a
-//!   node's own appends reach its cores directly, as in `engine.rs`.
+//!   (claim done, some appends done, no SENDACK). The engine keeps
+//!   presence as the scripts do (CONNECT writes the device online on its
+//!   node in the same step as the load, OFFLINE marks it offline unless
+//!   it names another node; a crash leaves it online on the dead node)
+//!   and the live nodes as the heartbeat does, and an append notifies as
+//!   `scripts::NOTIFY` does: on the own channel `rg:n:<node>` of each
+//!   other node the recipient's presence shows online, or on `rg:n`
+//!   (every node) when the recipient has no presence or the appending
+//!   node's last heartbeat saw a node of the previous version live
+//!   (`Knobs::legacy_node`: it hears only `rg:n`). Each notification is
+//!   dropped, delayed, reordered or duplicated on its way; a node's own
+//!   appends reach its cores directly, as in `engine.rs`.
 //!
 //! Devices connect, disconnect, move between nodes, send to users and to
 //! a group and retry every unanswered SEND with the same `client_msg_id`
@@ -31,9 +40,17 @@
 //! head is never below the `last_seq` presented (the floor), and a
 //! message appended while a device was connected reaches it within
 //! 2 x `heartbeat_ms` (plus the engine's call delays) when nothing failed
-//! meanwhile. At quiescence: every confirmed message and every message in
-//! the engine is in each recipient device exactly once, and no group send
-//! is left pending.
+//! meanwhile. Checked on every append (the targeting rule, which those
+//! checks cannot see: a node left out gets the message by gap repair,
+//! within the same deadline): every other node where a device of the
+//! recipient is connected and has loaded the inbox hears the notification
+//! (but a node of the previous version the appending node had not yet
+//! seen live, and a device whose record a late OFFLINE set offline, both
+//! counted), and when presence matches the devices exactly no other node
+//! is told. At quiescence: every confirmed message and every message in
+//! the engine is in each recipient device exactly once, every device's
+//! presence names the node it is connected to, and no group send is left
+//! pending.
 //!
 //! This file holds the world (nodes, faults, the loop) and the checks at
 //! quiescence; `fake_engine` the engine's data, `calls` the engine calls in
@@ -97,6 +114,16 @@ struct NodeState {
     /// Last virtual time an engine call of this node failed or it restarted:
     /// the repair deadline is not promised across a failure.
     last_fault: u64,
+    /// A node of the previous version: it listens on `rg:n` only, says
+    /// so in its heartbeat (no `own-channel`), and its appends notify
+    /// every node.
+    legacy: bool,
+    /// Its appends notify only the nodes in the recipient's presence:
+    /// every live node listened on its own channel at its last heartbeat
+    /// (`engine.rs` `targeted`; false until the first).
+    targeted: bool,
+    /// `World::heartbeat_count` at its last heartbeat.
+    heartbeat: u64,
 }
 
 /// The knobs of one run.
@@ -128,6 +155,19 @@ pub struct Knobs {
     /// A single engine: a SEND is one call (`rules::one_call`); else the
     /// multi-step path of a Cluster. `run_seeds` alternates it by seed.
     pub one_call: bool,
+    /// Appends notify only the nodes the recipient's presence shows
+    /// online (`scripts::NOTIFY`); off: every append on `rg:n`, every
+    /// node hears it (the previous version's rule).
+    pub targeted: bool,
+    /// The last node is of the previous version (`NodeState::legacy`):
+    /// while it is live, every append goes on `rg:n` again. `run_seeds`
+    /// mixes it in on every fifth seed.
+    pub legacy_node: bool,
+    /// The CONNECT script writes the device's presence in the same
+    /// atomic step as it loads the inbox (turn off, presence written by a
+    /// call of its own after the load, to see the simulation catch a node
+    /// that targeting missed).
+    pub presence_with_load: bool,
 }
 
 impl Default for Knobs {
@@ -151,6 +191,9 @@ impl Default for Knobs {
             p_data_loss: 0.0,
             raise_floor: true,
             one_call: false,
+            targeted: true,
+            legacy_node: false,
+            presence_with_load: true,
         }
     }
 }
@@ -182,6 +225,14 @@ pub struct World {
     appended_at: HashMap<(String, u64), u64>,
     /// msg_id → the SEND (device, client_msg_id) confirmed with it: msg_ids are unique in the fleet.
     msg_ids: HashMap<u64, (usize, u64)>,
+    /// Heartbeats of all nodes so far (orders a node's view of the live set).
+    heartbeat_count: u64,
+    /// (user, device) connected and loaded whose presence record a late
+    /// OFFLINE set offline (`World::offline_applied`).
+    hidden: HashSet<(String, String)>,
+    /// A test that breaks a rule on purpose: a failed check unwinds quietly
+    /// with its message (`fail`).
+    expect_failure: bool,
     /// Statistics for the report line.
     pub stats: Stats,
 }
@@ -199,6 +250,22 @@ pub struct Stats {
     pub data_losses: u64,
     /// SENDs stored by one atomic call.
     pub one_calls: u64,
+    /// Appends notified on nodes' own channels / on `rg:n`.
+    pub targeted_appends: u64,
+    pub broadcast_appends: u64,
+    /// Targeted appends whose recipient's presence matched its devices.
+    pub exact_appends: u64,
+    /// Targeted notifications sent to a node that hears them, and those
+    /// of them to a node holding no device of the recipient (stale presence).
+    pub targeted_notes: u64,
+    pub stray_notes: u64,
+    /// OFFLINEs that ran after the same device's next CONNECT on the same
+    /// node, and the appends its node was not told because of one.
+    pub late_offlines: u64,
+    pub hidden_misses: u64,
+    /// Appends not told to a node of the previous version that the
+    /// appending node's last heartbeat had not seen yet.
+    pub unseen_misses: u64,
 }
 
 impl World {
@@ -232,6 +299,9 @@ impl World {
             sends: HashMap::new(),
             appended_at: HashMap::new(),
             msg_ids: HashMap::new(),
+            heartbeat_count: 0,
+            hidden: HashSet::new(),
+            expect_failure: false,
             stats: Stats::default(),
         };
         for i in 0..k.nodes {
@@ -257,7 +327,12 @@ impl World {
     }
 
     fn fail(&self, what: String) -> ! {
-        panic!("fleet simulation seed {} (replay: RINGGATE_FLEET_SIM_SEED={}) at t={} ms: {what}", self.seed, self.seed, self.now)
+        let what = format!("fleet simulation seed {} (replay: RINGGATE_FLEET_SIM_SEED={}) at t={} ms: {what}", self.seed, self.seed, self.now);
+        if self.expect_failure {
+            // Unwinds without the panic hook (no message, no backtrace).
+            std::panic::resume_unwind(Box::new(what));
+        }
+        panic!("{what}")
     }
 
     fn start_node(&mut self, id: String) -> NodeState {
@@ -269,7 +344,8 @@ impl World {
         let groups: Vec<(&str, Vec<&str>)> = self.groups.iter().map(|(g, m)| (g.as_str(), m.iter().map(|s| s.as_str()).collect())).collect();
         let gref: Vec<(&str, &[&str])> = groups.iter().map(|(g, m)| (*g, m.as_slice())).collect();
         let sim = Sim::fleet_node(self.k.cores, self.cfg.clone(), &gref, self.clock.clone(), fleet.clone());
-        NodeState { id, sim: Some(sim), fleet, rx, inc: 0, restart_at: 0, next_hb: self.now, last_fault: self.now }
+        let legacy = self.k.legacy_node && id == format!("n{}", self.k.nodes - 1);
+        NodeState { id, sim: Some(sim), fleet, rx, inc: 0, restart_at: 0, next_hb: self.now, last_fault: self.now, legacy, targeted: false, heartbeat: 0 }
     }
 
     fn fleet_cfg(&self) -> &crate::config::FleetConfig {
@@ -425,6 +501,17 @@ impl World {
         if !self.engine.intents.is_empty() {
             self.fail(format!("group sends left pending at quiescence: {:?}", self.engine.intents.keys().collect::<Vec<_>>()));
         }
+        // Presence, which targeting trusts: every device online on the node
+        // it is connected to (a crash's stale records were overwritten when
+        // its devices connected again), but where a late OFFLINE hid one.
+        for d in &self.devices {
+            let (user, at) = (&self.users[d.user], d.conn.as_ref().map(|c| self.nodes[c.node].id.clone()));
+            let rec = self.engine.presence.get(user).and_then(|p| p.get(&d.id));
+            let right = rec.is_some_and(|p| p.online && Some(&p.node) == at.as_ref());
+            if !right && !self.lost_data && !self.hidden.contains(&(user.clone(), d.id.clone())) {
+                self.fail(format!("{user}/{}: connected on {at:?}, its presence at quiescence says {rec:?}", d.id));
+            }
+        }
         // Every message in the engine, once in each of its user's devices.
         for (u, user) in self.users.iter().enumerate() {
             let inbox = self.engine.inboxes.get(user).cloned().unwrap_or_default();
@@ -502,7 +589,7 @@ fn seeds(default: u64) -> Vec<u64> {
 fn run_seeds(name: &str, default: u64, k: Knobs) -> Stats {
     let mut total = Stats::default();
     for seed in seeds(default) {
-        let mut w = World::new(seed, Knobs { one_call: seed % 2 == 1, ..k });
+        let mut w = World::new(seed, Knobs { one_call: seed % 2 == 1, legacy_node: k.legacy_node || seed % 5 == 0, ..k });
         w.run();
         let s = w.stats;
         total.confirmed += s.confirmed;
@@ -515,6 +602,14 @@ fn run_seeds(name: &str, default: u64, k: Knobs) -> Stats {
         total.floor_raises += s.floor_raises;
         total.data_losses += s.data_losses;
         total.one_calls += s.one_calls;
+        total.targeted_appends += s.targeted_appends;
+        total.broadcast_appends += s.broadcast_appends;
+        total.exact_appends += s.exact_appends;
+        total.targeted_notes += s.targeted_notes;
+        total.stray_notes += s.stray_notes;
+        total.late_offlines += s.late_offlines;
+        total.hidden_misses += s.hidden_misses;
+        total.unseen_misses += s.unseen_misses;
     }
     eprintln!("{name}: {total:?}");
     total
@@ -528,7 +623,28 @@ fn many_seeds_keep_the_fleet_rules() {
         assert!(s.crashes > 0 && s.dropped_notes > 0 && s.failed_calls > 0 && s.repairs > 0 && s.confirmed > 100, "{s:?}");
         assert!(s.sweeps_completed > 0, "no group send was ever completed by a survivor: {s:?}");
         assert!(s.one_calls > 100, "the one-call SEND path was hardly run: {s:?}");
+        assert!(s.targeted_appends > s.broadcast_appends && s.exact_appends > 100, "appends were hardly targeted: {s:?}");
+        assert!(s.broadcast_appends > 0 && s.unseen_misses > 0, "the fallback to rg:n (a node of the previous version) was not run: {s:?}");
     }
+}
+
+/// The targeting check guards what makes targeting safe: presence
+/// written in the same atomic step as the inbox load. Written by a call
+/// of its own after the load, a device that connected meanwhile is loaded
+/// but not listed, and an append is not told to its node (the message
+/// still arrives by gap repair within the deadline: only this check sees it).
+#[test]
+fn presence_written_apart_from_the_load_is_caught() {
+    let caught = (1..=20).find_map(|seed| {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut w = World::new(seed, Knobs { presence_with_load: false, ..Knobs::default() });
+            w.expect_failure = true;
+            w.run();
+        }));
+        run.err().map(|e| e.downcast::<String>().map(|s| *s).unwrap_or_else(|_| "a panic without a message".into()))
+    });
+    let what = caught.unwrap_or_else(|| panic!("20 seeds with presence written apart from the load passed every check"));
+    assert!(what.contains("was not told to"), "{what}");
 }
 
 /// Seed 642 once skipped a seq: a device's CONNECT on a core where another

@@ -1,9 +1,12 @@
 //! Engine calls in flight: each request a node makes becomes a chain of
 //! calls to the fake engine, each run after a random delay and any of them
 //! failing, with the engine-side decisions (`rules.rs`) between them where
-//! `engine.rs` makes them; plus the heartbeat's intent sweep and the lossy
-//! notification network. Separate from the world's loop and the devices
-//! because this is the node↔engine half of the simulation.
+//! `engine.rs` makes them; plus the heartbeat (the live nodes, each
+//! node's `targeted`, the intent sweep) and the lossy notification
+//! network with its channels, checked on every append against the nodes
+//! that hold the recipient (`check_notify`). Separate from the world's
+//! loop and the devices because this is the node↔engine half of the
+//! simulation.
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use bytes::Bytes;
 
 use super::super::rules::{self, AfterClaim, Sweep};
 use super::super::{Entry, Event, FleetError, Request, Stored};
-use super::fake_engine::claim_record;
+use super::fake_engine::{claim_record, Notify};
 use super::World;
 use crate::runtime::mesh::CoreMsg;
 
@@ -28,7 +31,12 @@ pub(super) enum SendStage {
 
 pub(super) enum OpKind {
     Send { core: usize, req: u64, device: Option<Arc<str>>, msg: crate::store::NewMessage, targets: Vec<Arc<str>>, stage: SendStage },
-    Connect { core: usize, key: crate::runtime::core::ConnKey, user: Arc<str>, last_seq: u64 },
+    Connect { core: usize, key: crate::runtime::core::ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64 },
+    /// CONNECT's presence write as a call of its own after the load, only
+    /// with `Knobs::presence_with_load` off (the rule broken on purpose).
+    Present { user: Arc<str>, device: Arc<str> },
+    /// A connection that was open ended here (`scripts::OFFLINE`).
+    Offline { user: Arc<str>, device: Arc<str> },
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: heads first, then one fetch per user behind.
     Repair { core: usize, users: Vec<(Arc<str>, u64)>, fetches: Option<Vec<(Arc<str>, u64)>> },
@@ -86,7 +94,11 @@ impl World {
         crate::runtime::mesh::home_core(user, self.k.cores)
     }
 
-    /// An append and its notification (`engine.rs` append + `rg:n`).
+    /// An append and its notification (`scripts::append` + `NOTIFY`): on
+    /// the channel of each other node the recipient's presence shows
+    /// online, or on `rg:n` (every node) without presence, from a node of
+    /// the previous version, or while the appending node's heartbeat saw
+    /// one live (its `targeted`).
     pub(super) fn engine_append(&mut self, node: usize, user: &Arc<str>, key: &str, e: Entry) -> u64 {
         let (seq, new) = self.engine.append(user, key, e.clone());
         if new {
@@ -96,10 +108,20 @@ impl World {
             let home = self.home(user);
             // The appending node's own cores: directly.
             self.post(node, home, ev());
-            for other in self.alive() {
-                if other == node {
-                    continue;
-                }
+            let targeted = self.nodes[node].targeted && !self.nodes[node].legacy;
+            let to = self.engine.notify(user, &self.nodes[node].id, targeted);
+            // Who hears it: a node of the previous version listens on `rg:n` only.
+            let hears: Vec<usize> = self
+                .alive()
+                .into_iter()
+                .filter(|o| *o != node)
+                .filter(|o| match &to {
+                    Notify::All => true,
+                    Notify::Nodes(ids) => !self.nodes[*o].legacy && ids.contains(&self.nodes[*o].id),
+                })
+                .collect();
+            self.check_notify(node, user, &to, &hears);
+            for other in hears {
                 if self.rng.chance(self.k.p_drop) {
                     self.stats.dropped_notes += 1;
                     continue;
@@ -160,7 +182,8 @@ impl World {
                         };
                         OpKind::Send { core, req, device, msg, targets, stage }
                     }
-                    Request::Connect { core, key, user, device: _, last_seq, remote: _ } => OpKind::Connect { core, key, user, last_seq },
+                    Request::Connect { core, key, user, device, last_seq, remote: _ } => OpKind::Connect { core, key, user, device, last_seq },
+                    Request::Offline { user, device, acked: _ } => OpKind::Offline { user, device },
                     Request::Fetch { core, user, after } => OpKind::Fetch { core, user, after },
                     Request::Repair { core, mut users } => {
                         users.sort();
@@ -169,7 +192,7 @@ impl World {
                     // Only after an engine data loss, which the simulation's
                     // default knobs never cause (tests/fleet_failover.rs
                     // covers it against Redis).
-                    Request::Offline { .. } | Request::Floor { .. } => {
+                    Request::Floor { .. } => {
                         self.nodes[n].fleet.done();
                         continue;
                     }
@@ -334,11 +357,17 @@ impl World {
                     }
                 }
             }
-            OpKind::Connect { core, key, user, last_seq } => {
+            OpKind::Connect { core, key, user, device, last_seq } => {
                 let result = if applied {
-                    let l = self.engine.connect(&user, last_seq, self.k.raise_floor);
+                    let with_load = self.k.presence_with_load;
+                    let l = self.engine.connect(&user, &device, &node_id, last_seq, self.k.raise_floor, with_load);
                     if l.raised {
                         self.stats.floor_raises += 1;
+                    }
+                    self.loaded(node, &user, &device);
+                    if !with_load {
+                        let due = self.now + self.call_delay();
+                        self.ops.push(Op { node, inc: op.inc, due, request: false, kind: OpKind::Present { user: user.clone(), device } });
                     }
                     Ok(l)
                 } else {
@@ -346,6 +375,17 @@ impl World {
                 };
                 let result = if fails { Err(FleetError::Timeout) } else { result };
                 self.post(node, core, Event::Connected { key, user, result });
+                self.finish(&op);
+            }
+            OpKind::Present { user, device } => {
+                if applied {
+                    self.engine.present(&user, &device, &node_id);
+                }
+            }
+            OpKind::Offline { user, device } => {
+                if applied && self.engine.offline(&user, &device, &node_id) {
+                    self.offline_applied(node, &user, &device);
+                }
                 self.finish(&op);
             }
             OpKind::Fetch { core, user, after } => {
@@ -427,14 +467,21 @@ impl World {
         }
     }
 
-    /// Every `heartbeat_ms` per live node: the intent sweep (`engine.rs`
-    /// heartbeat: intents older than 3 x heartbeat + engine timeout).
+    /// Every `heartbeat_ms` per live node (`heartbeat.rs`): the node in the
+    /// live set, its `targeted` (every live node listens on its own
+    /// channel), and the intent sweep (intents older than 3 x heartbeat +
+    /// engine timeout).
     pub(super) fn heartbeats(&mut self) {
         for n in self.alive() {
             if self.now < self.nodes[n].next_hb {
                 continue;
             }
             self.nodes[n].next_hb = self.now + self.k.heartbeat_ms;
+            self.heartbeat_count += 1;
+            let (id, own) = (self.nodes[n].id.clone(), !self.nodes[n].legacy);
+            let all_own = self.engine.heartbeat(&id, own, self.now, 3 * self.k.heartbeat_ms, self.heartbeat_count);
+            self.nodes[n].targeted = self.k.targeted && all_own;
+            self.nodes[n].heartbeat = self.heartbeat_count;
             let age = 3 * self.k.heartbeat_ms + self.fleet_cfg().engine_timeout_ms;
             let cutoff = self.now.saturating_sub(age);
             let stale: Vec<String> = self.engine.intents.iter().filter(|(_, t)| **t <= cutoff).map(|(i, _)| i.clone()).take(32).collect();

@@ -2,14 +2,16 @@
 //! users and the group and retrying unanswered SENDs with the same
 //! `client_msg_id`, moving between nodes, and the checks made on every
 //! frame they read (no seq reuse, dense seqs, no duplicate, one msg_id
-//! per SEND, the floor, the repair deadline). Separate from the engine
-//! side because this is the client half and where the per-frame
-//! invariants live.
+//! per SEND, the floor, the repair deadline), and the targeting check
+//! made on every append against the nodes they are connected to. Separate
+//! from the engine side because this is the client half and where the
+//! per-frame invariants live.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
+use super::fake_engine::Notify;
 use super::{World, GROUP, KEEPALIVE_S, STEP_MS};
 use crate::proto::error::{connack, sendack};
 use crate::proto::frame::{Frame, Send, Utf8Bytes};
@@ -23,6 +25,9 @@ pub(super) struct Conn {
     pub(super) open_since: Option<u64>,
     /// Seqs below this were announced lost by the CONNACK (`oldest_seq`).
     pub(super) oldest: u64,
+    /// Its CONNECT ran in the engine (the inbox loaded, presence written):
+    /// from then on an append to the user must be told to this node.
+    pub(super) loaded: bool,
     /// SENDs written on this connection and not answered.
     pub(super) inflight: HashSet<u64>,
 }
@@ -85,7 +90,7 @@ impl World {
         sim.write(client, &f);
         let inc = self.nodes[node].inc;
         self.trace(d, || format!("CONNECT on n{node} last_seq {last}"));
-        self.devices[d].conn = Some(Conn { node, inc, client, open_since: None, oldest: 0, inflight: HashSet::new() });
+        self.devices[d].conn = Some(Conn { node, inc, client, open_since: None, oldest: 0, loaded: false, inflight: HashSet::new() });
     }
 
     pub(super) fn drop_conn(&mut self, d: usize, hang_up: bool) {
@@ -224,6 +229,101 @@ impl World {
         dev.seen.insert(seq, tag.clone());
         dev.got.insert(tag, (seq, msg_id));
         dev.last_seq = seq;
+    }
+
+    fn device_of(&self, user: &str, device: &str) -> Option<usize> {
+        self.devices.iter().position(|d| self.users[d.user] == user && d.id == device)
+    }
+
+    /// A CONNECT of `device` ran in the engine on `node`: the device's
+    /// connection there has loaded the inbox. Its presence record is
+    /// written again, so an earlier late OFFLINE no longer hides it.
+    pub(super) fn loaded(&mut self, node: usize, user: &str, device: &str) {
+        self.hidden.remove(&(user.to_string(), device.to_string()));
+        let Some(d) = self.device_of(user, device) else { return };
+        if let Some(c) = self.devices[d].conn.as_mut().filter(|c| c.node == node && c.open_since.is_none()) {
+            c.loaded = true;
+        }
+    }
+
+    /// The OFFLINE of a connection of `device` that ended on `node` changed
+    /// its presence record. When the device is connected there again and
+    /// loaded, this call ran after the new connection's CONNECT (a node's
+    /// calls overtake each other here, as the separate tasks of `engine.rs`
+    /// may, rarely) and OFFLINE cannot tell the two connections apart: the
+    /// record says offline while the device is online, and appends are not
+    /// told to that node until the device connects again (gap repair
+    /// delivers them; `check_notify` counts them).
+    pub(super) fn offline_applied(&mut self, node: usize, user: &str, device: &str) {
+        let Some(d) = self.device_of(user, device) else { return };
+        if self.devices[d].conn.as_ref().is_some_and(|c| c.node == node && c.loaded) {
+            self.stats.late_offlines += 1;
+            self.hidden.insert((user.to_string(), device.to_string()));
+        }
+    }
+
+    /// The targeting rule (`scripts::NOTIFY`), checked on every append
+    /// against where the recipient's devices are: every other live node
+    /// holding a connection of `user` that loaded the inbox must hear the
+    /// notification (`hears`, before the network loses it), else that
+    /// device waits for a gap repair. Excused: a device a late OFFLINE hid
+    /// (`offline_applied`), and a node of the previous version that the
+    /// appending node's last heartbeat had not yet seen live. When the
+    /// presence records match the devices exactly, a targeted append is
+    /// also told to no other node. After an engine data loss (presence
+    /// reverted with the rest) nothing is checked.
+    pub(super) fn check_notify(&mut self, node: usize, user: &str, to: &Notify, hears: &[usize]) {
+        match to {
+            Notify::All => self.stats.broadcast_appends += 1,
+            Notify::Nodes(_) => self.stats.targeted_appends += 1,
+        }
+        if self.lost_data {
+            return;
+        }
+        let recs = self.engine.presence.get(user);
+        let mut exact = true;
+        let mut holders = Vec::new();
+        for (di, d) in self.devices.iter().enumerate().filter(|(_, d)| self.users[d.user] == user) {
+            let at = d.conn.as_ref().filter(|c| c.loaded).map(|c| c.node);
+            let rec = recs.and_then(|r| r.get(&d.id)).filter(|p| p.online);
+            match (at, rec) {
+                (Some(b), Some(p)) if self.nodes[b].id == p.node => {}
+                (None, None) => {}
+                _ => exact = false,
+            }
+            if let Some(b) = at.filter(|b| *b != node) {
+                holders.push((di, b));
+            }
+        }
+        for (di, b) in &holders {
+            if hears.contains(b) {
+                continue;
+            }
+            if self.hidden.contains(&(user.to_string(), self.devices[*di].id.clone())) {
+                self.stats.hidden_misses += 1;
+                continue;
+            }
+            let unseen = self.engine.nodes.get(&self.nodes[*b].id).is_none_or(|r| r.first > self.nodes[node].heartbeat);
+            if self.nodes[*b].legacy && matches!(to, Notify::Nodes(_)) && unseen {
+                self.stats.unseen_misses += 1;
+                continue;
+            }
+            let old = if self.nodes[*b].legacy { ", a node of the previous version (hears rg:n only)" } else { "" };
+            self.fail(format!(
+                "an append to {user} by {} was not told to {}{old}, where {user}/{} is connected and loaded (sent to {to:?}; presence {recs:?})",
+                self.nodes[node].id, self.nodes[*b].id, self.devices[*di].id
+            ));
+        }
+        let Notify::Nodes(_) = to else { return };
+        let stray: Vec<&str> = hears.iter().filter(|o| !holders.iter().any(|(_, b)| b == *o)).map(|o| self.nodes[*o].id.as_str()).collect();
+        self.stats.targeted_notes += hears.len() as u64;
+        self.stats.stray_notes += stray.len() as u64;
+        if exact {
+            self.stats.exact_appends += 1;
+            if !stray.is_empty() {
+                self.fail(format!("an append to {user} by {} was told to {stray:?}, which hold no device of {user}, though presence was exact: {recs:?}", self.nodes[node].id));
+            }
+        }
     }
 
     pub(super) fn trace(&self, d: usize, what: impl FnOnce() -> String) {

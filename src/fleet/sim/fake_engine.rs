@@ -1,6 +1,7 @@
 //! The fake engine: the engine's data as the Lua scripts of `scripts.rs`
 //! keep it (inboxes with dense seqs and an append index, dedup claims,
-//! group intents), re-expressed over plain maps. Separate from the world
+//! group intents, presence, the live nodes), and whom an append notifies
+//! (`scripts::NOTIFY`), re-expressed over plain maps. Separate from the world
 //! that drives it because it is the model of Redis the simulation trusts;
 //! it must read like the scripts, not like the simulation.
 
@@ -29,6 +30,34 @@ impl Inbox {
     }
 }
 
+/// A device's presence record (`rg:{u}:p`: `node connected_at_ms acked_seq
+/// online remote`; only the fields `NOTIFY` reads are kept).
+#[derive(Clone, Debug)]
+pub(super) struct Presence {
+    pub(super) node: String,
+    pub(super) online: bool,
+}
+
+/// A live node as the heartbeat keeps it (`rg:{nodes}:z` and `:i`).
+#[derive(Clone, Copy)]
+pub(super) struct NodeRec {
+    /// The world's heartbeat count when the node entered the live set:
+    /// a node's view (`targeted`) taken before it did not know this one.
+    pub(super) first: u64,
+    pub(super) last_ms: u64,
+    /// Its address ends with `own-channel`: it listens on `rg:n:<node>`.
+    pub(super) own_channel: bool,
+}
+
+/// Where an append's notification goes (`scripts::NOTIFY`).
+#[derive(Debug)]
+pub(super) enum Notify {
+    /// `rg:n`: every node.
+    All,
+    /// `rg:n:<node>` of each of these nodes (maybe none).
+    Nodes(Vec<String>),
+}
+
 #[derive(Clone, Default)]
 pub(super) struct Dedup {
     pub(super) records: HashMap<u64, Vec<u8>>,
@@ -43,6 +72,10 @@ pub(super) struct Engine {
     pub(super) dedup: HashMap<(String, String), Dedup>,
     /// Pending group sends: intent → claim time.
     pub(super) intents: BTreeMap<String, u64>,
+    /// user → device → presence (`rg:{u}:p`).
+    pub(super) presence: HashMap<String, BTreeMap<String, Presence>>,
+    /// Live nodes by id (`rg:{nodes}:z`).
+    pub(super) nodes: BTreeMap<String, NodeRec>,
 }
 
 impl Engine {
@@ -59,8 +92,13 @@ impl Engine {
         (seq, true)
     }
 
-    /// `scripts::connect`: the floor raise, then the entries above `last_seq`.
-    pub(super) fn connect(&mut self, user: &str, last_seq: u64, raise_floor: bool) -> Loaded {
+    /// `scripts::connect`: the floor raise, the device's presence on
+    /// `node` (with `presence`; the same atomic step as the load), then
+    /// the entries above `last_seq`.
+    pub(super) fn connect(&mut self, user: &str, device: &str, node: &str, last_seq: u64, raise_floor: bool, presence: bool) -> Loaded {
+        if presence {
+            self.present(user, device, node);
+        }
         let ib = self.inboxes.entry(user.to_string()).or_default();
         let mut raised = false;
         if raise_floor && last_seq > ib.head {
@@ -71,6 +109,50 @@ impl Engine {
         let oldest = ib.oldest();
         ib.index.retain(|_, s| *s >= oldest);
         Loaded { oldest, head: ib.head, raised, entries: ib.above(last_seq) }
+    }
+
+    /// The presence write of `scripts::connect`: the device online on `node`.
+    pub(super) fn present(&mut self, user: &str, device: &str, node: &str) {
+        let p = Presence { node: node.to_string(), online: true };
+        self.presence.entry(user.to_string()).or_default().insert(device.to_string(), p);
+    }
+
+    /// `scripts::OFFLINE`: the device offline, unless its record names
+    /// another node (it connected there since). True when it changed.
+    pub(super) fn offline(&mut self, user: &str, device: &str, node: &str) -> bool {
+        match self.presence.get_mut(user).and_then(|p| p.get_mut(device)) {
+            Some(p) if p.node == node => {
+                p.online = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `scripts::NOTIFY` for an append to `user` by `me`: with `targeted`
+    /// and any presence record, the other nodes a device is online on;
+    /// else every node.
+    pub(super) fn notify(&self, user: &str, me: &str, targeted: bool) -> Notify {
+        match self.presence.get(user) {
+            Some(recs) if targeted && !recs.is_empty() => {
+                let mut to: Vec<String> = recs.values().filter(|p| p.online && p.node != me).map(|p| p.node.clone()).collect();
+                to.sort();
+                to.dedup();
+                Notify::Nodes(to)
+            }
+            _ => Notify::All,
+        }
+    }
+
+    /// `scripts::HEARTBEAT` (with the address word `engine.rs` adds): records
+    /// `node`, forgets nodes silent for longer than `ttl_ms`, and returns
+    /// whether every live node listens on its own channel (the node's
+    /// `targeted`, `heartbeat.rs`). `count` numbers the world's heartbeats.
+    pub(super) fn heartbeat(&mut self, node: &str, own_channel: bool, now_ms: u64, ttl_ms: u64, count: u64) -> bool {
+        let first = self.nodes.get(node).map_or(count, |r| r.first);
+        self.nodes.insert(node.to_string(), NodeRec { first, last_ms: now_ms, own_channel });
+        self.nodes.retain(|_, r| r.last_ms + ttl_ms >= now_ms);
+        self.nodes.values().all(|r| r.own_channel)
     }
 
     /// `scripts::FETCH`.
