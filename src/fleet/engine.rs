@@ -293,8 +293,8 @@ impl Eng {
                 }
                 self.post_core(core, Event::Sent { req, result });
             }
-            Request::Connect { core, key, user, device, last_seq, remote } => {
-                let result = match tokio::time::timeout(deadline, self.connect(&user, &device, last_seq, remote)).await {
+            Request::Connect { core, key, user, device, last_seq, remote, at_ms } => {
+                let result = match tokio::time::timeout(deadline, self.connect(&user, &device, last_seq, remote, at_ms)).await {
                     Ok(r) => r,
                     Err(_) => Err(FleetError::Timeout),
                 };
@@ -314,9 +314,9 @@ impl Eng {
             Request::Floor { core, user, floor, held, below, after_ms } => {
                 let _ = tokio::time::timeout(deadline, self.raise_floor(core, &user, floor, &held, (below, after_ms))).await;
             }
-            Request::Offline { user, device, acked } => {
+            Request::Offline { user, device, acked, at_ms } => {
                 let mut inv = self.scripts.offline.key(format!("rg:{{{user}}}:p"));
-                inv.arg(&*device).arg(&*self.fleet.node_id).arg(acked);
+                inv.arg(&*device).arg(&*self.fleet.node_id).arg(acked).arg(at_ms);
                 let _ = tokio::time::timeout(deadline, self.invoke::<i64>(OP_PRESENCE, &mut inv)).await;
             }
             Request::Admin { op, reply } => {
@@ -594,7 +594,7 @@ impl Eng {
         Ok(seq)
     }
 
-    async fn connect(&self, user: &str, device: &str, last_seq: u64, remote: Option<std::net::SocketAddr>) -> Result<Loaded, FleetError> {
+    async fn connect(&self, user: &str, device: &str, last_seq: u64, remote: Option<std::net::SocketAddr>, at_ms: u64) -> Result<Loaded, FleetError> {
         let (max, cutoff) = self.retention_args();
         let keys = ["h", "e", "i", "p"].map(|k| format!("rg:{{{user}}}:{k}"));
         let v: Value = self
@@ -609,7 +609,7 @@ impl Eng {
                     .arg(last_seq)
                     .arg(device)
                     .arg(&*self.fleet.node_id)
-                    .arg(wall_ms())
+                    .arg(at_ms)
                     .arg(max)
                     .arg(cutoff)
                     .arg(LOAD_LIMIT)

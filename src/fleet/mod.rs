@@ -140,7 +140,9 @@ pub enum Request {
     /// A CONNECT on this node: retention, floor, presence, replacement
     /// notice, and the entries above `last_seq`.
     /// `remote`: the device's address, for presence on any node.
-    Connect { core: usize, key: ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64, remote: Option<std::net::SocketAddr> },
+    /// `at_ms`: the connection's own stamp (wall ms at its CONNECT), kept
+    /// in its presence record, so that its OFFLINE touches only that record.
+    Connect { core: usize, key: ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64, remote: Option<std::net::SocketAddr>, at_ms: u64 },
     /// Entries of `user` above `after` (a gap in a mirror).
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: mirrored users and their heads.
@@ -152,8 +154,11 @@ pub enum Request {
     /// devices had everything there). Raise the head past `floor`, moving
     /// every such message above it (`Engine::raise_floor`, `scripts::FLOOR`).
     Floor { core: usize, user: Arc<str>, floor: u64, held: Vec<(u64, u64)>, below: u64, after_ms: u64 },
-    /// A device's connection ended here: presence shows it offline.
-    Offline { user: Arc<str>, device: Arc<str>, acked: u64 },
+    /// A device's connection ended here: presence shows it offline, unless
+    /// the record is another connection's (`at_ms` is its CONNECT's stamp):
+    /// the same device may have connected again on this node, and the two
+    /// calls run as separate tasks, so this one may come second.
+    Offline { user: Arc<str>, device: Arc<str>, acked: u64, at_ms: u64 },
     /// From the admin API (a blocking thread waiting on `reply`).
     Admin { op: AdminOp, reply: std::sync::mpsc::Sender<Result<AdminAnswer, FleetError>> },
 }

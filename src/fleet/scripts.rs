@@ -401,15 +401,17 @@ end
 return -1
 "#;
 
-/// KEYS: p. ARGV: device, node, acked. A device's connection ended on
-/// `node`: its presence shows it offline with its cursor, unless it has
-/// connected on another node since (a replaced connection closing late
-/// must not hide the newer one).
+/// KEYS: p. ARGV: device, node, acked, connected_at_ms. A device's
+/// connection ended on `node`: its presence shows it offline with its
+/// cursor, unless the record is another connection's — the device has
+/// connected since, on another node or on this one (its CONNECT stamped
+/// the record with another `connected_at_ms`; a replaced connection
+/// closing late must not hide the newer one).
 pub const OFFLINE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return 0 end
 local node, at, _, _, remote = string.match(v, '^(%S+) (%S+) (%S+) (%S+) ?(.*)$')
-if node ~= ARGV[2] then return 0 end
+if node ~= ARGV[2] or at ~= ARGV[4] then return 0 end
 if remote == nil or remote == '' then remote = '-' end
 redis.call('HSET', KEYS[1], ARGV[1], node .. ' ' .. at .. ' ' .. ARGV[3] .. ' 0 ' .. remote)
 return 1

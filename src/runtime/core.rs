@@ -628,8 +628,9 @@ impl Core {
                         d.seen_ms = self.shared.clock.mono_ms();
                         d.acked_seq = slot.conn.session.acked();
                         let device = d.id.clone();
+                        let stamp = d.connected_at_ms;
                         if self.fleet.is_some() {
-                            self.fleet_offline(ident.user.clone(), device.clone(), slot.conn.session.acked());
+                            self.fleet_offline(ident.user.clone(), device.clone(), slot.conn.session.acked(), stamp);
                         }
                         self.dedup_went_idle(ident.user, device);
                     }

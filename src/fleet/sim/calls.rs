@@ -31,12 +31,12 @@ pub(super) enum SendStage {
 
 pub(super) enum OpKind {
     Send { core: usize, req: u64, device: Option<Arc<str>>, msg: crate::store::NewMessage, targets: Vec<Arc<str>>, stage: SendStage },
-    Connect { core: usize, key: crate::runtime::core::ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64 },
+    Connect { core: usize, key: crate::runtime::core::ConnKey, user: Arc<str>, device: Arc<str>, last_seq: u64, at_ms: u64 },
     /// CONNECT's presence write as a call of its own after the load, only
     /// with `Knobs::presence_with_load` off (the rule broken on purpose).
-    Present { user: Arc<str>, device: Arc<str> },
+    Present { user: Arc<str>, device: Arc<str>, at_ms: u64 },
     /// A connection that was open ended here (`scripts::OFFLINE`).
-    Offline { user: Arc<str>, device: Arc<str> },
+    Offline { user: Arc<str>, device: Arc<str>, at_ms: u64 },
     Fetch { core: usize, user: Arc<str>, after: u64 },
     /// The heartbeat's gap check: heads first, then one fetch per user behind.
     Repair { core: usize, users: Vec<(Arc<str>, u64)>, fetches: Option<Vec<(Arc<str>, u64)>> },
@@ -152,7 +152,7 @@ impl World {
                     Request::Connect { core, user, device, last_seq, .. } => format!("1 {core} {user} {device} {last_seq}"),
                     Request::Fetch { core, user, after } => format!("2 {core} {user} {after}"),
                     Request::Repair { core, .. } => format!("3 {core}"),
-                    Request::Offline { user, device, acked } => format!("4 {user} {device} {acked}"),
+                    Request::Offline { user, device, acked, .. } => format!("4 {user} {device} {acked}"),
                     Request::Floor { core, user, floor, .. } => format!("6 {core} {user} {floor}"),
                     Request::Admin { .. } => "5".to_string(),
                 };
@@ -182,8 +182,8 @@ impl World {
                         };
                         OpKind::Send { core, req, device, msg, targets, stage }
                     }
-                    Request::Connect { core, key, user, device, last_seq, remote: _ } => OpKind::Connect { core, key, user, device, last_seq },
-                    Request::Offline { user, device, acked: _ } => OpKind::Offline { user, device },
+                    Request::Connect { core, key, user, device, last_seq, remote: _, at_ms } => OpKind::Connect { core, key, user, device, last_seq, at_ms },
+                    Request::Offline { user, device, acked: _, at_ms } => OpKind::Offline { user, device, at_ms },
                     Request::Fetch { core, user, after } => OpKind::Fetch { core, user, after },
                     Request::Repair { core, mut users } => {
                         users.sort();
@@ -357,17 +357,17 @@ impl World {
                     }
                 }
             }
-            OpKind::Connect { core, key, user, device, last_seq } => {
+            OpKind::Connect { core, key, user, device, last_seq, at_ms } => {
                 let result = if applied {
                     let with_load = self.k.presence_with_load;
-                    let l = self.engine.connect(&user, &device, &node_id, last_seq, self.k.raise_floor, with_load);
+                    let l = self.engine.connect(&user, &device, &node_id, at_ms, last_seq, self.k.raise_floor, with_load);
                     if l.raised {
                         self.stats.floor_raises += 1;
                     }
                     self.loaded(node, &user, &device);
                     if !with_load {
                         let due = self.now + self.call_delay();
-                        self.ops.push(Op { node, inc: op.inc, due, request: false, kind: OpKind::Present { user: user.clone(), device } });
+                        self.ops.push(Op { node, inc: op.inc, due, request: false, kind: OpKind::Present { user: user.clone(), device, at_ms } });
                     }
                     Ok(l)
                 } else {
@@ -377,13 +377,13 @@ impl World {
                 self.post(node, core, Event::Connected { key, user, result });
                 self.finish(&op);
             }
-            OpKind::Present { user, device } => {
+            OpKind::Present { user, device, at_ms } => {
                 if applied {
-                    self.engine.present(&user, &device, &node_id);
+                    self.engine.present(&user, &device, &node_id, at_ms);
                 }
             }
-            OpKind::Offline { user, device } => {
-                if applied && self.engine.offline(&user, &device, &node_id) {
+            OpKind::Offline { user, device, at_ms } => {
+                if applied && self.engine.offline(&user, &device, &node_id, at_ms) {
                     self.offline_applied(node, &user, &device);
                 }
                 self.finish(&op);

@@ -236,10 +236,8 @@ impl World {
     }
 
     /// A CONNECT of `device` ran in the engine on `node`: the device's
-    /// connection there has loaded the inbox. Its presence record is
-    /// written again, so an earlier late OFFLINE no longer hides it.
+    /// connection there has loaded the inbox.
     pub(super) fn loaded(&mut self, node: usize, user: &str, device: &str) {
-        self.hidden.remove(&(user.to_string(), device.to_string()));
         let Some(d) = self.device_of(user, device) else { return };
         if let Some(c) = self.devices[d].conn.as_mut().filter(|c| c.node == node && c.open_since.is_none()) {
             c.loaded = true;
@@ -247,18 +245,17 @@ impl World {
     }
 
     /// The OFFLINE of a connection of `device` that ended on `node` changed
-    /// its presence record. When the device is connected there again and
-    /// loaded, this call ran after the new connection's CONNECT (a node's
-    /// calls overtake each other here, as the separate tasks of `engine.rs`
-    /// may, rarely) and OFFLINE cannot tell the two connections apart: the
+    /// its presence record. A node's calls overtake each other here (as the
+    /// separate tasks of `engine.rs` may): when the device is connected
+    /// there again and loaded, this OFFLINE ran after the new connection's
+    /// CONNECT, and it must have left that connection's record alone
+    /// (`scripts::OFFLINE` compares the connection's stamp) — else the
     /// record says offline while the device is online, and appends are not
-    /// told to that node until the device connects again (gap repair
-    /// delivers them; `check_notify` counts them).
+    /// told to that node until the device connects again.
     pub(super) fn offline_applied(&mut self, node: usize, user: &str, device: &str) {
         let Some(d) = self.device_of(user, device) else { return };
         if self.devices[d].conn.as_ref().is_some_and(|c| c.node == node && c.loaded) {
-            self.stats.late_offlines += 1;
-            self.hidden.insert((user.to_string(), device.to_string()));
+            self.fail(format!("{user}/{device}: an OFFLINE of an earlier connection set the presence of its newer connection on {} offline", self.nodes[node].id));
         }
     }
 
@@ -266,9 +263,9 @@ impl World {
     /// against where the recipient's devices are: every other live node
     /// holding a connection of `user` that loaded the inbox must hear the
     /// notification (`hears`, before the network loses it), else that
-    /// device waits for a gap repair. Excused: a device a late OFFLINE hid
-    /// (`offline_applied`), and a node of the previous version that the
-    /// appending node's last heartbeat had not yet seen live. When the
+    /// device waits for a gap repair. Excused: a node of the previous
+    /// version that the appending node's last heartbeat had not yet seen
+    /// live. When the
     /// presence records match the devices exactly, a targeted append is
     /// also told to no other node. After an engine data loss (presence
     /// reverted with the rest) nothing is checked.
@@ -297,10 +294,6 @@ impl World {
         }
         for (di, b) in &holders {
             if hears.contains(b) {
-                continue;
-            }
-            if self.hidden.contains(&(user.to_string(), self.devices[*di].id.clone())) {
-                self.stats.hidden_misses += 1;
                 continue;
             }
             let unseen = self.engine.nodes.get(&self.nodes[*b].id).is_none_or(|r| r.first > self.nodes[node].heartbeat);

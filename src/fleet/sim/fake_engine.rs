@@ -35,6 +35,8 @@ impl Inbox {
 #[derive(Clone, Debug)]
 pub(super) struct Presence {
     pub(super) node: String,
+    /// The connection's stamp (`connected_at_ms`).
+    pub(super) at_ms: u64,
     pub(super) online: bool,
 }
 
@@ -95,9 +97,10 @@ impl Engine {
     /// `scripts::connect`: the floor raise, the device's presence on
     /// `node` (with `presence`; the same atomic step as the load), then
     /// the entries above `last_seq`.
-    pub(super) fn connect(&mut self, user: &str, device: &str, node: &str, last_seq: u64, raise_floor: bool, presence: bool) -> Loaded {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn connect(&mut self, user: &str, device: &str, node: &str, at_ms: u64, last_seq: u64, raise_floor: bool, presence: bool) -> Loaded {
         if presence {
-            self.present(user, device, node);
+            self.present(user, device, node, at_ms);
         }
         let ib = self.inboxes.entry(user.to_string()).or_default();
         let mut raised = false;
@@ -112,16 +115,17 @@ impl Engine {
     }
 
     /// The presence write of `scripts::connect`: the device online on `node`.
-    pub(super) fn present(&mut self, user: &str, device: &str, node: &str) {
-        let p = Presence { node: node.to_string(), online: true };
+    pub(super) fn present(&mut self, user: &str, device: &str, node: &str, at_ms: u64) {
+        let p = Presence { node: node.to_string(), at_ms, online: true };
         self.presence.entry(user.to_string()).or_default().insert(device.to_string(), p);
     }
 
-    /// `scripts::OFFLINE`: the device offline, unless its record names
-    /// another node (it connected there since). True when it changed.
-    pub(super) fn offline(&mut self, user: &str, device: &str, node: &str) -> bool {
+    /// `scripts::OFFLINE`: the device offline, unless its record is
+    /// another connection's (another node, or another stamp: it connected
+    /// again since). True when it changed.
+    pub(super) fn offline(&mut self, user: &str, device: &str, node: &str, at_ms: u64) -> bool {
         match self.presence.get_mut(user).and_then(|p| p.get_mut(device)) {
-            Some(p) if p.node == node => {
+            Some(p) if p.node == node && p.at_ms == at_ms => {
                 p.online = false;
                 true
             }

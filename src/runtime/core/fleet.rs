@@ -12,14 +12,20 @@ use crate::fleet::{Event, Fleet, FleetError, Refused, Request, Stored};
 /// A core's fleet state.
 pub struct CoreFleet {
     pub fleet: Arc<Fleet>,
-    /// CONNECTs waiting for the engine: the user, request and token expiry.
-    connecting: HashMap<ConnKey, (Arc<str>, ConnectRequest, u64)>,
+    /// CONNECTs waiting for the engine: the user, request, token expiry
+    /// and presence stamp.
+    connecting: HashMap<ConnKey, (Arc<str>, ConnectRequest, u64, u64)>,
     last_repair_ms: u64,
+    /// The last presence stamp handed out: stamps are wall ms made
+    /// strictly increasing here (a device's connections on this node all
+    /// come to its home core), so two connections of one device never
+    /// share one, even within a millisecond.
+    last_stamp: u64,
 }
 
 impl CoreFleet {
     pub fn new(fleet: Arc<Fleet>) -> Box<Self> {
-        Box::new(CoreFleet { fleet, connecting: HashMap::new(), last_repair_ms: 0 })
+        Box::new(CoreFleet { fleet, connecting: HashMap::new(), last_repair_ms: 0, last_stamp: 0 })
     }
 }
 
@@ -43,11 +49,14 @@ impl Core {
         }
         let device: Arc<str> = Arc::from(req.device_id.as_str());
         let remote = self.conns.get(key.idx as usize).filter(|s| s.gen == key.gen).and_then(|s| s.conn.sock).and_then(self.peer_of);
+        let wall = self.shared.clock.wall_ms();
         let Some(f) = self.fleet.as_mut() else { return false };
-        let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq, remote };
+        f.last_stamp = wall.max(f.last_stamp + 1);
+        let at_ms = f.last_stamp;
+        let r = Request::Connect { core: self.id, key, user: user.clone(), device, last_seq: req.last_seq, remote, at_ms };
         match f.fleet.submit(r) {
             Ok(()) => {
-                f.connecting.insert(key, (user.clone(), req.clone(), exp));
+                f.connecting.insert(key, (user.clone(), req.clone(), exp, at_ms));
             }
             Err(e) => self.fleet_refuse_connect(key, &e),
         }
@@ -181,7 +190,7 @@ impl Core {
         match ev {
             Event::Sent { req, result } => self.on_fleet_sent(req, result),
             Event::Connected { key, user, result } => {
-                let Some((_, req, exp)) = self.fleet.as_mut().and_then(|f| f.connecting.remove(&key)) else { return };
+                let Some((_, req, exp, at_ms)) = self.fleet.as_mut().and_then(|f| f.connecting.remove(&key)) else { return };
                 if self.conn(key).is_none() {
                     return;
                 }
@@ -203,7 +212,13 @@ impl Core {
                             }
                             None => (false, false),
                         };
+                        let device: Arc<str> = Arc::from(req.device_id.as_str());
                         self.open_with(key, user.clone(), req, exp, Some((l.oldest, l.head)));
+                        // The device's stamp is the one its presence record
+                        // carries (its OFFLINE names it).
+                        if let Some(d) = self.device_mut(&user, &device).filter(|d| d.conn == Some(key)) {
+                            d.connected_at_ms = at_ms;
+                        }
                         if grew {
                             // The load may carry entries whose notification
                             // this core missed: the user's other devices
@@ -296,7 +311,7 @@ impl Core {
         }
         f.last_repair_ms = now;
         let fleet = f.fleet.clone();
-        let connecting: Vec<Arc<str>> = f.connecting.values().map(|(u, _, _)| u.clone()).collect();
+        let connecting: Vec<Arc<str>> = f.connecting.values().map(|(u, ..)| u.clone()).collect();
         let users = &self.users;
         let Some(st) = self.store.fleet_mirror() else { return };
         let mut gone = Vec::new();
@@ -317,10 +332,11 @@ impl Core {
         }
     }
 
-    /// Fleet mode: presence shows the device offline, with its cursor.
-    pub(super) fn fleet_offline(&mut self, user: Arc<str>, device: Arc<str>, acked: u64) {
+    /// Fleet mode: presence shows the device offline, with its cursor
+    /// (`at_ms`: the ending connection's stamp).
+    pub(super) fn fleet_offline(&mut self, user: Arc<str>, device: Arc<str>, acked: u64, at_ms: u64) {
         if let Some(f) = &self.fleet {
-            let _ = f.fleet.submit(Request::Offline { user, device, acked });
+            let _ = f.fleet.submit(Request::Offline { user, device, acked, at_ms });
         }
     }
 }
