@@ -34,8 +34,9 @@
 //! own channel `rg:n:<node>` (every node while a node of the previous
 //! version, which hears only `rg:n`, is live, or when the recipient has no
 //! presence at all: `scripts::NOTIFY`); the node's subscriber (a second,
-//! RESP3 connection that subscribes again on the next seed URL when its
-//! connection dies) hands it to the user's home core,
+//! RESP3 connection that subscribes again on the next seed URL, on a
+//! Cluster also on any node the cluster lists, when its connection dies:
+//! `engine/pubsub.rs`) hands it to the user's home core,
 //! which adds it to the mirror if a device of the user is online there
 //! and pushes. PUB/SUB rather than streams: a notification is only a
 //! shortcut (the inbox in the engine is the truth), so losing one is

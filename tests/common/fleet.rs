@@ -246,7 +246,12 @@ pub fn wait_ready(s: &Server, ready: bool) {
 }
 
 pub fn metric(s: &Server, name: &str) -> f64 {
-    let (a, _) = admin(s);
+    metric_at(admin(s).0, name)
+}
+
+/// [`metric`] from an admin address read before (a test whose node logs a
+/// lot may no longer have `admin_addr=` in its log's tail).
+pub fn metric_at(a: SocketAddr, name: &str) -> f64 {
     let (_, text) = http(a, "GET", "/metrics", None, None);
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
