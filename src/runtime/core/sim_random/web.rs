@@ -13,6 +13,9 @@ impl World {
     /// kept until the sid is known.
     pub(super) fn web_send(&mut self, dev: usize, i: usize, frames: &[u8]) {
         let cores = self.sim.cores.len();
+        // A request body holds at most `max_frame` x 64 bytes (docs/web.md;
+        // `413` beyond): whole frames up to that, the rest waits.
+        let max_body = self.knobs.max_frame as usize * 64;
         let c = &mut self.devices[dev].conns[i];
         let via = c.via;
         let Some(w) = c.web.as_mut() else { return };
@@ -25,7 +28,8 @@ impl World {
             }
             Vec::new()
         } else {
-            std::mem::take(&mut w.backlog)
+            let n = whole_frames_within(&w.backlog, max_body);
+            w.backlog.drain(..n).collect()
         };
         let sim = &mut self.sim;
         // Idle connections the server closed (keep-alive idle) are dropped.
@@ -190,6 +194,20 @@ impl World {
         }
         Ok((frames, false))
     }
+}
+
+/// The length of the longest run of whole length-prefixed frames at the
+/// front of `b` that fits in `max` bytes (at least one frame, so that a
+/// frame is never stuck; the server bounds a frame far below `max`).
+fn whole_frames_within(b: &[u8], max: usize) -> usize {
+    let mut at = 0;
+    while let Some(len) = b.get(at..at + 4).map(|p| 4 + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize) {
+        if at > 0 && at + len > max {
+            break;
+        }
+        at = (at + len).min(b.len());
+    }
+    if at == 0 { b.len() } else { at }
 }
 
 /// Forgets the session's idle HTTP connections that the server closed
