@@ -618,6 +618,11 @@ impl Core {
         if let Some(sid) = slot.conn.framing.sid() {
             self.web_sids.remove(&sid);
         }
+        // A long-poll session's newer poll waited for this connection's
+        // answer to go out; it never will: the session goes on now.
+        if let Some(v) = slot.conn.framing.http().and_then(|h| h.lp_waiting) {
+            self.kick(v);
+        }
         if let Some(ident) = slot.conn.ident {
             let m = &self.shared.metrics.core(self.id).conns_open;
             m.set(m.get().saturating_sub(1));

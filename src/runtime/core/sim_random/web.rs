@@ -90,6 +90,11 @@ impl World {
                         return Err(format!("device {dev}: the long-poll connect request's connection closed unanswered"));
                     }
                     w.backlog.extend_from_slice(&q.body);
+                    // A poll's answer may have carried frames (WEB.md:
+                    // "frames lost with a broken response are covered by
+                    // the protocol"): later ones may skip seqs until the
+                    // server retransmits them.
+                    w.lost_answer = true;
                 }
             }
         }
