@@ -614,9 +614,11 @@ mod tests {
     /// here rather than in `tests/fuzz_corpus.rs`: the simulation driver
     /// exists in the library's own tests (and behind the `sim` feature the
     /// fuzz crate turns on), not in the build integration tests link.
+    /// `RINGGATE_CORE_EVENTS_DIR` replays another directory instead (one
+    /// input being looked into: `fuzz/open/`).
     #[test]
     fn core_events_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core_events");
+        let dir = std::env::var("RINGGATE_CORE_EVENTS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core_events"));
         let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| std::fs::read(e.expect("dir entry").path()).expect("corpus file"))
