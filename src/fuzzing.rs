@@ -614,8 +614,8 @@ mod tests {
     /// here rather than in `tests/fuzz_corpus.rs`: the simulation driver
     /// exists in the library's own tests (and behind the `sim` feature the
     /// fuzz crate turns on), not in the build integration tests link.
-    /// `RINGGATE_CORE_EVENTS_DIR` replays another directory instead (one
-    /// input being looked into: `fuzz/open/`).
+    /// `RINGGATE_CORE_EVENTS_DIR` replays another directory instead (a
+    /// new finding being looked into, e.g. `fuzz/artifacts/core_events`).
     #[test]
     fn core_events_corpus() {
         let dir = std::env::var("RINGGATE_CORE_EVENTS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core_events"));

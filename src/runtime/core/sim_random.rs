@@ -223,6 +223,8 @@ pub struct Tally {
     pub confirmed: u64,
     pub pushes: u64,
     pub redeliveries: u64,
+    /// SENDACKs of any status, repeats included.
+    pub sendacks: u64,
     /// PUSHes past a gap on a long-poll session that lost a poll's answer
     /// (dropped unacknowledged; WebConn::lost_answer).
     pub skipped_after_lost_answer: u64,
@@ -679,6 +681,7 @@ impl World {
                 }
             }
             Frame::SendAck(a) => {
+                self.tally.sendacks += 1;
                 let tag = (dev as u32, a.client_msg_id);
                 if a.status == sendack::STORED {
                     if let Some(&(m, _)) = self.confirmed.get(&tag) {
@@ -775,6 +778,11 @@ impl World {
 
     /// Every client reads and acks, the cores run, syncs complete and time
     /// moves a little: then nothing may be left waiting.
+    /// Bytes web clients hold back (no sid yet, 429, a lost request).
+    fn web_backlog(&self) -> usize {
+        self.devices.iter().flat_map(|d| d.conns.iter()).filter_map(|c| c.web.as_ref()).map(|w| w.backlog.len()).sum()
+    }
+
     pub fn checkpoint(&mut self) -> Result<(), Violation> {
         self.tally.checkpoints += 1;
         for d in self.devices.iter_mut() {
@@ -796,11 +804,15 @@ impl World {
                     self.sim.run();
                 }
             }
-            let before = (self.tally.pushes, self.tally.confirmed, self.tally.disconnects);
+            // Progress is also any SENDACK (a retried SEND answered from
+            // the dedup table confirms nothing new) and a web client's
+            // held-back frames going out or coming back (429): a backlog
+            // drains over several rounds.
+            let before = (self.tally.pushes, self.tally.confirmed, self.tally.disconnects, self.tally.sendacks, self.web_backlog());
             for dev in 0..self.devices.len() {
                 self.read(dev)?;
             }
-            moved |= before != (self.tally.pushes, self.tally.confirmed, self.tally.disconnects);
+            moved |= before != (self.tally.pushes, self.tally.confirmed, self.tally.disconnects, self.tally.sendacks, self.web_backlog());
             self.check_bounds()?;
             if moved {
                 quiet = 0;
