@@ -1,4 +1,4 @@
-//! Fleet test harness shared by `tests/fleet.rs`, `tests/fleet_admin.rs`
+//! Fleet test harness shared by `tests/fleet.rs`, `tests/fleet_cluster.rs`, `tests/fleet_admin.rs`
 //! and `tests/fleet_failover.rs`: real `redis-server` processes on free
 //! ports in temp dirs (`appendonly yes`, `appendfsync always` unless a test
 //! asks otherwise), a 3-master Redis Cluster, ringgate nodes configured for
