@@ -74,40 +74,19 @@ fn subscriber_moves_to_another_seed_when_its_shard_dies() {
     let users: Vec<String> = (0..50).map(|i| format!("u{i}")).filter(|u| owner(&shards, &format!("rg:{{{u}}}:h")) != victim).take(2).collect();
     let mut urls: Vec<String> = vec![shards[victim].url()];
     urls.extend((0..3).filter(|i| *i != victim).map(|i| shards[i].url()));
-    let key_dir = tempfile::tempdir().unwrap();
-    let key = shared_key(key_dir.path());
-    let n1 = node_config(&urls, "n1", &key, "").start();
-    let n2 = node_config(&urls, "n2", &key, "").start();
-    wait_ready(&n1, true);
-    wait_ready(&n2, true);
-    let (mut rx, _) = n2.login(&users[0], "d1", 0);
-    let (mut tx, _) = n1.login(&users[1], "d1", 0);
-    let mut id = 0;
-    let mut send = |tx: &mut Client| {
-        id += 1;
-        tx.send_ok(id, &users[0], b"x");
-    };
-    send(&mut tx);
-    assert_eq!(collect(&mut rx, 1, WAIT).len(), 1);
+    let mut p = Pair::start(&urls, &users);
 
     // The first seed's shard dies. Until the subscribers move, only the
     // heartbeat's gap repair delivers across nodes; once they have moved,
     // notifications do again: several messages in a row arrive with no
     // repair counted.
     shards[victim].kill9();
-    let t0 = Instant::now();
-    let mut clean = 0;
-    while clean < 5 {
-        assert!(t0.elapsed() < WAIT, "cross-node delivery still needs gap repair: the subscriber never left the dead seed");
-        let before = metric(&n2, "ringgate_fleet_gap_repairs_total");
-        send(&mut tx);
-        assert_eq!(collect(&mut rx, 1, WAIT).len(), 1, "delivered (live or repaired)");
-        clean = if metric(&n2, "ringgate_fleet_gap_repairs_total") == before { clean + 1 } else { 0 };
-    }
-    eprintln!("subscriber: live delivery again {:?} after the first seed's shard died", t0.elapsed());
-    assert!(n2.stderr_tail().contains("fleet subscriber: subscribed"), "{}", n2.stderr_tail());
-    n1.assert_no_panic();
-    n2.assert_no_panic();
+    let a2 = admin(&p.n2).0;
+    let took = p.until_live(a2);
+    eprintln!("subscriber: live delivery again {took:?} after the first seed's shard died");
+    assert!(p.n2.stderr_tail().contains("fleet subscriber: subscribed"), "{}", p.n2.stderr_tail());
+    p.n1.assert_no_panic();
+    p.n2.assert_no_panic();
 }
 
 /// `PUBSUB NUMSUB channel` on one shard: its own subscribers of `channel`.
@@ -150,21 +129,7 @@ fn subscriber_follows_the_cluster_when_its_only_seed_dies() {
     // Cluster seed list that names one node. The other shards are known
     // only from the cluster itself.
     let urls: Vec<String> = vec![shards[victim].url(); 2];
-    let key_dir = tempfile::tempdir().unwrap();
-    let key = shared_key(key_dir.path());
-    let n1 = node_config(&urls, "n1", &key, "").start();
-    let n2 = node_config(&urls, "n2", &key, "").start();
-    wait_ready(&n1, true);
-    wait_ready(&n2, true);
-    let (mut rx, _) = n2.login(&users[0], "d1", 0);
-    let (mut tx, _) = n1.login(&users[1], "d1", 0);
-    let mut id = 0;
-    let mut send = |tx: &mut Client| {
-        id += 1;
-        tx.send_ok(id, &users[0], b"x");
-    };
-    send(&mut tx);
-    assert_eq!(collect(&mut rx, 1, WAIT).len(), 1);
+    let mut p = Pair::start(&urls, &users);
     // Both subscribers start on the seed.
     for node in ["n1", "n2"] {
         assert_eq!(numsub(&shards[victim], &format!("rg:n:{node}")), 1, "{node} subscribed on the seed");
@@ -174,18 +139,10 @@ fn subscriber_follows_the_cluster_when_its_only_seed_dies() {
     // engine's cluster connection lives on the other shards); delivery
     // across nodes is live again once the subscribers found another node
     // of the cluster: several messages in a row with no repair counted.
-    let ((a1, tok1), (a2, _)) = (admin(&n1), admin(&n2));
+    let ((a1, tok1), (a2, _)) = (admin(&p.n1), admin(&p.n2));
     shards[victim].kill9();
-    let t0 = Instant::now();
-    let mut clean = 0;
-    while clean < 5 {
-        assert!(t0.elapsed() < WAIT, "cross-node delivery still needs gap repair: the subscriber never left the dead seed\n{}", n2.stderr_tail());
-        let before = metric_at(a2, "ringgate_fleet_gap_repairs_total");
-        send(&mut tx);
-        assert_eq!(collect(&mut rx, 1, WAIT).len(), 1, "delivered (live or repaired)");
-        clean = if metric_at(a2, "ringgate_fleet_gap_repairs_total") == before { clean + 1 } else { 0 };
-    }
-    eprintln!("subscriber: live delivery again {:?} after the only seed's shard died", t0.elapsed());
+    let took = p.until_live(a2);
+    eprintln!("subscriber: live delivery again {took:?} after the only seed's shard died");
     // Both subscribers are on a surviving shard (the kick's answer comes
     // back to n1's), as the shards themselves count them: the nodes'
     // logs fill with the redis crate's reconnect warnings meanwhile.
@@ -204,7 +161,7 @@ fn subscriber_follows_the_cluster_when_its_only_seed_dies() {
     assert_eq!(v["closed"], 1, "the connection on n2: {body}");
     let deadline = Instant::now() + WAIT;
     loop {
-        match rx.recv_frame(deadline.saturating_duration_since(Instant::now())) {
+        match p.rx.recv_frame(deadline.saturating_duration_since(Instant::now())) {
             Ok(Frame::Disconnect { reason, message }) => {
                 assert_eq!((reason, message.as_str()), (0, "closed by operator"));
                 break;
@@ -213,6 +170,56 @@ fn subscriber_follows_the_cluster_when_its_only_seed_dies() {
             Err(e) => panic!("{e} before DISCONNECT 0"),
         }
     }
-    n1.assert_no_panic();
-    n2.assert_no_panic();
+    p.n1.assert_no_panic();
+    p.n2.assert_no_panic();
+}
+
+/// Two nodes over `urls`: `users[0]` listening on n2, `users[1]` sending
+/// on n1, one message across already delivered.
+struct Pair {
+    n1: Server,
+    n2: Server,
+    rx: Client,
+    tx: Client,
+    to: String,
+    id: u64,
+    _key_dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn start(urls: &[String], users: &[String]) -> Pair {
+        let key_dir = tempfile::tempdir().unwrap();
+        let key = shared_key(key_dir.path());
+        let n1 = node_config(urls, "n1", &key, "").start();
+        let n2 = node_config(urls, "n2", &key, "").start();
+        wait_ready(&n1, true);
+        wait_ready(&n2, true);
+        let (rx, _) = n2.login(&users[0], "d1", 0);
+        let (tx, _) = n1.login(&users[1], "d1", 0);
+        let mut p = Pair { n1, n2, rx, tx, to: users[0].clone(), id: 0, _key_dir: key_dir };
+        p.deliver();
+        p
+    }
+
+    /// One message across, delivered (live or repaired).
+    fn deliver(&mut self) {
+        self.id += 1;
+        self.tx.send_ok(self.id, &self.to, b"x");
+        assert_eq!(collect(&mut self.rx, 1, WAIT).len(), 1, "delivered (live or repaired)");
+    }
+
+    /// Sends until several messages in a row arrive with no gap repair
+    /// counted on n2 (admin address `a2`): its subscriber listens again.
+    /// Returns how long that took.
+    fn until_live(&mut self, a2: std::net::SocketAddr) -> Duration {
+        let t0 = Instant::now();
+        let mut clean = 0;
+        while clean < 5 {
+            assert!(t0.elapsed() < WAIT, "cross-node delivery still needs gap repair: the subscriber never left the dead seed\n{}", self.n2.stderr_tail());
+            let before = metric_at(a2, "ringgate_fleet_gap_repairs_total");
+            self.deliver();
+            clean = if metric_at(a2, "ringgate_fleet_gap_repairs_total") == before { clean + 1 } else { 0 };
+        }
+        t0.elapsed()
+    }
 }
