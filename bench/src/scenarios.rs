@@ -301,8 +301,16 @@ pub struct PushResult {
     pub client_cpus_busy: f64,
     /// End to end: payload timestamp (scheduled time in open loop) → receipt.
     pub latency_us: Summary,
-    /// Messages sent in the window that never arrived before the drain ended.
+    /// Messages sent in the window that had not arrived when the drain ended
+    /// (late or lost; `seq_gaps` tells which).
     pub missing: u64,
+    /// Seqs a receiver never got while later ones arrived (ringgate
+    /// receivers, whose seqs are dense): messages lost, not late.
+    #[serde(default)]
+    pub seq_gaps: u64,
+    /// PUSHes received again after a late PUSHACK (counted once).
+    #[serde(default)]
+    pub redelivered: u64,
     pub sender_backlog_capped: u64,
     pub client_cpu_s: f64,
     pub errors: std::collections::BTreeMap<String, u64>,
@@ -368,6 +376,8 @@ pub fn push(env: &Env, kind: TargetKind, o: &PushOpts, rate: Option<f64>) -> Res
         client_cpus_busy: procfs::cores_busy(&s0, &s1, &env.client_cpus),
         latency_us: summary(&res, "latency"),
         missing: res.count("sent_in_window").saturating_sub(res.count("received_sent_in_window")),
+        seq_gaps: res.count("seq_gaps"),
+        redelivered: res.count("redelivered"),
         sender_backlog_capped: res.count("sender_backlog_capped"),
         client_cpu_s: res.max_ms.get("client_cpu_ms").copied().unwrap_or(0) as f64 / 1000.0,
         errors: res.errors,

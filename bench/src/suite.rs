@@ -197,7 +197,7 @@ pub fn run(env: &Env, o: &SuiteOpts, envelope: Envelope, wait_quiet_s: u64) -> S
         }
     }
     let rates = if o.rates.is_empty() {
-        // A run that lost messages did not measure a sustainable rate.
+        // A run that did not deliver what it sent in time (late or lost) did not measure a sustainable rate.
         let min = r
             .push
             .iter()
@@ -507,16 +507,17 @@ pub fn markdown(r: &SuiteReport) -> String {
         .filter(|p| p.missing * 100 > p.sent_in_window)
         .map(|p| {
             format!(
-                "- push {} {}: {} of {} messages sent in the window not delivered by the end of the drain; its rate is not sustainable\n",
+                "- push {} {}: {} of {} messages sent in the window not delivered by the end of the drain ({} of them skipped in a receiver's seqs: lost, the rest late); its rate is not sustainable\n",
                 p.target.name(),
                 p.offered_per_s.map(|r| format!("at {} msg/s", thousands(r))).unwrap_or_else(|| "saturation".into()),
                 thousands(p.missing as f64),
-                thousands(p.sent_in_window as f64)
+                thousands(p.sent_in_window as f64),
+                thousands(p.seq_gaps as f64)
             )
         })
         .collect();
     if !lossy.is_empty() {
-        s += "\nRuns that lost messages:\n\n";
+        s += "\nRuns that did not deliver everything sent in the window:\n\n";
         s += &lossy.concat();
     }
     if !r.skipped.is_empty() {
@@ -564,6 +565,8 @@ mod tests {
             client_cpus_busy: 1.0,
             latency_us: Summary { p50_us: 1_500, p99_us: 250_000, ..Default::default() },
             missing: 0,
+            seq_gaps: 0,
+            redelivered: 0,
             sender_backlog_capped: 0,
             client_cpu_s: 1.0,
             errors: Default::default(),
@@ -597,10 +600,12 @@ mod tests {
         let mut bad = push_result(TargetKind::RinggateEpoll, None, 5_000.0);
         bad.sent_in_window = 100_000;
         bad.missing = 50_000;
+        bad.seq_gaps = 7;
         let r = SuiteReport { push: vec![push_result(TargetKind::RinggateUring, None, 60_000.0), bad], ..Default::default() };
         let md = markdown(&r);
-        assert!(md.contains("Runs that lost messages"), "{md}");
+        assert!(md.contains("Runs that did not deliver everything"), "{md}");
         assert!(md.contains("push ringgate-epoll saturation: 50,000 of 100,000"), "{md}");
+        assert!(md.contains("(7 of them skipped in a receiver's seqs: lost"), "{md}");
     }
 
     #[test]

@@ -57,7 +57,12 @@ pub(super) async fn push(c: Rc<Ctx>, job: PushJob) -> Res<Tally> {
         let (tally, progress, credit) = (tally.clone(), c.progress.clone(), credit.clone());
         let proto = c.spec.target.proto;
         tasks.push(tokio::task::spawn_local(async move {
-            let deadline = instant_at(win.end);
+            // `receive` stops at `win.end` itself and then merges what it
+            // counted since its last flush; a deadline at the same instant
+            // raced it and, when it won, dropped up to 100 ms of receipts
+            // (reported as "missing" on a busy host). This one only bounds
+            // a receiver stuck in a write.
+            let deadline = instant_at(win.end + 2_000_000_000);
             let r = tokio::time::timeout_at(deadline, receive(proto, conn, rbuf, win, &tally, &progress, &credit)).await;
             if let Ok(Err(e)) = r {
                 tally.borrow_mut().error(&e);
@@ -69,7 +74,9 @@ pub(super) async fn push(c: Rc<Ctx>, job: PushJob) -> Res<Tally> {
         let job = job.clone();
         let proto = c.spec.target.proto;
         tasks.push(tokio::task::spawn_local(async move {
-            let deadline = instant_at(win.end);
+            // `send` bounds its own wait for acks by `win.end` and records
+            // its counts after it; this only bounds a sender stuck in a write.
+            let deadline = instant_at(win.end + 2_000_000_000);
             let r = tokio::time::timeout_at(deadline, send(proto, i, conn, rbuf, &job, win, &tally, &targets, &credit)).await;
             if let Ok(Err(e)) = r {
                 tally.borrow_mut().error(&e);
@@ -114,6 +121,10 @@ async fn receive(
     let mut out = BytesMut::with_capacity(256);
     let mut local = Tally::default();
     let mut last_flush = mono_ns();
+    // A fresh user's first message is seq 1 and its seqs are dense
+    // (PROTOCOL.md): a seq past this one is a message the server skipped
+    // (lost), one below it a redelivery after a late PUSHACK (counted once).
+    let mut next_seq = 1u64;
     loop {
         let mut top_seq = 0u64;
         loop {
@@ -121,8 +132,17 @@ async fn receive(
                 Proto::Ringgate => match rgclient::next_buffered(&mut rbuf)? {
                     Some(Frame::Push(p)) => {
                         top_seq = top_seq.max(p.seq);
-                        credit.deliver(rgclient::payload_sender(&p.payload));
-                        rgclient::payload_ts(&p.payload)
+                        if p.seq < next_seq {
+                            local.add("redelivered", 1);
+                            None
+                        } else {
+                            if p.seq > next_seq {
+                                local.add("seq_gaps", p.seq - next_seq);
+                            }
+                            next_seq = p.seq + 1;
+                            credit.deliver(rgclient::payload_sender(&p.payload));
+                            rgclient::payload_ts(&p.payload)
+                        }
                     }
                     Some(Frame::Disconnect { reason, message }) => {
                         return Err(io::Error::other(format!("DISCONNECT({reason}): {}", message.as_str())));
@@ -271,9 +291,13 @@ async fn send(
                 break;
             }
             while sent - delivered() < job.window as u64 {
-                encode(sent, mono_ns(), &mut out);
+                // Counted by the stamp the receiver judges it by: counted
+                // by `now` instead, a message stamped just past the window's
+                // end was "sent in the window" but never "received" in it.
+                let ts = mono_ns();
+                encode(sent, ts, &mut out);
                 sent += 1;
-                if win.in_measure(now) {
+                if win.in_measure(ts) {
                     sent_in_window += 1;
                 }
             }
@@ -317,10 +341,14 @@ async fn send(
             }
         }
     }
-    // Wait (bounded by the caller's deadline) for the last acks so the connection closes cleanly.
-    while acked.get() < sent {
-        notify.notified().await;
-    }
+    // Wait, until the drain ends, for the last acks so the connection
+    // closes cleanly; the counts are recorded either way.
+    let _ = tokio::time::timeout_at(instant_at(win.end), async {
+        while acked.get() < sent {
+            notify.notified().await;
+        }
+    })
+    .await;
     {
         let mut t = tally.borrow_mut();
         t.add("sent", sent);
