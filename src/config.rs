@@ -462,6 +462,11 @@ pub struct FleetConfig {
     pub engine_timeout_ms: u64,
     /// Engine requests queued per node; beyond: SENDACK 5. Default 65536.
     pub max_engine_inflight: usize,
+    /// How far the nodes' wall clocks may disagree (NTP). After an engine
+    /// data loss, a message below a device's cursor is told apart from an
+    /// old one by its timestamp only when it is this much newer than the
+    /// device's CONNECT (docs/fleet.md "Seqs are never reused"). Default 1000.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for FleetConfig {
@@ -473,6 +478,7 @@ impl Default for FleetConfig {
             heartbeat_ms: 1000,
             engine_timeout_ms: 2000,
             max_engine_inflight: 65536,
+            max_clock_skew_ms: 1000,
         }
     }
 }

@@ -28,11 +28,11 @@ fn config_refuses_a_fleet_without_a_shared_route_key() {
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("route.signing_key_file"), "{e}");
     let cfg = ringgate::config::Config::from_toml_str(
-        "[fleet]\nredis = [\"http://x\", \"redis://\"]\nnode_id = \" \"\nheartbeat_ms = 1\nengine_timeout_ms = 0\nmax_engine_inflight = 0\n",
+        "[fleet]\nredis = [\"http://x\", \"redis://\"]\nnode_id = \" \"\nheartbeat_ms = 1\nengine_timeout_ms = 0\nmax_engine_inflight = 0\nmax_clock_skew_ms = 600001\n",
     )
     .unwrap();
     let e = cfg.validate().unwrap_err().to_string();
-    for k in ["http://x", "\"redis://\"", "node_id", "heartbeat_ms", "engine_timeout_ms", "max_engine_inflight", "signing_key_file"] {
+    for k in ["http://x", "\"redis://\"", "node_id", "heartbeat_ms", "engine_timeout_ms", "max_engine_inflight", "max_clock_skew_ms", "signing_key_file"] {
         assert!(e.contains(k), "{k} not reported in: {e}");
     }
     // Unset or empty: single node, nothing to refuse.

@@ -209,6 +209,7 @@ deflate = false
 # heartbeat_ms = 1000                   # a node is live while its heartbeat lives (3 x this)
 # engine_timeout_ms = 2000              # slower engine calls: SENDACK 5 / admin 503
 # max_engine_inflight = 65536           # engine requests queued per node; beyond: SENDACK 5
+# max_clock_skew_ms = 1000              # how far node clocks may disagree (a data loss is told apart by time)
 
 [groups]
 # Initial groups (seed an empty data directory; then the admin API's saved groups win).

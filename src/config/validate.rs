@@ -59,6 +59,9 @@ impl FleetConfig {
         if !(1..=16_777_216).contains(&self.max_engine_inflight) {
             errs.push(format!("fleet.max_engine_inflight = {} is outside 1..=16777216", self.max_engine_inflight));
         }
+        if self.max_clock_skew_ms > 600_000 {
+            errs.push(format!("fleet.max_clock_skew_ms = {} is outside 0..=600000", self.max_clock_skew_ms));
+        }
     }
 }
 

@@ -35,14 +35,14 @@ pub struct Entry {
 /// and fetched again with the gap (the engine has them).
 const MAX_AHEAD: usize = 4096;
 
-/// How far the nodes' wall clocks may disagree (an entry's timestamp is
-/// its SENDACK's, from the clock of the node that appended it). An entry
-/// below a mirror's `base` is taken for one appended after an engine data
-/// loss only when it is this much newer than what the mirror vouches for:
-/// a larger skew makes a late notification of an old message look new
-/// (it would be moved and reach the devices twice); a loss within this
-/// long of a device's CONNECT is not recognised below its cursor.
-pub const CLOCK_MARGIN_MS: u64 = 1000;
+// `skew_ms` below is `fleet.max_clock_skew_ms`: how far the nodes' wall
+// clocks may disagree (an entry's timestamp is its SENDACK's, from the
+// clock of the node that appended it). An entry below a mirror's `base` is
+// taken for one appended after an engine data loss only when it is this
+// much newer than what the mirror vouches for: a larger real skew makes a
+// late notification of an old message look new (it would be moved and
+// reach the devices twice); a loss within this long of a device's CONNECT
+// is not recognised below its cursor.
 
 /// One user's mirrored inbox.
 #[derive(Debug, Default)]
@@ -176,8 +176,8 @@ impl MirrorInbox {
     /// engine lost data and gave out again a seq the devices here already
     /// have (they would drop that message as a duplicate). What joins the
     /// run from below (an older cursor's load) is older than that.
-    pub fn reused_below(&self, batch: &[Entry]) -> bool {
-        let (below, after_ms) = self.accounted_below();
+    pub fn reused_below(&self, batch: &[Entry], skew_ms: u64) -> bool {
+        let (below, after_ms) = self.accounted_below(skew_ms);
         batch.iter().any(|e| e.seq < below && e.timestamp_ms > after_ms)
     }
 
@@ -190,8 +190,8 @@ impl MirrorInbox {
     /// `(base, ms)`: every message the devices here have below `base` was
     /// appended by `ms` (`known_ms` with the clocks' margin); the engine
     /// moves later ones found there (`scripts::FLOOR`).
-    pub fn accounted_below(&self) -> (u64, u64) {
-        (self.base, self.known_ms.saturating_add(CLOCK_MARGIN_MS))
+    pub fn accounted_below(&self, skew_ms: u64) -> (u64, u64) {
+        (self.base, self.known_ms.saturating_add(skew_ms))
     }
 
     /// The contiguous head.
@@ -306,24 +306,25 @@ mod tests {
     #[test]
     fn below_the_run_only_later_entries_are_reuses() {
         let at = |seq: u64, ts: u64| Entry { timestamp_ms: ts, ..e(seq) };
+        const SKEW: u64 = 1000;
         let mut m = MirrorInbox::new();
         m.load(5, 1, 5, Vec::new(), 10_000);
         assert_eq!(m.bounds(), (6, 5));
-        assert_eq!(m.accounted_below(), (6, 10_000 + CLOCK_MARGIN_MS));
+        assert_eq!(m.accounted_below(SKEW), (6, 10_000 + SKEW));
         // A late notification of a message from before the load: not a reuse.
-        assert!(!m.reused_below(&[at(5, 9_999)]));
+        assert!(!m.reused_below(&[at(5, 9_999)], SKEW));
         // Within the clocks' margin: not told apart.
-        assert!(!m.reused_below(&[at(3, 10_000 + CLOCK_MARGIN_MS)]));
-        assert!(m.reused_below(&[at(3, 10_001 + CLOCK_MARGIN_MS)]));
+        assert!(!m.reused_below(&[at(3, 10_000 + SKEW)], SKEW));
+        assert!(m.reused_below(&[at(3, 10_001 + SKEW)], SKEW));
         // New entries above the run are not below it.
-        assert!(!m.reused_below(&[at(6, 50_000)]));
+        assert!(!m.reused_below(&[at(6, 50_000)], SKEW));
         m.insert((6..=9).map(|s| at(s, 20_000 + s)).collect());
         m.trim(2);
         assert_eq!(m.bounds(), (8, 9));
         assert_eq!(m.held(), vec![(8, 1008), (9, 1009)]);
         // Seqs 6 and 7 were dropped here: their times are vouched for now.
-        assert_eq!(m.accounted_below(), (8, 20_007 + CLOCK_MARGIN_MS));
-        assert!(!m.reused_below(&[at(7, 20_007)]));
+        assert_eq!(m.accounted_below(SKEW), (8, 20_007 + SKEW));
+        assert!(!m.reused_below(&[at(7, 20_007)], SKEW));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub(super) enum OpKind {
     Repair { core: usize, users: Vec<(Arc<str>, u64)>, fetches: Option<Vec<(Arc<str>, u64)>> },
     /// The intent sweep completing one stale group send.
     Sweep { intent: String, stage: SweepStage },
+    /// The raise after a data loss (`engine.rs` `raise_floor`): the
+    /// engine's entries at the seqs the node holds read and compared, the
+    /// FLOOR script, then the entries above the floor fetched for the core.
+    Floor { core: usize, user: Arc<str>, floor: u64, held: Vec<(u64, u64)>, newer: (u64, u64), stage: FloorStage },
+}
+
+pub(super) enum FloorStage {
+    Compare,
+    Script { moved: Vec<u64> },
+    Fetch,
 }
 
 pub(super) enum SweepStage {
@@ -189,12 +199,13 @@ impl World {
                         users.sort();
                         OpKind::Repair { core, users, fetches: None }
                     }
-                    // Only after an engine data loss, which the simulation's
-                    // default knobs never cause (tests/fleet_failover.rs
-                    // covers it against Redis).
-                    Request::Floor { .. } => {
+                    Request::Floor { .. } if !self.k.floor_after_loss => {
                         self.nodes[n].fleet.done();
                         continue;
+                    }
+                    Request::Floor { core, user, floor, held, below, after_ms } => {
+                        self.stats.floor_requests += 1;
+                        OpKind::Floor { core, user, floor, held, newer: (below, after_ms), stage: FloorStage::Compare }
                     }
                     // The admin API's fleet-wide state is not simulated
                     // (tests/fleet_admin.rs covers it against Redis).
@@ -415,6 +426,46 @@ impl World {
                         self.post(node, core, Event::Entries { user, oldest, head, entries, fetched: true, repaired: true });
                     }
                     self.again(op, OpKind::Repair { core, users, fetches: Some(f) });
+                }
+            },
+            OpKind::Floor { core, user, floor, held, newer, stage } => match stage {
+                FloorStage::Compare => {
+                    // A failed read: the raise goes on without them (`engine.rs`).
+                    let mut moved = Vec::new();
+                    if let (Some(&(first, _)), false) = (held.first(), fails) {
+                        let (_, _, entries) = self.engine.fetch(&user, first - 1);
+                        let held: std::collections::HashMap<u64, u64> = held.iter().copied().collect();
+                        moved = entries.iter().filter(|e| e.seq <= floor && held.get(&e.seq).is_some_and(|m| *m != e.msg_id)).map(|e| e.seq).collect();
+                    }
+                    self.again(op, OpKind::Floor { core, user, floor, held, newer, stage: FloorStage::Script { moved } });
+                }
+                FloorStage::Script { moved } => {
+                    if applied {
+                        let (changed, moves) = self.engine.floor(&user, floor, newer.0, newer.1, &moved);
+                        if std::env::var("RINGGATE_FLEET_SIM_TRACE").is_ok() {
+                            eprintln!("t={} FLOOR {user} by {node_id}: floor {floor}, held {held:?}, newer {newer:?}, listed {moved:?}: (msg_id, from, to) {moves:?}", self.now);
+                        }
+                        if changed {
+                            self.stats.floor_raises += 1;
+                        }
+                        self.stats.floor_moves += moves.len() as u64;
+                        for (msg_id, from, to) in moves {
+                            // For the deadline check: appended now, at its new seq.
+                            self.appended_at.insert((user.to_string(), to), self.now);
+                            self.moved.insert((user.to_string(), msg_id, from, to));
+                        }
+                    }
+                    if fails {
+                        return self.finish(&op);
+                    }
+                    self.again(op, OpKind::Floor { core, user, floor, held, newer, stage: FloorStage::Fetch });
+                }
+                FloorStage::Fetch => {
+                    if !fails {
+                        let (oldest, head, entries) = self.engine.fetch(&user, floor);
+                        self.post(node, core, Event::Entries { user, oldest, head, entries, fetched: true, repaired: false });
+                    }
+                    self.finish(&op);
                 }
             },
             OpKind::Sweep { intent, stage } => {

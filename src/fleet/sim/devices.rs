@@ -210,10 +210,34 @@ impl World {
         }
         let oldest = dev.conn.as_ref().map_or(0, |c| c.oldest);
         if seq != dev.last_seq + 1 && !(dev.last_seq + 1 < oldest && seq == oldest) {
-            self.fail(format!("{who}: seq {seq} after {} (CONNACK oldest {oldest}): a seq was skipped", dev.last_seq));
+            // After a data loss, a live connection skips the seqs whose
+            // messages the engine lost before this device got them, and
+            // the seqs a FLOOR vacated (their message moved above the
+            // head); PUSH seqs on a connection need only increase
+            // (PROTOCOL.md rule 3). Any other skip is a loss of ours.
+            if (dev.last_seq + 1..seq).all(|s| self.gone(dev.user, s)) {
+                self.stats.skipped_lost += seq - dev.last_seq - 1;
+            } else {
+                self.fail(format!("{who}: seq {seq} after {} (CONNACK oldest {oldest}): a seq was skipped", dev.last_seq));
+            }
         }
         if let Some(s) = dev.got.get(&tag) {
-            self.fail(format!("{who}: {tag} delivered twice, at seq {} and {seq}", s.0));
+            // After a data loss a message may come again at a new seq when
+            // the engine no longer holds it at the seq it came at: the loss
+            // took the entry (or a CONNECT's raise past a device's
+            // `last_seq` dropped it) with its append key and the sender's
+            // dedup record, and a group send's sweep or the sender's retry
+            // stored it again (a retry: under a new msg_id); or a FLOOR
+            // moved it above the head (docs/fleet.md, "Seqs are never
+            // reused": the device took it at a reused seq its node did not
+            // hold).
+            let user = &self.users[dev.user];
+            let still = self.engine.inboxes.get(user).and_then(|ib| ib.entries.get(&s.0)).map(|e| e.msg_id);
+            if self.lost_data && still != Some(s.1) {
+                self.stats.twice_after_loss += 1;
+            } else {
+                self.fail(format!("{who}: {tag} delivered twice, at seq {} and {seq}", s.0));
+            }
         }
         // The repair deadline: appended while this connection was open, no
         // failure on its node since.
@@ -229,6 +253,16 @@ impl World {
         dev.seen.insert(seq, tag.clone());
         dev.got.insert(tag, (seq, msg_id));
         dev.last_seq = seq;
+    }
+
+    /// After a data loss: `seq` of user `u` lost with the engine's data,
+    /// vacated by a FLOOR's move, or holding nothing now (dropped below a
+    /// CONNECT's raise).
+    fn gone(&self, u: usize, seq: u64) -> bool {
+        let user = &self.users[u];
+        self.lost.get(user).is_some_and(|(a, b)| (*a..=*b).contains(&seq))
+            || self.moved.iter().any(|(m, _, from, _)| m == user && *from == seq)
+            || self.engine.inboxes.get(user).is_none_or(|ib| !ib.entries.contains_key(&seq))
     }
 
     fn device_of(&self, user: &str, device: &str) -> Option<usize> {

@@ -114,6 +114,40 @@ impl Engine {
         Loaded { oldest, head: ib.head, raised, entries: ib.above(last_seq) }
     }
 
+    /// `scripts::FLOOR` (the raise after a data loss the node saw): the
+    /// head up to `floor`, and every entry at or below it that is a reuse
+    /// moved above the head with its append keys: those below `below`
+    /// appended after `after_ms`, and those at the `listed` seqs (where the
+    /// node holds another message). Returns whether anything changed, and
+    /// each move (msg_id, from seq, to seq).
+    pub(super) fn floor(&mut self, user: &str, floor: u64, below: u64, after_ms: u64, listed: &[u64]) -> (bool, Vec<(u64, u64, u64)>) {
+        let ib = self.inboxes.entry(user.to_string()).or_default();
+        let mut changed = false;
+        if ib.head < floor {
+            ib.head = floor;
+            changed = true;
+        }
+        let mut moves = Vec::new();
+        let mut seqs: Vec<u64> = if below > 1 { ib.entries.range(..below).filter(|(_, e)| e.timestamp_ms > after_ms).map(|(s, _)| *s).collect() } else { Vec::new() };
+        seqs.extend_from_slice(listed);
+        for s in seqs {
+            if s > floor {
+                continue;
+            }
+            if let Some(e) = ib.entries.remove(&s) {
+                ib.head += 1;
+                let to = ib.head;
+                moves.push((e.msg_id, s, to));
+                ib.entries.insert(to, Entry { seq: to, ..e });
+                for v in ib.index.values_mut().filter(|v| **v == s) {
+                    *v = to;
+                }
+                changed = true;
+            }
+        }
+        (changed, moves)
+    }
+
     /// The presence write of `scripts::connect`: the device online on `node`.
     pub(super) fn present(&mut self, user: &str, device: &str, node: &str, at_ms: u64) {
         let p = Presence { node: node.to_string(), at_ms, online: true };

@@ -238,6 +238,7 @@ impl Core {
                 }
             }
             Event::Entries { user, oldest, head, entries, fetched, repaired } => {
+                let skew_ms = self.fleet.as_ref().map_or(0, |f| f.fleet.cfg.max_clock_skew_ms);
                 let Some(st) = self.store.fleet_mirror() else { return };
                 let Some(m) = st.get_mut(&user) else { return };
                 if fetched {
@@ -257,9 +258,9 @@ impl Core {
                     .iter()
                     .filter(|e| e.seq >= base && e.seq <= top)
                     .any(|e| crate::proto::session::InboxRead::get(&*m, e.seq).is_some_and(|x| x.msg_id != e.msg_id));
-                if reused || m.reused_below(&entries) || (head > 0 && head < top) {
+                if reused || m.reused_below(&entries, skew_ms) || (head > 0 && head < top) {
                     if let Some(f) = &self.fleet {
-                        let (below, after_ms) = m.accounted_below();
+                        let (below, after_ms) = m.accounted_below(skew_ms);
                         let held = m.held();
                         let _ = f.fleet.submit(Request::Floor { core: self.id, user: user.clone(), floor: top, held, below, after_ms });
                     }
