@@ -260,9 +260,10 @@ impl World {
     /// CONNECT's raise).
     fn gone(&self, u: usize, seq: u64) -> bool {
         let user = &self.users[u];
-        self.lost.get(user).is_some_and(|(a, b)| (*a..=*b).contains(&seq))
-            || self.moved.iter().any(|(m, _, from, _)| m == user && *from == seq)
-            || self.engine.inboxes.get(user).is_none_or(|ib| !ib.entries.contains_key(&seq))
+        let lost = self.lost.get(user).is_some_and(|(a, b)| (*a..=*b).contains(&seq));
+        let vacated = self.moved.iter().any(|(m, _, from, _)| m == user && *from == seq);
+        let empty = self.engine.inboxes.get(user).is_none_or(|ib| !ib.entries.contains_key(&seq));
+        self.lost_data && (lost || vacated || empty)
     }
 
     fn device_of(&self, user: &str, device: &str) -> Option<usize> {
