@@ -35,15 +35,6 @@ pub struct Entry {
 /// and fetched again with the gap (the engine has them).
 const MAX_AHEAD: usize = 4096;
 
-// `skew_ms` below is `fleet.max_clock_skew_ms`: how far the nodes' wall
-// clocks may disagree (an entry's timestamp is its SENDACK's, from the
-// clock of the node that appended it). An entry below a mirror's `base` is
-// taken for one appended after an engine data loss only when it is this
-// much newer than what the mirror vouches for: a larger real skew makes a
-// late notification of an old message look new (it would be moved and
-// reach the devices twice); a loss within this long of a device's CONNECT
-// is not recognised below its cursor.
-
 /// One user's mirrored inbox.
 #[derive(Debug, Default)]
 pub struct MirrorInbox {
@@ -190,6 +181,13 @@ impl MirrorInbox {
     /// `(base, ms)`: every message the devices here have below `base` was
     /// appended by `ms` (`known_ms` with the clocks' margin); the engine
     /// moves later ones found there (`scripts::FLOOR`).
+    ///
+    /// `skew_ms` is `fleet.max_clock_skew_ms`: how far the nodes' wall
+    /// clocks may disagree (an entry's timestamp is its SENDACK's, from the
+    /// clock of the node that appended it). A larger real skew makes a late
+    /// notification of an old message look new (it would be moved and
+    /// reach the devices twice); a loss within this long of a device's
+    /// CONNECT is not recognised below its cursor.
     pub fn accounted_below(&self, skew_ms: u64) -> (u64, u64) {
         (self.base, self.known_ms.saturating_add(skew_ms))
     }

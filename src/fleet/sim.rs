@@ -227,9 +227,6 @@ pub struct World {
     sends: HashMap<(usize, u64), SendRec>,
     /// (user, seq) → when the engine appended it.
     appended_at: HashMap<(String, u64), u64>,
-    /// (user, msg_id, from, to): entries a FLOOR moved above the head after
-    /// a data loss.
-    moved: HashSet<(String, u64, u64, u64)>,
     /// user → the seqs (first, last) the data loss took: messages a device
     /// connected through it had not received yet are gone.
     lost: BTreeMap<String, (u64, u64)>,
@@ -319,7 +316,6 @@ impl World {
             devices: Vec::new(),
             sends: HashMap::new(),
             appended_at: HashMap::new(),
-            moved: HashSet::new(),
             lost: BTreeMap::new(),
             msg_ids: HashMap::new(),
             heartbeat_count: 0,

@@ -443,16 +443,15 @@ impl World {
                     if applied {
                         let (changed, moves) = self.engine.floor(&user, floor, newer.0, newer.1, &moved);
                         if std::env::var("RINGGATE_FLEET_SIM_TRACE").is_ok() {
-                            eprintln!("t={} FLOOR {user} by {node_id}: floor {floor}, held {held:?}, newer {newer:?}, listed {moved:?}: (msg_id, from, to) {moves:?}", self.now);
+                            eprintln!("t={} FLOOR {user} by {node_id}: floor {floor}, held {held:?}, newer {newer:?}, listed {moved:?}: (from, to) {moves:?}", self.now);
                         }
                         if changed {
                             self.stats.floor_raises += 1;
                         }
                         self.stats.floor_moves += moves.len() as u64;
-                        for (msg_id, from, to) in moves {
+                        for (_, to) in moves {
                             // For the deadline check: appended now, at its new seq.
                             self.appended_at.insert((user.to_string(), to), self.now);
-                            self.moved.insert((user.to_string(), msg_id, from, to));
                         }
                     }
                     if fails {

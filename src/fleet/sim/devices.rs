@@ -256,14 +256,13 @@ impl World {
     }
 
     /// After a data loss: `seq` of user `u` lost with the engine's data,
-    /// vacated by a FLOOR's move, or holding nothing now (dropped below a
-    /// CONNECT's raise).
+    /// or holding nothing now (vacated by a FLOOR's move, dropped below a
+    /// CONNECT's raise: nothing is appended below the head again).
     fn gone(&self, u: usize, seq: u64) -> bool {
         let user = &self.users[u];
         let lost = self.lost.get(user).is_some_and(|(a, b)| (*a..=*b).contains(&seq));
-        let vacated = self.moved.iter().any(|(m, _, from, _)| m == user && *from == seq);
         let empty = self.engine.inboxes.get(user).is_none_or(|ib| !ib.entries.contains_key(&seq));
-        self.lost_data && (lost || vacated || empty)
+        self.lost_data && (lost || empty)
     }
 
     fn device_of(&self, user: &str, device: &str) -> Option<usize> {

@@ -119,8 +119,8 @@ impl Engine {
     /// moved above the head with its append keys: those below `below`
     /// appended after `after_ms`, and those at the `listed` seqs (where the
     /// node holds another message). Returns whether anything changed, and
-    /// each move (msg_id, from seq, to seq).
-    pub(super) fn floor(&mut self, user: &str, floor: u64, below: u64, after_ms: u64, listed: &[u64]) -> (bool, Vec<(u64, u64, u64)>) {
+    /// each move (from seq, to seq).
+    pub(super) fn floor(&mut self, user: &str, floor: u64, below: u64, after_ms: u64, listed: &[u64]) -> (bool, Vec<(u64, u64)>) {
         let ib = self.inboxes.entry(user.to_string()).or_default();
         let mut changed = false;
         if ib.head < floor {
@@ -137,7 +137,7 @@ impl Engine {
             if let Some(e) = ib.entries.remove(&s) {
                 ib.head += 1;
                 let to = ib.head;
-                moves.push((e.msg_id, s, to));
+                moves.push((s, to));
                 ib.entries.insert(to, Entry { seq: to, ..e });
                 for v in ib.index.values_mut().filter(|v| **v == s) {
                     *v = to;

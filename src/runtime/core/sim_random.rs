@@ -776,13 +776,13 @@ impl World {
         Ok(())
     }
 
-    /// Every client reads and acks, the cores run, syncs complete and time
-    /// moves a little: then nothing may be left waiting.
     /// Bytes web clients hold back (no sid yet, 429, a lost request).
     fn web_backlog(&self) -> usize {
         self.devices.iter().flat_map(|d| d.conns.iter()).filter_map(|c| c.web.as_ref()).map(|w| w.backlog.len()).sum()
     }
 
+    /// Every client reads and acks, the cores run, syncs complete and time
+    /// moves a little: then nothing may be left waiting.
     pub fn checkpoint(&mut self) -> Result<(), Violation> {
         self.tally.checkpoints += 1;
         for d in self.devices.iter_mut() {
